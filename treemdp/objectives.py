@@ -155,9 +155,7 @@ def get(name: str) -> Objective:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"objective must be one of {', '.join(REGISTRY)}; got {name!r}"
-        ) from None
+        raise ValueError(f"objective must be one of {', '.join(REGISTRY)}; got {name!r}") from None
 
 
 def check_beta(beta: float | Tensor) -> Tensor:

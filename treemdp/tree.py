@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import networkx as nx
 import torch
@@ -66,6 +67,8 @@ class Tree:
         edge: flat index ``internal_index[parent] * b + action`` of each non-root node into an
             (M, b) table, -1 for roots. Shape (N,).
         level_offsets: nodes of depth d are ``level_offsets[d]:level_offsets[d + 1]``.
+        valid: whether each (internal node, action) has a child. Shape (M, b), bool.
+        is_complete: True when every internal node has all b children.
     """
 
     parent: Tensor
@@ -82,6 +85,8 @@ class Tree:
     leaf_prompt: Tensor = field(init=False)
     edge: Tensor = field(init=False)
     level_offsets: tuple[int, ...] = field(init=False)
+    valid: Tensor = field(init=False)
+    is_complete: bool = field(init=False)
 
     def __post_init__(self) -> None:
         parent, action, depth, b = self.parent, self.action, self.depth, self.branching
@@ -138,6 +143,8 @@ class Tree:
             "leaf_prompt": node_prompt[leaves],
             "edge": edge,
             "level_offsets": tuple(offsets),
+            "valid": children.view(-1, b) >= 0,
+            "is_complete": bool((children >= 0).all()),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -169,19 +176,22 @@ class Tree:
         return len(self.level_offsets) - 2
 
     @property
-    def valid(self) -> Tensor:
-        """Whether each (internal node, action) has a child. Shape (M, b), bool."""
-        return self.children >= 0
-
-    @property
-    def is_complete(self) -> bool:
-        """True when every internal node has all b children."""
-        return bool(self.valid.all())
-
-    @property
     def response_length(self) -> Tensor:
         """Number of actions in each response (the leaf's depth). Shape (L,), int64."""
         return self.depth[self.leaves]
+
+    @cached_property
+    def levels(self) -> tuple[tuple[int, int, Tensor, Tensor], ...]:
+        """Per level d >= 1: (lo, hi, parent position within level d−1, edge index).
+
+        ``lo:hi`` are the node ids of depth d; the parent positions index the previous level's
+        slice; edge indexes a flattened (M·b) per-(node, action) table. Shapes (hi − lo,).
+        """
+        out = []
+        for d in range(1, self.max_depth + 1):
+            lo, hi = self.level_offsets[d], self.level_offsets[d + 1]
+            out.append((lo, hi, self.parent[lo:hi] - self.level_offsets[d - 1], self.edge[lo:hi]))
+        return tuple(out)
 
     def response_actions(self, response: int) -> tuple[int, ...]:
         """The action sequence of response ``response`` (a leaf index in [0, L))."""
@@ -223,7 +233,11 @@ class Tree:
         _check_budget(
             n_nodes, branching, max_bytes, f"a complete tree (branching={branching}, depth={depth})"
         )
-        parents, actions, depths = [torch.full((n_prompts,), -1)], [torch.full((n_prompts,), -1)], []
+        parents, actions, depths = (
+            [torch.full((n_prompts,), -1)],
+            [torch.full((n_prompts,), -1)],
+            [],
+        )
         depths.append(torch.zeros(n_prompts, dtype=torch.long))
         start, width = 0, n_prompts
         for d in range(1, depth + 1):
@@ -278,7 +292,12 @@ class Tree:
         for t in trees:
             offsets.append(total)
             total += t.n_nodes
-        parent = torch.cat([torch.where(t.parent >= 0, t.parent + o, -1) for t, o in zip(trees, offsets)])
+        parent = torch.cat(
+            [
+                torch.where(t.parent >= 0, t.parent + o, -1)
+                for t, o in zip(trees, offsets, strict=True)
+            ]
+        )
         action = torch.cat([t.action for t in trees])
         depth = torch.cat([t.depth for t in trees])
         # Stable sort by depth keeps each level's nodes in (tree, parent, action) order.

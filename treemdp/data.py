@@ -1,0 +1,200 @@
+"""Gold rewards, preference datasets and the comparison graph.
+
+Responses are named by their leaf index y ∈ [0, L) (``tree.leaves[y]`` is the node). A dataset
+is a pair of index tensors ``chosen``/``rejected`` of shape (P,) (one run) or (R, P) (a batch of
+runs); the pair (chosen[i], rejected[i]) says y_w ≻ y_l for the prompt both responses belong to.
+Everything that samples takes a ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+from torch import Tensor
+
+from treemdp.tree import Tree
+
+__all__ = [
+    "Pairs",
+    "bradley_terry_pairs",
+    "comparison_graph",
+    "normal_rewards",
+    "pairs_from_nodes",
+    "random_pairs",
+    "validate_pairs",
+]
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """A preference dataset: chosen[i] ≻ rejected[i].
+
+    Attributes:
+        chosen: leaf indices of the preferred responses. Shape (P,) or (R, P), int64.
+        rejected: leaf indices of the dispreferred responses. Same shape.
+    """
+
+    chosen: Tensor
+    rejected: Tensor
+
+    @property
+    def n_pairs(self) -> int:
+        """P, pairs per run."""
+        return self.chosen.shape[-1]
+
+    def responses(self) -> Tensor:
+        """Every response the dataset mentions, with multiplicity. Shape (..., 2P)."""
+        return torch.cat([self.chosen, self.rejected], dim=-1)
+
+
+def validate_pairs(tree: Tree, chosen: Tensor, rejected: Tensor) -> Pairs:
+    """Check a dataset against a tree and return it as ``Pairs``.
+
+    Raises ValueError when shapes differ, an index lies outside [0, L), a pair compares a
+    response with itself, or the two responses of a pair answer different prompts.
+    """
+    chosen, rejected = torch.as_tensor(chosen), torch.as_tensor(rejected)
+    if chosen.shape != rejected.shape or chosen.dim() not in (1, 2) or chosen.shape[-1] == 0:
+        raise ValueError(
+            "chosen and rejected must have one shape, (P,) or (R, P) with P >= 1; "
+            f"got {tuple(chosen.shape)} and {tuple(rejected.shape)}"
+        )
+    if chosen.is_floating_point() or rejected.is_floating_point():
+        raise ValueError("chosen and rejected must be integer response indices")
+    L = tree.n_responses
+    for name, idx in (("chosen", chosen), ("rejected", rejected)):
+        if bool(((idx < 0) | (idx >= L)).any()):
+            raise ValueError(f"{name} must hold response indices in [0, {L - 1}]")
+    if bool((chosen == rejected).any()):
+        raise ValueError("chosen == rejected in some pair: a pair needs two distinct responses")
+    if bool((tree.leaf_prompt[chosen] != tree.leaf_prompt[rejected]).any()):
+        raise ValueError("chosen and rejected of a pair must answer the same prompt")
+    return Pairs(chosen.long(), rejected.long())
+
+
+def pairs_from_nodes(tree: Tree, pairs: Sequence[tuple[int, int]]) -> Pairs:
+    """A dataset from (chosen node id, rejected node id) pairs; each node must be a leaf."""
+    nodes = torch.as_tensor(list(pairs), dtype=torch.long).reshape(-1, 2)
+    if bool(((nodes < 0) | (nodes >= tree.n_nodes)).any()):
+        raise ValueError(f"pairs must name node ids in [0, {tree.n_nodes - 1}]")
+    idx = tree.leaf_index[nodes]
+    if bool((idx < 0).any()):
+        bad = int(nodes[idx < 0][0])
+        raise ValueError(f"pairs must name leaves (responses); node {bad} is not a leaf")
+    return validate_pairs(tree, idx[:, 0], idx[:, 1])
+
+
+def normal_rewards(
+    tree: Tree, generator: torch.Generator, *, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """Gold rewards r(x, y) ~ N(0, 1), one per response. Shape (L,)."""
+    return torch.randn(tree.n_responses, generator=generator, dtype=dtype)
+
+
+def random_pairs(tree: Tree, rewards: Tensor, n_pairs: int, generator: torch.Generator) -> Pairs:
+    """``n_pairs`` pairs of distinct responses drawn uniformly, the higher gold reward chosen.
+
+    Pair i asks prompt i mod n_prompts, so every prompt is covered before any repeats. With
+    n_pairs = 1 this is the paper's "1pref" dataset.
+
+    Args:
+        tree: the tree.
+        rewards: gold reward per response. Shape (L,).
+        n_pairs: P >= 1.
+        generator: randomness.
+
+    Returns:
+        ``Pairs`` with shape (P,).
+    """
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1; got {n_pairs}")
+    prompt_of = torch.arange(n_pairs) % tree.n_prompts
+    counts = torch.bincount(tree.leaf_prompt, minlength=tree.n_prompts)
+    if bool((counts[prompt_of] < 2).any()):
+        raise ValueError("every prompt that gets a pair needs at least two responses")
+    # Leaves sorted by prompt: prompt p's responses are order[start[p] : start[p] + counts[p]].
+    order = torch.sort(tree.leaf_prompt, stable=True).indices
+    start = torch.cumsum(counts, 0) - counts
+    n = counts[prompt_of]
+    u = torch.rand(n_pairs, 2, generator=generator, dtype=torch.float64)
+    first = (u[:, 0] * n).long().clamp(max=n - 1)
+    second = (u[:, 1] * (n - 1)).long().clamp(max=n - 2)
+    second = second + (second >= first).long()  # distinct from first, uniform over the rest
+    a, b = order[start[prompt_of] + first], order[start[prompt_of] + second]
+    a_wins = rewards[a] >= rewards[b]
+    return validate_pairs(tree, torch.where(a_wins, a, b), torch.where(a_wins, b, a))
+
+
+def bradley_terry_pairs(
+    tree: Tree,
+    rewards: Tensor,
+    sampler_logp: Tensor,
+    n_pairs: int,
+    generator: torch.Generator,
+    *,
+    temperature: float = 1.0,
+) -> Pairs:
+    """Pairs of responses sampled from a policy, labelled by Bradley–Terry on the gold reward.
+
+    For prompt x (round-robin), draw y, y' ~ π(·|x) independently until they differ, then
+    P[y ≻ y'] = σ((r(y) − r(y')) / temperature).
+
+    Args:
+        tree: the tree.
+        rewards: gold reward per response. Shape (L,).
+        sampler_logp: log π(y|x) of the sampling policy per response. Shape (L,).
+        n_pairs: P >= 1.
+        generator: randomness.
+        temperature: Bradley–Terry temperature > 0 (→ 0 gives noiseless labels).
+
+    Returns:
+        ``Pairs`` with shape (P,).
+    """
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1; got {n_pairs}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    probs = torch.exp(sampler_logp)
+    chosen, rejected = [], []
+    for i in range(n_pairs):
+        prompt = i % tree.n_prompts
+        mask = tree.leaf_prompt == prompt
+        p = probs * mask
+        if int((p > 0).sum()) < 2:
+            raise ValueError(
+                f"the sampling policy puts mass on fewer than 2 responses of prompt {prompt}"
+            )
+        while True:
+            y, y2 = torch.multinomial(p, 2, replacement=True, generator=generator).tolist()
+            if y != y2:
+                break
+        margin = (rewards[y] - rewards[y2]) / temperature
+        y_wins = bool(
+            torch.rand((), generator=generator, dtype=torch.float64) < torch.sigmoid(margin)
+        )
+        chosen.append(y if y_wins else y2)
+        rejected.append(y2 if y_wins else y)
+    return validate_pairs(tree, torch.tensor(chosen), torch.tensor(rejected))
+
+
+def comparison_graph(tree: Tree, pairs: Pairs) -> nx.Graph:
+    """Undirected graph on the responses a dataset mentions; edge weight = number of comparisons.
+
+    Each edge also records ``wins``: how often each endpoint was chosen. Its connected
+    components are the groups within which the data identifies rewards (up to a constant).
+    """
+    if pairs.chosen.dim() != 1:
+        raise ValueError("comparison_graph takes one run's pairs, shape (P,)")
+    g = nx.Graph()
+    for w, l in zip(pairs.chosen.tolist(), pairs.rejected.tolist(), strict=True):
+        for y in (w, l):
+            g.add_node(y, prompt=int(tree.leaf_prompt[y]), actions=tree.response_actions(y))
+        if g.has_edge(w, l):
+            g.edges[w, l]["weight"] += 1
+        else:
+            g.add_edge(w, l, weight=1, wins={w: 0, l: 0})
+        g.edges[w, l]["wins"][w] += 1
+    return g

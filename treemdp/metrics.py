@@ -1,0 +1,179 @@
+"""Exact metrics of a batch of policies, from their log-probabilities over all responses.
+
+With several prompts, prompts are weighted uniformly: every mass, expectation and KL below is
+under μ(x, y) = π(y|x) / n_prompts, i.e. the per-prompt value averaged over prompts. Every
+metric is O(L) per step (the win rate sorts the gold rewards once, O(L log L), when the
+``MetricContext`` is built); no (L × L) matrix is ever formed.
+
+Metric names (columns of every results table):
+    p_chosen, p_rejected   mass on the responses the dataset ever calls chosen / rejected
+    mass_in_dist           mass on responses that appear in any pair
+    mass_ood               mass on responses no pair mentions (= 1 − mass_in_dist)
+    max_ood                largest π(y|x) of a single OOD response (0 if there is none)
+    max_ood_response       its response index (−1 if there is none)
+    kl_reverse             KL(π ‖ π_ref)
+    kl_forward             KL(π_ref ‖ π)
+    gold_reward            E_π[r]
+    win_rate               P[r(y) > r(y')] + ½ P[r(y) = r(y')], y ~ π, y' ~ π_ref, same prompt
+    reward_accuracy        share of pairs with positive implicit margin h
+    loss                   mean per-pair objective loss
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from treemdp.data import Pairs
+from treemdp.tree import Tree
+
+__all__ = ["METRICS", "MetricContext", "kl_divergence", "metrics", "win_rate"]
+
+METRICS = (
+    "p_chosen",
+    "p_rejected",
+    "mass_in_dist",
+    "mass_ood",
+    "max_ood",
+    "max_ood_response",
+    "kl_reverse",
+    "kl_forward",
+    "gold_reward",
+    "win_rate",
+    "reward_accuracy",
+    "loss",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class MetricContext:
+    """What the metrics need besides the policy: fixed for a whole training run.
+
+    Attributes:
+        tree: the tree.
+        rewards: gold reward per response. Shape (R, L).
+        chosen_mask: 1/n_prompts where a response is ever chosen, else 0. Shape (R, L).
+        rejected_mask: same for rejected. Shape (R, L).
+        in_dist: whether a response appears in any pair. Shape (R, L), bool.
+        order: responses sorted by (prompt, reward). Shape (R, L).
+        group: tie-group id (same prompt and reward) of each sorted position. Shape (R, L).
+        first_group: id of the first group of the sorted position's prompt. Shape (R, L).
+    """
+
+    tree: Tree
+    rewards: Tensor
+    chosen_mask: Tensor
+    rejected_mask: Tensor
+    in_dist: Tensor
+    order: Tensor
+    group: Tensor
+    first_group: Tensor
+
+    @classmethod
+    def build(cls, tree: Tree, rewards: Tensor, pairs: Pairs) -> MetricContext:
+        """Precompute masks and the reward ranking.
+
+        Args:
+            tree: the tree.
+            rewards: gold rewards. Shape (R, L).
+            pairs: the dataset of each run, chosen/rejected of shape (R, P).
+        """
+        R, L = rewards.shape
+        w = 1.0 / tree.n_prompts
+        chosen_mask = rewards.new_zeros(R, L).scatter_(1, pairs.chosen, w)
+        rejected_mask = rewards.new_zeros(R, L).scatter_(1, pairs.rejected, w)
+        in_dist = (chosen_mask > 0) | (rejected_mask > 0)
+        by_reward = torch.sort(rewards, dim=1, stable=True).indices
+        prompt_sorted = tree.leaf_prompt[by_reward]
+        order = by_reward.gather(1, torch.sort(prompt_sorted, dim=1, stable=True).indices)
+        prompt = tree.leaf_prompt[order]
+        r = rewards.gather(1, order)
+        new_prompt = torch.ones_like(prompt, dtype=torch.bool)
+        new_prompt[:, 1:] = prompt[:, 1:] != prompt[:, :-1]
+        new_group = new_prompt.clone()
+        new_group[:, 1:] |= r[:, 1:] != r[:, :-1]
+        group = torch.cumsum(new_group.long(), dim=1) - 1
+        pos = torch.arange(L).expand(R, L)
+        prompt_start = torch.cummax(torch.where(new_prompt, pos, 0), dim=1).values
+        first_group = group.gather(1, prompt_start)
+        return cls(tree, rewards, chosen_mask, rejected_mask, in_dist, order, group, first_group)
+
+
+def kl_divergence(tree: Tree, logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p ‖ q) per run, averaged over prompts; 0·log 0 = 0, +inf where q = 0 < p.
+
+    Args:
+        tree: the tree (for the number of prompts).
+        logp: log p(y|x) per response. Shape (R, L).
+        logq: log q(y|x) per response. Shape (R, L).
+
+    Returns:
+        Shape (R,).
+    """
+    terms = torch.exp(logp) * (logp - logq)
+    terms = torch.where(torch.isneginf(logp), torch.zeros_like(terms), terms)
+    return terms.sum(-1) / tree.n_prompts
+
+
+def win_rate(ctx: MetricContext, logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """P[y ~ π beats y' ~ π_ref] under the gold reward, ties ½, averaged over prompts.
+
+    Uses the precomputed sort: for each response, the reference mass strictly below it and tied
+    with it within its prompt are differences of one cumulative sum over tie groups. O(L).
+
+    Args:
+        ctx: metric context (rewards and their ranking).
+        logp: log π(y|x). Shape (R, L).
+        ref_logp: log π_ref(y|x). Shape (R, L).
+
+    Returns:
+        Shape (R,).
+    """
+    p = torch.exp(logp).gather(1, ctx.order)
+    q = torch.exp(ref_logp).gather(1, ctx.order)
+    tied = torch.zeros_like(q).scatter_add_(1, ctx.group, q)  # reference mass per tie group
+    below = torch.cumsum(tied, dim=1) - tied  # mass of all earlier groups (across prompts)
+    less = below.gather(1, ctx.group) - below.gather(1, ctx.first_group)
+    equal = tied.gather(1, ctx.group)
+    return (p * (less + 0.5 * equal)).sum(-1) / ctx.tree.n_prompts
+
+
+def metrics(
+    ctx: MetricContext, logp: Tensor, ref_logp: Tensor, h: Tensor, loss: Tensor
+) -> dict[str, Tensor]:
+    """Every metric in ``METRICS`` for a batch of runs.
+
+    Args:
+        ctx: metric context.
+        logp: log π(y|x) per response. Shape (R, L).
+        ref_logp: log π_ref(y|x) per response. Shape (R, L).
+        h: implicit margin of each pair. Shape (R, P).
+        loss: per-pair loss. Shape (R, P).
+
+    Returns:
+        Name → tensor of shape (R,) (``max_ood_response`` is int64).
+    """
+    p = torch.exp(logp)
+    w = 1.0 / ctx.tree.n_prompts
+    in_dist_mass = (p * ctx.in_dist).sum(-1) * w
+    # Summed directly, not as 1 − in_dist_mass, so a tiny OOD mass keeps its digits.
+    ood_mass = (p * ~ctx.in_dist).sum(-1) * w
+    ood = torch.where(ctx.in_dist, torch.full_like(p, -1.0), p)
+    max_ood, max_ood_response = ood.max(dim=-1)
+    none = max_ood < 0  # every response is in distribution
+    return {
+        "p_chosen": (p * ctx.chosen_mask).sum(-1),
+        "p_rejected": (p * ctx.rejected_mask).sum(-1),
+        "mass_in_dist": in_dist_mass,
+        "mass_ood": ood_mass,
+        "max_ood": max_ood.clamp(min=0.0),
+        "max_ood_response": torch.where(none, -1, max_ood_response),
+        "kl_reverse": kl_divergence(ctx.tree, logp, ref_logp),
+        "kl_forward": kl_divergence(ctx.tree, ref_logp, logp),
+        "gold_reward": (p * ctx.rewards).sum(-1) * w,
+        "win_rate": win_rate(ctx, logp, ref_logp),
+        "reward_accuracy": (h > 0).to(logp.dtype).mean(-1),
+        "loss": loss.mean(-1),
+    }

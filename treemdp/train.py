@@ -1,0 +1,190 @@
+"""Full-batch training of R runs at once, as one tensor program, logged to a tidy History.
+
+The runs of a batch share a tree but may differ in objective, β, learning rate, hyperparameters
+and problem (seed). The total loss is the sum over runs of each run's mean per-pair loss, so each
+run's gradient is exactly its own; the optimisers are element-wise with one learning rate per
+run. Runs are grouped by (objective, hyperparameters) only to call the registry once per group;
+nothing branches on an objective's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from treemdp import objectives
+from treemdp.metrics import METRICS, MetricContext, metrics
+from treemdp.optim import make_optimizer
+from treemdp.problem import Problem
+
+__all__ = ["History", "RunSpec", "TrainingDivergedError", "train"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run's training choices (its problem is the matching row of the ``Problem``).
+
+    Attributes:
+        objective: a registry name (``treemdp.objectives.names()``).
+        beta: β > 0.
+        lr: learning rate > 0.
+        hyper: extra objective hyperparameters, as sorted (name, value) pairs.
+    """
+
+    objective: str
+    beta: float
+    lr: float
+    hyper: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class History:
+    """Tidy training records: one row per run and logged step.
+
+    Attributes:
+        frame: columns run, objective, beta, lr, seed, step, then ``METRICS``.
+    """
+
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def final(self) -> pd.DataFrame:
+        """The last logged row of every run."""
+        last = self.frame.groupby("run")["step"].transform("max")
+        return self.frame[self.frame["step"] == last].reset_index(drop=True)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A quantity became NaN or infinite; ``history`` holds every step logged before."""
+
+    def __init__(self, message: str, history: History) -> None:
+        super().__init__(message)
+        self.history = history
+
+
+def _check_specs(specs: Sequence[RunSpec], n_runs: int) -> None:
+    if len(specs) != n_runs:
+        raise ValueError(f"specs must hold one RunSpec per run ({n_runs}); got {len(specs)}")
+    for s in specs:
+        entry = objectives.get(s.objective)
+        objectives.check_beta(s.beta)
+        if not s.lr > 0:
+            raise ValueError(f"lr must be > 0; got {s.lr}")
+        data_keys = {"len_chosen", "len_rejected"}
+        objectives.resolve_hyper(
+            entry, {**dict(s.hyper), **{k: 0 for k in data_keys & set(entry.hyper)}}
+        )
+
+
+def _frame(
+    specs: Sequence[RunSpec], seeds: Tensor, steps: list[int], logs: list[dict]
+) -> pd.DataFrame:
+    R, T = len(specs), len(steps)
+    cols: dict[str, np.ndarray] = {
+        "run": np.tile(np.arange(R), T),
+        "objective": np.tile(np.array([s.objective for s in specs], dtype=object), T),
+        "beta": np.tile(np.array([s.beta for s in specs]), T),
+        "lr": np.tile(np.array([s.lr for s in specs]), T),
+        "seed": np.tile(seeds.numpy(), T),
+        "step": np.repeat(np.array(steps, dtype=np.int64), R),
+    }
+    for name in METRICS:
+        cols[name] = torch.stack([log[name] for log in logs]).reshape(-1).numpy()
+    return pd.DataFrame(cols)
+
+
+def train(
+    problem: Problem,
+    specs: Sequence[RunSpec],
+    *,
+    steps: int,
+    optimizer: str = "adam",
+    log_every: int = 10,
+    progress: bool = False,
+) -> History:
+    """Train every run of ``problem`` from π_ref with full-batch gradient steps.
+
+    Args:
+        problem: R runs' problems; the policy starts at θ0 (the reference).
+        specs: one ``RunSpec`` per run.
+        steps: number of optimiser steps (>= 0).
+        optimizer: "adam", "sgd" or "rmsprop".
+        log_every: log metrics every this many steps (>= 1); step 0 and the last step are
+            always logged.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A ``History`` with (number of logged steps) × R rows.
+
+    Raises:
+        TrainingDivergedError: a loss or gradient became non-finite (the message names the step and
+            the quantity; ``.history`` holds what was logged before).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0; got {steps}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1; got {log_every}")
+    _check_specs(specs, problem.n_runs)
+    policy, pairs = problem.policy, problem.pairs
+    ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
+    ref_logp = problem.ref_logp
+    ref_c, ref_r = ref_logp.gather(1, pairs.chosen), ref_logp.gather(1, pairs.rejected)
+    lengths = problem.tree.response_length.to(ref_logp.dtype)
+    data_hyper = {"len_chosen": lengths[pairs.chosen], "len_rejected": lengths[pairs.rejected]}
+    betas = torch.tensor([s.beta for s in specs], dtype=ref_logp.dtype).unsqueeze(1)
+    groups: dict[tuple[str, tuple], list[int]] = {}
+    for i, s in enumerate(specs):
+        groups.setdefault((s.objective, s.hyper), []).append(i)
+    group_index = [(name, dict(hyper), torch.tensor(idx)) for (name, hyper), idx in groups.items()]
+    whole = len(group_index) == 1
+
+    theta = policy.theta0.detach().clone().requires_grad_(True)
+    opt = make_optimizer(optimizer, torch.tensor([s.lr for s in specs]), problem.n_runs)
+    logged_steps: list[int] = []
+    logs: list[dict[str, Tensor]] = []
+
+    def history() -> History:
+        return History(_frame(specs, problem.seeds, logged_steps, logs)) if logs else History()
+
+    bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=False)
+    for step in range(steps + 1):
+        logp = policy.response_logprobs(theta)
+        lc, lr = logp.gather(1, pairs.chosen), logp.gather(1, pairs.rejected)
+        per_pair = lc.new_empty(lc.shape) if not whole else None
+        for name, hyper, idx in group_index:
+            extra = {k: v[idx] for k, v in data_hyper.items() if k in objectives.get(name).hyper}
+            sel = slice(None) if whole else idx
+            out = objectives.loss(
+                name, lc[sel], lr[sel], ref_c[sel], ref_r[sel], beta=betas[sel], **hyper, **extra
+            )
+            if whole:
+                per_pair = out
+            else:
+                per_pair[idx] = out
+        total = per_pair.mean(-1).sum()
+        if not bool(torch.isfinite(total)):
+            bad = int(torch.nonzero(~torch.isfinite(per_pair.mean(-1)))[0])
+            bar.close()
+            raise TrainingDivergedError(
+                f"loss of run {bad} is not finite at step {step}", history()
+            )
+        if step % log_every == 0 or step == steps:
+            with torch.no_grad():
+                h = (lc - ref_c) - (lr - ref_r)
+                logs.append(metrics(ctx, logp.detach(), ref_logp, h, per_pair.detach()))
+            logged_steps.append(step)
+        if step == steps:
+            break
+        (grad,) = torch.autograd.grad(total, theta)
+        if not bool(torch.isfinite(grad).all()):
+            bar.close()
+            raise TrainingDivergedError(f"gradient is not finite at step {step}", history())
+        opt.step(theta, grad)
+        bar.update(1)
+    bar.close()
+    return history()
