@@ -9,7 +9,8 @@ nothing branches on an objective's name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +82,22 @@ def _check_specs(specs: Sequence[RunSpec], n_runs: int) -> None:
         )
 
 
+SMALL_WORK = 2**20
+"""Below this many (run × node) entries per step, intra-op threads cost more than they save."""
+
+
+@contextmanager
+def _threads_for(work: int) -> Iterator[None]:
+    """One intra-op thread for small problems (thread start-up dominates), restored after."""
+    before = torch.get_num_threads()
+    if work < SMALL_WORK:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _frame(
     specs: Sequence[RunSpec], seeds: Tensor, steps: list[int], logs: list[dict]
 ) -> pd.DataFrame:
@@ -125,6 +142,18 @@ def train(
         TrainingDivergedError: a loss or gradient became non-finite (the message names the step and
             the quantity; ``.history`` holds what was logged before).
     """
+    with _threads_for(problem.n_runs * problem.tree.n_nodes):
+        return _train(problem, specs, steps, optimizer, log_every, progress)
+
+
+def _train(
+    problem: Problem,
+    specs: Sequence[RunSpec],
+    steps: int,
+    optimizer: str,
+    log_every: int,
+    progress: bool,
+) -> History:
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
     if log_every < 1:

@@ -1,0 +1,155 @@
+"""Where does the probability mass go? DPO, IPO and SLiC on a Tree MDP with one preference pair.
+
+Reproduces the paper's Tree-MDP figures (Rafailov et al. 2024, "OOD-probs" and "indist"): the
+mass on responses that no preference pair mentions grows during training while the
+in-distribution mass falls. Every number is exact (the policy's full distribution over responses
+is computed at every logged step).
+
+    python experiments/ood_mass.py --beta 0.1
+
+writes results/ood_mass/<run>/{config.json, metrics.csv, ood_mass.png} and prints the final
+metrics per objective and β (means over seeds).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from treemdp import objectives, plotting
+from treemdp.cli import arg, run
+from treemdp.optim import OPTIMIZERS
+from treemdp.problem import POLICIES, REFERENCES, build_problem
+from treemdp.results import read_table, run_folder, write_config, write_table
+from treemdp.train import RunSpec, train
+from treemdp.tree import Tree
+
+
+@dataclass(frozen=True)
+class Config:
+    beta: tuple[float, ...] = arg((0.1,), "β values (one or several)", exclusive_minimum=0)
+    objectives: tuple[str, ...] = arg(
+        ("dpo", "ipo", "slic"), "objectives to train", choices=objectives.names()
+    )
+    branching: int = arg(3, "actions per state (b)", minimum=2)
+    depth: int = arg(3, "tree depth D (b^D responses)", minimum=1)
+    pairs: int = arg(1, "preference pairs per run (1 = the paper's 1pref)", minimum=1)
+    policy: str = arg("loglinear", "policy family", choices=POLICIES)
+    features: int = arg(8, "feature dimension k of the log-linear policy", minimum=1)
+    reference: str = arg(
+        "sft", "reference policy (the policy starts there)", choices=REFERENCES[:3]
+    )
+    sft_steps: int = arg(300, "Adam steps of the SFT reference fit", minimum=0)
+    sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
+    steps: int = arg(2000, "training steps", minimum=1)
+    lr: float = arg(0.01, "learning rate", exclusive_minimum=0)
+    optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
+    log_every: int = arg(10, "log exact metrics every this many steps", minimum=1)
+    seed: tuple[int, ...] = arg(tuple(range(10)), "seeds (each draws features, rewards, pair)")
+    out: str = arg("results/ood_mass", "root folder for run folders")
+    force: bool = arg(False, "recompute even if this config's results exist")
+
+
+SUMMARY = ["p_chosen", "p_rejected", "mass_ood", "max_ood", "kl_reverse", "win_rate"]
+
+
+def run_experiment(config: Config) -> pd.DataFrame:
+    """Train every (objective, β, seed) run as one batch; return the tidy History frame."""
+    if len(set(config.seed)) != len(config.seed):
+        raise ValueError("--seed values must be distinct")
+    tree = Tree.complete(config.branching, config.depth)
+    problems = build_problem(
+        tree,
+        config.seed,
+        policy=config.policy,
+        features=config.features,
+        reference=config.reference,
+        n_pairs=config.pairs,
+        sft_steps=config.sft_steps,
+        sft_lr=config.sft_lr,
+    )
+    layout = [
+        (o, b, i) for o in config.objectives for b in config.beta for i in range(len(config.seed))
+    ]
+    problem = problems.select([i for _, _, i in layout])
+    specs = [RunSpec(o, b, config.lr) for o, b, _ in layout]
+    history = train(
+        problem,
+        specs,
+        steps=config.steps,
+        optimizer=config.optimizer,
+        log_every=config.log_every,
+        progress=sys.stderr.isatty(),
+    )
+    return history.frame
+
+
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    """OOD and in-distribution mass over training, one panel per objective, one colour per β."""
+    objs = list(dict.fromkeys(frame["objective"]))
+    colors = plotting.beta_colors(frame["beta"].unique())
+    fig, axes = plotting.new_figure(len(objs))
+    for ax, name in zip(axes, objs, strict=True):
+        sub = frame[frame["objective"] == name]
+        for beta, g in sub.groupby("beta"):
+            for _, seed_run in g.groupby("run"):
+                ax.plot(
+                    seed_run["step"], seed_run["mass_ood"], color=colors[beta], alpha=0.15, lw=0.8
+                )
+            mean = g.groupby("step")[["mass_ood", "mass_in_dist"]].mean()
+            ax.plot(
+                mean.index, mean["mass_ood"], color=colors[beta], lw=2, label=f"OOD, β={beta:g}"
+            )
+            ax.plot(
+                mean.index,
+                mean["mass_in_dist"],
+                color=colors[beta],
+                lw=2,
+                ls="--",
+                label=f"in-dist, β={beta:g}",
+            )
+        ax.set_title(name.upper())
+        ax.set_xlabel("training step")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("probability mass (thin: OOD per seed)")
+    axes[-1].legend(fontsize=7, loc="center right")
+    plotting.save_figure(fig, path)
+
+
+def main(config: Config) -> Path:
+    """Run (or reuse) the experiment for ``config``; return its run folder."""
+    folder = run_folder(
+        config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
+    )
+    table = folder / "metrics.csv"
+    start = time.perf_counter()
+    if table.exists() and not config.force:
+        frame = read_table(table)
+        print(f"reusing finished results in {folder} (--force recomputes)")
+    else:
+        torch.set_default_dtype(torch.float64)
+        write_config(folder, config)
+        frame = run_experiment(config)
+        write_table(table, frame)
+    plot(frame, folder / "ood_mass.png")
+    final = frame[frame["step"] == frame["step"].max()]
+    summary = final.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()
+    peak = frame.groupby(["objective", "beta", "run"], sort=False)["p_chosen"].max()
+    summary.insert(1, "p_chosen_peak", peak.groupby(["objective", "beta"], sort=False).mean())
+    n_runs = frame["run"].nunique()
+    print(f"final step {int(final['step'].iloc[0])}, means over {len(config.seed)} seeds:")
+    print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
+    print(
+        f"{n_runs} runs in {time.perf_counter() - start:.1f} s; results in {folder}/ "
+        "(config.json, metrics.csv, ood_mass.png)"
+    )
+    return folder
+
+
+if __name__ == "__main__":
+    run(Config, main, description=__doc__)

@@ -1,0 +1,107 @@
+"""Command lines built from frozen config dataclasses.
+
+Each field becomes a flag (``sft_steps`` → ``--sft-steps``) with its default, its help text and,
+where given, its allowed choices or lower bound, all taken from the field's metadata (``arg``).
+Tuple fields take one or more values. User mistakes exit with status 2 and one line, never a
+traceback: argparse's own errors, range checks here, and any ValueError that ``main`` raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+__all__ = ["arg", "parse_config", "run"]
+
+C = TypeVar("C")
+
+
+def arg(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | None = None,
+    minimum: float | None = None,
+    exclusive_minimum: float | None = None,
+) -> Any:
+    """A dataclass field carrying its CLI help, allowed choices and lower bound."""
+    meta = {"help": help, "choices": choices, "min": minimum, "xmin": exclusive_minimum}
+    if isinstance(default, list):
+        raise TypeError("use a tuple default for multi-valued flags")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _describe(meta: dict[str, Any]) -> str:
+    parts = [meta["help"]]
+    if meta.get("min") is not None:
+        parts.append(f"(>= {meta['min']})")
+    if meta.get("xmin") is not None:
+        parts.append(f"(> {meta['xmin']})")
+    return " ".join(parts) + " [default: %(default)s]"
+
+
+def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with one flag per field of dataclass ``cls``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, meta = hints[f.name], dict(f.metadata)
+        kwargs: dict[str, Any] = {"default": f.default, "help": _describe(meta)}
+        if meta.get("choices") is not None:
+            kwargs["choices"] = list(meta["choices"])
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            kwargs["type"] = typing.get_args(kind)[0]
+            kwargs["nargs"] = "+"
+            kwargs["metavar"] = f.name.upper()
+        else:
+            kwargs["type"] = kind
+        parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+    return parser
+
+
+def _check_ranges(cls: type, values: dict[str, Any]) -> None:
+    for f in dataclasses.fields(cls):
+        lo, xlo = f.metadata.get("min"), f.metadata.get("xmin")
+        vals = values[f.name] if isinstance(values[f.name], tuple) else (values[f.name],)
+        for v in vals:
+            if lo is not None and not v >= lo:
+                raise ValueError(f"{_flag(f.name)} must be >= {lo}; got {v}")
+            if xlo is not None and not v > xlo:
+                raise ValueError(f"{_flag(f.name)} must be > {xlo}; got {v}")
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str = "") -> C:
+    """Parse ``argv`` into an instance of dataclass ``cls`` (exits 2 on a bad flag)."""
+    parser = build_parser(cls, description)
+    ns = vars(parser.parse_args(argv))
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}
+    try:
+        _check_ranges(cls, values)
+    except ValueError as e:
+        parser.error(str(e))
+    return cls(**values)
+
+
+def run(
+    cls: type[C], main: Callable[[C], Any], argv: Sequence[str] | None = None, description: str = ""
+) -> Any:
+    """Parse flags into a config and call ``main(config)``; a ValueError exits 2 with one line."""
+    config = parse_config(cls, argv, description)
+    try:
+        return main(config)
+    except ValueError as e:
+        prog = build_parser(cls, description).prog
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

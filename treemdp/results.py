@@ -1,0 +1,100 @@
+"""Run folders: ``config.json`` + a tidy CSV table (+ figures), every file written atomically.
+
+A run folder's name is derived from its config (a readable prefix and a hash of the whole
+config), so running the same config again finds the folder instead of duplicating it. Every
+write goes to a temporary file in the same folder and is then renamed over the target
+(``os.replace`` is atomic on POSIX): a killed process leaves either the old file or the new one,
+never half of one. A folder is complete when its table exists; the table is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "atomic_write",
+    "config_dict",
+    "read_config",
+    "read_table",
+    "run_folder",
+    "write_config",
+    "write_table",
+]
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as a JSON-ready dict (tuples become lists)."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError("config must be a dataclass instance")
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def run_folder(root: str | Path, config: Any, *, prefix: str, ignore: tuple[str, ...] = ()) -> Path:
+    """``root/<prefix>-<hash>``: the hash covers every config field except ``ignore`` (fields
+    such as the output folder or --force that do not change the results)."""
+    fields = {k: v for k, v in config_dict(config).items() if k not in ignore}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(root) / f"{prefix}-{digest}"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_config(folder: str | Path, config: Any) -> Path:
+    """Write ``folder/config.json`` atomically."""
+    text = json.dumps(config_dict(config), indent=2, sort_keys=True) + "\n"
+    return atomic_write(Path(folder) / "config.json", lambda p: p.write_text(text))
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """Read ``folder/config.json``; ValueError naming the file if it is missing or corrupt."""
+    path = Path(folder) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"{path} is missing: the run folder is incomplete; rerun the experiment"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is corrupt ({e}); delete the folder and rerun") from None
+
+
+def write_table(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Write a tidy table as CSV atomically (full float precision)."""
+    return atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.17g"))
+
+
+def read_table(path: str | Path, *, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a tidy CSV table; ValueError naming the file or the missing columns."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: run the experiment that writes it first")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is corrupt ({e}); delete it and rerun") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; it was written by another version")
+    return frame
