@@ -31,14 +31,18 @@ def test_dpo_is_log2_at_zero_margin_and_matches_a_hand_value():
     h = torch.tensor([0.0, 2.0], dtype=torch.float64)
     out = loss("dpo", *margins_to_inputs(h), beta=0.5)
     # β h = 1 → −log σ(1) = log(1 + e^{−1}) = 0.31326168751822286.
-    torch.testing.assert_close(out, torch.tensor([math.log(2), 0.31326168751822286], dtype=torch.float64))
+    torch.testing.assert_close(
+        out, torch.tensor([math.log(2), 0.31326168751822286], dtype=torch.float64)
+    )
 
 
 def test_ipo_hand_value_and_vanishing_gradient_at_target():
     beta = 0.1  # target margin 1/(2β) = 5
     h = torch.tensor([5.0, 3.0], dtype=torch.float64, requires_grad=True)
     out = loss("ipo", *margins_to_inputs(h), beta=beta)
-    torch.testing.assert_close(out.detach(), torch.tensor([0.0, 4.0], dtype=torch.float64))  # (3−5)²
+    torch.testing.assert_close(
+        out.detach(), torch.tensor([0.0, 4.0], dtype=torch.float64)
+    )  # (3−5)²
     (grad,) = torch.autograd.grad(out.sum(), h)
     assert grad[0].item() == 0.0 and grad[1].item() == pytest.approx(-4.0)
 
@@ -67,18 +71,28 @@ def test_rdpo_with_equal_lengths_is_dpo(h, beta, length):
 def test_rdpo_sign_convention():
     # A longer chosen response gets α(|y_w| − |y_l|) added to β h (Park et al. 2024, Eq. 9).
     h = torch.zeros(1, dtype=torch.float64)
-    out = loss("rdpo", *margins_to_inputs(h), beta=1.0, alpha=0.5, len_chosen=torch.tensor([4.0]),
-               len_rejected=torch.tensor([2.0]))
+    out = loss(
+        "rdpo",
+        *margins_to_inputs(h),
+        beta=1.0,
+        alpha=0.5,
+        len_chosen=torch.tensor([4.0]),
+        len_rejected=torch.tensor([2.0]),
+    )
     assert out.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))))
 
 
 @pytest.mark.parametrize("name", ["dpo", "ipo", "slic", "rdpo"])
 def test_gradcheck_float64(name):
     gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(4)]
+    inputs = [
+        torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(4)
+    ]
     if name == "slic":  # keep away from the hinge's kink, where the derivative is not defined
         inputs[0] = (inputs[0].detach() + torch.tensor([-3, -2, 30, 40, -5.0])).requires_grad_(True)
-    hyper = {"len_chosen": torch.arange(5.0), "len_rejected": torch.ones(5)} if name == "rdpo" else {}
+    hyper = (
+        {"len_chosen": torch.arange(5.0), "len_rejected": torch.ones(5)} if name == "rdpo" else {}
+    )
     assert torch.autograd.gradcheck(lambda *x: loss(name, *x, beta=0.7, **hyper), inputs)
 
 

@@ -25,13 +25,20 @@ def prompt_sums(tree, logp):
 @given(trees(), st.integers(0, 2**31))
 def test_response_probabilities_sum_to_one_per_prompt(tree, seed):
     logp = response_logprobs(tree, logits(tree, 3, seed, scale=5.0))
-    torch.testing.assert_close(prompt_sums(tree, logp), torch.ones(3, tree.n_prompts, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        prompt_sums(tree, logp),
+        torch.ones(3, tree.n_prompts, dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 @given(trees(), st.integers(0, 2**31))
 def test_levelwise_logprobs_equal_path_sums(tree, seed):
     z = logits(tree, 2, seed)
-    torch.testing.assert_close(response_logprobs(tree, z), path_logprobs(tree, z), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        response_logprobs(tree, z), path_logprobs(tree, z), rtol=0, atol=1e-12
+    )
 
 
 @given(trees(), st.integers(0, 2**31), st.floats(-50, 50))
@@ -40,7 +47,9 @@ def test_shifting_one_nodes_logits_changes_nothing(tree, seed, shift):
     node = seed % tree.n_internal
     shifted = z.clone()
     shifted[:, node, :] += shift
-    torch.testing.assert_close(response_logprobs(tree, shifted), response_logprobs(tree, z), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        response_logprobs(tree, shifted), response_logprobs(tree, z), rtol=0, atol=1e-10
+    )
 
 
 @given(trees(), st.integers(0, 2**31), st.booleans())
@@ -68,7 +77,7 @@ def test_one_hot_loglinear_equals_tabular():
 
 
 def test_exact_probabilities_match_sampling():
-    """Sample paths action by action; frequencies agree with the exact π within 4 standard errors."""
+    """Paths sampled action by action: frequencies within 4 standard errors of the exact π."""
     tree = Tree.complete(3, 2)
     z = logits(tree, 1, seed=11)
     exact = torch.exp(response_logprobs(tree, z))[0]
