@@ -60,8 +60,6 @@ SUMMARY = ["p_chosen", "p_rejected", "mass_ood", "max_ood", "kl_reverse", "win_r
 
 def run_experiment(config: Config) -> pd.DataFrame:
     """Train every (objective, β, seed) run as one batch; return the tidy History frame."""
-    if len(set(config.seed)) != len(config.seed):
-        raise ValueError("--seed values must be distinct")
     tree = Tree.complete(config.branching, config.depth)
     problems = build_problem(
         tree,
@@ -99,7 +97,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
         for beta, g in sub.groupby("beta"):
             for _, seed_run in g.groupby("run"):
                 ax.plot(
-                    seed_run["step"], seed_run["mass_ood"], color=colors[beta], alpha=0.15, lw=0.8
+                    seed_run["step"], seed_run["mass_ood"], color=colors[beta], alpha=0.3, lw=0.8
                 )
             mean = g.groupby("step")[["mass_ood", "mass_in_dist"]].mean()
             ax.plot(
@@ -123,6 +121,8 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
 
 def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; return its run folder."""
+    if len(set(config.seed)) != len(config.seed):
+        raise ValueError("--seed values must be distinct")
     folder = run_folder(
         config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
     )
@@ -133,9 +133,9 @@ def main(config: Config) -> Path:
         print(f"reusing finished results in {folder} (--force recomputes)")
     else:
         torch.set_default_dtype(torch.float64)
-        write_config(folder, config)
         frame = run_experiment(config)
-        write_table(table, frame)
+        write_config(folder, config)
+        write_table(table, frame)  # last: a folder is complete once its table exists
     plot(frame, folder / "ood_mass.png")
     final = frame[frame["step"] == frame["step"].max()]
     summary = final.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()

@@ -8,6 +8,7 @@ RMSProp: α = 0.99, ε = 1e-8).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,10 +61,12 @@ class Optimizer:
             theta.sub_(lr * grad / (v.sqrt() + self.eps))
 
 
-def make_optimizer(name: str, lr: float | Tensor, n_runs: int) -> Optimizer:
+def make_optimizer(name: str, lr: float | Sequence[float] | Tensor, n_runs: int) -> Optimizer:
     """An optimiser for ``n_runs`` runs; ``lr`` is one value or one per run (all > 0)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    if isinstance(lr, Tensor) and lr.dtype != torch.float64:
+        raise ValueError(f"lr must be a float, floats or a float64 tensor; got {lr.dtype}")
     lr_t = torch.as_tensor(lr, dtype=torch.float64).flatten()
     if lr_t.numel() == 1:
         lr_t = lr_t.expand(n_runs).clone()

@@ -31,6 +31,15 @@ __all__ = [
 ]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+
+
 def config_dict(config: Any) -> dict[str, Any]:
     """A dataclass config as a JSON-ready dict (tuples become lists)."""
     if not dataclasses.is_dataclass(config):
@@ -52,6 +61,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     try:
         write(Path(tmp))
         os.replace(tmp, path)

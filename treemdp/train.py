@@ -173,7 +173,8 @@ def _train(
     whole = len(group_index) == 1
 
     theta = policy.theta0.detach().clone().requires_grad_(True)
-    opt = make_optimizer(optimizer, torch.tensor([s.lr for s in specs]), problem.n_runs)
+    lrs = torch.tensor([s.lr for s in specs], dtype=torch.float64)
+    opt = make_optimizer(optimizer, lrs, problem.n_runs)
     logged_steps: list[int] = []
     logs: list[dict[str, Tensor]] = []
 

@@ -1,0 +1,65 @@
+"""Run folders: atomic writes, config-derived names, clear errors on missing or corrupt files."""
+
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+
+from treemdp.results import (
+    atomic_write,
+    read_config,
+    read_table,
+    run_folder,
+    write_config,
+    write_table,
+)
+
+
+@dataclass(frozen=True)
+class Cfg:
+    beta: tuple[float, ...] = (0.1,)
+    out: str = "x"
+
+
+def test_folder_name_depends_on_results_fields_only(tmp_path):
+    a = run_folder(tmp_path, Cfg(), prefix="p", ignore=("out",))
+    assert a == run_folder(tmp_path, Cfg(out="elsewhere"), prefix="p", ignore=("out",))
+    assert a != run_folder(tmp_path, Cfg(beta=(0.2,)), prefix="p", ignore=("out",))
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "t.csv"
+    write_table(path, pd.DataFrame({"a": [1]}))
+
+    def crash(p):
+        p.write_text("half a ta")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, crash)
+    assert read_table(path)["a"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_tables_round_trip_floats_exactly(tmp_path):
+    frame = pd.DataFrame({"x": [0.1 + 0.2, 1 / 3, 1e-300]})
+    write_table(tmp_path / "t.csv", frame)
+    assert read_table(tmp_path / "t.csv").equals(frame)
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist: run the experiment"):
+        read_table(tmp_path / "none.csv")
+    with pytest.raises(ValueError, match="config.json is missing"):
+        read_config(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is corrupt"):
+        read_config(tmp_path)
+    write_table(tmp_path / "t.csv", pd.DataFrame({"a": [1]}))
+    with pytest.raises(ValueError, match=r"lacks columns \['b'\]"):
+        read_table(tmp_path / "t.csv", columns=("a", "b"))
+
+
+def test_config_round_trips(tmp_path):
+    write_config(tmp_path, Cfg())
+    assert read_config(tmp_path) == {"beta": [0.1], "out": "x"}

@@ -1,0 +1,129 @@
+"""Training: determinism, batching equals single runs, the tabular property, bad input."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.strategies import trees_with_pairs
+from treemdp.problem import build_problem
+from treemdp.train import RunSpec, TrainingDivergedError, train
+from treemdp.tree import Tree
+
+TREE = Tree.complete(3, 3)
+
+
+def test_same_seed_gives_identical_history():
+    runs = [RunSpec("dpo", 0.1, 0.01), RunSpec("ipo", 0.5, 0.02)]
+    frames = [
+        train(build_problem(TREE, [3, 4], sft_steps=20), runs, steps=30, log_every=5).frame
+        for _ in range(2)
+    ]
+    assert frames[0].equals(frames[1])
+
+
+def test_a_batch_of_runs_equals_the_runs_one_by_one():
+    seeds = [0, 1, 2, 3]
+    specs = [
+        RunSpec("dpo", 0.1, 0.01),
+        RunSpec("ipo", 0.5, 0.03),
+        RunSpec("slic", 0.01, 0.02),
+        RunSpec("rdpo", 0.3, 0.01, (("alpha", 0.2),)),
+    ]
+    problem = build_problem(TREE, seeds, sft_steps=30)
+    batch = train(problem, specs, steps=60, log_every=10).frame
+    for r in range(len(seeds)):
+        single = train(
+            build_problem(TREE, [seeds[r]], sft_steps=30), [specs[r]], steps=60, log_every=10
+        )
+        one = single.frame.drop(columns="run").reset_index(drop=True)
+        mine = batch[batch["run"] == r].drop(columns="run").reset_index(drop=True)
+        numeric = one.select_dtypes("number").columns
+        assert (one["objective"] == mine["objective"]).all()
+        assert ((one[numeric] - mine[numeric]).abs().to_numpy().max()) <= 1e-12
+
+
+def test_history_logs_step_zero_every_k_and_the_last_step():
+    problem = build_problem(TREE, [0], sft_steps=5)
+    frame = train(problem, [RunSpec("dpo", 0.1, 0.01)], steps=23, log_every=10).frame
+    assert frame["step"].tolist() == [0, 10, 20, 23]
+    first = frame.iloc[0]
+    assert first["kl_reverse"] == 0  # π = π_ref at step 0
+    assert first["win_rate"] == pytest.approx(0.5, abs=1e-14)
+
+
+@settings(max_examples=30)
+@given(
+    trees_with_pairs(),
+    st.sampled_from(["dpo", "slic"]),
+    st.floats(0.01, 2.0),
+    st.floats(0.01, 5.0),
+    st.integers(0, 1000),
+)
+def test_tabular_sgd_on_one_pair_never_lowers_p_chosen(tree, objective, beta, lr, seed):
+    """With tabular logits, a DPO/SLiC gradient step only raises log π(y_w) − log π(y_l): along
+    y_w's path every conditional rises and no other node moves π(y_w), whatever the step size."""
+    problem = build_problem(tree, [seed], policy="tabular", reference="random")
+    frame = train(
+        problem, [RunSpec(objective, beta, lr)], steps=15, optimizer="sgd", log_every=1
+    ).frame
+    p = frame["p_chosen"].to_numpy()
+    assert (p[1:] >= p[:-1] - 1e-12).all()
+
+
+def test_loglinear_dpo_can_lower_p_chosen():
+    """Shared parameters break that property: the paper's over-optimization needs them."""
+    problem = build_problem(TREE, list(range(10)), sft_steps=300)
+    frame = train(problem, [RunSpec("dpo", 0.1, 0.01)] * 10, steps=1000, log_every=50).frame
+    peak = frame.groupby("run")["p_chosen"].max()
+    final = frame[frame["step"] == 1000].set_index("run")["p_chosen"]
+    assert ((peak - final) > 0.2).any()
+
+
+def test_nonfinite_loss_stops_training_naming_step_and_run():
+    # A reference with zero probability on the chosen response makes h undefined.
+    z = torch.zeros(TREE.n_internal, 3, dtype=torch.float64)
+    problem = build_problem(TREE, [0], reference="given", reference_logits=z)
+    bad = int(problem.pairs.chosen[0, 0])
+    node = int(TREE.leaves[bad])
+    z[int(TREE.internal_index[TREE.parent[node]]), int(TREE.action[node])] = float("-inf")
+    problem = build_problem(TREE, [0], reference="given", reference_logits=z)
+    with pytest.raises(TrainingDivergedError, match="run 0 is not finite at step 0") as err:
+        train(problem, [RunSpec("dpo", 0.1, 0.01)], steps=5)
+    assert err.value.history.frame.empty
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (RunSpec("dpo", 0.0, 0.01), "beta"),
+        (RunSpec("dpo", -1.0, 0.01), "beta"),
+        (RunSpec("nope", 0.1, 0.01), "objective must be one of"),
+        (RunSpec("dpo", 0.1, 0.0), "lr"),
+        (RunSpec("dpo", 0.1, 0.01, (("gamma", 1.0),)), "unknown"),
+    ],
+)
+def test_bad_run_specs_are_refused(spec, message):
+    problem = build_problem(TREE, [0], sft_steps=0)
+    with pytest.raises(ValueError, match=message):
+        train(problem, [spec], steps=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": -1}, "steps"),
+        ({"steps": 1, "log_every": 0}, "log_every"),
+        ({"steps": 1, "optimizer": "lbfgs"}, "optimizer must be one of"),
+    ],
+)
+def test_bad_training_arguments_are_refused(kwargs, message):
+    problem = build_problem(TREE, [0], sft_steps=0)
+    with pytest.raises(ValueError, match=message):
+        train(problem, [RunSpec("dpo", 0.1, 0.01)], **kwargs)
+
+
+def test_one_spec_per_run_is_required():
+    problem = build_problem(TREE, [0, 1], sft_steps=0)
+    with pytest.raises(ValueError, match="one RunSpec per run"):
+        train(problem, [RunSpec("dpo", 0.1, 0.01)], steps=1)
