@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.strategies import trees
 from treemdp import objectives
 from treemdp import theory as T
 from treemdp.data import validate_pairs
@@ -19,30 +20,6 @@ from treemdp.tree import Tree
 D = torch.float64
 
 
-# ------------------------------------------------------------------------------ strategies
-
-
-@st.composite
-def irregular_trees(draw: st.DrawFn) -> Tree:
-    """A random tree (leaves at different depths) or a forest of up to three of them."""
-
-    def one() -> Tree:
-        b = draw(st.integers(2, 3))
-        seqs: set[tuple[int, ...]] = set()
-        frontier = [()]
-        while frontier:  # grow: each node either stops (a leaf) or takes a subset of actions
-            node = frontier.pop()
-            if len(node) >= 1 and (len(node) >= 3 or draw(st.booleans())):
-                seqs.add(node)
-                continue
-            acts = draw(st.lists(st.integers(0, b - 1), min_size=1, max_size=b, unique=True))
-            frontier.extend((*node, a) for a in acts)
-        return Tree.from_sequences(sorted(seqs), branching=b)
-
-    trees = [one() for _ in range(draw(st.integers(1, 3)))]
-    return trees[0] if len(trees) == 1 else Tree.forest(trees)
-
-
 def _rand(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
     return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
 
@@ -50,7 +27,7 @@ def _rand(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor
 # ------------------------------------------------------------------------------ optimum
 
 
-@given(tree=irregular_trees(), seed=st.integers(0, 2**16), log_beta=st.floats(-3.0, 1.0))
+@given(tree=trees(), seed=st.integers(0, 2**16), log_beta=st.floats(-3.0, 1.0))
 def test_optimum_two_ways_agree(tree: Tree, seed: int, log_beta: float) -> None:
     R = 3
     ref_logits = _rand((R, tree.n_internal, tree.branching), seed, 2.0)
