@@ -50,9 +50,12 @@ class History:
 
     Attributes:
         frame: columns run, objective, beta, lr, seed, step, then ``METRICS``.
+        theta: the parameters after the last step (detached), shape (R, *param_shape); None
+            when training stopped early (``TrainingDivergedError``).
     """
 
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    theta: Tensor | None = None
 
     def final(self) -> pd.DataFrame:
         """The last logged row of every run."""
@@ -217,4 +220,6 @@ def _train(
         opt.step(theta, grad)
         bar.update(1)
     bar.close()
-    return history()
+    out = history()
+    out.theta = theta.detach().clone()
+    return out
