@@ -52,10 +52,29 @@ class History:
         frame: columns run, objective, beta, lr, seed, step, then ``METRICS``.
         theta: the parameters after the last step (detached), shape (R, *param_shape); None
             when training stopped early (``TrainingDivergedError``).
+        response_logp: log π(y|x) of every response at every logged step, shape (T, R, L),
+            when trained with ``record_responses=True``.
     """
 
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     theta: Tensor | None = None
+    response_logp: Tensor | None = None
+
+    def response_frame(self) -> pd.DataFrame:
+        """log π(y|x) of every response at every logged step, as a tidy table (run, step,
+        response, logp); only when trained with ``record_responses=True``."""
+        if self.response_logp is None:
+            raise ValueError("response log-probs were not recorded: train(record_responses=True)")
+        T, R, L = self.response_logp.shape
+        steps = self.frame["step"].to_numpy()[::R]
+        return pd.DataFrame(
+            {
+                "run": np.tile(np.repeat(np.arange(R), L), T),
+                "step": np.repeat(steps, R * L),
+                "response": np.tile(np.arange(L), T * R),
+                "logp": self.response_logp.reshape(-1).numpy(),
+            }
+        )
 
     def final(self) -> pd.DataFrame:
         """The last logged row of every run."""
@@ -126,6 +145,7 @@ def train(
     optimizer: str = "adam",
     log_every: int = 10,
     progress: bool = False,
+    record_responses: bool = False,
 ) -> History:
     """Train every run of ``problem`` from π_ref with full-batch gradient steps.
 
@@ -137,6 +157,8 @@ def train(
         log_every: log metrics every this many steps (>= 1); step 0 and the last step are
             always logged.
         progress: show a tqdm progress bar.
+        record_responses: also keep every response's log-probability at every logged step
+            (``History.response_logp``; T × R × L floats).
 
     Returns:
         A ``History`` with (number of logged steps) × R rows.
@@ -146,7 +168,7 @@ def train(
             the quantity; ``.history`` holds what was logged before).
     """
     with _threads_for(problem.n_runs * problem.tree.n_nodes):
-        return _train(problem, specs, steps, optimizer, log_every, progress)
+        return _train(problem, specs, steps, optimizer, log_every, progress, record_responses)
 
 
 def _train(
@@ -156,6 +178,7 @@ def _train(
     optimizer: str,
     log_every: int,
     progress: bool,
+    record_responses: bool,
 ) -> History:
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
@@ -180,6 +203,7 @@ def _train(
     opt = make_optimizer(optimizer, lrs, problem.n_runs)
     logged_steps: list[int] = []
     logs: list[dict[str, Tensor]] = []
+    snapshots: list[Tensor] = []
 
     def history() -> History:
         return History(_frame(specs, problem.seeds, logged_steps, logs)) if logs else History()
@@ -210,6 +234,8 @@ def _train(
             with torch.no_grad():
                 h = (lc - ref_c) - (lr - ref_r)
                 logs.append(metrics(ctx, logp.detach(), ref_logp, h, per_pair.detach()))
+            if record_responses:
+                snapshots.append(logp.detach().clone())
             logged_steps.append(step)
         if step == steps:
             break
@@ -222,4 +248,5 @@ def _train(
     bar.close()
     out = history()
     out.theta = theta.detach().clone()
+    out.response_logp = torch.stack(snapshots) if record_responses else None
     return out
