@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from treemdp import objectives, plotting
 from treemdp.cli import arg, run
 from treemdp.optim import OPTIMIZERS
-from treemdp.problem import POLICIES, REFERENCES, build_problem
+from treemdp.problem import POLICIES, REFERENCES, Problem, build_problem
 from treemdp.results import read_table, run_folder, write_config, write_table
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
@@ -69,7 +70,7 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 
     Returns:
         The tidy metrics table and, with ``config.responses``, the per-response table (run, step,
-        response, logp).
+        response, logp, role).
     """
     tree = Tree.complete(config.branching, config.depth)
     problems = build_problem(
@@ -96,7 +97,22 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         progress=sys.stderr.isatty(),
         record_responses=config.responses,
     )
-    return history.frame, history.response_frame() if config.responses else None
+    if not config.responses:
+        return history.frame, None
+    return history.frame, with_roles(history.response_frame(), problem)
+
+
+def with_roles(responses: pd.DataFrame, problem: Problem) -> pd.DataFrame:
+    """Add a ``role`` column: "chosen", "rejected" (or "both") in the run's pairs, else "ood"."""
+    R, L = problem.n_runs, problem.tree.n_responses
+    chosen = torch.zeros(R, L, dtype=torch.bool).scatter_(1, problem.pairs.chosen, True)
+    rejected = torch.zeros(R, L, dtype=torch.bool).scatter_(1, problem.pairs.rejected, True)
+    roles = np.select(
+        [(chosen & rejected).numpy(), chosen.numpy(), rejected.numpy()],
+        ["both", "chosen", "rejected"],
+        default="ood",
+    )
+    return responses.assign(role=roles[responses["run"], responses["response"]])
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:

@@ -19,7 +19,14 @@ from matplotlib.figure import Figure
 
 from treemdp.results import atomic_write
 
-__all__ = ["OBJECTIVE_COLORS", "beta_colors", "new_figure", "save_figure", "set_style"]
+__all__ = [
+    "OBJECTIVE_COLORS",
+    "beta_colors",
+    "new_figure",
+    "save_figure",
+    "set_style",
+    "write_caption",
+]
 
 OBJECTIVE_COLORS = {"dpo": "#1f77b4", "ipo": "#2ca02c", "slic": "#d62728", "rdpo": "#9467bd"}
 """Fixed colours for the paper's objectives, the same in every figure."""
@@ -62,3 +69,8 @@ def save_figure(fig: Figure, path: str | Path, *, pdf: bool = False) -> list[Pat
         written.append(atomic_write(pdf_path, lambda p: fig.savefig(p, format="pdf")))
     plt.close(fig)
     return written
+
+
+def write_caption(path: str | Path, text: str) -> Path:
+    """Write a figure's caption file (what data it shows) atomically."""
+    return atomic_write(path, lambda p: p.write_text(text))
