@@ -91,12 +91,14 @@ def _mix(signal: Tensor, basis: Tensor, noise: Tensor, explained: float) -> Tens
     if explained == 1.0:
         return s
     design = torch.cat([torch.ones_like(s).unsqueeze(1), basis, s.unsqueeze(1)], dim=1)
-    if design.shape[0] <= torch.linalg.matrix_rank(design):
+    # An orthonormal basis of the design's column space (SVD: rank-revealing, unlike plain QR).
+    u, sv, _ = torch.linalg.svd(design, full_matrices=False)
+    q = u[:, sv > sv[0] * max(design.shape) * torch.finfo(design.dtype).eps]
+    if design.shape[0] <= q.shape[1]:
         raise ValueError(
             f"explained < 1 needs more responses (L = {design.shape[0]}) than independent "
-            f"columns of [1, features, signal] ({int(torch.linalg.matrix_rank(design))})"
+            f"columns of [1, features, signal] ({q.shape[1]})"
         )
-    q, _ = torch.linalg.qr(design)
     resid = noise - q @ (q.T @ noise)
     return explained**0.5 * s + (1.0 - explained) ** 0.5 * _standardise(resid, "the noise")
 
