@@ -148,8 +148,12 @@ def test_build_problem_default_reward_is_unchanged():
 
 def test_build_problem_passes_reward_options():
     tree = Tree.with_stop(3, 3)
-    a = build_problem(tree, [0], policy="tabular", reward="concave", reward_options={"peak": 0.5})
-    b = build_problem(tree, [0], policy="tabular", reward="concave", reward_options={"peak": 2.0})
+    a = build_problem(
+        tree, [0], policy="tabular", reward="concave", reward_options={"peak": 0.5}, sft_steps=0
+    )
+    b = build_problem(
+        tree, [0], policy="tabular", reward="concave", reward_options={"peak": 2.0}, sft_steps=0
+    )
     assert not torch.equal(a.rewards, b.rewards)
     with pytest.raises(ValueError, match="reward must be one of"):
         build_problem(tree, [0], reward="bogus")
