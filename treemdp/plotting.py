@@ -22,6 +22,7 @@ from treemdp.results import atomic_write
 __all__ = [
     "OBJECTIVE_COLORS",
     "beta_colors",
+    "capacity_colors",
     "new_figure",
     "save_figure",
     "set_style",
@@ -74,3 +75,10 @@ def save_figure(fig: Figure, path: str | Path, *, pdf: bool = False) -> list[Pat
 def write_caption(path: str | Path, text: str) -> Path:
     """Write a figure's caption file (what data it shows) atomically."""
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+def capacity_colors(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per model capacity (or size), in the given order from small to large."""
+    ordered = list(dict.fromkeys(names))
+    palette = sns.color_palette("flare", n_colors=max(len(ordered), 1))
+    return dict(zip(ordered, palette, strict=True))

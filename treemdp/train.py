@@ -9,7 +9,7 @@ nothing branches on an objective's name.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from treemdp import objectives
+from treemdp.batching import EpochSchedule
 from treemdp.metrics import METRICS, MetricContext, metrics
 from treemdp.optim import make_optimizer
 from treemdp.problem import Problem
@@ -132,7 +133,7 @@ def _frame(
         "seed": np.tile(seeds.numpy(), T),
         "step": np.repeat(np.array(steps, dtype=np.int64), R),
     }
-    for name in METRICS:
+    for name in (*METRICS, *(k for k in logs[0] if k not in METRICS)):  # then extra metrics
         cols[name] = torch.stack([log[name] for log in logs]).reshape(-1).numpy()
     return pd.DataFrame(cols)
 
@@ -146,6 +147,9 @@ def train(
     log_every: int = 10,
     progress: bool = False,
     record_responses: bool = False,
+    batch_size: int | None = None,
+    batch_seed: int = 0,
+    extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None = None,
 ) -> History:
     """Train every run of ``problem`` from π_ref with full-batch gradient steps.
 
@@ -159,6 +163,14 @@ def train(
         progress: show a tqdm progress bar.
         record_responses: also keep every response's log-probability at every logged step
             (``History.response_logp``; T × R × L floats).
+        batch_size: pairs per step (>= 1), drawn in epochs (``treemdp.batching.EpochSchedule``:
+            a fresh ``batch_seed``-ed order per epoch, the same for every run); None (default)
+            or >= P is full batch. With a batch size the History gains ``epoch`` and
+            ``fraction_of_epoch`` columns. Logged ``loss`` and ``reward_accuracy`` are always
+            over the whole dataset.
+        batch_seed: seed of the per-epoch shuffles.
+        extra_metrics: called with log π (shape (R, L), detached) at every logged step; its
+            name → (R,) tensors become extra columns after ``METRICS``.
 
     Returns:
         A ``History`` with (number of logged steps) × R rows.
@@ -168,17 +180,32 @@ def train(
             the quantity; ``.history`` holds what was logged before).
     """
     with _threads_for(problem.n_runs * problem.tree.n_nodes):
-        return _train(problem, specs, steps, optimizer, log_every, progress, record_responses)
+        return _train(
+            problem,
+            specs,
+            steps=steps,
+            optimizer=optimizer,
+            log_every=log_every,
+            progress=progress,
+            record_responses=record_responses,
+            batch_size=batch_size,
+            batch_seed=batch_seed,
+            extra_metrics=extra_metrics,
+        )
 
 
 def _train(
     problem: Problem,
     specs: Sequence[RunSpec],
+    *,
     steps: int,
     optimizer: str,
     log_every: int,
     progress: bool,
     record_responses: bool,
+    batch_size: int | None,
+    batch_seed: int,
+    extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None,
 ) -> History:
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
@@ -186,6 +213,9 @@ def _train(
         raise ValueError(f"log_every must be >= 1; got {log_every}")
     _check_specs(specs, problem.n_runs)
     policy, pairs = problem.policy, problem.pairs
+    schedule = (
+        None if batch_size is None else EpochSchedule(pairs.n_pairs, batch_size, seed=batch_seed)
+    )
     ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
     ref_logp = problem.ref_logp
     ref_c, ref_r = ref_logp.gather(1, pairs.chosen), ref_logp.gather(1, pairs.rejected)
@@ -206,7 +236,13 @@ def _train(
     snapshots: list[Tensor] = []
 
     def history() -> History:
-        return History(_frame(specs, problem.seeds, logged_steps, logs)) if logs else History()
+        if not logs:
+            return History()
+        frame = _frame(specs, problem.seeds, logged_steps, logs)
+        if schedule is not None:
+            for name, col in schedule.epoch_columns(frame["step"].to_numpy()).items():
+                frame.insert(frame.columns.get_loc("step") + 1 + (name != "epoch"), name, col)
+        return History(frame)
 
     bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=False)
     for step in range(steps + 1):
@@ -223,7 +259,10 @@ def _train(
                 per_pair = out
             else:
                 per_pair[idx] = out
-        total = per_pair.mean(-1).sum()
+        if schedule is None or schedule.full_batch:
+            total = per_pair.mean(-1).sum()
+        else:  # each run's gradient is its own minibatch mean; metrics stay whole-dataset
+            total = per_pair[:, schedule.batch(step)].mean(-1).sum()
         if not bool(torch.isfinite(total)):
             bad = int(torch.nonzero(~torch.isfinite(per_pair.mean(-1)))[0])
             bar.close()
@@ -233,7 +272,10 @@ def _train(
         if step % log_every == 0 or step == steps:
             with torch.no_grad():
                 h = (lc - ref_c) - (lr - ref_r)
-                logs.append(metrics(ctx, logp.detach(), ref_logp, h, per_pair.detach()))
+                log = metrics(ctx, logp.detach(), ref_logp, h, per_pair.detach())
+                logs.append(
+                    log if extra_metrics is None else {**log, **extra_metrics(logp.detach())}
+                )
             if record_responses:
                 snapshots.append(logp.detach().clone())
             logged_steps.append(step)
