@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from treemdp import objectives, plotting, scaling
 from treemdp.cli import arg, run
+from treemdp.metrics import logratio_length_r2
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import build_problem
 from treemdp.results import read_table, run_folder, write_config, write_table
@@ -43,7 +44,9 @@ from treemdp.tree import Tree
 @dataclass(frozen=True)
 class Config:
     objectives: tuple[str, ...] = arg(
-        ("dpo", "ipo", "slic"), "objectives to train", choices=objectives.names()
+        ("dpo", "ipo", "slic"),
+        "objectives to train (any registry name, e.g. rdpo for the length-regularised DPO)",
+        choices=objectives.names(),
     )
     beta: tuple[float, ...] = arg((0.01, 0.03, 0.1, 0.3, 1.0), "β grid", exclusive_minimum=0)
     capacities: tuple[str, ...] = arg(
@@ -109,12 +112,17 @@ def parse_capacity(name: str) -> dict[str, object]:
     return {"policy": "mlp", "width": int(match.group(1)), "layers": int(match.group(2) or 1)}
 
 
-def expected_length(tree: Tree):
-    """An ``extra_metrics`` hook: E_π[response length] per run, averaged over prompts."""
+def length_metrics(tree: Tree, ref_logp: torch.Tensor):
+    """An ``extra_metrics`` hook: E_π[response length] per run (averaged over prompts) and
+    ``length_r2``, the R² of the π-weighted regression of log π/π_ref on length
+    (``treemdp.metrics.logratio_length_r2``; NaN at step 0, where π = π_ref)."""
     length = tree.response_length.to(torch.float64)
 
     def hook(logp: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"length": (torch.exp(logp) * length).sum(-1) / tree.n_prompts}
+        return {
+            "length": (torch.exp(logp) * length).sum(-1) / tree.n_prompts,
+            "length_r2": logratio_length_r2(tree, logp, ref_logp),
+        }
 
     return hook
 
@@ -160,7 +168,7 @@ def run_experiment(config: Config) -> pd.DataFrame:
             log_every=log_every,
             progress=interactive,
             batch_size=config.batch_size,
-            extra_metrics=expected_length(tree),
+            extra_metrics=length_metrics(tree, problem.ref_logp),
         )
         frame = history.frame
         frame.insert(0, "capacity", capacity)

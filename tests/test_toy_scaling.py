@@ -25,7 +25,7 @@ toy = load()
 
 
 def tiny(tmp_path, **kw):
-    base = dict(quick=True, objectives=("dpo", "ipo"), out=str(tmp_path), n_resamples=5)
+    base = dict(quick=True, objectives=("dpo", "rdpo"), out=str(tmp_path), n_resamples=5)
     return toy.Config(**{**base, **kw})
 
 
@@ -66,8 +66,12 @@ def test_smoke_toy_scaling_writes_table_fits_and_figures(tmp_path, capsys):
         "reward_accuracy",
         "mass_ood",
         "length",
+        "length_r2",
     ]
     assert set(needed) <= set(table.columns)
+    assert table.loc[table["step"] == 0, "length_r2"].isna().all()  # π = π_ref: undefined
+    later = table.loc[table["step"] > 0, "length_r2"]
+    assert later.notna().all() and later.between(0, 1).all()
     resolved = toy.resolve(config)
     n_runs = len(config.objectives) * len(resolved.beta) * len(resolved.seed)
     assert table.groupby("capacity")["run"].nunique().eq(n_runs).all()

@@ -17,6 +17,9 @@ Metric names (columns of every results table):
     win_rate               P[r(y) > r(y')] + ½ P[r(y) = r(y')], y ~ π, y' ~ π_ref, same prompt
     reward_accuracy        share of pairs with positive implicit margin h
     loss                   mean per-pair objective loss
+
+Not in ``METRICS`` (computed on request, e.g. as a ``train(extra_metrics=...)`` hook):
+    logratio_length_r2     R² of the π-weighted regression of log π(y)/π_ref(y) on |y|
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ from torch import Tensor
 from treemdp.data import Pairs
 from treemdp.tree import Tree
 
-__all__ = ["METRICS", "MetricContext", "kl_divergence", "metrics", "win_rate"]
+__all__ = [
+    "METRICS",
+    "MetricContext",
+    "kl_divergence",
+    "logratio_length_r2",
+    "metrics",
+    "weighted_r2",
+    "win_rate",
+]
 
 METRICS = (
     "p_chosen",
@@ -177,3 +188,71 @@ def metrics(
         "reward_accuracy": (h > 0).to(logp.dtype).mean(-1),
         "loss": loss.mean(-1),
     }
+
+
+def weighted_r2(y: Tensor, x: Tensor, weights: Tensor) -> Tensor:
+    """R² of the weighted least-squares line y ≈ a + b x, per run.
+
+    With weights normalised to w (Σw = 1), weighted means ȳ = Σ w y, x̄ = Σ w x, the fitted line's
+    R² = 1 − Σ w (y − a − b x)² / Σ w (y − ȳ)² equals the squared weighted correlation
+    cov_w(x, y)² / (var_w(x) var_w(y)) (simple regression with an intercept). Entries of weight 0
+    are ignored even where y or x is ±inf or NaN (e.g. log π = −inf where π = 0).
+
+    Args:
+        y: response variable. Shape (R, N).
+        x: regressor. Shape (R, N) or (N,) (broadcast over runs).
+        weights: non-negative weights, any scale, at least one positive per run. Shape (R, N).
+
+    Returns:
+        R² in [0, 1]. Shape (R,). NaN for a run whose weighted variance of x or of y is zero
+        (up to rounding, relative 1e-12): R² is undefined there (e.g. y ≡ 0 at π = π_ref).
+
+    Raises:
+        ValueError: shapes disagree, or a weight is negative or NaN, or a run's weights sum to 0.
+    """
+    if x.dim() == 1 and y.dim() == 2 and x.shape[0] == y.shape[1]:
+        x = x.expand_as(y)
+    if y.dim() != 2 or x.shape != y.shape or weights.shape != y.shape:
+        raise ValueError(
+            f"y, x and weights must have shape (R, N) (x may be (N,)); got {tuple(y.shape)}, "
+            f"{tuple(x.shape)}, {tuple(weights.shape)}"
+        )
+    if bool((~(weights >= 0)).any()):
+        raise ValueError("weights must be >= 0 and not NaN")
+    total = weights.sum(-1, keepdim=True)
+    if bool((total <= 0).any()):
+        raise ValueError("weights must have a positive sum in every run")
+    w = weights / total
+    support = w > 0
+    y = torch.where(support, y, torch.zeros_like(y))
+    x = torch.where(support, x, torch.zeros_like(x))
+    dy = y - (w * y).sum(-1, keepdim=True)
+    dx = x - (w * x).sum(-1, keepdim=True)
+    var_y, var_x = (w * dy * dy).sum(-1), (w * dx * dx).sum(-1)
+    cov = (w * dx * dy).sum(-1)
+    r2 = (cov * cov / (var_x * var_y)).clamp(0.0, 1.0)
+    # Relative zero tests: a variance is "zero" when below (1e-12 · largest |value|)².
+    scale_y = torch.where(support, y.abs(), torch.zeros_like(y)).amax(-1)
+    scale_x = torch.where(support, x.abs(), torch.zeros_like(x)).amax(-1)
+    undefined = (var_y <= (1e-12 * scale_y) ** 2) | (var_x <= (1e-12 * scale_x) ** 2)
+    return torch.where(undefined, torch.full_like(r2, float("nan")), r2)
+
+
+def logratio_length_r2(tree: Tree, logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """R² of the regression of the implicit log-ratio log π(y|x)/π_ref(y|x) on length |y|, y ~ π.
+
+    The exact, probability-weighted version of Rafailov et al. (2024)'s length analysis (there: an
+    ordinary regression over sampled responses): weights π(y|x)/n_prompts, pooled over prompts
+    (``weighted_r2``). NaN where the log-ratio is constant on π's support (at π = π_ref) or every
+    response π reaches has the same length.
+
+    Args:
+        tree: the tree (response lengths, number of prompts).
+        logp: log π(y|x). Shape (R, L).
+        ref_logp: log π_ref(y|x). Shape (R, L).
+
+    Returns:
+        Shape (R,).
+    """
+    length = tree.response_length.to(logp.dtype)
+    return weighted_r2(logp - ref_logp, length, torch.exp(logp) / tree.n_prompts)
