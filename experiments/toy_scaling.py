@@ -66,6 +66,7 @@ class Config:
     epochs: float = arg(1.0, "passes over the dataset", exclusive_minimum=0)
     checkpoints: int = arg(16, "checkpoints per run, evenly spaced (plus step 0)", minimum=1)
     lr: float = arg(0.03, "learning rate", exclusive_minimum=0)
+    rdpo_alpha: float = arg(0.01, "α of rdpo's length term (registry default 0.01)", minimum=0)
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
     sft_steps: int = arg(100, "Adam steps of the SFT reference fit", minimum=0)
     sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
@@ -144,7 +145,8 @@ def run_experiment(config: Config) -> pd.DataFrame:
     layout = [
         (o, b, i) for o in config.objectives for b in config.beta for i in range(len(config.seed))
     ]
-    specs = [RunSpec(o, b, config.lr) for o, b, _ in layout]
+    hyper = {"rdpo": (("alpha", config.rdpo_alpha),)}  # the only objective with a toy knob
+    specs = [RunSpec(o, b, config.lr, hyper.get(o, ())) for o, b, _ in layout]
     frames = []
     interactive = sys.stderr.isatty()
     for capacity in tqdm(config.capacities, desc="capacities", disable=not interactive):

@@ -1,0 +1,392 @@
+"""The checkpoint table every scaling / evolution / length / accuracy figure reads, and its adapters.
+
+One row per (run, checkpoint), the same columns whatever the source:
+
+    run          a run's key, unique within the table (toy: "<capacity>/<run>", llm: folder name)
+    objective    dpo, ipo, slic, rdpo, ...
+    beta         β
+    size         model size: toy = policy capacity (tabular, mlp4, ...), llm = model name
+    size_rank    0, 1, ... from the smallest size to the largest (by parameter count)
+    seed         seed
+    step         toy: optimiser step; llm: examples seen
+    fraction     fraction of the (first) epoch trained, 0 at the start
+    final        whether this is the run's last checkpoint
+    kl_reverse   KL(π‖π_ref) (nats)
+    kl_forward   KL(π_ref‖π) (nats)
+    d            √KL(π‖π_ref) (a negative sampled KL estimate is clipped to 0 first)
+    d_forward    √KL(π_ref‖π)
+    win_rate     gold/judge win rate (toy: against π_ref under the gold reward; llm: judge vs
+                 the dataset's reference summaries)
+    reward_accuracy  share of preference pairs with positive implicit margin
+    loss         the objective's mean loss (toy: on the training pairs; llm: as evaluated)
+    length       mean response length under π (toy: actions; llm: as evaluated)
+    length_r2    R² of the regression of log π/π_ref on response length (NaN where undefined)
+    win_rate_se, kl_reverse_se, kl_forward_se   standard errors (llm); NaN for the exact toy
+
+Adapters: ``from_toy(folder)`` for an experiments/toy_scaling.py run folder and
+``from_llm(folders)`` for LLM evaluation run folders (``eval.csv`` + ``config.json``). A ``Data``
+bundles a table with the caption line that says where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from treemdp.results import find_runs, read_table
+
+COLUMNS = (
+    "run",
+    "objective",
+    "beta",
+    "size",
+    "size_rank",
+    "seed",
+    "step",
+    "fraction",
+    "final",
+    "kl_reverse",
+    "kl_forward",
+    "d",
+    "d_forward",
+    "win_rate",
+    "reward_accuracy",
+    "loss",
+    "length",
+    "length_r2",
+    "win_rate_se",
+    "kl_reverse_se",
+    "kl_forward_se",
+)
+"""Columns of the checkpoint table, in order."""
+
+TOY_EXPERIMENT = "experiments/toy_scaling.py"
+TOY_COLUMNS = (
+    "capacity",
+    "n_params",
+    "run",
+    "objective",
+    "beta",
+    "seed",
+    "step",
+    "fraction_of_epoch",
+    "kl_reverse",
+    "kl_forward",
+    "win_rate",
+    "reward_accuracy",
+    "loss",
+    "length",
+    "length_r2",
+)
+"""What ``from_toy`` needs from a toy_scaling ``metrics.csv``."""
+
+LLM_EVAL = "eval.csv"
+LLM_EVAL_COLUMNS = (
+    "checkpoint",
+    "examples_seen",
+    "fraction_of_epoch",
+    "kl_reverse",
+    "kl_reverse_se",
+    "kl_forward",
+    "kl_forward_se",
+    "length_mean",
+    "logratio_length_r2",
+    "reward_accuracy",
+    "loss",
+    "win_rate",
+    "win_rate_se",
+)
+"""What ``from_llm`` needs from an LLM run's ``eval.csv`` (one row per evaluated checkpoint)."""
+LLM_CONFIG_KEYS = ("objective", "beta", "model", "seed")
+"""What ``from_llm`` needs from an LLM run's ``config.json``."""
+
+
+@dataclass(frozen=True)
+class Data:
+    """A checkpoint table and where it came from.
+
+    Attributes:
+        table: the checkpoint table (``COLUMNS``).
+        kind: "toy" or "llm" (figures go to ``out/<kind>/``).
+        source: one caption line naming the run folders and what "size" means.
+    """
+
+    table: pd.DataFrame
+    kind: str
+    source: str
+
+
+def check(table: pd.DataFrame, where: str = "the checkpoint table") -> pd.DataFrame:
+    """``table`` with exactly ``COLUMNS`` in order; ValueError naming any missing column."""
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{where} lacks columns {missing} (see figures/checkpoints.py COLUMNS)")
+    if table.empty:
+        raise ValueError(f"{where} has no rows")
+    return table.loc[:, list(COLUMNS)].reset_index(drop=True)
+
+
+def _finish(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add d, d_forward and final; order the rows."""
+    frame = frame.copy()
+    frame["d"] = np.sqrt(frame["kl_reverse"].clip(lower=0))
+    frame["d_forward"] = np.sqrt(frame["kl_forward"].clip(lower=0))
+    frame["final"] = frame["step"] == frame.groupby("run")["step"].transform("max")
+    frame = frame.sort_values(["size_rank", "objective", "beta", "seed", "run", "step"])
+    return check(frame)
+
+
+def _ranks(sizes: pd.Series, n_params: pd.Series) -> pd.Series:
+    """0, 1, ... by parameter count (ties broken by first appearance)."""
+    order = (
+        pd.DataFrame({"size": sizes, "n": n_params})
+        .drop_duplicates("size")
+        .reset_index(drop=True)
+        .reset_index()
+        .sort_values(["n", "index"])
+    )
+    rank = {s: i for i, s in enumerate(order["size"])}
+    return sizes.map(rank).astype(int)
+
+
+# ---------------------------------------------------------------------------------------------
+# Toy: experiments/toy_scaling.py
+# ---------------------------------------------------------------------------------------------
+
+
+def from_toy(folder: str | Path) -> pd.DataFrame:
+    """The checkpoint table of a toy_scaling run folder (size = capacity, ranked by n_params).
+
+    Raises:
+        ValueError: ``metrics.csv`` is missing or lacks a column (the message says which, and that
+            a rerun of experiments/toy_scaling.py writes it).
+    """
+    path = Path(folder) / "metrics.csv"
+    try:
+        raw = read_table(path, columns=TOY_COLUMNS)
+    except ValueError as e:
+        raise ValueError(f"{e}; rerun: python {TOY_EXPERIMENT} --force (same flags)") from None
+    frame = pd.DataFrame(
+        {
+            "run": raw["capacity"].astype(str) + "/" + raw["run"].astype(str),
+            "objective": raw["objective"],
+            "beta": raw["beta"].astype(float),
+            "size": raw["capacity"].astype(str),
+            "size_rank": _ranks(raw["capacity"].astype(str), raw["n_params"]),
+            "seed": raw["seed"],
+            "step": raw["step"],
+            "fraction": raw["fraction_of_epoch"].astype(float),
+            "kl_reverse": raw["kl_reverse"],
+            "kl_forward": raw["kl_forward"],
+            "win_rate": raw["win_rate"],
+            "reward_accuracy": raw["reward_accuracy"],
+            "loss": raw["loss"],
+            "length": raw["length"],
+            "length_r2": raw["length_r2"],
+            "win_rate_se": np.nan,
+            "kl_reverse_se": np.nan,
+            "kl_forward_se": np.nan,
+        }
+    )
+    return _finish(frame)
+
+
+TOY_REQUIRED = {
+    "objectives": ("dpo", "ipo", "slic", "rdpo"),
+    "quick": False,
+    "reward": "concave",
+    "capacities": ("tabular", "mlp4", "mlp16", "mlp64"),
+    "beta": (0.01, 0.03, 0.1, 0.3, 1.0),
+    "seed": (0, 1, 2),
+    "pairs": 512,
+    "epochs": 1.0,
+    "rdpo_alpha": 0.3,
+}
+"""The toy_scaling settings the toy figures show: its defaults, plus rdpo with α = 0.3 (the
+registry's α = 0.01 is invisible next to the toy's margins: its runs match DPO's to 3 digits)."""
+TOY_QUICK = {"objectives": TOY_REQUIRED["objectives"], "quick": True, "rdpo_alpha": 0.3}
+"""The tiny config (``--quick``) for tests and a first look."""
+
+
+def toy_args(settings: dict) -> list[str]:
+    """Command-line flags of experiments/toy_scaling.py that request ``settings``."""
+    args: list[str] = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple | list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def _matches(config: dict, settings: dict) -> bool:
+    return all(
+        config.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
+    )
+
+
+def find_toy_run(results: str | Path = "results", settings: dict | None = None) -> Path:
+    """The newest toy_scaling run folder under ``results`` with ``settings`` whose metrics.csv
+    has every column the figures need (older folders lack ``length_r2``)."""
+    settings = TOY_REQUIRED if settings is None else settings
+    for folder, config in find_runs(Path(results) / "toy_scaling", "metrics.csv"):
+        if not _matches(config, settings):
+            continue
+        header = pd.read_csv(folder / "metrics.csv", nrows=0).columns
+        if set(TOY_COLUMNS) <= set(header):
+            return folder
+    command = " ".join(["python", TOY_EXPERIMENT, *toy_args(settings), "--force"])
+    raise ValueError(
+        f"no complete toy_scaling run with the settings these figures need under {results}; "
+        f"run: {command}"
+    )
+
+
+def load_toy(folder: str | Path) -> Data:
+    """``from_toy`` with its caption line."""
+    folder = Path(folder)
+    table = from_toy(folder)
+    sizes = " < ".join(table.drop_duplicates("size").sort_values("size_rank")["size"])
+    source = (
+        f"data: toy (Tree MDP), {folder}/metrics.csv (experiments/toy_scaling.py); exact metrics; "
+        f"'size' is the policy's capacity ({sizes}, by parameter count); win rate is against "
+        "π_ref under the gold reward; accuracy and loss are on the training pairs."
+    )
+    return Data(table, "toy", source)
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM: evaluation run folders (eval.csv + config.json)
+# ---------------------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmb])\b", re.IGNORECASE)
+_SCALE = {"k": 1e3, "m": 1e6, "b": 1e9}
+
+
+def model_params(config: dict) -> float:
+    """A model's parameter count for ordering sizes: config's ``n_params`` if present, else
+    parsed from the model name ("pythia-2.8b" → 2.8e9, "70m" → 7e7), else NaN."""
+    if config.get("n_params") is not None:
+        return float(config["n_params"])
+    match = _SIZE.search(str(config["model"]).replace("_", "-"))
+    return float(match.group(1)) * _SCALE[match.group(2).lower()] if match else np.nan
+
+
+def _llm_folders(folders: Iterable[str | Path]) -> list[Path]:
+    """Each given folder if it holds eval.csv, else every folder below it that does."""
+    found: list[Path] = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder (--llm-runs takes LLM run folders)")
+        if (folder / LLM_EVAL).exists():
+            found.append(folder)
+            continue
+        below = sorted(p.parent for p in folder.rglob(LLM_EVAL))
+        if not below:
+            raise ValueError(
+                f"{folder} holds no {LLM_EVAL}: an LLM run folder needs {LLM_EVAL} (columns "
+                f"{', '.join(LLM_EVAL_COLUMNS)}) and config.json (keys "
+                f"{', '.join(LLM_CONFIG_KEYS)}), written by the LLM evaluation"
+            )
+        found += below
+    return found
+
+
+def _llm_run(folder: Path) -> pd.DataFrame:
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"{config_path} is missing (needs keys {', '.join(LLM_CONFIG_KEYS)})")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is corrupt ({e})") from None
+    missing = [k for k in LLM_CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"{config_path} lacks keys {missing}")
+    raw = read_table(folder / LLM_EVAL, columns=LLM_EVAL_COLUMNS)
+    return pd.DataFrame(
+        {
+            "run": folder.name,
+            "objective": str(config["objective"]).lower(),
+            "beta": float(config["beta"]),
+            "size": str(config["model"]),
+            "n_params": model_params(config),
+            "seed": config["seed"],
+            "step": raw["examples_seen"],
+            "fraction": raw["fraction_of_epoch"].astype(float),
+            "kl_reverse": raw["kl_reverse"],
+            "kl_forward": raw["kl_forward"],
+            "win_rate": raw["win_rate"],
+            "reward_accuracy": raw["reward_accuracy"],
+            "loss": raw["loss"],
+            "length": raw["length_mean"],
+            "length_r2": raw["logratio_length_r2"],
+            "win_rate_se": raw["win_rate_se"],
+            "kl_reverse_se": raw["kl_reverse_se"],
+            "kl_forward_se": raw["kl_forward_se"],
+        }
+    )
+
+
+def from_llm(folders: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """The checkpoint table of LLM evaluation run folders (size = model, ranked by parameters).
+
+    Args:
+        folders: run folders (each with ``eval.csv`` and ``config.json``), or folders above them.
+
+    Raises:
+        ValueError: a folder lacks eval.csv / config.json, or they lack a column / key (named).
+    """
+    if isinstance(folders, str | Path):
+        folders = [folders]
+    runs = _llm_folders(folders)
+    names = [p.name for p in runs]
+    frames = [_llm_run(p) for p in runs]
+    if len(set(names)) != len(names):  # same folder name under different parents: use paths
+        for frame, p in zip(frames, runs, strict=True):
+            frame["run"] = str(p)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["size_rank"] = _ranks(frame["size"], frame["n_params"])
+    return _finish(frame.drop(columns="n_params"))
+
+
+def load_llm(folders: Sequence[str | Path]) -> Data:
+    """``from_llm`` with its caption line."""
+    table = from_llm(folders)
+    sizes = " < ".join(table.drop_duplicates("size").sort_values("size_rank")["size"])
+    source = (
+        f"data: LLM evaluation runs ({table['run'].nunique()} run folders under "
+        f"{', '.join(map(str, folders))}; eval.csv); 'size' is the model ({sizes}); KL, win "
+        "rate and length are estimates on sampled responses."
+    )
+    return Data(table, "llm", source)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line every family script shares
+# ---------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--toy-run / --llm-runs / --results / --out."""
+    parser.add_argument("--toy-run", default=None, help="a toy_scaling run folder")
+    parser.add_argument("--llm-runs", nargs="+", default=None, help="LLM evaluation run folders")
+    parser.add_argument("--results", default="results", help="results root [default: results]")
+    parser.add_argument("--out", default="figures/out", help="output root [default: figures/out]")
+
+
+def data_from_args(args: argparse.Namespace) -> Data:
+    """The LLM runs if given, else the given toy run, else the newest matching toy run."""
+    if args.llm_runs:
+        return load_llm(args.llm_runs)
+    return load_toy(args.toy_run or find_toy_run(args.results))

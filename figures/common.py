@@ -1,0 +1,85 @@
+"""Helpers the checkpoint-table figure families share: ordering, colours, selection, saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from treemdp import plotting
+
+PAPER_OBJECTIVES = ("dpo", "ipo", "slic")
+"""The objectives the paper draws a figure for each."""
+TITLES = {"dpo": "DPO", "ipo": "IPO", "slic": "SLiC", "rdpo": "R-DPO"}
+
+
+def title(objective: str) -> str:
+    """DPO, IPO, SLiC, R-DPO, or the name in capitals."""
+    return TITLES.get(objective, objective.upper())
+
+
+def sizes(table: pd.DataFrame) -> list[str]:
+    """Sizes from small to large."""
+    return list(table.drop_duplicates("size").sort_values("size_rank")["size"])
+
+
+def size_colors(table: pd.DataFrame) -> dict:
+    """One colour per size, the same in every figure drawn from this table."""
+    return plotting.capacity_colors(sizes(table))
+
+
+def beta_colors(table: pd.DataFrame) -> dict:
+    """One colour per β over every β in the table (so a β has one colour in all figures)."""
+    return plotting.beta_colors(sorted(table["beta"].unique()))
+
+
+def objectives(table: pd.DataFrame, wanted=PAPER_OBJECTIVES) -> list[str]:
+    """The objectives of ``wanted`` that the table has rows for."""
+    present = set(table["objective"])
+    return [o for o in wanted if o in present]
+
+
+def select(table: pd.DataFrame, objective: str | None = None, size: str | None = None):
+    """Rows of one objective and/or size; ValueError naming the cell if there are none."""
+    sub = table
+    if objective is not None:
+        sub = sub[sub["objective"] == objective]
+    if size is not None:
+        sub = sub[sub["size"] == size]
+    if sub.empty:
+        cell = ", ".join(f"{k} {v!r}" for k, v in (("objective", objective), ("size", size)) if v)
+        raise ValueError(f"the checkpoint table has no rows for {cell}")
+    return sub
+
+
+def file_size(size: str) -> str:
+    """A size name safe inside a file name."""
+    return "".join(c if c.isalnum() or c in ".-_" else "-" for c in size)
+
+
+def beta_label(beta: float) -> str:
+    return f"β={beta:g}"
+
+
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    """Spearman rank correlation (NaN with fewer than 3 points or a constant variable)."""
+    ok = x.notna() & y.notna()
+    if ok.sum() < 3 or x[ok].nunique() < 2 or y[ok].nunique() < 2:
+        return np.nan
+    return float(x[ok].rank().corr(y[ok].rank()))
+
+
+class Writer:
+    """Saves figures as PNG + PDF with a caption file under ``out/<kind>/``."""
+
+    def __init__(self, out: str | Path, kind: str, source: str) -> None:
+        self.folder = Path(out) / kind
+        self.source = source
+        self.written: list[Path] = []
+
+    def save(self, fig: Figure, name: str, caption: str) -> None:
+        self.written.extend(plotting.save_figure(fig, self.folder / f"{name}.png", pdf=True))
+        text = f"{name}: {caption}\n{self.source}\n"
+        self.written.append(plotting.write_caption(self.folder / f"{name}.txt", text))

@@ -1,0 +1,163 @@
+"""Win rate against d = √KL with fitted scaling-law curves, one colour per size (paper Fig. 1, 5).
+
+Writes, per objective (dpo, ipo, slic):
+
+- `{objective}_scaling_law_curve_fits_final_kl`: final checkpoints, d = √KL(π‖π_ref);
+- `{objective}_scaling_law_curve_fits_kl`: every checkpoint of the epoch;
+- `..._final_forward_kl` and `..._forward_kl`: the same against d = √KL(π_ref‖π).
+
+The curve is the RL form R(d) = d(α − β log d) (`treemdp.scaling`, form "rl") fitted by least
+squares to the win-rate *gain* over the run's initial (step-0) value, drawn at initial + R(d). Where
+a size has no step-0 checkpoint (an LLM table without the SFT row), the fit has a free offset.
+
+    python figures/scaling_fits.py [--toy-run DIR | --llm-runs DIR...] [--out figures/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import checkpoints
+import numpy as np
+import pandas as pd
+from common import Writer, objectives, select, size_colors, sizes, title
+
+from treemdp import plotting, scaling
+
+FORM = "rl"
+AXES = {
+    "d": ("kl", "d = √KL(π‖π_ref)  (√nats)"),
+    "d_forward": ("forward_kl", "d = √KL(π_ref‖π), forward  (√nats)"),
+}
+"""x column → (file-name part, axis label)."""
+
+
+def initial_win_rate(table: pd.DataFrame) -> pd.Series:
+    """Win rate at each run's first checkpoint if that is step 0; else the mean step-0 win rate
+    of its size (runs of a size share the initial model); NaN where neither exists. Index: run."""
+    start = table[table["step"] == 0]
+    own = start.groupby("run")["win_rate"].mean()
+    per_size = start.groupby("size")["win_rate"].mean()
+    runs = table.drop_duplicates("run").set_index("run")["size"]
+    return runs.index.to_series().map(own).fillna(runs.map(per_size))
+
+
+def fit_sizes(table: pd.DataFrame, objective: str, x: str = "d", final: bool = False):
+    """One RL-form fit per size: a DataFrame (size, alpha, beta, initial, offset_fit, rmse, n,
+    peak_d, note) with NaN parameters and a note where the fit was impossible."""
+    sub = select(table, objective)
+    base = initial_win_rate(table)
+    rows = []
+    for size in sizes(sub):
+        points = sub[sub["size"] == size]
+        if final:
+            points = points[points["final"]]
+        initial = base.loc[points["run"]].to_numpy()
+        row = {"size": size, "alpha": np.nan, "beta": np.nan, "rmse": np.nan, "peak_d": np.nan}
+        row |= {"n": len(points), "note": ""}
+        free = bool(np.isnan(initial).any())
+        row["offset_fit"] = free
+        y = points["win_rate"].to_numpy() - (0 if free else initial)
+        try:
+            fit = scaling.fit(FORM, points[x].to_numpy(), y, offset=free)
+        except ValueError as e:
+            row["note"] = str(e)
+            row["initial"] = np.nan if free else float(np.mean(initial))
+        else:
+            row |= {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "rmse": fit.rmse}
+            row["peak_d"] = fit.peak_d
+            row["initial"] = fit.offset if free else float(np.mean(initial))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = False):
+    """Win rate vs d (checkpoints as points) with one fitted RL-form curve per size."""
+    sub = select(table, objective)
+    colors = size_colors(table)
+    fits = fit_sizes(table, objective, x, final).set_index("size")
+    fig, (ax,) = plotting.new_figure(1)
+    fig.set_size_inches(plotting.PANEL_WIDTH * 1.25, plotting.PANEL_HEIGHT * 1.2)
+    for size in sizes(sub):
+        points = sub[sub["size"] == size]
+        if final:
+            points = points[points["final"]]
+        color = colors[size]
+        ax.scatter(
+            points[x],
+            points["win_rate"],
+            s=22 if final else 9,
+            alpha=0.8 if final else 0.45,
+            color=color,
+            edgecolor="white" if final else "none",
+            linewidth=0.5,
+        )
+        f = fits.loc[size]
+        label = size
+        if np.isfinite(f["alpha"]):
+            top = max(points[x].max(), 1e-9)
+            grid = np.linspace(0, top * 1.05, 200)
+            curve = f["initial"] + scaling.evaluate(FORM, grid, alpha=f["alpha"], beta=f["beta"])
+            ax.plot(grid, curve, color=color, lw=2)
+            peak = f["peak_d"]
+            label += f"  (d*={peak:.2g})" if np.isfinite(peak) and peak < 10 * top else ""
+        ax.plot([], [], color=color, marker="o", lw=2, label=label)
+    initial = initial_win_rate(table)
+    if initial.notna().any() and np.allclose(initial.dropna(), initial.dropna().iloc[0]):
+        ax.axhline(initial.dropna().iloc[0], color="grey", lw=0.8, ls=":", zorder=0)
+    which = "final checkpoints" if final else "all checkpoints"
+    ax.set_title(f"{title(objective)}: win rate vs KL ({which})")
+    ax.set_xlabel(AXES[x][1])
+    ax.set_ylabel("win rate")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=8, title="size (fitted peak d*)", title_fontsize=8, loc="best")
+    return fig
+
+
+def describe_fits(table: pd.DataFrame, objective: str, x: str, final: bool) -> str:
+    """The fitted parameters, one line per size, for the caption."""
+    lines = []
+    for _, f in fit_sizes(table, objective, x, final).iterrows():
+        if np.isfinite(f["alpha"]):
+            extra = " (free offset)" if f["offset_fit"] else ""
+            lines.append(
+                f"  {f['size']}: α={f['alpha']:.4g}, β={f['beta']:.4g}, d*={f['peak_d']:.3g}, "
+                f"RMSE={f['rmse']:.3g}, n={f['n']}{extra}"
+            )
+        else:
+            lines.append(f"  {f['size']}: no fit ({f['note']})")
+    return "\n".join(lines)
+
+
+def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
+    """Write the four figures per objective; return the files written."""
+    writer = Writer(out, data.kind, data.source)
+    table = data.table
+    for objective in objectives(table):
+        for x, (part, label) in AXES.items():
+            for final in (True, False):
+                name = f"{objective}_scaling_law_curve_fits_{'final_' if final else ''}{part}"
+                which = "final checkpoint of each run" if final else "every checkpoint"
+                caption = (
+                    f"{title(objective)} win rate vs {label} ({which}), one colour per size; "
+                    f"curves: R(d) = d(α − β log d) fitted by least squares to the win-rate gain "
+                    f"over the run's step-0 value and drawn at step-0 value + R(d); d* = fitted "
+                    f"peak (omitted beyond 10× the data).\n"
+                    + describe_fits(table, objective, x, final)
+                )
+                writer.save(plot(table, objective, x=x, final=final), name, caption)
+    return writer.written
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    checkpoints.add_arguments(parser)
+    args = parser.parse_args()
+    try:
+        files = main(checkpoints.data_from_args(args), args.out)
+    except ValueError as e:
+        parser.error(str(e))
+    print("\n".join(map(str, files)))
