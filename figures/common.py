@@ -30,6 +30,14 @@ def size_colors(table: pd.DataFrame) -> dict:
     return plotting.capacity_colors(sizes(table))
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def size_markers(table: pd.DataFrame) -> dict:
+    """One marker per size (small to large), so sizes differ by shape as well as colour."""
+    return {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(sizes(table))}
+
+
 def beta_colors(table: pd.DataFrame) -> dict:
     """One colour per β over every β in the table (so a β has one colour in all figures)."""
     return plotting.beta_colors(sorted(table["beta"].unique()))
@@ -60,7 +68,8 @@ def file_size(size: str) -> str:
 
 
 def beta_label(beta: float) -> str:
-    return f"β={beta:g}"
+    """A β legend entry (the legend's title says β)."""
+    return f"{beta:g}"
 
 
 def spearman(x: pd.Series, y: pd.Series) -> float:

@@ -10,6 +10,10 @@ when they already exist, so a second call only redraws. Families:
 - tree: `Tree-MDP` (diagram) and the Tree-MDP results from experiments/ood_mass.py
   (`{dpo,ipo,slic}-beta-0.1-OOD-probs-summary-1pref`, `-indist-1pref`, the per-β appendix figures,
   `dpo-beta-0.1-{1,2,3}`).
+- toy: the scaling-law, evolution, length and accuracy figures (paper Figs. 1-5) from
+  experiments/toy_scaling.py (DPO, IPO, SLiC, R-DPO; "size" = policy capacity), under out/toy/.
+- llm: the same figures from LLM evaluation run folders given with --llm-runs DIR..., under
+  out/llm/ (without --llm-runs it says so and draws nothing).
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import accuracy
+import checkpoints
+import evolution
+import length
 import ood_probs
+import scaling_fits
 import tree_mdp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +63,54 @@ def tree_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path
     return written + ood_probs.main(run, out)
 
 
-FAMILIES: dict[str, Callable[[Path, Path, bool, bool], list[Path]]] = {"tree": tree_family}
+CHECKPOINT_FAMILIES = (scaling_fits, evolution, length, accuracy)
+"""The figure scripts that draw from a checkpoint table (figures/checkpoints.py)."""
+
+
+def draw_checkpoints(data: checkpoints.Data, out: Path) -> list[Path]:
+    """Every checkpoint-table figure of ``data``, with a progress line per script."""
+    written: list[Path] = []
+    for script in CHECKPOINT_FAMILIES:
+        start = time.perf_counter()
+        files = script.main(data, out)
+        name = script.__name__
+        print(f"  {name}: {len(files)} files in {time.perf_counter() - start:.1f} s", flush=True)
+        written += files
+    return written
+
+
+def toy_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]:
+    """Scaling / evolution / length / accuracy figures from experiments/toy_scaling.py."""
+    settings = checkpoints.TOY_QUICK if quick else checkpoints.TOY_REQUIRED
+    try:
+        if fresh:
+            raise ValueError("recompute")
+        run = checkpoints.find_toy_run(results, settings)
+    except ValueError:
+        # --force: a folder of the same config written before length_r2 existed is recomputed
+        args = [*checkpoints.toy_args(settings), "--force"]
+        run_experiment(checkpoints.TOY_EXPERIMENT, args, results, fresh=False)
+        run = checkpoints.find_toy_run(results, settings)
+    return draw_checkpoints(checkpoints.load_toy(run), out)
+
+
+LLM_RUNS: list[str] = []
+"""Set from --llm-runs by ``main``."""
+
+
+def llm_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]:
+    """The same figures from LLM evaluation run folders (--llm-runs); never trains."""
+    if not LLM_RUNS:
+        print("[llm] nothing to draw: no --llm-runs given (LLM evaluation run folders)")
+        return []
+    return draw_checkpoints(checkpoints.load_llm(LLM_RUNS), out)
+
+
+FAMILIES: dict[str, Callable[[Path, Path, bool, bool], list[Path]]] = {
+    "tree": tree_family,
+    "toy": toy_family,
+    "llm": llm_family,
+}
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -72,17 +128,29 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--quick", action="store_true", help="tiny experiment configs (a test run)")
     parser.add_argument("--results", default="results", help="results root [default: results]")
     parser.add_argument("--out", default="figures/out", help="output folder [default: figures/out]")
+    parser.add_argument(
+        "--llm-runs", nargs="+", default=[], metavar="DIR", help="LLM evaluation run folders"
+    )
     args = parser.parse_args(argv)
+    LLM_RUNS[:] = args.llm_runs
     results, out = Path(args.results), Path(args.out)
     written: list[Path] = []
+    failed: list[str] = []
     for name in args.only:
         start = time.perf_counter()
         print(f"[{name}] ...", flush=True)
-        files = FAMILIES[name](results, out, args.fresh, args.quick)
+        try:
+            files = FAMILIES[name](results, out, args.fresh, args.quick)
+        except ValueError as e:  # e.g. an LLM folder lacking eval.csv: say so, keep going
+            print(f"[{name}] failed: {e}", file=sys.stderr, flush=True)
+            failed.append(name)
+            continue
         print(f"[{name}] {len(files)} files in {time.perf_counter() - start:.1f} s", flush=True)
         written += files
     for path in written:
         print(path)
+    if failed:
+        raise SystemExit(f"families that failed: {', '.join(failed)} (see the messages above)")
     return written
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import checkpoints
 import numpy as np
 import pandas as pd
-from common import Writer, objectives, select, size_colors, sizes, title
+from common import Writer, objectives, select, size_colors, size_markers, sizes, title
 
 from treemdp import plotting, scaling
 
@@ -75,7 +75,7 @@ def fit_sizes(table: pd.DataFrame, objective: str, x: str = "d", final: bool = F
 def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = False):
     """Win rate vs d (checkpoints as points) with one fitted RL-form curve per size."""
     sub = select(table, objective)
-    colors = size_colors(table)
+    colors, markers = size_colors(table), size_markers(table)
     fits = fit_sizes(table, objective, x, final).set_index("size")
     fig, (ax,) = plotting.new_figure(1)
     fig.set_size_inches(plotting.PANEL_WIDTH * 1.25, plotting.PANEL_HEIGHT * 1.2)
@@ -87,7 +87,8 @@ def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = Fal
         ax.scatter(
             points[x],
             points["win_rate"],
-            s=22 if final else 9,
+            s=26 if final else 10,
+            marker=markers[size],
             alpha=0.8 if final else 0.45,
             color=color,
             edgecolor="white" if final else "none",
@@ -102,7 +103,7 @@ def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = Fal
             ax.plot(grid, curve, color=color, lw=2)
             peak = f["peak_d"]
             label += f"  (d*={peak:.2g})" if np.isfinite(peak) and peak < 10 * top else ""
-        ax.plot([], [], color=color, marker="o", lw=2, label=label)
+        ax.plot([], [], color=color, marker=markers[size], lw=2, label=label)
     initial = initial_win_rate(table)
     if initial.notna().any() and np.allclose(initial.dropna(), initial.dropna().iloc[0]):
         ax.axhline(initial.dropna().iloc[0], color="grey", lw=0.8, ls=":", zorder=0)
@@ -143,7 +144,8 @@ def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
                     f"{title(objective)} win rate vs {label} ({which}), one colour per size; "
                     f"curves: R(d) = d(α − β log d) fitted by least squares to the win-rate gain "
                     f"over the run's step-0 value and drawn at step-0 value + R(d); d* = fitted "
-                    f"peak (omitted beyond 10× the data).\n"
+                    f"peak (not shown when beyond 10× the largest d: no peak in sight). Dotted line: the "
+                    f"step-0 win rate.\n"
                     + describe_fits(table, objective, x, final)
                 )
                 writer.save(plot(table, objective, x=x, final=final), name, caption)

@@ -1,0 +1,98 @@
+"""Win rate and KL over the epoch, one line per β (paper Fig. 2).
+
+Writes, per objective (DPO, SLiC, IPO) and size:
+
+- `Winrate_evolution_over_epoch_for_{OBJ}_{size}`: win rate vs fraction of the epoch;
+- `KL_evolution_over_epoch_for_{OBJ}_{size}`: KL(π‖π_ref) vs fraction of the epoch.
+
+With several seeds per β: the mean over seeds and a min–max band; with one seed and a standard
+error (LLM): the value and a ±1 SE band.
+
+    python figures/evolution.py [--toy-run DIR | --llm-runs DIR...] [--out figures/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import checkpoints
+import pandas as pd
+from common import Writer, beta_colors, beta_label, file_size, objectives, select, sizes, title
+
+from treemdp import plotting
+
+METRICS = {
+    "win_rate": ("Winrate", "win rate", "win_rate_se"),
+    "kl_reverse": ("KL", "KL(π‖π_ref)  (nats)", "kl_reverse_se"),
+}
+"""column → (file-name prefix, axis label, its standard-error column)."""
+FILE_OBJECTIVE = {"dpo": "DPO", "ipo": "IPO", "slic": "SLiC"}
+
+
+def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate"):
+    """``metric`` vs fraction of the epoch, one line (and band) per β."""
+    sub = select(table, objective, size)
+    colors = beta_colors(table)
+    _, label, se = METRICS[metric]
+    fig, (ax,) = plotting.new_figure(1)
+    fig.set_size_inches(plotting.PANEL_WIDTH * 1.35, plotting.PANEL_HEIGHT * 1.15)
+    for beta, g in sub.groupby("beta"):
+        stats = g.groupby("fraction")[metric].agg(["mean", "sem", "count"])
+        color = colors[beta]
+        ax.plot(
+            stats.index, stats["mean"], color=color, lw=2, marker="o", ms=3, label=beta_label(beta)
+        )
+        if stats["count"].max() > 1:  # ±1 standard error of the mean over seeds
+            half = stats["sem"]
+        elif g[se].notna().any():  # one run: its own standard error (LLM evaluation)
+            half = g.groupby("fraction")[se].mean()
+        else:
+            continue
+        lo, hi = stats["mean"] - half, stats["mean"] + half
+        ax.fill_between(stats.index, lo, hi, color=color, alpha=0.15, lw=0)
+    n_seeds = sub.groupby("beta")["seed"].nunique().max()
+    spread = f"mean of {n_seeds} seeds ± 1 SE" if n_seeds > 1 else "one seed"
+    ax.set_title(f"{title(objective)}, size {size}: {label.split('  ')[0]} ({spread})", fontsize=9)
+    ax.set_xlabel("fraction of the epoch")
+    ax.set_ylabel(label)
+    ax.set_xlim(0, max(1.0, sub["fraction"].max()))
+    if metric == "kl_reverse":
+        ax.set_ylim(bottom=0)
+    ax.legend(
+        fontsize=8, title="β", title_fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5)
+    )
+    return fig
+
+
+def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
+    """Write both figures for every (objective, size); return the files written."""
+    writer = Writer(out, data.kind, data.source)
+    table = data.table
+    for objective in objectives(table):
+        sub = table[table["objective"] == objective]
+        for size in sizes(sub):
+            for metric, (prefix, label, _) in METRICS.items():
+                obj = FILE_OBJECTIVE.get(objective, objective.upper())
+                name = f"{prefix}_evolution_over_epoch_for_{obj}_{file_size(size)}"
+                caption = (
+                    f"{title(objective)}, size {size}: {label} vs fraction of the epoch, one "
+                    "colour per β (the same β colours in every figure); mean over seeds with a "
+                    "±1 standard-error band (one seed: the run's own standard error where the "
+                    "table has one)."
+                )
+                writer.save(plot(table, objective, size, metric), name, caption)
+    return writer.written
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    checkpoints.add_arguments(parser)
+    args = parser.parse_args()
+    try:
+        files = main(checkpoints.data_from_args(args), args.out)
+    except ValueError as e:
+        parser.error(str(e))
+    print("\n".join(map(str, files)))
