@@ -67,10 +67,13 @@ def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
         for metric, (part, label) in METRICS.items():
             caption = (
                 f"{title(objective)}: {label} vs win rate at every checkpoint, one panel per size, "
-                "colour per β; Spearman rank correlation over each panel's checkpoints in its title; "
+                "colour per β; Spearman rank correlation over each panel's checkpoints in its "
+                "title; "
                 "step 0 (π = π_ref, accuracy 0 by the strict h > 0 rule) left out."
             )
-            writer.save(plot(table, objective, metric), f"{objective}_all_ckpts_{part}_vs_win", caption)
+            writer.save(
+                plot(table, objective, metric), f"{objective}_all_ckpts_{part}_vs_win", caption
+            )
     return writer.written
 
 

@@ -1,4 +1,4 @@
-"""The checkpoint table every scaling / evolution / length / accuracy figure reads, and its adapters.
+"""The checkpoint table the scaling / evolution / length / accuracy figures read; its adapters.
 
 One row per (run, checkpoint), the same columns whatever the source:
 

@@ -48,7 +48,9 @@ def plot_dpo_rdpo(table: pd.DataFrame, size: str | None = None):
         rest, final = sub[~sub["final"]], sub[sub["final"]]
         for ax, col in zip(axes, ("win_rate", "length"), strict=True):
             ax.scatter(rest["kl_reverse"], rest[col], s=8, alpha=0.3, color=color, lw=0)
-            ax.scatter(final["kl_reverse"], final[col], s=28, color=color, edgecolor="white", lw=0.6)
+            ax.scatter(
+                final["kl_reverse"], final[col], s=28, color=color, edgecolor="white", lw=0.6
+            )
         top = max(top, sub["kl_reverse"].max())
         # RL-form fit on every checkpoint (gain over the step-0 value), drawn against KL = d².
         start = sub.loc[sub["step"] == 0, "win_rate"]
@@ -93,9 +95,16 @@ def plot_kl_length_corr(table: pd.DataFrame):
                 continue
             rest, final = pts[~pts["final"]], pts[pts["final"]]
             c, m = colors[size], markers[size]
-            ax.scatter(rest["kl_reverse"], rest["length_r2"], s=7, alpha=0.3, color=c, marker=m, lw=0)
             ax.scatter(
-                final["kl_reverse"], final["length_r2"], s=26, color=c, marker=m, edgecolor="white",
+                rest["kl_reverse"], rest["length_r2"], s=7, alpha=0.3, color=c, marker=m, lw=0
+            )
+            ax.scatter(
+                final["kl_reverse"],
+                final["length_r2"],
+                s=26,
+                color=c,
+                marker=m,
+                edgecolor="white",
                 lw=0.5,
             )
             ax.plot([], [], color=c, marker=m, lw=0, label=size)
@@ -105,8 +114,11 @@ def plot_kl_length_corr(table: pd.DataFrame):
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("R² of log π/π_ref on length")
     axes[-1].legend(
-        fontsize=8, title="size\n(large dots:\nfinal)", title_fontsize=7,
-        loc="center left", bbox_to_anchor=(1.02, 0.5),
+        fontsize=8,
+        title="size\n(large dots:\nfinal)",
+        title_fontsize=7,
+        loc="center left",
+        bbox_to_anchor=(1.02, 0.5),
     )
     return fig
 

@@ -144,9 +144,8 @@ def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
                     f"{title(objective)} win rate vs {label} ({which}), one colour per size; "
                     f"curves: R(d) = d(α − β log d) fitted by least squares to the win-rate gain "
                     f"over the run's step-0 value and drawn at step-0 value + R(d); d* = fitted "
-                    f"peak (not shown when beyond 10× the largest d: no peak in sight). Dotted line: the "
-                    f"step-0 win rate.\n"
-                    + describe_fits(table, objective, x, final)
+                    f"peak (not shown when beyond 10× the largest d: no peak in sight). Dotted "
+                    f"line: the step-0 win rate.\n" + describe_fits(table, objective, x, final)
                 )
                 writer.save(plot(table, objective, x=x, final=final), name, caption)
     return writer.written

@@ -1,0 +1,365 @@
+"""Checkpoint-table figures: the table's adapters, every plot() on a synthetic table, clear
+errors, and make_all --only toy end to end on the quick config."""
+
+import json
+import sys
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from tests.scripts import ROOT, load_script, run_script
+from treemdp.results import write_table
+
+sys.path.insert(0, str(ROOT / "figures"))  # the family scripts import their siblings
+checkpoints = load_script("figures/checkpoints.py")
+scaling_fits = load_script("figures/scaling_fits.py")
+evolution = load_script("figures/evolution.py")
+length = load_script("figures/length.py")
+accuracy = load_script("figures/accuracy.py")
+
+SIZES = ("small", "large")
+BETAS = (0.03, 0.3)
+
+
+def synthetic_table(objectives=("dpo", "ipo", "slic", "rdpo"), seeds=(0, 1), steps=5):
+    """A checkpoint table with made-up but shaped numbers: win rate rises then falls in d."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for rank, size in enumerate(SIZES):
+        for objective in objectives:
+            for beta in BETAS:
+                for seed in seeds:
+                    run = f"{size}/{objective}/{beta}/{seed}"
+                    for k in range(steps + 1):
+                        kl = k * 0.4 / beta**0.5 * (1 + 0.1 * rng.random())
+                        d = np.sqrt(kl)
+                        rows.append(
+                            {
+                                "run": run,
+                                "objective": objective,
+                                "beta": beta,
+                                "size": size,
+                                "size_rank": rank,
+                                "seed": seed,
+                                "step": 10 * k,
+                                "fraction": k / steps,
+                                "final": k == steps,
+                                "kl_reverse": kl,
+                                "kl_forward": 1.3 * kl,
+                                "d": d,
+                                "d_forward": np.sqrt(1.3 * kl),
+                                "win_rate": 0.5 + d * (0.3 - 0.15 * np.log(d + 1e-12)) * (k > 0),
+                                "reward_accuracy": 0.5 + 0.05 * k + 0.01 * rng.random(),
+                                "loss": 0.7 - 0.05 * k + 0.01 * rng.random(),
+                                "length": 3 + 0.1 * k,
+                                "length_r2": np.nan if k == 0 else rng.random(),
+                                "win_rate_se": np.nan,
+                                "kl_reverse_se": np.nan,
+                                "kl_forward_se": np.nan,
+                            }
+                        )
+    return checkpoints.check(pd.DataFrame(rows))
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def data(table=None):
+    return checkpoints.Data(synthetic_table() if table is None else table, "toy", "data: test")
+
+
+# ---------------------------------------------------------------------------------------------
+# plot() on a synthetic table
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objective", ["dpo", "ipo", "slic"])
+@pytest.mark.parametrize("x", ["d", "d_forward"])
+@pytest.mark.parametrize("final", [True, False])
+def test_scaling_fit_plot_draws_a_curve_per_size(objective, x, final):
+    table = synthetic_table()
+    fig = scaling_fits.plot(table, objective, x=x, final=final)
+    ax = fig.axes[0]
+    assert ax.get_title().startswith(objective.upper()[:3].replace("SLI", "SLi"))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [lab.split()[0] for lab in labels] == list(SIZES)
+    curves = [line for line in ax.lines if len(line.get_xdata()) == 200]
+    assert len(curves) == len(SIZES)
+    assert "forward" in ax.get_xlabel() if x == "d_forward" else "forward" not in ax.get_xlabel()
+
+
+def test_scaling_fit_is_to_the_gain_over_step_zero_and_recovers_the_form():
+    # The synthetic win rate is exactly 0.5 + d(0.3 − 0.15 log d) for k > 0 (and 0.5 at d = 0).
+    fits = scaling_fits.fit_sizes(synthetic_table(), "dpo", "d", final=False)
+    np.testing.assert_allclose(fits["alpha"], 0.3, rtol=1e-6)
+    np.testing.assert_allclose(fits["beta"], 0.15, rtol=1e-6)
+    np.testing.assert_allclose(fits["initial"], 0.5)
+    assert not fits["offset_fit"].any()
+
+
+def test_scaling_fit_without_step_zero_uses_a_free_offset():
+    table = synthetic_table()
+    fits = scaling_fits.fit_sizes(table[table["step"] > 0], "dpo", "d", final=False)
+    assert fits["offset_fit"].all()
+    np.testing.assert_allclose(fits["initial"], 0.5, atol=1e-6)  # the offset is recovered
+
+
+@pytest.mark.parametrize("metric", ["win_rate", "kl_reverse"])
+def test_evolution_plot_one_line_per_beta(metric):
+    fig = evolution.plot(synthetic_table(), "slic", "large", metric)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["0.03", "0.3"]
+    assert ax.get_xlabel() == "fraction of the epoch" and "SLiC" in ax.get_title()
+    assert len(ax.collections) == len(BETAS)  # one ±SE band per β (two seeds)
+
+
+def test_evolution_band_is_the_runs_own_standard_error_with_one_seed():
+    table = synthetic_table(seeds=(0,)).assign(win_rate_se=0.02)
+    fig = evolution.plot(table, "dpo", "small", "win_rate")
+    assert "one seed" in fig.axes[0].get_title() and len(fig.axes[0].collections) == len(BETAS)
+
+
+def test_beta_and_size_colours_are_the_same_in_every_figure():
+    table = synthetic_table()
+    from common import beta_colors, size_colors
+
+    assert beta_colors(table) == beta_colors(table[table["objective"] == "ipo"].iloc[::-1])
+    assert list(size_colors(table)) == list(SIZES)
+
+
+def test_length_plots():
+    table = synthetic_table()
+    assert length.middle_size(table) == "large"
+    fig = length.plot_dpo_rdpo(table, "small")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["DPO", "R-DPO"] and "small" in fig.axes[0].get_title()
+    fig = length.plot_kl_length_corr(table)
+    assert [ax.get_title() for ax in fig.axes] == ["DPO", "IPO", "SLiC"]
+    assert fig.axes[0].get_xscale() == "log"
+
+
+def test_length_plots_name_what_is_missing():
+    table = synthetic_table(objectives=("dpo", "ipo"))
+    with pytest.raises(ValueError, match="both dpo and rdpo.*--objectives dpo rdpo"):
+        length.middle_size(table)
+    with pytest.raises(ValueError, match="no length_r2 values"):
+        length.plot_kl_length_corr(table.assign(length_r2=np.nan))
+
+
+@pytest.mark.parametrize("metric", ["reward_accuracy", "loss"])
+def test_accuracy_plot_one_panel_per_size_with_spearman(metric):
+    table = synthetic_table()
+    fig = accuracy.plot(table, "ipo", metric)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t.split()[0] for t in titles] == list(SIZES)
+    for size, text in zip(SIZES, titles, strict=True):
+        pts = table[(table["objective"] == "ipo") & (table["size"] == size) & (table["step"] > 0)]
+        rho = spearmanr(pts["win_rate"], pts[metric]).statistic  # step 0 is left out
+        assert f"Spearman ρ = {rho:.2f}" in text
+
+
+def test_select_names_the_missing_cell():
+    with pytest.raises(ValueError, match="no rows for objective 'ipo', size 'huge'"):
+        evolution.plot(synthetic_table(), "ipo", "huge")
+
+
+def test_family_mains_write_png_pdf_and_caption(tmp_path):
+    d = data(synthetic_table(objectives=("dpo", "rdpo")))
+    files = [*scaling_fits.main(d, tmp_path), *evolution.main(d, tmp_path)]
+    files += [*length.main(d, tmp_path), *accuracy.main(d, tmp_path)]
+    names = {f.name for f in files}
+    assert "dpo_scaling_law_curve_fits_final_forward_kl.png" in names
+    assert "Winrate_evolution_over_epoch_for_DPO_large.pdf" in names
+    assert "KL_evolution_over_epoch_for_DPO_small.txt" in names
+    assert {"dpo_rdpo.png", "kl_length_corr.png", "dpo_all_ckpts_loss_vs_win.png"} <= names
+    assert not any(n.startswith("rdpo") for n in names)  # R-DPO appears in dpo_rdpo only
+    assert all(f.parent == tmp_path / "toy" for f in files)
+    caption = (tmp_path / "toy" / "dpo_scaling_law_curve_fits_kl.txt").read_text()
+    assert "gain over the run's step-0 value" in caption and "data: test" in caption
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapters and their errors
+# ---------------------------------------------------------------------------------------------
+
+
+def toy_metrics():
+    """A toy_scaling metrics.csv: two capacities, the larger listed first."""
+    rows = []
+    for capacity, n_params in (("mlp16", 161), ("tabular", 93)):
+        for run, beta in enumerate(BETAS):
+            for step in (0, 5, 10):
+                rows.append(
+                    {
+                        "capacity": capacity,
+                        "n_params": n_params,
+                        "run": run,
+                        "objective": "dpo",
+                        "beta": beta,
+                        "lr": 0.03,
+                        "seed": 0,
+                        "step": step,
+                        "epoch": 0,
+                        "fraction_of_epoch": step / 10,
+                        "kl_reverse": step / 10,
+                        "kl_forward": step / 5,
+                        "d": np.sqrt(step / 10),
+                        "d_forward": np.sqrt(step / 5),
+                        "win_rate": 0.5 + step / 100,
+                        "reward_accuracy": 0.6,
+                        "loss": 0.6,
+                        "length": 3.0,
+                        "length_r2": np.nan if step == 0 else 0.2,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_from_toy_maps_columns_ranks_sizes_and_marks_final(tmp_path):
+    write_table(tmp_path / "metrics.csv", toy_metrics())
+    table = checkpoints.from_toy(tmp_path)
+    assert list(table.columns) == list(checkpoints.COLUMNS)
+    ranks = table.drop_duplicates("size").set_index("size")["size_rank"].to_dict()
+    assert ranks == {"tabular": 0, "mlp16": 1}  # by n_params, not by order of appearance
+    assert table.groupby("run")["final"].sum().eq(1).all()
+    assert table.loc[table["final"], "step"].eq(10).all()
+    np.testing.assert_allclose(table["d"] ** 2, table["kl_reverse"])
+    assert table["run"].nunique() == 4  # run ids are per capacity in the toy: made unique
+
+
+def test_from_toy_names_the_missing_column_and_the_experiment(tmp_path):
+    write_table(tmp_path / "metrics.csv", toy_metrics().drop(columns="length_r2"))
+    with pytest.raises(ValueError, match=r"lacks columns \['length_r2'\].*toy_scaling.py --force"):
+        checkpoints.from_toy(tmp_path)
+    with pytest.raises(ValueError, match="does not exist.*experiments/toy_scaling.py"):
+        checkpoints.from_toy(tmp_path / "nothing")
+
+
+def test_find_toy_run_skips_folders_without_length_r2_and_names_the_command(tmp_path):
+    for name, table in (("old", toy_metrics().drop(columns="length_r2")), ("new", toy_metrics())):
+        folder = tmp_path / "toy_scaling" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"objectives": ["dpo"], "quick": True}))
+        write_table(folder / "metrics.csv", table)
+    settings = {"objectives": ("dpo",), "quick": True}
+    assert checkpoints.find_toy_run(tmp_path, settings).name == "new"
+    (tmp_path / "toy_scaling" / "new" / "metrics.csv").unlink()
+    with pytest.raises(ValueError, match="run: python experiments/toy_scaling.py --objectives dpo"):
+        checkpoints.find_toy_run(tmp_path, settings)
+
+
+def write_llm_run(folder, model, objective="dpo", beta=0.1, seed=0, drop=None, config=None):
+    folder.mkdir(parents=True)
+    n = 4
+    frame = pd.DataFrame(
+        {
+            "checkpoint": [f"step-{i}" for i in range(n)],
+            "examples_seen": [i * 19968 for i in range(n)],
+            "fraction_of_epoch": [i / (n - 1) for i in range(n)],
+            "kl_reverse": [0.0, 2.0, 5.0, -0.01 + 9.0],
+            "kl_reverse_se": 0.1,
+            "kl_forward": [0.0, 1.0, 3.0, 6.0],
+            "kl_forward_se": 0.1,
+            "length_mean": [50.0, 55, 60, 70],
+            "logratio_length_r2": [np.nan, 0.1, 0.2, 0.3],
+            "reward_accuracy": [0.5, 0.6, 0.65, 0.7],
+            "loss": [0.69, 0.6, 0.55, 0.5],
+            "win_rate": [0.4, 0.5, 0.55, 0.5],
+            "win_rate_se": 0.03,
+        }
+    )
+    write_table(folder / "eval.csv", frame.drop(columns=drop or []))
+    cfg = {"objective": objective, "beta": beta, "model": model, "seed": seed}
+    (folder / "config.json").write_text(json.dumps(config if config is not None else cfg))
+
+
+def test_from_llm_reads_run_folders_and_orders_models_by_size(tmp_path):
+    write_llm_run(tmp_path / "runs" / "a", "pythia-2.8b")
+    write_llm_run(tmp_path / "runs" / "b", "pythia-1b", objective="IPO", beta=0.5)
+    write_llm_run(tmp_path / "c", "pythia-160m")
+    table = checkpoints.from_llm([tmp_path / "runs", tmp_path / "c"])  # a parent and a run
+    assert list(table.columns) == list(checkpoints.COLUMNS)
+    order = table.drop_duplicates("size").sort_values("size_rank")["size"].tolist()
+    assert order == ["pythia-160m", "pythia-1b", "pythia-2.8b"]
+    assert set(table["objective"]) == {"dpo", "ipo"}
+    assert table.loc[table["final"], "step"].eq(3 * 19968).all()
+    assert (table["d"] >= 0).all()  # a slightly negative KL estimate is clipped, not NaN
+    np.testing.assert_allclose(table["win_rate_se"], 0.03)
+    d = checkpoints.load_llm([tmp_path / "runs"])
+    assert d.kind == "llm" and "pythia-1b < pythia-2.8b" in d.source
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (dict(drop=["logratio_length_r2"]), r"eval.csv lacks columns \['logratio_length_r2'\]"),
+        (
+            dict(config={"objective": "dpo", "beta": 0.1}),
+            r"config.json lacks keys \['model', 'seed'\]",
+        ),
+    ],
+)
+def test_from_llm_names_the_missing_column_or_key(tmp_path, setup, message):
+    write_llm_run(tmp_path / "r", "pythia-1b", **setup)
+    with pytest.raises(ValueError, match=message):
+        checkpoints.from_llm(tmp_path / "r")
+
+
+def test_from_llm_says_what_a_run_folder_needs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no eval.csv.*win_rate_se.*config.json"):
+        checkpoints.from_llm(tmp_path / "empty")
+
+
+def test_llm_tables_draw_every_family(tmp_path):
+    for i, (model, objective) in enumerate([("1b", "dpo"), ("2.8b", "dpo"), ("2.8b", "rdpo")]):
+        write_llm_run(tmp_path / "runs" / f"r{i}", model, objective=objective)
+        write_llm_run(tmp_path / "runs" / f"s{i}", model, objective=objective, beta=0.3)
+    d = checkpoints.load_llm([tmp_path / "runs"])
+    files = [*scaling_fits.main(d, tmp_path / "out"), *length.main(d, tmp_path / "out")]
+    files += evolution.main(d, tmp_path / "out") + accuracy.main(d, tmp_path / "out")
+    names = {f.name for f in files}
+    assert {"dpo_rdpo.png", "Winrate_evolution_over_epoch_for_DPO_2.8b.png"} <= names
+    assert all(f.parent == tmp_path / "out" / "llm" for f in files)
+
+
+# ---------------------------------------------------------------------------------------------
+# make_all end to end
+# ---------------------------------------------------------------------------------------------
+
+
+def test_make_all_toy_and_llm_end_to_end_on_the_quick_config(tmp_path):
+    args = ["--only", "toy", "llm", "--quick"]
+    args += ["--results", str(tmp_path / "r"), "--out", str(tmp_path / "f")]
+    first = run_script("figures/make_all.py", *args)
+    assert first.returncode == 0, first.stderr
+    assert "[llm] nothing to draw: no --llm-runs given" in first.stdout
+    names = {p.name for p in (tmp_path / "f" / "toy").iterdir()}
+    for objective in ("dpo", "ipo", "slic"):
+        for part in ("final_kl", "kl", "final_forward_kl", "forward_kl"):
+            assert f"{objective}_scaling_law_curve_fits_{part}.png" in names
+        assert f"{objective}_all_ckpts_acc_vs_win.png" in names
+        assert f"{objective}_all_ckpts_loss_vs_win.txt" in names
+    for obj in ("DPO", "IPO", "SLiC"):
+        for size in ("tabular", "mlp4"):
+            assert f"Winrate_evolution_over_epoch_for_{obj}_{size}.png" in names
+            assert f"KL_evolution_over_epoch_for_{obj}_{size}.pdf" in names
+    assert {"dpo_rdpo.png", "kl_length_corr.png"} <= names
+    caption = (tmp_path / "f" / "toy" / "dpo_rdpo.txt").read_text()
+    assert "toy_scaling.py" in caption and "capacity" in caption
+    runs = sorted((tmp_path / "r" / "toy_scaling").iterdir())
+    assert len(runs) == 1
+
+
+def test_make_all_llm_failure_names_the_problem(tmp_path):
+    (tmp_path / "bad").mkdir()
+    args = ["--only", "llm", "--llm-runs", str(tmp_path / "bad"), "--out", str(tmp_path / "f")]
+    done = run_script("figures/make_all.py", *args)
+    assert done.returncode != 0
+    assert "[llm] failed" in done.stderr and "holds no eval.csv" in done.stderr
