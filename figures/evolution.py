@@ -37,11 +37,19 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
     _, label, se = METRICS[metric]
     fig, (ax,) = plotting.new_figure(1)
     fig.set_size_inches(plotting.PANEL_WIDTH * 1.35, plotting.PANEL_HEIGHT * 1.15)
-    for beta, g in sub.groupby("beta"):
+    # Widest line first, each later β narrower on top: lines that coincide (e.g. SLiC's hinge
+    # at small β) stay visible as nested stripes instead of hiding each other.
+    for i, (beta, g) in enumerate(sub.groupby("beta")):
         stats = g.groupby("fraction")[metric].agg(["mean", "sem", "count"])
         color = colors[beta]
         ax.plot(
-            stats.index, stats["mean"], color=color, lw=2, marker="o", ms=3, label=beta_label(beta)
+            stats.index,
+            stats["mean"],
+            color=color,
+            lw=max(3.4 - 0.5 * i, 1.0),
+            marker="o",
+            ms=3,
+            label=beta_label(beta),
         )
         if stats["count"].max() > 1:  # ±1 standard error of the mean over seeds
             half = stats["sem"]
@@ -77,7 +85,8 @@ def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
                 name = f"{prefix}_evolution_over_epoch_for_{obj}_{file_size(size)}"
                 caption = (
                     f"{title(objective)}, size {size}: {label} vs fraction of the epoch, one "
-                    "colour per β (the same β colours in every figure); mean over seeds with a "
+                    "colour per β (the same β colours in every figure; smaller β drawn wider, so "
+                    "coinciding lines show as nested stripes); mean over seeds with a "
                     "±1 standard-error band (one seed: the run's own standard error where the "
                     "table has one)."
                 )

@@ -115,7 +115,7 @@ def plot_kl_length_corr(table: pd.DataFrame):
     axes[0].set_ylabel("R² of log π/π_ref on length")
     axes[-1].legend(
         fontsize=8,
-        title="size\n(large dots:\nfinal)",
+        title="size\n(large markers:\nfinal)",
         title_fontsize=7,
         loc="center left",
         bbox_to_anchor=(1.02, 0.5),
