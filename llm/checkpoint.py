@@ -1,0 +1,123 @@
+"""Atomic training checkpoints: safetensors weights + optimizer + scheduler + RNG + data position.
+
+A checkpoint is a folder ``step-0000123/`` holding ``model.safetensors`` and ``config.json``
+(written by ``save_pretrained``, so the folder loads with ``from_pretrained`` as a model), the
+tokenizer files, and ``trainer_state.pt`` (optimizer, scheduler, torch RNG, step, examples seen).
+It is written into a temporary folder, flushed to disk, and moved into place with ``os.replace``;
+only then is the pointer file ``latest.json`` rewritten (temp file + ``os.replace``). A run killed
+at any moment therefore leaves ``latest.json`` naming a complete checkpoint, or no pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+__all__ = ["LATEST", "latest_checkpoint", "load_checkpoint", "save_checkpoint", "write_atomic"]
+
+LATEST = "latest.json"
+STATE = "trainer_state.pt"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    root: Path,
+    *,
+    step: int,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    tokenizer: Any | None = None,
+) -> Path:
+    """Write checkpoint ``root/step-{step:07d}`` atomically and point ``root/latest.json`` at it.
+
+    Args:
+        root: the run folder.
+        step: optimizer steps taken so far (the data position is derived from it).
+        model: a transformers model (``save_pretrained`` writes safetensors + config).
+        optimizer: its ``state_dict`` is saved.
+        scheduler: its ``state_dict`` is saved.
+        state: extra JSON-able or tensor state (examples seen, config, ...).
+        tokenizer: saved beside the weights when given, so the folder is a loadable model.
+
+    Returns:
+        The checkpoint folder.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = root / name
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            **state,
+        },
+        tmp / STATE,
+    )
+    _fsync_tree(tmp)
+    if final.exists():  # left by a run killed between the move and the pointer update
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_atomic(root / LATEST, json.dumps({"checkpoint": name, "step": step}) + "\n")
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The folder ``root/latest.json`` points at, or None when there is no complete checkpoint."""
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    folder = root / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+    return folder if (folder / STATE).is_file() else None
+
+
+def load_checkpoint(
+    folder: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and the torch RNG from ``folder``; return its state
+    dict (with ``step`` and whatever ``save_checkpoint`` was given)."""
+    weights = load_file(str(folder / "model.safetensors"), device="cpu")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # save_pretrained may drop tied or non-persistent tensors; anything else is an error.
+    real_missing = [k for k in missing if not k.endswith(("rotary_emb.inv_freq", "masked_bias"))]
+    if real_missing or unexpected:
+        raise ValueError(
+            f"checkpoint {folder} does not match the model: missing {real_missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    state = torch.load(folder / STATE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
