@@ -3,7 +3,8 @@
 A checkpoint is a folder ``step-0000123/`` holding ``model.safetensors`` and ``config.json``
 (written by ``save_pretrained``, so the folder loads with ``from_pretrained`` as a model), the
 tokenizer files, and ``trainer_state.pt`` (optimizer, scheduler, torch RNG, step, examples seen).
-It is written into a temporary folder, flushed to disk, and moved into place with ``os.replace``;
+Weights are restored through ``from_pretrained``. A checkpoint is written into a temporary
+folder, flushed to disk, and moved into place with ``os.replace``;
 only then is the pointer file ``latest.json`` rewritten (temp file + ``os.replace``). A run killed
 at any moment therefore leaves ``latest.json`` naming a complete checkpoint, or no pointer.
 """
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 __all__ = ["LATEST", "latest_checkpoint", "load_checkpoint", "save_checkpoint", "write_atomic"]
 
@@ -115,15 +115,14 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and the torch RNG from ``folder``; return its state
     dict (with ``step`` and whatever ``save_checkpoint`` was given)."""
-    weights = load_file(str(folder / "model.safetensors"), device="cpu")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # save_pretrained may drop tied or non-persistent tensors; anything else is an error.
-    real_missing = [k for k in missing if not k.endswith(("rotary_emb.inv_freq", "masked_bias"))]
-    if real_missing or unexpected:
-        raise ValueError(
-            f"checkpoint {folder} does not match the model: missing {real_missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+    # from_pretrained maps the saved tensor names (e.g. Pythia's ``embed_out``) to the in-memory
+    # ones (``lm_head`` in transformers 5), so the weights go through the real loading code.
+    from transformers import AutoModelForCausalLM
+
+    dtype = next(model.parameters()).dtype
+    saved = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    model.load_state_dict(saved.state_dict(), strict=True)
+    del saved
     state = torch.load(folder / STATE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -75,6 +75,11 @@ class TrainConfig:
             "log_every": self.log_every >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
+        if not bad and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size})"
+            )
         if bad:
             k = bad[0]
             bound = {"warmup_steps": ">= 0", "checkpoint_every": ">= 0"}.get(k, "> 0")
