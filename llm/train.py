@@ -251,8 +251,42 @@ def _warmup(warmup_steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
 
 
-def _metric_names(sample: dict[str, Tensor]) -> list[str]:
-    return ["loss", *sample]
+def _accumulate(
+    policy: nn.Module,
+    step_loss: StepLoss,
+    examples: Sequence[Example],
+    index: Tensor,
+    *,
+    micro: int,
+    scale: int,
+    pad_id: int,
+) -> tuple[list[str], Tensor]:
+    """Forward and backward over ``index`` in micro-batches, adding Σ loss / ``scale`` to the
+    gradients. Returns the metric names and their sums, with the token count last."""
+    device = next(policy.parameters()).device
+    sums: dict[str, Tensor] = {}
+    n_tokens = 0
+    for i in range(0, len(index), micro):
+        part = index[i : i + micro]
+        b = step_loss.collate([examples[j] for j in part.tolist()], pad_id)
+        b = Batch(b.input_ids.to(device), b.attention_mask.to(device), b.response_mask.to(device))
+        loss_sum, metrics = step_loss(policy, b, part)
+        (loss_sum / scale).backward()
+        n_tokens += b.n_tokens
+        for k, v in {"loss": loss_sum, **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float().cpu()
+    names = list(sums)
+    return names, torch.stack([sums[k] for k in names] + [torch.tensor(float(n_tokens))])
+
+
+def _check_resume(state: dict[str, Any], cfg: TrainConfig, n_examples: int, folder: Path) -> None:
+    saved = state.get("train_config", {})
+    changed = [k for k, v in asdict(cfg).items() if k != "log_every" and saved.get(k) != v]
+    if changed or state.get("n_examples", n_examples) != n_examples:
+        raise ValueError(
+            f"cannot resume from {folder}: the run's settings changed "
+            f"({changed or 'dataset size'}); use the same flags and data, or a new run folder"
+        )
 
 
 def train(
@@ -279,7 +313,8 @@ def train(
         out_dir: run folder; with several processes only rank 0 writes.
         pad_id: padding token id.
         tokenizer: saved into each checkpoint so the folder is a loadable model.
-        resume: continue from ``out_dir``'s latest checkpoint (fresh start when there is none).
+        resume: continue from ``out_dir``'s latest checkpoint (fresh start when there is none);
+            ValueError if it was written with other settings or another dataset size.
         run_info: extra state stored in each checkpoint (e.g. the CLI config).
         on_step: called with the step number after each optimizer step (tests use it).
         progress: show a tqdm bar on rank 0.
@@ -297,8 +332,9 @@ def train(
         raise ValueError("examples must be non-empty")
     n_steps = math.ceil(cfg.epochs * len(examples) / G)
     stream = data_stream(len(examples), n_steps, G, cfg.seed)
-    device = next(policy.parameters()).device
     params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("policy has no parameter with requires_grad=True")
     optimizer = torch.optim.RMSprop(params, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,9 +343,9 @@ def train(
     start = 0
     ckpt = latest_checkpoint(out_dir) if resume else None
     if ckpt is not None:
-        start = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)[
-            "step"
-        ]
+        state = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
+        _check_resume(state, cfg, len(examples), ckpt)
+        start = state["step"]
     if rank == 0:
         _trim_log(log_path, start)
 
@@ -320,30 +356,16 @@ def train(
     final = ckpt
     for step in range(start, n_steps):
         t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
         mine = stream[step, rank * shard : (rank + 1) * shard]
-        sums: dict[str, Tensor] = {}
-        n_tokens = 0
-        for i in range(0, shard, m):
-            index = mine[i : i + m]
-            batch = step_loss.collate([examples[j] for j in index.tolist()], pad_id)
-            batch = Batch(
-                *(
-                    t.to(device)
-                    for t in (batch.input_ids, batch.attention_mask, batch.response_mask)
-                )
-            )
-            loss_sum, metrics = step_loss(policy, batch, index)
-            (loss_sum / G).backward()
-            n_tokens += batch.n_tokens
-            for k, v in {"loss": loss_sum.detach(), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float().cpu()
-        names = _metric_names(metrics)
-        vec = torch.stack([sums[k] for k in names] + [torch.tensor(float(n_tokens))])
+        names, sums = _accumulate(
+            policy, step_loss, examples, mine, micro=m, scale=G, pad_id=pad_id
+        )
         if world > 1:
             _all_reduce_grads(params)
-            vec = vec.to(device)
-            dist.all_reduce(vec)
-            vec = vec.cpu()
+            sums = sums.to(params[0].device)
+            dist.all_reduce(sums)
+            sums = sums.cpu()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -354,10 +376,10 @@ def train(
             row = {
                 "step": done,
                 "examples": done * G,
-                "lr": scheduler.get_last_lr()[0],
-                **{k: float(v) / G for k, v in zip(names, vec[:-1].tolist(), strict=True)},
+                "lr": lr,
+                **{k: v / G for k, v in zip(names, sums[:-1].tolist(), strict=True)},
                 "grad_norm": float(grad_norm),
-                "tokens_per_s": float(vec[-1]) / seconds,
+                "tokens_per_s": float(sums[-1]) / seconds,
                 "pairs_per_s": G / seconds,
             }
             if writer is None:
@@ -366,26 +388,21 @@ def train(
                     writer.writeheader()
             writer.writerow(row)
             writer_file.flush()
-        crossed = cfg.checkpoint_every and (done * G) // cfg.checkpoint_every > (step * G) // (
-            cfg.checkpoint_every
-        )
-        if crossed or done == n_steps:
+        every = cfg.checkpoint_every
+        if (every and (done * G) // every > (step * G) // every) or done == n_steps:
+            final = out_dir / f"step-{done:07d}"
             if rank == 0:
-                final = save_checkpoint(
+                state = {"examples_seen": done * G, "n_examples": len(examples),
+                         "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
+                save_checkpoint(
                     out_dir,
                     step=done,
                     model=policy,
                     optimizer=optimizer,
                     scheduler=scheduler,
-                    state={
-                        "examples_seen": done * G,
-                        "train_config": asdict(cfg),
-                        **(run_info or {}),
-                    },
+                    state=state,
                     tokenizer=tokenizer,
                 )
-            else:
-                final = out_dir / f"step-{done:07d}"
             if world > 1:
                 dist.barrier()
         bar.update(1)

@@ -46,7 +46,7 @@ def test_first_dpo_step_is_log_2_when_policy_is_reference(tmp_path, tiny_model, 
     (row,) = read_log(tmp_path)
     assert row["loss"] == pytest.approx(math.log(2), abs=1e-7)
     assert row["margins"] == 0 and row["reward_accuracy"] == 0
-    assert row["lr"] == pytest.approx(1e-4 * 2 / 3)  # DPO-code warm-up: (step+1)/(warmup+1)
+    assert row["lr"] == pytest.approx(1e-4 / 3)  # DPO-code warm-up: (step+1)/(warmup+1)
     assert row["tokens_per_s"] > 0 and row["grad_norm"] > 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import signal
@@ -199,3 +200,21 @@ def test_sft_on_samples_of_a_given_policy_then_dpo_from_the_sft_folder(tmp_path,
     row = read_log(tmp_path / "daa")[0]
     assert row["loss"] == pytest.approx(1.0)  # SLiC hinge at h = 0: max(0, 1 - 0)
     shutil.rmtree(final)
+
+
+def test_resume_refuses_changed_settings(tmp_path, tiny_model, text_examples):
+    from llm.train import DAALoss, TrainConfig, train
+
+    ref = copy.deepcopy(tiny_model)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=0, batch_size=4, micro_batch_size=4, epochs=1,
+                      checkpoint_every=4)  # fmt: skip
+    train(tiny_model, text_examples, DAALoss("dpo", 0.1, reference=ref), cfg, tmp_path,
+          pad_id=0, progress=False)  # fmt: skip
+    other = TrainConfig(**{**cfg.__dict__, "lr": 2e-3})
+    with pytest.raises(ValueError, match=r"cannot resume .*\['lr'\]"):
+        train(tiny_model, text_examples, DAALoss("dpo", 0.1, reference=ref), other, tmp_path,
+              pad_id=0, resume=True, progress=False)  # fmt: skip
+    # The same settings resume a finished run without doing anything.
+    final = train(tiny_model, text_examples, DAALoss("dpo", 0.1, reference=ref), cfg, tmp_path,
+                  pad_id=0, resume=True, progress=False)  # fmt: skip
+    assert final.name == "step-0000002" and len(read_log(tmp_path)) == 2
