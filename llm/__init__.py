@@ -3,8 +3,9 @@
 Modules:
     model      load or build policy and reference models (dtype policy, Pythia-shaped configs)
     logprobs   response-token log-probabilities through one concatenated forward
-    data       preference data (TL;DR via ``datasets``, local JSONL, the tree language), truncation,
-               bad-row handling, padding into batches
+    data       preference data (TL;DR via ``datasets``, local JSONL), truncation, bad-row handling,
+               padding into batches
+    tree_language  a treemdp problem as token sequences (one token per action)
     train      SFT and DAA training loops (gradient accumulation, torch.distributed, checkpoints)
     checkpoint atomic checkpoints and resume
 
