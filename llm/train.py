@@ -153,10 +153,10 @@ class DAALoss:
         if not objectives.get(self.objective).needs_reference:
             zero = torch.zeros_like(like.chosen)
             return PairLogps(zero, zero, like.len_chosen, like.len_rejected)
-        if self.ref_table is not None:
-            t = self.ref_table
+        if self.ref_table is not None:  # kept on the CPU; the batch may live on a GPU
+            t, i, dev = self.ref_table, index.cpu(), like.chosen.device
             return PairLogps(
-                t.chosen[index], t.rejected[index], t.len_chosen[index], t.len_rejected[index]
+                t.chosen[i].to(dev), t.rejected[i].to(dev), like.len_chosen, like.len_rejected
             )
         device = next(self.reference.parameters()).device
         with torch.no_grad():
