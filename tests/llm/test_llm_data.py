@@ -7,6 +7,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llm.data import (
     BadRowError,
@@ -156,3 +158,24 @@ def test_byte_tokenizer_round_trips_any_text(tokenizer):
     assert load_tokenizer("byte")(text, add_special_tokens=False)["input_ids"] == ids
     assert tokenizer.eos_token_id == tokenizer.pad_token_id == 0
     assert torch.tensor(ids).max() < len(tokenizer)
+
+
+@given(
+    p=st.lists(st.integers(0, 9), min_size=1, max_size=40),
+    c=st.lists(st.integers(0, 9), min_size=1, max_size=40),
+    r=st.lists(st.integers(0, 9), min_size=1, max_size=40),
+    max_length=st.integers(2, 50),
+    data=st.data(),
+)
+def test_truncation_invariants(p, c, r, max_length, data):
+    k = data.draw(st.integers(1, max_length - 1))
+    mode = data.draw(st.sampled_from(["keep_start", "keep_end"]))
+    cfg = TruncationConfig(max_length=max_length, max_prompt_length=k, truncation_mode=mode)
+    tp, tc, tr = truncate(p, c, r, cfg)
+    if len(p) + max(len(c), len(r)) <= max_length:
+        assert (tp, tc, tr) == (tuple(p), tuple(c), tuple(r))  # what fits is never cut
+    else:
+        assert len(tp) + max(len(tc), len(tr)) <= max_length
+    # the prompt keeps its start (or end); responses keep their start
+    assert tuple(p[: len(tp)] if mode == "keep_start" else p[len(p) - len(tp) :]) == tp
+    assert tc == tuple(c[: len(tc)]) and tr == tuple(r[: len(tr)]) and tp and tc and tr

@@ -218,3 +218,23 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_model, text_examples):
     final = train(tiny_model, text_examples, DAALoss("dpo", 0.1, reference=ref), cfg, tmp_path,
                   pad_id=0, resume=True, progress=False)  # fmt: skip
     assert final.name == "step-0000002" and len(read_log(tmp_path)) == 2
+
+
+def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path, tiny_model, text_examples):
+    from llm.checkpoint import write_atomic
+    from llm.train import DAALoss, TrainConfig, train
+
+    ref = copy.deepcopy(tiny_model)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=0, batch_size=4, micro_batch_size=4, epochs=1,
+                      checkpoint_every=4)  # fmt: skip
+    train(copy.deepcopy(tiny_model), text_examples, DAALoss("dpo", 0.1, reference=ref), cfg,
+          tmp_path, pad_id=0, progress=False)  # fmt: skip
+    assert latest_checkpoint(tmp_path).name == "step-0000002"
+    # A run killed while writing step 3 leaves a temporary folder; latest.json is untouched.
+    (tmp_path / ".step-0000003.tmp-99").mkdir()
+    (tmp_path / ".step-0000003.tmp-99" / "model.safetensors").write_bytes(b"partial")
+    assert latest_checkpoint(tmp_path).name == "step-0000002"
+    # A pointer to a folder without trainer state (impossible with os.replace) is not trusted.
+    write_atomic(tmp_path / "latest.json", json.dumps({"checkpoint": ".step-0000003.tmp-99"}))
+    assert latest_checkpoint(tmp_path) is None
+    assert not list(tmp_path.glob(".latest.json.tmp-*"))
