@@ -249,6 +249,8 @@ def main(cfg: Config, parser: argparse.ArgumentParser | None = None) -> Path:
             print(f"  skipped {msg}", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        report = {"pairs": len(examples), "skipped": len(skipped), "skipped_rows": skipped}
+        (out_dir / "data.json").write_text(json.dumps(report, indent=2) + "\n")
     policy.to(device)
     pad_id = tokenizer.pad_token_id
     if cfg.stage == "sft":

@@ -174,6 +174,9 @@ def test_jsonl_run_skips_and_counts_bad_rows(tmp_path, capsys):
     assert out.out.strip().startswith("done: final checkpoint") and final.is_dir()
     config = json.loads((final.parent / "config.json").read_text())
     assert config["on_bad_row"] == "skip" and config["reference_dtype"] == "bf16"
+    report = json.loads((final.parent / "data.json").read_text())
+    assert report["pairs"] == 2 and report["skipped"] == 1
+    assert report["skipped_rows"][0].startswith("row 2: chosen == rejected")
 
 
 def test_tldr_without_datasets_exits_2_saying_how_to_install(tmp_path, capsys, monkeypatch):
