@@ -1,25 +1,5 @@
-"""Optima and solution sets of direct alignment objectives: Proposition 1 made computable.
-
-Three parts (Rafailov et al. 2024, §2 "Theory"; see docs/theory.md):
-
-1. The KL-regularised optimum π*(y|x) ∝ π_ref(y|x) exp(r(x, y)/β), computed twice: directly over
-   all responses, and as per-node logits through the soft value recursion
-   V(s) = β log Σ_a π_ref(a|s) exp(V(s·a)/β), V(leaf) = r(leaf) (Rafailov et al. 2024b, "From r to
-   Q*", Eq. 5–6), level by level bottom-up with a leading run axis. ``kl_to_optimum`` measures a
-   policy's distance to it.
-2. Identifiability: a dataset's query matrix A (pairs × responses, +1 at y_w, −1 at y_l). Every
-   objective of the family sees an implicit log-ratio vector ℓ = log π/π_ref only through the
-   margins h = A ℓ, so the minimisers form ℓ* + null(A): a set of dimension L − rank(A) (the
-   per-prompt normalising constants take n_prompts of those directions, so the set of minimising
-   *policies* has dimension L − rank(A) − n_prompts). rank(A) = (#responses compared) −
-   (#components of the comparison graph): rewards are identified up to one constant per
-   component, and not at all on responses no pair mentions.
-3. Minimiser sets of DPO, IPO and SLiC on a dataset (``minimiser_set``), the distance of a
-   margin vector to them, and two minimisers of equal loss whose OOD mass is near 0 and near 1
-   (``extreme_minimisers``), including the three-response example of the paper.
-
-Everything is float64 and exact up to rounding, except the DPO infimum on datasets with
-preference cycles (Newton's method, to ~1e-12) and SLiC (a linear program via scipy).
+"""Minimiser sets of DPO, IPO and SLiC on a dataset, the distance of margins to them, and two
+minimisers of equal loss with OOD mass near 0 and near 1 (with the paper's three-response example).
 """
 
 from __future__ import annotations
@@ -35,325 +15,15 @@ from scipy.optimize import linprog, minimize
 from torch import Tensor
 
 from treemdp import objectives
-from treemdp.data import Pairs, comparison_graph, validate_pairs
-from treemdp.metrics import kl_divergence
+from treemdp.data import Pairs, validate_pairs
 from treemdp.policy import (
-    check_logits,
-    conditional_logprobs,
     logits_from_response_logprobs,
 )
+from treemdp.theory.identifiability import ood_mass, query_matrix, single_run_pairs
 from treemdp.tree import Tree
-
-__all__ = [
-    "MINIMISER_OBJECTIVES",
-    "Identifiability",
-    "Minimiser",
-    "MinimiserSet",
-    "ThreeResponseExample",
-    "extreme_minimisers",
-    "identifiability",
-    "kl_to_optimum",
-    "margin_distance",
-    "minimiser_set",
-    "ood_mass",
-    "ood_mass_range",
-    "optimal_logits",
-    "optimal_response_logprobs",
-    "query_matrix",
-    "soft_values",
-    "three_response_example",
-]
 
 D = torch.float64
 
-
-# ============================================================================ 1. the optimum
-
-
-def _betas(beta: float | Tensor, R: int) -> Tensor:
-    """β as a (R, 1) float64 column (one per run), after checking it is finite and > 0."""
-    b = objectives.check_beta(beta).to(D).reshape(-1)
-    if b.numel() not in (1, R):
-        raise ValueError(f"beta must be a float or hold one value per run ({R}); got {b.numel()}")
-    return b.expand(R).unsqueeze(1)
-
-
-def _rewards(tree: Tree, rewards: Tensor, R: int) -> Tensor:
-    r = torch.as_tensor(rewards, dtype=D)
-    r = r.unsqueeze(0) if r.dim() == 1 else r
-    if r.dim() != 2 or r.shape[1] != tree.n_responses or r.shape[0] not in (1, R):
-        raise ValueError(
-            f"rewards must have shape (L,) or ({R}, L) with L = {tree.n_responses}; "
-            f"got {tuple(r.shape)}"
-        )
-    if not bool(torch.isfinite(r).all()):
-        raise ValueError("rewards must be finite")
-    return r.expand(R, -1)
-
-
-def optimal_response_logprobs(
-    tree: Tree, ref_logp: Tensor, rewards: Tensor, *, beta: float | Tensor
-) -> Tensor:
-    """log π*(y|x) of the KL-regularised optimum, normalised over each prompt's responses.
-
-    π*(y|x) = π_ref(y|x) exp(r(x, y)/β) / Z(x) (Rafailov et al. 2023, Eq. 4): the maximiser of
-    E_π[r] − β KL(π ‖ π_ref). Computed over all responses at once (a per-prompt logsumexp by
-    scatter), independently of the tree's node structure.
-
-    Args:
-        tree: the tree (for each response's prompt).
-        ref_logp: log π_ref(y|x). Shape (R, L).
-        rewards: r(x, y). Shape (L,) or (R, L).
-        beta: β > 0, a float or one per run (R,).
-
-    Returns:
-        log π*(y|x). Shape (R, L).
-    """
-    ref_logp = torch.as_tensor(ref_logp, dtype=D)
-    if ref_logp.dim() != 2 or ref_logp.shape[1] != tree.n_responses:
-        raise ValueError(f"ref_logp must have shape (R, {tree.n_responses})")
-    R = ref_logp.shape[0]
-    scores = ref_logp + _rewards(tree, rewards, R) / _betas(beta, R)
-    prompt = tree.leaf_prompt.expand(R, -1)
-    top = scores.new_full((R, tree.n_prompts), float("-inf"))
-    top = top.scatter_reduce(1, prompt, scores, reduce="amax")
-    shifted = torch.exp(scores - top.gather(1, prompt))
-    log_z = torch.log(scores.new_zeros(R, tree.n_prompts).scatter_add(1, prompt, shifted)) + top
-    return scores - log_z.gather(1, prompt)
-
-
-def soft_values(tree: Tree, ref_logits: Tensor, rewards: Tensor, *, beta: float | Tensor) -> Tensor:
-    """The soft (KL-regularised) value of every node, bottom-up, one level at a time.
-
-    V(leaf) = r(leaf); V(s) = β log Σ_a π_ref(a|s) exp(V(s·a)/β) (the soft Bellman equation of
-    the token MDP with reward r at the leaf and a per-step KL penalty; Rafailov et al. 2024b,
-    "From r to Q*", Eq. 5–6). V(root) = β log Z(x).
-
-    Args:
-        tree: the tree.
-        ref_logits: logits of π_ref. Shape (R, M, b).
-        rewards: r(x, y) per response. Shape (L,) or (R, L).
-        beta: β > 0, a float or one per run (R,).
-
-    Returns:
-        V per node. Shape (R, N).
-    """
-    check_logits(tree, ref_logits, "ref_logits")
-    ref_logits = ref_logits.to(D)
-    R = ref_logits.shape[0]
-    b = _betas(beta, R)
-    cond = conditional_logprobs(tree, ref_logits)
-    w = cond.new_zeros(R, tree.n_nodes)  # V/β, filled from the leaves up
-    w[:, tree.leaves] = _rewards(tree, rewards, R) / b
-    children = tree.children.clamp(min=0)
-    for d in range(tree.max_depth - 1, -1, -1):
-        lo, hi = tree.level_offsets[d], tree.level_offsets[d + 1]
-        idx = tree.internal_index[lo:hi]
-        rows = idx[idx >= 0]
-        if rows.numel() == 0:
-            continue
-        terms = (cond[:, rows] + w[:, children[rows]]).masked_fill(~tree.valid[rows], -math.inf)
-        w[:, tree.internal[rows]] = torch.logsumexp(terms, dim=-1)
-    return w * b
-
-
-def optimal_logits(
-    tree: Tree, ref_logits: Tensor, rewards: Tensor, *, beta: float | Tensor
-) -> Tensor:
-    """The optimum as per-node log-conditionals: log π*(a|s) = log π_ref(a|s) + (V(s·a) − V(s))/β.
-
-    ``response_logprobs(tree, optimal_logits(...))`` equals ``optimal_response_logprobs`` with
-    ``ref_logp = response_logprobs(tree, ref_logits)``: the token-level optimum of the soft
-    Bellman equation is the sequence-level optimum.
-
-    Args:
-        tree: the tree.
-        ref_logits: logits of π_ref. Shape (R, M, b).
-        rewards: r(x, y) per response. Shape (L,) or (R, L).
-        beta: β > 0, a float or one per run (R,).
-
-    Returns:
-        Normalised log-conditionals, −inf where an action has no child. Shape (R, M, b).
-    """
-    R = ref_logits.shape[0]
-    v = soft_values(tree, ref_logits, rewards, beta=beta) / _betas(beta, R)
-    cond = conditional_logprobs(tree, ref_logits.to(D))
-    kids = v[:, tree.children.clamp(min=0)]
-    out = cond + kids - v[:, tree.internal].unsqueeze(-1)
-    return out.masked_fill(~tree.valid, -math.inf)
-
-
-def kl_to_optimum(
-    tree: Tree,
-    logp: Tensor,
-    ref_logp: Tensor,
-    rewards: Tensor,
-    *,
-    beta: float | Tensor,
-    direction: str = "reverse",
-) -> Tensor:
-    """Distance of policies to the KL-regularised optimum: KL(π ‖ π*) ("reverse", default) or
-    KL(π* ‖ π) ("forward"), averaged over prompts.
-
-    Args:
-        tree: the tree.
-        logp: log π(y|x). Shape (R, L).
-        ref_logp: log π_ref(y|x). Shape (R, L).
-        rewards: r(x, y). Shape (L,) or (R, L).
-        beta: β > 0, a float or one per run (R,).
-        direction: "reverse" or "forward".
-
-    Returns:
-        Shape (R,).
-    """
-    star = optimal_response_logprobs(tree, ref_logp, rewards, beta=beta)
-    if direction == "reverse":
-        return kl_divergence(tree, logp, star)
-    if direction == "forward":
-        return kl_divergence(tree, star, logp)
-    raise ValueError(f"direction must be 'reverse' or 'forward'; got {direction!r}")
-
-
-# ============================================================================ 2. identifiability
-
-
-def _one_run(tree: Tree, pairs: Pairs) -> Pairs:
-    if pairs.chosen.dim() != 1:
-        raise ValueError("pairs must hold one run's dataset, shape (P,)")
-    return validate_pairs(tree, pairs.chosen, pairs.rejected)
-
-
-def query_matrix(tree: Tree, pairs: Pairs) -> Tensor:
-    """The query matrix A of a dataset: A[i, y_w(i)] = +1, A[i, y_l(i)] = −1, else 0.
-
-    The margins of every pair are h = A ℓ with ℓ = log π/π_ref per response (Prop. 1).
-
-    Args:
-        tree: the tree.
-        pairs: one run's dataset, chosen/rejected of shape (P,).
-
-    Returns:
-        Shape (P, L), float64.
-    """
-    pairs = _one_run(tree, pairs)
-    P = pairs.n_pairs
-    a = torch.zeros(P, tree.n_responses, dtype=D)
-    rows = torch.arange(P)
-    a[rows, pairs.chosen] = 1.0
-    a[rows, pairs.rejected] = -1.0
-    return a
-
-
-@dataclass(frozen=True)
-class Identifiability:
-    """What a dataset pins down (Proposition 1).
-
-    Attributes:
-        query: the query matrix A. Shape (P, L).
-        rank: rank(A).
-        n_responses: L.
-        n_prompts: number of prompts.
-        dim_rewards: L − rank: dimension of the set of implicit rewards (log-ratios ℓ) with the
-            same margins, hence the same loss, as any given one (for every objective).
-        dim_policies: dim_rewards − n_prompts: the same for normalised policies.
-        mentioned: responses that appear in some pair. Shape (m,).
-        unconstrained: responses no pair mentions: their ℓ is free. Shape (L − m,).
-        components: connected components of the comparison graph (sorted response indices);
-            the data fixes ℓ within a component up to one additive constant.
-        null_basis: a basis of null(A): one indicator per component, one unit vector per
-            unconstrained response. Shape (L, L − rank).
-    """
-
-    query: Tensor
-    rank: int
-    n_responses: int
-    n_prompts: int
-    dim_rewards: int
-    dim_policies: int
-    mentioned: Tensor
-    unconstrained: Tensor
-    components: tuple[tuple[int, ...], ...]
-    null_basis: Tensor
-
-
-def identifiability(tree: Tree, pairs: Pairs) -> Identifiability:
-    """The query matrix, its rank, the free directions and the comparison graph's components.
-
-    Args:
-        tree: the tree.
-        pairs: one run's dataset, shape (P,).
-
-    Returns:
-        An ``Identifiability`` report.
-    """
-    pairs = _one_run(tree, pairs)
-    a = query_matrix(tree, pairs)
-    rank = int(torch.linalg.matrix_rank(a))
-    graph = comparison_graph(tree, pairs)
-    components = tuple(sorted(tuple(sorted(c)) for c in nx.connected_components(graph)))
-    L = tree.n_responses
-    mentioned = torch.tensor(sorted(graph.nodes), dtype=torch.long)
-    free = torch.ones(L, dtype=torch.bool)
-    free[mentioned] = False
-    unconstrained = torch.nonzero(free).flatten()
-    basis = [torch.zeros(L, dtype=D).index_fill_(0, torch.tensor(c), 1.0) for c in components]
-    basis += [torch.zeros(L, dtype=D).index_fill_(0, y.reshape(1), 1.0) for y in unconstrained]
-    null_basis = torch.stack(basis, dim=1) if basis else torch.zeros(L, 0, dtype=D)
-    return Identifiability(
-        query=a,
-        rank=rank,
-        n_responses=L,
-        n_prompts=tree.n_prompts,
-        dim_rewards=L - rank,
-        dim_policies=L - rank - tree.n_prompts,
-        mentioned=mentioned,
-        unconstrained=unconstrained,
-        components=components,
-        null_basis=null_basis,
-    )
-
-
-def ood_mass(tree: Tree, pairs: Pairs, logp: Tensor) -> Tensor:
-    """Mass on responses no pair mentions, averaged over prompts (as ``metrics.mass_ood``).
-
-    Args:
-        tree: the tree.
-        pairs: one run's dataset, shape (P,).
-        logp: log π(y|x). Shape (R, L).
-
-    Returns:
-        Shape (R,).
-    """
-    pairs = _one_run(tree, pairs)
-    ood = torch.ones(tree.n_responses, dtype=torch.bool)
-    ood[pairs.responses()] = False
-    return (torch.exp(logp) * ood).sum(-1) / tree.n_prompts
-
-
-def ood_mass_range(tree: Tree, pairs: Pairs) -> tuple[float, float]:
-    """The closure [lo, hi] of the OOD masses over any set of minimisers (the same for every
-    objective: the margins do not see the OOD responses, whose log-ratio is free).
-
-    A prompt that some pair asks contributes anything in (0, 1) if it has a response no pair
-    mentions, else exactly 0; a prompt no pair asks is OOD entirely (1). The ends are limits,
-    not attained by full-support policies (except where a prompt has no OOD response).
-
-    Returns:
-        (lo, hi), each averaged over prompts.
-    """
-    pairs = _one_run(tree, pairs)
-    asked = torch.zeros(tree.n_prompts, dtype=torch.bool)
-    asked[tree.leaf_prompt[pairs.chosen]] = True
-    ood = torch.ones(tree.n_responses, dtype=torch.bool)
-    ood[pairs.responses()] = False
-    has_ood = torch.zeros(tree.n_prompts, dtype=torch.bool)
-    has_ood[tree.leaf_prompt[ood]] = True
-    lo = float((~asked).sum()) / tree.n_prompts
-    hi = float(((~asked) | has_ood).sum()) / tree.n_prompts
-    return lo, hi
-
-
-# ============================================================================ 3. minimiser sets
 
 MINIMISER_OBJECTIVES = ("dpo", "ipo", "ipo_paper", "slic")
 """Objectives whose minimiser sets ``minimiser_set`` describes."""
@@ -489,7 +159,7 @@ def minimiser_set(
     objectives.check_beta(beta)
     if not tol > 0:
         raise ValueError(f"tol must be > 0; got {tol}")
-    pairs = _one_run(tree, pairs)
+    pairs = single_run_pairs(tree, pairs)
     a = query_matrix(tree, pairs)
     P = a.shape[0]
     bounded, scc, cond = _sccs(pairs)
@@ -708,7 +378,7 @@ def extreme_minimisers(
     Returns:
         One ``Minimiser`` per target.
     """
-    pairs = _one_run(tree, pairs)
+    pairs = single_run_pairs(tree, pairs)
     ref_logp = torch.as_tensor(ref_logp, dtype=D)
     if ref_logp.shape != (tree.n_responses,):
         raise ValueError(f"ref_logp must have shape ({tree.n_responses},)")
