@@ -117,14 +117,10 @@ def _check_specs(specs: Sequence[RunSpec], n_runs: int) -> None:
     if len(specs) != n_runs:
         raise ValueError(f"specs must hold one RunSpec per run ({n_runs}); got {len(specs)}")
     for s in specs:
-        entry = objectives.get(s.objective)
         objectives.check_beta(s.beta)
         if not s.lr > 0:
             raise ValueError(f"lr must be > 0; got {s.lr}")
-        data_keys = {"len_chosen", "len_rejected"}
-        objectives.resolve_hyper(
-            entry, {**dict(s.hyper), **{k: 0 for k in data_keys & set(entry.hyper)}}
-        )
+        objectives.check_user_hyper(s.objective, dict(s.hyper))
 
 
 SMALL_WORK = 2**20
@@ -242,7 +238,7 @@ def _train(
     ref_logp = problem.ref_logp
     ref_c, ref_r = ref_logp.gather(1, pairs.chosen), ref_logp.gather(1, pairs.rejected)
     lengths = problem.tree.response_length.to(ref_logp.dtype)
-    data_hyper = {"len_chosen": lengths[pairs.chosen], "len_rejected": lengths[pairs.rejected]}
+    len_c, len_r = lengths[pairs.chosen], lengths[pairs.rejected]
     betas = torch.tensor([s.beta for s in specs], dtype=ref_logp.dtype).unsqueeze(1)
     groups: dict[tuple[str, tuple], list[int]] = {}
     for i, s in enumerate(specs):
@@ -272,8 +268,8 @@ def _train(
         lc, lr = logp.gather(1, pairs.chosen), logp.gather(1, pairs.rejected)
         per_pair = lc.new_empty(lc.shape) if not whole else None
         for name, hyper, idx in group_index:
-            extra = {k: v[idx] for k, v in data_hyper.items() if k in objectives.get(name).hyper}
             sel = slice(None) if whole else idx
+            extra = objectives.length_hyper(name, len_c[sel], len_r[sel])
             out = objectives.loss(
                 name, lc[sel], lr[sel], ref_c[sel], ref_r[sel], beta=betas[sel], **hyper, **extra
             )
