@@ -110,8 +110,10 @@ def fit_sft(
         raise ValueError(f"sft_steps must be >= 0; got {steps}")
     theta = policy.theta0.detach().clone().requires_grad_(True)
     opt = make_optimizer(optimizer, lr, policy.n_runs)
+    # Only the data's responses enter the likelihood: their paths suffice (O(S·D) a step).
+    data_logprobs = policy.bind(responses)
     for _ in range(steps):
-        nll = -policy.response_logprobs(theta).gather(1, responses).mean(-1).sum()
+        nll = -data_logprobs(theta).mean(-1).sum()
         (grad,) = torch.autograd.grad(nll, theta)
         opt.step(theta, grad)
     with torch.no_grad():

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from treemdp import objectives
 from treemdp.metrics import METRICS, MetricContext, metrics
+from treemdp.objectives import Margins
 from treemdp.optim import make_optimizer
 from treemdp.problem import Problem
 
@@ -162,15 +163,35 @@ def _train(
     policy, pairs = problem.policy, problem.pairs
     ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
     ref_logp = problem.ref_logp
-    ref_c, ref_r = ref_logp.gather(1, pairs.chosen), ref_logp.gather(1, pairs.rejected)
+    # The loss needs only the pairs' responses: their log-probs come from their paths (O(P·D)
+    # per step), and every response's only at logged steps (O(nodes), no gradient). π_ref's
+    # pair log-probs use the same path function, so h is exactly 0 at θ0.
+    responses = pairs.responses()
+    n_pairs = pairs.n_pairs
+    pair_logprobs = policy.bind(responses)
+    with torch.no_grad():
+        ref_pair = pair_logprobs(policy.theta0)
+    ref_c, ref_r = ref_pair[:, :n_pairs], ref_pair[:, n_pairs:]
     lengths = problem.tree.response_length.to(ref_logp.dtype)
     data_hyper = {"len_chosen": lengths[pairs.chosen], "len_rejected": lengths[pairs.rejected]}
     betas = torch.tensor([s.beta for s in specs], dtype=ref_logp.dtype).unsqueeze(1)
     groups: dict[tuple[str, tuple], list[int]] = {}
     for i, s in enumerate(specs):
         groups.setdefault((s.objective, s.hyper), []).append(i)
-    group_index = [(name, dict(hyper), torch.tensor(idx)) for (name, hyper), idx in groups.items()]
+    # Per group: its registry entry, hyperparameters resolved once, and its runs as a slice when
+    # they are contiguous (the usual sweep layout: a view instead of a gather and a scatter).
+    group_index = []
+    for (name, hyper), idx in groups.items():
+        entry = objectives.get(name)
+        sel: slice | Tensor = torch.tensor(idx)
+        if idx == list(range(idx[0], idx[-1] + 1)):
+            sel = slice(idx[0], idx[-1] + 1)
+        extra = {k: v[sel] for k, v in data_hyper.items() if k in entry.hyper}
+        kwargs = objectives.resolve_hyper(entry, {**dict(hyper), **extra})
+        objectives.check_beta(betas[sel])
+        group_index.append((entry, kwargs, sel))
     whole = len(group_index) == 1
+    contiguous = all(isinstance(sel, slice) for _, _, sel in group_index)
 
     theta = policy.theta0.detach().clone().requires_grad_(True)
     lrs = torch.tensor([s.lr for s in specs], dtype=torch.float64)
@@ -183,19 +204,23 @@ def _train(
 
     bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=False)
     for step in range(steps + 1):
-        logp = policy.response_logprobs(theta)
-        lc, lr = logp.gather(1, pairs.chosen), logp.gather(1, pairs.rejected)
-        per_pair = lc.new_empty(lc.shape) if not whole else None
-        for name, hyper, idx in group_index:
-            extra = {k: v[idx] for k, v in data_hyper.items() if k in objectives.get(name).hyper}
-            sel = slice(None) if whole else idx
-            out = objectives.loss(
-                name, lc[sel], lr[sel], ref_c[sel], ref_r[sel], beta=betas[sel], **hyper, **extra
-            )
-            if whole:
-                per_pair = out
-            else:
-                per_pair[idx] = out
+        pair_logp = pair_logprobs(theta)
+        lc, lr = pair_logp[:, :n_pairs], pair_logp[:, n_pairs:]
+        # The registry's functions on each group's runs (β checked once above, so the entry's
+        # function is called directly rather than through objectives.loss).
+        outs = [
+            entry.fn(Margins(lc[sel], lr[sel], ref_c[sel], ref_r[sel]), beta=betas[sel], **kwargs)
+            for entry, kwargs, sel in group_index
+        ]
+        if whole:
+            per_pair = outs[0]
+        elif contiguous:  # groups in run order, each a contiguous block
+            order = sorted(range(len(outs)), key=lambda g: group_index[g][2].start)
+            per_pair = torch.cat([outs[g] for g in order])
+        else:
+            per_pair = lc.new_empty(lc.shape)
+            for out, (_, _, sel) in zip(outs, group_index, strict=True):
+                per_pair[sel] = out
         total = per_pair.mean(-1).sum()
         if not bool(torch.isfinite(total)):
             bad = int(torch.nonzero(~torch.isfinite(per_pair.mean(-1)))[0])
@@ -206,7 +231,8 @@ def _train(
         if step % log_every == 0 or step == steps:
             with torch.no_grad():
                 h = (lc - ref_c) - (lr - ref_r)
-                logs.append(metrics(ctx, logp.detach(), ref_logp, h, per_pair.detach()))
+                logp = policy.response_logprobs(theta)
+                logs.append(metrics(ctx, logp, ref_logp, h, per_pair.detach()))
             logged_steps.append(step)
         if step == steps:
             break
