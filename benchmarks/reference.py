@@ -139,6 +139,7 @@ def train_reference(
         raise ValueError("the reference handles single-prompt complete trees only")
     paths = path_table(problem.tree)
     records = []
+    torch.set_num_threads(1)  # tiny per-run ops: threads only add overhead (see treemdp.threads)
     for run, (objective, beta, lr) in enumerate(layout):
         seed = int(problem.seeds[run])
         for rec in train_one(

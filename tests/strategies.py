@@ -98,3 +98,25 @@ def curve_points(draw: st.DrawFn, *, min_size: int = 5) -> tuple[np.ndarray, np.
         )
     )
     return d, np.asarray(y, dtype=np.float64)
+
+
+# ------------------------------------------------------------------ rewards and responses
+
+
+@st.composite
+def tied_rewards(draw, n: int, *, n_runs: int = 2) -> torch.Tensor:
+    """Gold rewards of shape (n_runs, n) drawn from a few values, so that many responses tie."""
+    levels = draw(st.lists(st.integers(-3, 3), min_size=n * n_runs, max_size=n * n_runs))
+    return torch.tensor(levels, dtype=torch.float64).view(n_runs, n) / 2
+
+
+@st.composite
+def response_indices(draw, tree: Tree, *, n_runs: int = 2, max_size: int = 6) -> torch.Tensor:
+    """Response (leaf) indices of shape (n_runs, S), repeats allowed."""
+    size = draw(st.integers(1, max_size))
+    values = draw(
+        st.lists(
+            st.integers(0, tree.n_responses - 1), min_size=size * n_runs, max_size=size * n_runs
+        )
+    )
+    return torch.tensor(values).view(n_runs, size)

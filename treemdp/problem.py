@@ -24,6 +24,7 @@ from treemdp.policy import (
     gaussian_features,
     response_logprobs,
 )
+from treemdp.threads import threads_for
 from treemdp.tree import Tree
 
 __all__ = ["PAIR_SOURCES", "POLICIES", "REFERENCES", "Problem", "build_problem", "fit_sft"]
@@ -108,6 +109,13 @@ def fit_sft(
     """
     if steps < 0:
         raise ValueError(f"sft_steps must be >= 0; got {steps}")
+    with threads_for(policy.n_runs * policy.tree.n_nodes):
+        return _fit_sft(policy, responses, steps, lr, optimizer)
+
+
+def _fit_sft(
+    policy: Policy, responses: Tensor, steps: int, lr: float, optimizer: str
+) -> tuple[Tensor, dict[str, Tensor]]:
     theta = policy.theta0.detach().clone().requires_grad_(True)
     opt = make_optimizer(optimizer, lr, policy.n_runs)
     # Only the data's responses enter the likelihood: their paths suffice (O(S·D) a step).

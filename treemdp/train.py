@@ -9,8 +9,7 @@ nothing branches on an objective's name.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +23,8 @@ from treemdp.metrics import METRICS, MetricContext, metrics
 from treemdp.objectives import Margins
 from treemdp.optim import make_optimizer
 from treemdp.problem import Problem
+from treemdp.threads import SMALL_WORK as SMALL_WORK  # re-exported: its old home
+from treemdp.threads import threads_for
 
 __all__ = ["History", "RunSpec", "TrainingDivergedError", "train"]
 
@@ -83,20 +84,7 @@ def _check_specs(specs: Sequence[RunSpec], n_runs: int) -> None:
         )
 
 
-SMALL_WORK = 2**20
-"""Below this many (run × node) entries per step, intra-op threads cost more than they save."""
-
-
-@contextmanager
-def _threads_for(work: int) -> Iterator[None]:
-    """One intra-op thread for small problems (thread start-up dominates), restored after."""
-    before = torch.get_num_threads()
-    if work < SMALL_WORK:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+_threads_for = threads_for  # the old private name, kept for callers that used it
 
 
 def _frame(
@@ -143,7 +131,7 @@ def train(
         TrainingDivergedError: a loss or gradient became non-finite (the message names the step and
             the quantity; ``.history`` holds what was logged before).
     """
-    with _threads_for(problem.n_runs * problem.tree.n_nodes):
+    with threads_for(problem.n_runs * problem.tree.n_nodes):
         return _train(problem, specs, steps, optimizer, log_every, progress)
 
 
