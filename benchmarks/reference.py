@@ -139,14 +139,18 @@ def train_reference(
         raise ValueError("the reference handles single-prompt complete trees only")
     paths = path_table(problem.tree)
     records = []
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny per-run ops: threads only add overhead (see treemdp.threads)
-    for run, (objective, beta, lr) in enumerate(layout):
-        seed = int(problem.seeds[run])
-        for rec in train_one(
-            problem, run, objective, beta, lr, steps=steps, log_every=log_every, paths=paths
-        ):
-            records.append(
-                {"run": run, "objective": objective, "beta": beta, "lr": lr, "seed": seed, **rec}
-            )
+    try:
+        for run, (objective, beta, lr) in enumerate(layout):
+            seed = int(problem.seeds[run])
+            for rec in train_one(
+                problem, run, objective, beta, lr, steps=steps, log_every=log_every, paths=paths
+            ):
+                records.append(
+                    {"run": run, "objective": objective, "beta": beta, "lr": lr, "seed": seed} | rec
+                )
+    finally:
+        torch.set_num_threads(threads)
     frame = pd.DataFrame.from_records(records)
     return frame[["run", "objective", "beta", "lr", "seed", "step", *METRICS]]

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from tests.oracles import pairwise_win_rate
 from tests.scripts import ROOT, load_script, run_script
-from tests.strategies import tied_rewards, trees_with_pairs
+from tests.strategies import logits, tied_rewards, trees_with_pairs
 from treemdp.data import Pairs
-from treemdp.metrics import MetricContext, win_rate
+from treemdp.metrics import MetricContext, metrics, win_rate, win_weights
 from treemdp.policy import response_logprobs
 from treemdp.problem import build_problem
 from treemdp.results import read_table
@@ -198,10 +198,25 @@ def test_sorting_win_rate_equals_pairwise_definition_with_many_ties(tree, data, 
     rewards = data.draw(tied_rewards(tree.n_responses))
     pair = Pairs(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long))
     ctx = MetricContext.build(tree, rewards, pair)
-    gen = torch.Generator().manual_seed(seed)
-    logp = response_logprobs(tree, torch.randn(2, tree.n_internal, tree.branching, generator=gen))
-    ref = response_logprobs(tree, torch.randn(2, tree.n_internal, tree.branching, generator=gen))
+    logp = response_logprobs(tree, logits(tree, 2, seed))
+    ref = response_logprobs(tree, logits(tree, 2, seed + 1))
     fast = win_rate(ctx, logp, ref)
     for r in range(2):
         slow = pairwise_win_rate(tree, logp[r].exp(), ref[r].exp(), rewards[r])
         assert abs(float(fast[r]) - slow) <= 1e-12
+
+
+@given(trees_with_pairs(), st.data(), st.integers(0, 2**31))
+def test_precomputed_win_weights_give_identical_metrics(tree, data, seed):
+    rewards = data.draw(tied_rewards(tree.n_responses))
+    pair = Pairs(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long))
+    ctx = MetricContext.build(tree, rewards, pair)
+    logp = response_logprobs(tree, logits(tree, 2, seed))
+    ref = response_logprobs(tree, logits(tree, 2, seed + 1))
+    h = torch.zeros(2, 1, dtype=torch.float64)
+    weights = win_weights(ctx, ref)
+    assert bool(((weights >= 0) & (weights <= 1)).all())
+    once = metrics(ctx, logp, ref, h, h, ref_weights=weights)
+    for name, value in metrics(ctx, logp, ref, h, h).items():
+        assert torch.equal(value, once[name]), name
+    assert torch.equal(win_rate(ctx, logp, ref, weights=weights), once["win_rate"])

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from treemdp import objectives
-from treemdp.metrics import METRICS, MetricContext, metrics
+from treemdp.metrics import METRICS, MetricContext, metrics, win_weights
 from treemdp.objectives import Margins
 from treemdp.optim import make_optimizer
 from treemdp.problem import Problem
@@ -151,6 +151,7 @@ def _train(
     policy, pairs = problem.policy, problem.pairs
     ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
     ref_logp = problem.ref_logp
+    ref_weights = win_weights(ctx, ref_logp)  # π_ref is fixed: the win-rate weights too
     # The loss needs only the pairs' responses: their log-probs come from their paths (O(P·D)
     # per step), and every response's only at logged steps (O(nodes), no gradient). π_ref's
     # pair log-probs use the same path function, so h is exactly 0 at θ0.
@@ -220,7 +221,9 @@ def _train(
             with torch.no_grad():
                 h = (lc - ref_c) - (lr - ref_r)
                 logp = policy.response_logprobs(theta)
-                logs.append(metrics(ctx, logp, ref_logp, h, per_pair.detach()))
+                logs.append(
+                    metrics(ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=ref_weights)
+                )
             logged_steps.append(step)
         if step == steps:
             break
