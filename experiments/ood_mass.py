@@ -7,8 +7,8 @@ is computed at every logged step).
 
     python experiments/ood_mass.py --beta 0.1
 
-writes results/ood_mass/<run>/{config.json, metrics.csv, ood_mass.png} and prints the final
-metrics per objective and β (means over seeds).
+writes results/ood_mass/<run>/{config.json, metrics.csv, responses.csv, ood_mass.png} and prints
+the final metrics per objective and β (means over seeds).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from treemdp import objectives, plotting
 from treemdp.cli import arg, run
 from treemdp.optim import OPTIMIZERS
-from treemdp.problem import POLICIES, REFERENCES, build_problem
+from treemdp.problem import POLICIES, REFERENCES, Problem, build_problem
 from treemdp.results import read_table, run_folder, write_config, write_table
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
@@ -51,6 +52,9 @@ class Config:
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
     log_every: int = arg(10, "log exact metrics every this many steps", minimum=1)
     seed: tuple[int, ...] = arg(tuple(range(10)), "seeds (each draws features, rewards, pair)")
+    responses: bool = arg(
+        True, "also write responses.csv: π(y) of every response at every logged step"
+    )
     out: str = arg("results/ood_mass", "root folder for run folders")
     force: bool = arg(False, "recompute even if this config's results exist")
 
@@ -58,8 +62,16 @@ class Config:
 SUMMARY = ["p_chosen", "p_rejected", "mass_ood", "max_ood", "kl_reverse", "win_rate"]
 
 
-def run_experiment(config: Config) -> pd.DataFrame:
-    """Train every (objective, β, seed) run as one batch; return the tidy History frame."""
+MAX_RECORDED_RESPONSES = 10_000
+
+
+def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Train every (objective, β, seed) run as one batch.
+
+    Returns:
+        The tidy metrics table and, with ``config.responses``, the per-response table (run, step,
+        response, logp, role).
+    """
     tree = Tree.complete(config.branching, config.depth)
     problems = build_problem(
         tree,
@@ -83,8 +95,24 @@ def run_experiment(config: Config) -> pd.DataFrame:
         optimizer=config.optimizer,
         log_every=config.log_every,
         progress=sys.stderr.isatty(),
+        record_responses=config.responses,
     )
-    return history.frame
+    if not config.responses:
+        return history.frame, None
+    return history.frame, with_roles(history.response_frame(), problem)
+
+
+def with_roles(responses: pd.DataFrame, problem: Problem) -> pd.DataFrame:
+    """Add a ``role`` column: "chosen", "rejected" (or "both") in the run's pairs, else "ood"."""
+    R, L = problem.n_runs, problem.tree.n_responses
+    chosen = torch.zeros(R, L, dtype=torch.bool).scatter_(1, problem.pairs.chosen, True)
+    rejected = torch.zeros(R, L, dtype=torch.bool).scatter_(1, problem.pairs.rejected, True)
+    roles = np.select(
+        [(chosen & rejected).numpy(), chosen.numpy(), rejected.numpy()],
+        ["both", "chosen", "rejected"],
+        default="ood",
+    )
+    return responses.assign(role=roles[responses["run"], responses["response"]])
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:
@@ -123,6 +151,11 @@ def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; return its run folder."""
     if len(set(config.seed)) != len(config.seed):
         raise ValueError("--seed values must be distinct")
+    if config.responses and config.branching**config.depth > MAX_RECORDED_RESPONSES:
+        raise ValueError(
+            f"--responses records every response; {config.branching}^{config.depth} is over "
+            f"{MAX_RECORDED_RESPONSES:,}: pass --no-responses"
+        )
     folder = run_folder(
         config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
     )
@@ -133,8 +166,10 @@ def main(config: Config) -> Path:
         print(f"reusing finished results in {folder} (--force recomputes)")
     else:
         torch.set_default_dtype(torch.float64)
-        frame = run_experiment(config)
+        frame, responses = run_experiment(config)
         write_config(folder, config)
+        if responses is not None:
+            write_table(folder / "responses.csv", responses)
         write_table(table, frame)  # last: a folder is complete once its table exists
     plot(frame, folder / "ood_mass.png")
     final = frame[frame["step"] == frame["step"].max()]
@@ -146,7 +181,7 @@ def main(config: Config) -> Path:
     print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
     print(
         f"{n_runs} runs in {time.perf_counter() - start:.1f} s; results in {folder}/ "
-        "(config.json, metrics.csv, ood_mass.png)"
+        f"({', '.join(sorted(p.name for p in folder.iterdir()))})"
     )
     return folder
 

@@ -100,6 +100,25 @@ def curve_points(draw: st.DrawFn, *, min_size: int = 5) -> tuple[np.ndarray, np.
     return d, np.asarray(y, dtype=np.float64)
 
 
+# ------------------------------------------------------------------ networks and rewards
+
+
+@st.composite
+def mlp_shapes(draw: st.DrawFn) -> dict[str, int]:
+    """Small network sizes: width in [1, 6], hidden layers in [1, 3], input dim in [1, 4]."""
+    return {
+        "width": draw(st.integers(1, 6)),
+        "layers": draw(st.integers(1, 3)),
+        "input_dim": draw(st.integers(1, 4)),
+    }
+
+
+stop_trees = st.builds(lambda b, d: Tree.with_stop(b, d), st.integers(2, 3), st.integers(2, 4))
+"""Trees whose responses differ in length (action 0 ends a response)."""
+
+explained_shares = st.floats(0.0, 1.0, allow_nan=False)
+
+
 # ------------------------------------------------------------------ rewards and responses
 
 

@@ -102,7 +102,7 @@ def test_uniform_reference_is_uniform_and_policy_starts_there():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"policy": "mlp"}, "policy must be one of"),
+        ({"policy": "transformer"}, "policy must be one of"),
         ({"reference": "oracle"}, "reference must be one of"),
         ({"pair_source": "human"}, "pair_source must be one of"),
         ({"features": 0}, "features"),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from treemdp import objectives
@@ -50,6 +50,7 @@ def test_ipo_hand_value_and_vanishing_gradient_at_target():
 @given(st.floats(0.01, 10), st.floats(0, 100))
 def test_slic_loss_and_gradient_vanish_once_beta_h_reaches_one(beta, extra):
     h = torch.tensor([1.0 / beta + extra], dtype=torch.float64, requires_grad=True)
+    assume(beta * h.item() >= 1.0)  # 1/β rounded may fall a hair short of the hinge
     out = loss("slic", *margins_to_inputs(h), beta=beta)
     (grad,) = torch.autograd.grad(out.sum(), h)
     assert out.item() == 0.0 and grad.item() == 0.0

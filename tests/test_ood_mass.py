@@ -20,7 +20,8 @@ def test_smoke_writes_the_run_folder_and_reuses_it(tmp_path, capsys):
         beta=(0.1, 0.5), steps=20, log_every=5, seed=(0, 1), sft_steps=10, out=str(tmp_path)
     )
     folder = om.main(config)
-    assert {p.name for p in folder.iterdir()} == {"config.json", "metrics.csv", "ood_mass.png"}
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"config.json", "metrics.csv", "responses.csv", "ood_mass.png"}
     table = read_table(
         folder / "metrics.csv", columns=("run", "objective", "beta", "seed", "step", *METRICS)
     )

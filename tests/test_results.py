@@ -7,6 +7,7 @@ import pytest
 
 from treemdp.results import (
     atomic_write,
+    find_runs,
     read_config,
     read_table,
     run_folder,
@@ -63,3 +64,19 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
 def test_config_round_trips(tmp_path):
     write_config(tmp_path, Cfg())
     assert read_config(tmp_path) == {"beta": [0.1], "out": "x"}
+
+
+def test_find_runs_lists_complete_folders_newest_first(tmp_path):
+    import os
+
+    for name, stamp in (("a", 100), ("b", 200)):
+        write_config(tmp_path / name, Cfg(out=name))
+        write_table(tmp_path / name / "t.csv", pd.DataFrame({"a": [1]}))
+        os.utime(tmp_path / name / "t.csv", (stamp, stamp))
+    write_config(tmp_path / "incomplete", Cfg())
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text("{")
+    write_table(tmp_path / "corrupt" / "t.csv", pd.DataFrame({"a": [1]}))
+    found = find_runs(tmp_path, "t.csv")
+    assert [f.name for f, _ in found] == ["b", "a"]
+    assert found[0][1]["out"] == "b"

@@ -127,3 +127,17 @@ def test_one_spec_per_run_is_required():
     problem = build_problem(TREE, [0, 1], sft_steps=0)
     with pytest.raises(ValueError, match="one RunSpec per run"):
         train(problem, [RunSpec("dpo", 0.1, 0.01)], steps=1)
+
+
+def test_recorded_response_logprobs_agree_with_the_logged_masses():
+    problem = build_problem(TREE, [0, 1], sft_steps=20)
+    specs = [RunSpec("dpo", 0.1, 0.05), RunSpec("slic", 0.1, 0.05)]
+    history = train(problem, specs, steps=20, log_every=10, record_responses=True)
+    table = history.response_frame()
+    assert len(table) == 3 * 2 * TREE.n_responses
+    probs = torch.exp(history.response_logp)  # (T, R, L)
+    chosen = problem.pairs.chosen.squeeze(1)
+    p_chosen = probs[:, torch.arange(2), chosen].reshape(-1).numpy()
+    assert abs(p_chosen - history.frame["p_chosen"].to_numpy()).max() <= 1e-15
+    with pytest.raises(ValueError, match="record_responses=True"):
+        train(problem, specs, steps=1).response_frame()

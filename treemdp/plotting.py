@@ -19,7 +19,15 @@ from matplotlib.figure import Figure
 
 from treemdp.results import atomic_write
 
-__all__ = ["OBJECTIVE_COLORS", "beta_colors", "new_figure", "save_figure", "set_style"]
+__all__ = [
+    "OBJECTIVE_COLORS",
+    "beta_colors",
+    "capacity_colors",
+    "new_figure",
+    "save_figure",
+    "set_style",
+    "write_caption",
+]
 
 OBJECTIVE_COLORS = {"dpo": "#1f77b4", "ipo": "#2ca02c", "slic": "#d62728", "rdpo": "#9467bd"}
 """Fixed colours for the paper's objectives, the same in every figure."""
@@ -62,3 +70,15 @@ def save_figure(fig: Figure, path: str | Path, *, pdf: bool = False) -> list[Pat
         written.append(atomic_write(pdf_path, lambda p: fig.savefig(p, format="pdf")))
     plt.close(fig)
     return written
+
+
+def write_caption(path: str | Path, text: str) -> Path:
+    """Write a figure's caption file (what data it shows) atomically."""
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def capacity_colors(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per model capacity (or size), in the given order from small to large."""
+    ordered = list(dict.fromkeys(names))
+    palette = sns.color_palette("flare", n_colors=max(len(ordered), 1))
+    return dict(zip(ordered, palette, strict=True))

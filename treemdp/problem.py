@@ -7,7 +7,8 @@ the distinct seeds and then ``select``-ing the run layout fits the SFT reference
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from treemdp.data import Pairs, bradley_terry_pairs, normal_rewards, random_pairs
+from treemdp.networks import INPUTS, MLP, edge_inputs
 from treemdp.optim import make_optimizer
 from treemdp.policy import (
     LogLinear,
@@ -24,12 +26,13 @@ from treemdp.policy import (
     gaussian_features,
     response_logprobs,
 )
+from treemdp.rewards import REWARDS, gold_rewards
 from treemdp.threads import threads_for
 from treemdp.tree import Tree
 
 __all__ = ["PAIR_SOURCES", "POLICIES", "REFERENCES", "Problem", "build_problem", "fit_sft"]
 
-POLICIES = ("loglinear", "tabular")
+POLICIES = ("loglinear", "tabular", "mlp")
 REFERENCES = ("sft", "uniform", "random", "given")
 PAIR_SOURCES = ("random", "bradley-terry")
 
@@ -71,6 +74,8 @@ class Problem:
         family = self.policy.family
         if isinstance(family, LogLinear) and family.features.dim() == 4:
             family = LogLinear(family.features[idx])
+        elif hasattr(family, "select"):  # families with per-run tensors index them themselves
+            family = family.select(idx)
         base = self.policy.base_logits
         policy = replace(
             self.policy,
@@ -87,6 +92,12 @@ class Problem:
             self.seeds[idx],
             sft,
         )
+
+
+def _init_generator(seed: int) -> torch.Generator:
+    """A generator for a run's initial parameters, independent of the seed's problem stream."""
+    digest = hashlib.sha256(f"treemdp-init-{seed}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def fit_sft(
@@ -147,13 +158,19 @@ def build_problem(
     sft_lr: float = 0.05,
     reference_temperature: float = 1.0,
     reference_logits: Tensor | None = None,
+    reward: str = "normal",
+    reward_options: Mapping[str, float] | None = None,
+    width: int = 16,
+    layers: int = 1,
+    network_inputs: str = "features",
 ) -> Problem:
     """Draw one problem per seed and fit its reference.
 
     Args:
         tree: the tree.
         seeds: one seed per run (repeats allowed but wasteful: see ``Problem.select``).
-        policy: "loglinear" (φ·θ, Gaussian features of dimension ``features``) or "tabular".
+        policy: "loglinear" (φ·θ, Gaussian features of dimension ``features``), "tabular" or
+            "mlp" (a tanh network on each edge's inputs, ``treemdp.networks.MLP``).
         features: k, the log-linear feature dimension (>= 1).
         reference: "sft" (the family fitted to the dataset's responses, the default),
             "uniform", "random" (Gaussian logits / ``reference_temperature``) or "given"
@@ -166,6 +183,16 @@ def build_problem(
         sft_lr: learning rate of the SFT fit.
         reference_temperature: temperature of the "random" reference (> 0).
         reference_logits: logits of the "given" reference. Shape (M, b) or (R, M, b).
+        reward: gold reward, a name in ``treemdp.rewards.REWARDS`` ("normal", i.i.d. N(0, 1),
+            is the default). Feature-based rewards read the seed's Gaussian features φ, drawn
+            (first, as for "loglinear") whatever the policy, so every family sees the same
+            rewards and pairs for a seed.
+        reward_options: the reward's knobs (e.g. ``{"peak": 1.0, "explained": 0.8}``).
+        width: hidden units per layer of the "mlp" policy (``treemdp.networks.MLP``).
+        layers: hidden layers of the "mlp" policy.
+        network_inputs: the "mlp" policy's edge inputs: "features" (φ), "prefix" (one-hot
+            action prefix) or "both". Its hidden weights are drawn from a generator of their
+            own, seeded from the run's seed, so they do not shift the seed's rewards and pairs.
 
     Returns:
         A ``Problem`` with R = len(seeds) runs; the policy starts at the reference.
@@ -184,14 +211,30 @@ def build_problem(
         raise ValueError("seeds must hold at least one seed")
     if (reference == "given") != (reference_logits is not None):
         raise ValueError("reference_logits must be given exactly when reference='given'")
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
+    if policy == "mlp" and network_inputs not in INPUTS:
+        raise ValueError(
+            f"network_inputs must be one of {', '.join(INPUTS)}; got {network_inputs!r}"
+        )
+    options = dict(reward_options or {})
+    needs_features = (
+        policy == "loglinear"
+        or (policy == "mlp" and network_inputs != "prefix")
+        or REWARDS[reward].needs_features
+    )
     m, b = tree.n_internal, tree.branching
     uniform_logp = response_logprobs(tree, torch.zeros(1, m, b, dtype=torch.float64))[0]
     feats, rewards, chosen, rejected, random_base = [], [], [], [], []
     for seed in seeds:
         gen = torch.Generator().manual_seed(int(seed))
-        if policy == "loglinear":
-            feats.append(gaussian_features(tree, features, gen))
-        r = normal_rewards(tree, gen)
+        phi = gaussian_features(tree, features, gen) if needs_features else None
+        if phi is not None:
+            feats.append(phi)
+        if reward == "normal":
+            r = normal_rewards(tree, gen)
+        else:
+            r = gold_rewards(reward, tree, gen, features=phi, **options)
         if pair_source == "random":
             pairs = random_pairs(tree, r, n_pairs, gen)
         else:
@@ -202,8 +245,15 @@ def build_problem(
         chosen.append(pairs.chosen)
         rejected.append(pairs.rejected)
     R = len(seeds)
-    family = LogLinear(torch.stack(feats)) if policy == "loglinear" else Tabular(tree)
-    theta0 = torch.zeros(R, *family.param_shape(), dtype=torch.float64)
+    if policy == "mlp":
+        phi_all = torch.stack(feats) if network_inputs != "prefix" else None
+        family = MLP(edge_inputs(tree, network_inputs, phi_all), width=width, layers=layers)
+    else:
+        family = LogLinear(torch.stack(feats)) if policy == "loglinear" else Tabular(tree)
+    if hasattr(family, "init_params"):  # seeded random initialisation (networks)
+        theta0 = torch.cat([family.init_params(1, _init_generator(int(s))) for s in seeds])
+    else:
+        theta0 = torch.zeros(R, *family.param_shape(), dtype=torch.float64)
     base = None
     if reference == "random":
         base = torch.stack(random_base) / reference_temperature

@@ -24,6 +24,7 @@ import pandas as pd
 __all__ = [
     "atomic_write",
     "config_dict",
+    "find_runs",
     "read_config",
     "read_table",
     "run_folder",
@@ -145,3 +146,18 @@ def read_table(path: str | Path, *, columns: tuple[str, ...] = ()) -> pd.DataFra
     if missing:
         raise ValueError(f"{path} lacks columns {missing}; it was written by another version")
     return frame
+
+
+def find_runs(root: str | Path, table: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Complete run folders under ``root`` (those holding ``table``), newest first, with their
+    configs. Folders with a missing or corrupt config are skipped."""
+    found = []
+    for folder in Path(root).glob("*/"):
+        if not (folder / table).exists():
+            continue
+        try:
+            config = read_config(folder)
+        except ValueError:
+            continue
+        found.append((folder, config))
+    return sorted(found, key=lambda fc: (fc[0] / table).stat().st_mtime, reverse=True)

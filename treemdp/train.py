@@ -9,7 +9,7 @@ nothing branches on an objective's name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from treemdp import objectives
+from treemdp.batching import EpochSchedule
 from treemdp.metrics import METRICS, MetricContext, metrics, win_weights
 from treemdp.objectives import Margins
 from treemdp.optim import make_optimizer
@@ -52,9 +53,31 @@ class History:
 
     Attributes:
         frame: columns run, objective, beta, lr, seed, step, then ``METRICS``.
+        theta: the parameters after the last step (detached), shape (R, *param_shape); None
+            when training stopped early (``TrainingDivergedError``).
+        response_logp: log π(y|x) of every response at every logged step, shape (T, R, L),
+            when trained with ``record_responses=True``.
     """
 
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    theta: Tensor | None = None
+    response_logp: Tensor | None = None
+
+    def response_frame(self) -> pd.DataFrame:
+        """log π(y|x) of every response at every logged step, as a tidy table (run, step,
+        response, logp); only when trained with ``record_responses=True``."""
+        if self.response_logp is None:
+            raise ValueError("response log-probs were not recorded: train(record_responses=True)")
+        T, R, L = self.response_logp.shape
+        steps = self.frame["step"].to_numpy()[::R]
+        return pd.DataFrame(
+            {
+                "run": np.tile(np.repeat(np.arange(R), L), T),
+                "step": np.repeat(steps, R * L),
+                "response": np.tile(np.arange(L), T * R),
+                "logp": self.response_logp.reshape(-1).numpy(),
+            }
+        )
 
     def final(self) -> pd.DataFrame:
         """The last logged row of every run."""
@@ -99,7 +122,7 @@ def _frame(
         "seed": np.tile(seeds.numpy(), T),
         "step": np.repeat(np.array(steps, dtype=np.int64), R),
     }
-    for name in METRICS:
+    for name in (*METRICS, *(k for k in logs[0] if k not in METRICS)):  # then extra metrics
         cols[name] = torch.stack([log[name] for log in logs]).reshape(-1).numpy()
     return pd.DataFrame(cols)
 
@@ -112,6 +135,10 @@ def train(
     optimizer: str = "adam",
     log_every: int = 10,
     progress: bool = False,
+    record_responses: bool = False,
+    batch_size: int | None = None,
+    batch_seed: int = 0,
+    extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None = None,
 ) -> History:
     """Train every run of ``problem`` from π_ref with full-batch gradient steps.
 
@@ -123,6 +150,16 @@ def train(
         log_every: log metrics every this many steps (>= 1); step 0 and the last step are
             always logged.
         progress: show a tqdm progress bar.
+        record_responses: also keep every response's log-probability at every logged step
+            (``History.response_logp``; T × R × L floats).
+        batch_size: pairs per step (>= 1), drawn in epochs (``treemdp.batching.EpochSchedule``:
+            a fresh ``batch_seed``-ed order per epoch, the same for every run); None (default)
+            or >= P is full batch. With a batch size the History gains ``epoch`` and
+            ``fraction_of_epoch`` columns. Logged ``loss`` and ``reward_accuracy`` are always
+            over the whole dataset.
+        batch_seed: seed of the per-epoch shuffles.
+        extra_metrics: called with log π (shape (R, L), detached) at every logged step; its
+            name → (R,) tensors become extra columns after ``METRICS``.
 
     Returns:
         A ``History`` with (number of logged steps) × R rows.
@@ -132,16 +169,32 @@ def train(
             the quantity; ``.history`` holds what was logged before).
     """
     with threads_for(problem.n_runs * problem.tree.n_nodes):
-        return _train(problem, specs, steps, optimizer, log_every, progress)
+        return _train(
+            problem,
+            specs,
+            steps=steps,
+            optimizer=optimizer,
+            log_every=log_every,
+            progress=progress,
+            record_responses=record_responses,
+            batch_size=batch_size,
+            batch_seed=batch_seed,
+            extra_metrics=extra_metrics,
+        )
 
 
 def _train(
     problem: Problem,
     specs: Sequence[RunSpec],
+    *,
     steps: int,
     optimizer: str,
     log_every: int,
     progress: bool,
+    record_responses: bool,
+    batch_size: int | None,
+    batch_seed: int,
+    extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None,
 ) -> History:
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
@@ -149,6 +202,9 @@ def _train(
         raise ValueError(f"log_every must be >= 1; got {log_every}")
     _check_specs(specs, problem.n_runs)
     policy, pairs = problem.policy, problem.pairs
+    schedule = (
+        None if batch_size is None else EpochSchedule(pairs.n_pairs, batch_size, seed=batch_seed)
+    )
     ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
     ref_logp = problem.ref_logp
     ref_weights = win_weights(ctx, ref_logp)  # π_ref is fixed: the win-rate weights too
@@ -187,9 +243,16 @@ def _train(
     opt = make_optimizer(optimizer, lrs, problem.n_runs)
     logged_steps: list[int] = []
     logs: list[dict[str, Tensor]] = []
+    snapshots: list[Tensor] = []
 
     def history() -> History:
-        return History(_frame(specs, problem.seeds, logged_steps, logs)) if logs else History()
+        if not logs:
+            return History()
+        frame = _frame(specs, problem.seeds, logged_steps, logs)
+        if schedule is not None:
+            for name, col in schedule.epoch_columns(frame["step"].to_numpy()).items():
+                frame.insert(frame.columns.get_loc("step") + 1 + (name != "epoch"), name, col)
+        return History(frame)
 
     bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=False)
     for step in range(steps + 1):
@@ -210,7 +273,10 @@ def _train(
             per_pair = lc.new_empty(lc.shape)
             for out, (_, _, sel) in zip(outs, group_index, strict=True):
                 per_pair[sel] = out
-        total = per_pair.mean(-1).sum()
+        if schedule is None or schedule.full_batch:
+            total = per_pair.mean(-1).sum()
+        else:  # each run's gradient is its own minibatch mean; metrics stay whole-dataset
+            total = per_pair[:, schedule.batch(step)].mean(-1).sum()
         if not bool(torch.isfinite(total)):
             bad = int(torch.nonzero(~torch.isfinite(per_pair.mean(-1)))[0])
             bar.close()
@@ -221,9 +287,10 @@ def _train(
             with torch.no_grad():
                 h = (lc - ref_c) - (lr - ref_r)
                 logp = policy.response_logprobs(theta)
-                logs.append(
-                    metrics(ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=ref_weights)
-                )
+                log = metrics(ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=ref_weights)
+                logs.append(log if extra_metrics is None else {**log, **extra_metrics(logp)})
+            if record_responses:
+                snapshots.append(logp.clone())
             logged_steps.append(step)
         if step == steps:
             break
@@ -234,4 +301,7 @@ def _train(
         opt.step(theta, grad)
         bar.update(1)
     bar.close()
-    return history()
+    out = history()
+    out.theta = theta.detach().clone()
+    out.response_logp = torch.stack(snapshots) if record_responses else None
+    return out

@@ -283,6 +283,32 @@ class Tree:
         return cls(parent, action, depth, b)
 
     @classmethod
+    def with_stop(cls, branching: int = 3, max_length: int = 5, *, n_prompts: int = 1) -> Tree:
+        """A tree of responses with lengths 1 … max_length: action 0 is an end-of-sequence token.
+
+        At every node of depth < max_length − 1, action 0 ends the response (a leaf) and actions
+        1 … b−1 continue it; at depth max_length − 1 every action ends it. So a policy chooses the
+        length of its response as a language model does, and responses of every length exist:
+        (b−1)^t responses of length t + 1 that stop early and b·(b−1)^(D−1) of full length D.
+
+        Raises ValueError for branching < 2, max_length < 1 or n_prompts < 1.
+        """
+        if branching < 2:
+            raise ValueError(f"branching must be >= 2; got {branching}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1; got {max_length}")
+        if n_prompts < 1:
+            raise ValueError(f"n_prompts must be >= 1; got {n_prompts}")
+        seqs: list[tuple[int, ...]] = []
+        prefixes: list[tuple[int, ...]] = [()]
+        for t in range(max_length):
+            last = t == max_length - 1
+            seqs += [(*p, a) for p in prefixes for a in (range(branching) if last else (0,))]
+            prefixes = [(*p, a) for p in prefixes for a in range(1, branching)]
+        one = cls.from_sequences(seqs, branching=branching)
+        return one if n_prompts == 1 else cls.forest([one] * n_prompts)
+
+    @classmethod
     def forest(cls, trees: Sequence[Tree]) -> Tree:
         """Several trees side by side, one prompt per root, renumbered in level order."""
         if not trees:

@@ -1,0 +1,224 @@
+"""Where does gradient descent land inside the set of minimisers? (Proposition 1, checked.)
+
+Trains each objective (DPO, IPO, SLiC) on Tree-MDP problems (``build_problem`` + ``train``), then
+compares the trained policy with the exact minimiser set of its own dataset
+(``treemdp.theory.minimiser_set``):
+
+    loss            the trained policy's mean per-pair loss
+    infimum         inf of that loss over all policies (exact; DPO: usually not attained)
+    excess_loss     loss − infimum
+    margin_distance RMS distance of the trained margins h = A ℓ to the set of minimising margins
+                    (IPO: to the unique h*; SLiC: Euclidean projection onto the polyhedron;
+                    DPO: NaN when no policy attains the infimum — the set is empty)
+    mass_ood        the trained policy's mass on responses no pair mentions
+    ood_range_lo/hi the closure of the OOD masses over the minimiser set (the same for every
+                    objective: the loss never sees an OOD response)
+    minimiser_ood_lo/hi, minimiser_loss_lo/hi
+                    two constructed minimisers (``extreme_minimisers``) with OOD mass 1e-6 and
+                    1 − 1e-6 and their losses (equal up to rounding), as a check
+
+    python experiments/theory_check.py --beta 0.1 0.5
+
+writes results/theory_check/<run>/{config.json, trajectory.csv, theory_check.csv,
+theory_check.png} and prints a summary table (means over seeds).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from treemdp import objectives, plotting, theory
+from treemdp.cli import arg, run
+from treemdp.data import Pairs
+from treemdp.optim import OPTIMIZERS
+from treemdp.problem import POLICIES, REFERENCES, build_problem
+from treemdp.results import read_table, run_folder, write_config, write_table
+from treemdp.train import RunSpec, train
+from treemdp.tree import Tree
+
+
+@dataclass(frozen=True)
+class Config:
+    objectives: tuple[str, ...] = arg(
+        ("dpo", "ipo", "slic"),
+        "objectives to train and check",
+        choices=theory.MINIMISER_OBJECTIVES,
+    )
+    beta: tuple[float, ...] = arg((0.1, 0.5), "β values (one or several)", exclusive_minimum=0)
+    branching: int = arg(3, "actions per state (b)", minimum=2)
+    depth: int = arg(3, "tree depth D (b^D responses)", minimum=1)
+    pairs: int = arg(2, "preference pairs per run", minimum=1)
+    policy: str = arg("loglinear", "policy family", choices=POLICIES)
+    features: int = arg(8, "feature dimension k of the log-linear policy", minimum=1)
+    reference: str = arg(
+        "sft", "reference policy (the policy starts there)", choices=REFERENCES[:3]
+    )
+    sft_steps: int = arg(300, "Adam steps of the SFT reference fit", minimum=0)
+    sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
+    steps: int = arg(1000, "training steps", minimum=1)
+    lr: float = arg(0.01, "learning rate", exclusive_minimum=0)
+    optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
+    log_every: int = arg(20, "log exact metrics every this many steps", minimum=1)
+    seed: tuple[int, ...] = arg(tuple(range(5)), "seeds (each draws features, rewards, pairs)")
+    out: str = arg("results/theory_check", "root folder for run folders")
+    force: bool = arg(False, "recompute even if this config's results exist")
+
+
+SUMMARY = [
+    "loss",
+    "infimum",
+    "excess_loss",
+    "margin_distance",
+    "mass_ood",
+    "ood_range_lo",
+    "ood_range_hi",
+    "minimiser_ood_lo",
+    "minimiser_ood_hi",
+]
+
+
+def _analyse(tree: Tree, problem, history, specs: list[RunSpec]) -> pd.DataFrame:
+    """One row per run: the trained policy against its objective's exact minimiser set."""
+    logp = problem.policy.response_logprobs(history.theta).detach()
+    ref = problem.ref_logp
+    rows = []
+    for r, spec in enumerate(tqdm(specs, desc="minimiser sets", leave=False, disable=None)):
+        pairs = Pairs(problem.pairs.chosen[r], problem.pairs.rejected[r])
+        mset = theory.minimiser_set(spec.objective, tree, pairs, beta=spec.beta)
+        lc, lr = logp[r, pairs.chosen], logp[r, pairs.rejected]
+        rc, rr = ref[r, pairs.chosen], ref[r, pairs.rejected]
+        h = (lc - rc) - (lr - rr)
+        value = float(objectives.loss(spec.objective, lc, lr, rc, rr, beta=spec.beta).mean())
+        low, high = theory.extreme_minimisers(mset, tree, pairs, ref[r])
+        lo, hi = theory.ood_mass_range(tree, pairs)
+        ident = theory.identifiability(tree, pairs)
+        rows.append(
+            {
+                "run": r,
+                "objective": spec.objective,
+                "beta": spec.beta,
+                "seed": int(problem.seeds[r]),
+                "loss": value,
+                "infimum": mset.infimum,
+                "attained": mset.attained,
+                "excess_loss": value - mset.infimum,
+                "margin_distance": float(theory.margin_distance(mset, h)),
+                "mass_ood": float(theory.ood_mass(tree, pairs, logp[r : r + 1])[0]),
+                "ood_range_lo": lo,
+                "ood_range_hi": hi,
+                "minimiser_ood_lo": low.ood_mass,
+                "minimiser_ood_hi": high.ood_mass,
+                "minimiser_loss_lo": low.loss,
+                "minimiser_loss_hi": high.loss,
+                "query_rank": ident.rank,
+                "dim_policies": ident.dim_policies,
+                "description": mset.description,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train every (objective, β, seed) run as one batch; return (per-run table, trajectories)."""
+    if len(set(config.seed)) != len(config.seed):
+        raise ValueError("--seed values must be distinct")
+    tree = Tree.complete(config.branching, config.depth)
+    problems = build_problem(
+        tree,
+        config.seed,
+        policy=config.policy,
+        features=config.features,
+        reference=config.reference,
+        n_pairs=config.pairs,
+        sft_steps=config.sft_steps,
+        sft_lr=config.sft_lr,
+    )
+    layout = [
+        (o, b, i) for o in config.objectives for b in config.beta for i in range(len(config.seed))
+    ]
+    problem = problems.select([i for _, _, i in layout])
+    specs = [RunSpec(o, b, config.lr) for o, b, _ in layout]
+    history = train(
+        problem,
+        specs,
+        steps=config.steps,
+        optimizer=config.optimizer,
+        log_every=config.log_every,
+        progress=sys.stderr.isatty(),
+    )
+    table = _analyse(tree, problem, history, specs)
+    traj = history.frame[["run", "objective", "beta", "seed", "step", "loss", "mass_ood"]].copy()
+    traj["excess_loss"] = traj["loss"] - traj["run"].map(table.set_index("run")["infimum"])
+    return table, traj
+
+
+def plot(table: pd.DataFrame, traj: pd.DataFrame, path: Path) -> None:
+    """Per objective: training paths in the (OOD mass, excess loss) plane; the minimiser set is
+    excess loss 0, and its OOD masses span the thick segment (the closure of the range)."""
+    objs = list(dict.fromkeys(table["objective"]))
+    colors = plotting.beta_colors(table["beta"].unique())
+    fig, axes = plotting.new_figure(len(objs))
+    for ax, name in zip(axes, objs, strict=True):
+        sub = table[table["objective"] == name]
+        for _, row in sub.iterrows():
+            path_ = traj[traj["run"] == row["run"]]
+            c = colors[row["beta"]]
+            ax.plot(path_["mass_ood"], path_["excess_loss"], color=c, alpha=0.5, lw=0.9)
+            ax.plot(row["mass_ood"], row["excess_loss"], "o", color=c, ms=4)
+        lo, hi = sub["ood_range_lo"].min(), sub["ood_range_hi"].max()
+        ax.plot([lo, hi], [0, 0], color="black", lw=5, alpha=0.35, solid_capstyle="butt")
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_title(f"{name.upper()}: minimisers span OOD mass [{lo:.2g}, {hi:.2g}]", fontsize=9)
+        ax.set_xlabel("OOD mass")
+    for beta, c in colors.items():
+        axes[-1].plot([], [], color=c, label=f"β={beta:g}")
+    axes[-1].legend(fontsize=7)
+    axes[0].set_ylabel("loss − infimum (symlog); dot = final")
+    plotting.save_figure(fig, path)
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Means over seeds per (objective, β)."""
+    return table.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()
+
+
+def main(config: Config) -> Path:
+    """Run (or reuse) the experiment for ``config``; print the summary; return the run folder."""
+    folder = run_folder(
+        config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
+    )
+    table_path, traj_path = folder / "theory_check.csv", folder / "trajectory.csv"
+    start = time.perf_counter()
+    if table_path.exists() and traj_path.exists() and not config.force:
+        table, traj = read_table(table_path), read_table(traj_path)
+        print(f"reusing finished results in {folder} (--force recomputes)")
+    else:
+        write_config(folder, config)
+        table, traj = run_experiment(config)
+        write_table(traj_path, traj)
+        write_table(table_path, table)  # last: its presence marks the folder complete
+    plot(table, traj, folder / "theory_check.png")
+    gap = float(np.max(np.abs(table["minimiser_loss_lo"] - table["minimiser_loss_hi"])))
+    print(f"means over {len(config.seed)} seeds ({config.steps} steps):")
+    print(summarise(table).to_string(float_format=lambda x: f"{x:.4g}"))
+    print(
+        f"constructed minimisers: OOD mass {table['minimiser_ood_lo'].max():.1e} and "
+        f"{table['minimiser_ood_hi'].min():.6f}, loss gap ≤ {gap:.1e}"
+    )
+    print(
+        f"{len(table)} runs in {time.perf_counter() - start:.1f} s; results in {folder}/ "
+        "(config.json, trajectory.csv, theory_check.csv, theory_check.png)"
+    )
+    return folder
+
+
+if __name__ == "__main__":
+    run(Config, main, description=__doc__)

@@ -1,0 +1,323 @@
+"""Over-optimization curves and scaling laws on the Tree MDP, with model capacity.
+
+The toy version of Rafailov et al. (2024), Figure 1: DPO, IPO and SLiC over a β grid, for a
+tabular policy and tanh networks of several widths (``treemdp.networks.MLP``: "model size"), on a
+tree whose responses differ in length (action 0 ends a response: ``Tree.with_stop``), trained with
+minibatches over a finite preference dataset (default: one epoch), with exact metrics at every
+checkpoint. The gold reward is Goodhart-shaped by default ("concave": more of a good direction in
+feature space helps, then hurts; ``treemdp.rewards``). The scaling forms of Gao et al. (2022) are
+fitted to the win-rate gain over the reference, against d = √KL, per (objective, capacity), on the
+final checkpoints and on all checkpoints.
+
+    python experiments/toy_scaling.py            # default config (about 20 s on 2 cores)
+    python experiments/toy_scaling.py --quick    # tiny config (seconds)
+
+writes results/toy_scaling/<run>/{config.json, metrics.csv, fits.csv, win_vs_d_final.png,
+win_vs_d_all.png} and prints a summary per (objective, capacity). See docs/toy_scaling.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from treemdp import objectives, plotting, scaling
+from treemdp.cli import arg, run
+from treemdp.optim import OPTIMIZERS
+from treemdp.problem import build_problem
+from treemdp.results import read_table, run_folder, write_config, write_table
+from treemdp.rewards import REWARDS
+from treemdp.train import RunSpec, train
+from treemdp.tree import Tree
+
+
+@dataclass(frozen=True)
+class Config:
+    objectives: tuple[str, ...] = arg(
+        ("dpo", "ipo", "slic"), "objectives to train", choices=objectives.names()
+    )
+    beta: tuple[float, ...] = arg((0.01, 0.03, 0.1, 0.3, 1.0), "β grid", exclusive_minimum=0)
+    capacities: tuple[str, ...] = arg(
+        ("tabular", "mlp4", "mlp16", "mlp64"),
+        "policy capacities, small to large: tabular, loglinear, mlpW or mlpWxL (width W, L layers)",
+    )
+    branching: int = arg(3, "actions per state b (action 0 ends the response)", minimum=2)
+    max_length: int = arg(5, "longest response, in actions", minimum=1)
+    features: int = arg(
+        8, "edge-feature dimension k (network inputs and reward features)", minimum=1
+    )
+    reward: str = arg("concave", "gold reward (treemdp.rewards)", choices=tuple(REWARDS))
+    peak: float = arg(1.0, "where a concave/saturating/length reward peaks", exclusive_minimum=0)
+    explained: float = arg(1.0, "share of gold-reward variance the signal explains", minimum=0)
+    pairs: int = arg(512, "preference pairs per run (dataset size P)", minimum=1)
+    batch_size: int = arg(4, "pairs per optimiser step", minimum=1)
+    epochs: float = arg(1.0, "passes over the dataset", exclusive_minimum=0)
+    checkpoints: int = arg(16, "checkpoints per run, evenly spaced (plus step 0)", minimum=1)
+    lr: float = arg(0.03, "learning rate", exclusive_minimum=0)
+    optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
+    sft_steps: int = arg(100, "Adam steps of the SFT reference fit", minimum=0)
+    sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
+    seed: tuple[int, ...] = arg((0, 1, 2), "seeds (each draws features, rewards and pairs)")
+    n_resamples: int = arg(200, "bootstrap resamples per fit (0: no intervals)", minimum=0)
+    quick: bool = arg(False, "tiny config for tests and a first look (overrides the sizes)")
+    out: str = arg("results/toy_scaling", "root folder for run folders")
+    force: bool = arg(False, "recompute even if this config's results exist")
+
+
+QUICK = {
+    "beta": (0.03, 0.3),
+    "capacities": ("tabular", "mlp4"),
+    "max_length": 3,
+    "pairs": 16,
+    "batch_size": 4,
+    "checkpoints": 4,
+    "sft_steps": 20,
+    "seed": (0, 1),
+    "n_resamples": 20,
+}
+"""What ``--quick`` overrides (where the flag is left at its default)."""
+
+FIT_FORMS = ("rl", "bon", "quadratic_kl")
+
+
+def resolve(config: Config) -> Config:
+    """The config that actually runs: ``--quick`` replaces the sizes left at their defaults."""
+    if not config.quick:
+        return config
+    defaults = {f.name: f.default for f in fields(Config)}
+    return replace(config, **{k: v for k, v in QUICK.items() if getattr(config, k) == defaults[k]})
+
+
+def parse_capacity(name: str) -> dict[str, object]:
+    """``build_problem`` keywords for a capacity name: tabular, loglinear, mlpW or mlpWxL."""
+    if name in ("tabular", "loglinear"):
+        return {"policy": name}
+    match = re.fullmatch(r"mlp(\d+)(?:x(\d+))?", name)
+    if match is None or int(match.group(1)) < 1 or int(match.group(2) or 1) < 1:
+        raise ValueError(
+            f"--capacities: {name!r} is not tabular, loglinear, mlpW or mlpWxL (W, L >= 1)"
+        )
+    return {"policy": "mlp", "width": int(match.group(1)), "layers": int(match.group(2) or 1)}
+
+
+def expected_length(tree: Tree):
+    """An ``extra_metrics`` hook: E_π[response length] per run, averaged over prompts."""
+    length = tree.response_length.to(torch.float64)
+
+    def hook(logp: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"length": (torch.exp(logp) * length).sum(-1) / tree.n_prompts}
+
+    return hook
+
+
+def run_experiment(config: Config) -> pd.DataFrame:
+    """Train every (capacity, objective, β, seed) run; return the tidy checkpoint table."""
+    if len(set(config.seed)) != len(config.seed):
+        raise ValueError("--seed values must be distinct")
+    if len(set(config.capacities)) != len(config.capacities):
+        raise ValueError("--capacities must be distinct")
+    if not config.explained <= 1:
+        raise ValueError(f"--explained must lie in [0, 1]; got {config.explained}")
+    kinds = {c: parse_capacity(c) for c in config.capacities}
+    tree = Tree.with_stop(config.branching, config.max_length)
+    options = {k: getattr(config, k) for k in REWARDS[config.reward].options}
+    steps_per_epoch = math.ceil(config.pairs / min(config.batch_size, config.pairs))
+    steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    log_every = max(1, steps // config.checkpoints)
+    layout = [
+        (o, b, i) for o in config.objectives for b in config.beta for i in range(len(config.seed))
+    ]
+    specs = [RunSpec(o, b, config.lr) for o, b, _ in layout]
+    frames = []
+    interactive = sys.stderr.isatty()
+    for capacity in tqdm(config.capacities, desc="capacities", disable=not interactive):
+        problems = build_problem(
+            tree,
+            config.seed,
+            features=config.features,
+            reward=config.reward,
+            reward_options=options,
+            n_pairs=config.pairs,
+            sft_steps=config.sft_steps,
+            sft_lr=config.sft_lr,
+            **kinds[capacity],
+        )
+        problem = problems.select([i for *_, i in layout])
+        history = train(
+            problem,
+            specs,
+            steps=steps,
+            optimizer=config.optimizer,
+            log_every=log_every,
+            progress=interactive,
+            batch_size=config.batch_size,
+            extra_metrics=expected_length(tree),
+        )
+        frame = history.frame
+        frame.insert(0, "capacity", capacity)
+        frame.insert(1, "n_params", math.prod(problem.policy.family.param_shape()))
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    table.insert(table.columns.get_loc("kl_forward") + 1, "d", np.sqrt(table["kl_reverse"]))
+    table.insert(table.columns.get_loc("d") + 1, "d_forward", np.sqrt(table["kl_forward"]))
+    return table
+
+
+def fit_all(table: pd.DataFrame, *, n_resamples: int) -> pd.DataFrame:
+    """Scaling-law fits per (objective, capacity, checkpoints, KL direction), one row per form.
+
+    y is the win-rate gain over the reference, win_rate − ½: at step 0 the policy is π_ref and its
+    win rate against itself is exactly ½, so this is ``gain_over_initial`` without spending a
+    point. Groups for the bootstrap are runs (a run's checkpoints are one trajectory).
+    """
+    table = table.assign(
+        gain=table["win_rate"] - 0.5, group=table["capacity"] + "/" + table["run"].astype(str)
+    )
+    last = table.groupby("group")["step"].transform("max")
+    subsets = {"final": table[table["step"] == last], "all": table}
+    rows = []
+    for (objective, capacity), _ in table.groupby(["objective", "capacity"], sort=False):
+        for which, sub in subsets.items():
+            data = sub[(sub["objective"] == objective) & (sub["capacity"] == capacity)]
+            for kl, d_col in (("reverse", "d"), ("forward", "d_forward")):
+                key = {"objective": objective, "capacity": capacity, "checkpoints": which, "kl": kl}
+                try:
+                    fits = scaling.fit_table(
+                        data,
+                        d=d_col,
+                        y="gain",
+                        group="group",
+                        forms=FIT_FORMS,
+                        n_resamples=n_resamples,
+                        seed=0,
+                    )
+                except ValueError as e:  # too few points or a degenerate design: say so
+                    fits = pd.DataFrame({"form": FIT_FORMS, "note": str(e)})
+                for k, v in reversed(key.items()):
+                    fits.insert(0, k, v)
+                rows.append(fits)
+    fits = pd.concat(rows, ignore_index=True)
+    rmse = fits.pivot_table(
+        index=["objective", "capacity", "checkpoints", "kl"], columns="form", values="rmse"
+    )
+    ratio = (rmse["rl"] / rmse["quadratic_kl"]).rename("rmse_rl_over_quadratic").reset_index()
+    return fits.merge(ratio, on=["objective", "capacity", "checkpoints", "kl"], how="left")
+
+
+def plot(table: pd.DataFrame, fits: pd.DataFrame, which: str, path: Path) -> None:
+    """Win rate vs d = √KL with fitted ``rl`` curves: one panel per objective, one colour per
+    capacity (the paper's Figure 1; ``which`` = "final" or "all" checkpoints)."""
+    objs = list(dict.fromkeys(table["objective"]))
+    capacities = list(dict.fromkeys(table["capacity"]))
+    colors = plotting.capacity_colors(capacities)
+    fig, axes = plotting.new_figure(len(objs))
+    last = table.groupby(["capacity", "run"])["step"].transform("max")
+    points = table[table["step"] == last] if which == "final" else table
+    for ax, name in zip(axes, objs, strict=True):
+        for capacity in capacities:
+            sub = points[(points["objective"] == name) & (points["capacity"] == capacity)]
+            ax.scatter(sub["d"], sub["win_rate"], s=10, alpha=0.5, color=colors[capacity])
+            row = fits[
+                (fits["objective"] == name)
+                & (fits["capacity"] == capacity)
+                & (fits["checkpoints"] == which)
+                & (fits["kl"] == "reverse")
+                & (fits["form"] == "rl")
+            ]
+            if len(row) and np.isfinite(row["alpha"].iloc[0]):
+                grid = np.linspace(0, max(sub["d"].max(), 1e-9), 200)
+                curve = scaling.evaluate(
+                    "rl", grid, alpha=row["alpha"].iloc[0], beta=row["beta"].iloc[0]
+                )
+                ax.plot(grid, 0.5 + curve, color=colors[capacity], lw=2, label=capacity)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"{name.upper()} ({which} checkpoints)")
+        ax.set_xlabel("d = √KL(π‖π_ref)")
+    axes[0].set_ylabel("gold win rate vs π_ref")
+    axes[-1].legend(fontsize=7, title="capacity", title_fontsize=7)
+    plotting.save_figure(fig, path)
+
+
+def summarise(table: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+    """Per (objective, capacity): final and peak win rate, the drop from peak to final, KL,
+    length, and the ``rl`` fit on all checkpoints (d*, RMSE ratio to the quadratic-in-KL fit)."""
+    runs = table.groupby(["objective", "capacity", "run"], sort=False)
+    per_run = pd.DataFrame(
+        {
+            "win_final": runs["win_rate"].last(),
+            "win_peak": runs["win_rate"].max(),
+            "kl_final": runs["kl_reverse"].last(),
+            "length_final": runs["length"].last(),
+        }
+    )
+    per_run["drop"] = per_run["win_peak"] - per_run["win_final"]
+    per_run["falls"] = per_run["drop"] > 0.02
+    out = per_run.groupby(["objective", "capacity"], sort=False).mean()
+    # The paper's hump over final checkpoints: across β, is the run that went furthest (largest
+    # final d) worse by > 0.02 than the best β? Share of seeds where it is.
+    last = table.groupby(["capacity", "run"])["step"].transform("max")
+    finals = table[table["step"] == last]
+
+    def hump(g: pd.DataFrame) -> bool:
+        return bool(g["win_rate"].max() - g.loc[g["d"].idxmax(), "win_rate"] > 0.02)
+
+    humps = finals.groupby(["objective", "capacity", "seed"], sort=False)[["win_rate", "d"]]
+    out["hump_final"] = humps.apply(hump).groupby(["objective", "capacity"], sort=False).mean()
+    rl = fits[(fits["form"] == "rl") & (fits["checkpoints"] == "all") & (fits["kl"] == "reverse")]
+    rl = rl.set_index(["objective", "capacity"])
+    # d* far beyond the data (α/β large) is "no peak in sight": shown as inf
+    d_max = table.groupby(["objective", "capacity"], sort=False)["d"].max()
+    out["d_star_rl"] = rl["peak_d"].where(~(rl["peak_d"] > 10 * d_max), np.inf)
+    out["rmse_rl/quad"] = rl["rmse_rl_over_quadratic"]
+    return out
+
+
+def main(config: Config) -> Path:
+    """Run (or reuse) the experiment for ``config``; return its run folder."""
+    config = resolve(config)
+    for c in config.capacities:
+        parse_capacity(c)
+    folder = run_folder(
+        config.out, config, prefix=f"{config.reward}-P{config.pairs}", ignore=("out", "force")
+    )
+    metrics_path, fits_path = folder / "metrics.csv", folder / "fits.csv"
+    start = time.perf_counter()
+    if metrics_path.exists() and fits_path.exists() and not config.force:
+        table, fits = read_table(metrics_path), read_table(fits_path)
+        print(f"reusing finished results in {folder} (--force recomputes)")
+    else:
+        torch.set_default_dtype(torch.float64)
+        write_config(folder, config)
+        table = run_experiment(config)
+        write_table(metrics_path, table)
+        fits = fit_all(table, n_resamples=config.n_resamples)
+        write_table(fits_path, fits)
+    for which in ("final", "all"):
+        plot(table, fits, which, folder / f"win_vs_d_{which}.png")
+    summary = summarise(table, fits)
+    n_runs = table.groupby(["capacity", "run"]).ngroups
+    print(
+        f"means over β and {len(config.seed)} seeds. drop: peak − final win rate of a run; "
+        "falls: share of runs with drop > 0.02;\nhump_final: share of seeds whose largest-d "
+        "final checkpoint is > 0.02 below the best β's; d_star_rl (inf: beyond 10× the largest "
+        "d)\nand rmse_rl/quad: rl fit on all checkpoints, reverse KL:"
+    )
+    print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
+    print(
+        f"{n_runs} runs in {time.perf_counter() - start:.1f} s; results in {folder}/ "
+        "(config.json, metrics.csv, fits.csv, win_vs_d_{final,all}.png)"
+    )
+    return folder
+
+
+if __name__ == "__main__":
+    run(Config, main, description=__doc__)

@@ -1,0 +1,129 @@
+"""Figure scripts: plot() on small synthetic tables, clear load() errors, make_all end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.scripts import load_script, run_script
+from treemdp.results import write_table
+
+ood_probs = load_script("figures/ood_probs.py")
+tree_mdp = load_script("figures/tree_mdp.py")
+
+
+def synthetic(n_runs_per_cell: int = 2, steps=(0, 10, 20), n_responses: int = 4):
+    """Metrics and response tables shaped like ood_mass.py's, with made-up numbers."""
+    rows, resp = [], []
+    rng = np.random.default_rng(0)
+    run = 0
+    for objective in ood_probs.OBJECTIVES:
+        for beta in ood_probs.BETAS:
+            for seed in range(n_runs_per_cell):
+                for step in steps:
+                    p = rng.dirichlet(np.ones(n_responses))
+                    rows.append(
+                        {
+                            "objective": objective,
+                            "beta": beta,
+                            "run": run,
+                            "seed": seed,
+                            "step": step,
+                            "mass_ood": p[2:].sum(),
+                            "max_ood": p[2:].max(),
+                            "p_chosen": p[0],
+                            "p_rejected": p[1],
+                        }
+                    )
+                    roles = ["chosen", "rejected"] + ["ood"] * (n_responses - 2)
+                    for y in range(n_responses):
+                        resp.append(
+                            {
+                                "run": run,
+                                "step": step,
+                                "response": y,
+                                "logp": np.log(p[y]),
+                                "role": roles[y],
+                            }
+                        )
+                run += 1
+    return pd.DataFrame(rows), pd.DataFrame(resp)
+
+
+@pytest.mark.parametrize("objective", ["dpo", "ipo", "slic"])
+def test_every_plot_draws_the_synthetic_table(objective):
+    metrics, responses = synthetic()
+    for fig in (
+        ood_probs.plot_ood_summary(metrics, objective),
+        ood_probs.plot_ood_per_seed(metrics, objective, 0.01),
+        ood_probs.plot_indist(metrics, objective, 0.5),
+    ):
+        ax = fig.axes[0]
+        assert ax.get_title().startswith(objective.upper()) and ax.lines
+    fig = ood_probs.plot_trajectories(metrics, responses, run=0)
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    assert "chosen (response 0)" in labels and "rejected (response 1)" in labels
+
+
+def test_plot_names_a_missing_cell():
+    metrics, _ = synthetic()
+    with pytest.raises(ValueError, match="no rows for objective 'dpo' at β=0.3"):
+        ood_probs.plot_indist(metrics, "dpo", 0.3)
+
+
+def test_load_names_the_missing_column_and_find_run_the_command(tmp_path):
+    metrics, responses = synthetic()
+    write_table(tmp_path / "metrics.csv", metrics.drop(columns="max_ood"))
+    write_table(tmp_path / "responses.csv", responses)
+    with pytest.raises(ValueError, match=r"lacks columns \['max_ood'\]"):
+        ood_probs.load(tmp_path)
+    with pytest.raises(ValueError, match="run: python experiments/ood_mass.py --beta 0.01 0.1 0.5"):
+        ood_probs.find_run(tmp_path / "empty")
+
+
+def test_find_run_picks_the_folder_with_the_required_settings(tmp_path):
+    metrics, responses = synthetic()
+    for name, pairs in (("other", 2), ("good", 1)):
+        folder = tmp_path / "ood_mass" / name
+        settings = {**ood_probs.REQUIRED, "pairs": pairs}
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(
+            json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
+        )
+        write_table(folder / "responses.csv", responses)
+        write_table(folder / "metrics.csv", metrics)
+    assert ood_probs.find_run(tmp_path).name == "good"
+
+
+def test_tree_diagram_labels_states_actions_and_the_terminal_state(tmp_path):
+    files = tree_mdp.main(tmp_path, branching=3, depth=2)
+    assert {f.name for f in files} == {"Tree-MDP.png", "Tree-MDP.pdf", "Tree-MDP.txt"}
+    fig = tree_mdp.plot(tree_mdp.load(3, 2))
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"S1", "S13", "s∞", "a0", "a1", "a2"} <= texts
+
+
+def test_make_all_tree_end_to_end_on_a_tiny_config(tmp_path):
+    args = [
+        "--only",
+        "tree",
+        "--quick",
+        "--results",
+        str(tmp_path / "r"),
+        "--out",
+        str(tmp_path / "f"),
+    ]
+    first = run_script("figures/make_all.py", *args)
+    assert first.returncode == 0, first.stderr
+    names = {p.name for p in (tmp_path / "f").iterdir()}
+    for objective in ("dpo", "ipo", "slic"):
+        assert f"{objective}-beta-0.1-OOD-probs-summary-1pref.png" in names
+        for beta in ("0.01", "0.1", "0.5"):
+            assert f"{objective}-beta-{beta}-indist-1pref.pdf" in names
+            assert f"{objective}-beta-{beta}-OOD-probs-1pref.txt" in names
+    assert {"dpo-beta-0.1-1.png", "dpo-beta-0.1-3.png", "Tree-MDP.png"} <= names
+    runs = list((tmp_path / "r" / "ood_mass").iterdir())
+    second = run_script("figures/make_all.py", *args)  # cached: reuses the experiment's folder
+    assert second.returncode == 0
+    assert list((tmp_path / "r" / "ood_mass").iterdir()) == runs
