@@ -5,8 +5,9 @@ D = 4 … 12, with the fitted exponent of time (and memory) against the number o
 
 Each depth runs in a fresh process (so its peak memory is its own): build the tree and the
 problem (100-step SFT reference), then train DPO with metrics at every step (``log_every=1``),
-best of --repeats; and the same steps logging only the first and last (the loss, gradient and
-Adam update alone). Peak memory is the process's peak RSS minus its RSS after the imports.
+best of --repeats; and the cost of an unlogged step (the loss on the pairs' paths, its gradient
+and the Adam update), from the difference of a 510- and a 10-step run. Peak memory is the
+process's peak RSS minus its RSS after the imports.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def one_depth(branching: int, depth: int, repeats: int) -> dict:
     spec = [RunSpec("dpo", 0.1, 0.01)]
     steps = int(min(200, max(10, 3e6 // tree.n_nodes)))
     with_metrics, _, _ = best_of(repeats, lambda: train(problem, spec, steps=steps, log_every=1))
-    without, _, _ = best_of(repeats, lambda: train(problem, spec, steps=steps, log_every=10**9))
+    # Unlogged steps: two runs that both log only their first and last step differ by 500
+    # unlogged steps (the loss on the pairs' paths, its gradient, the Adam update).
+    quiet = [
+        best_of(repeats, lambda n=n: train(problem, spec, steps=n, log_every=10**9))[0]
+        for n in (10, 510)
+    ]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "depth": depth,
@@ -49,7 +55,7 @@ def one_depth(branching: int, depth: int, repeats: int) -> dict:
         "steps": steps,
         # steps + 1 evaluations of loss and metrics, steps updates
         "s_per_step": with_metrics / steps,
-        "s_per_step_no_metrics": without / steps,
+        "s_per_step_no_metrics": (quiet[1] - quiet[0]) / 500,
         "peak_mib": (peak - base) / 2**10,
     }
 
@@ -64,7 +70,7 @@ def main() -> None:
     parser.add_argument("--branching", type=int, default=3)
     parser.add_argument("--depths", type=int, nargs="+", default=list(range(4, 13)))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--fit-from", type=int, default=8, help="fit depths >= this")
+    parser.add_argument("--fit-from", type=int, default=8, help="fit depths >= this (and +1)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     if args.one is not None:
@@ -86,14 +92,16 @@ def main() -> None:
             f"{row['peak_mib']:>9.1f}",
             flush=True,
         )
-    big = [r for r in rows if r["depth"] >= args.fit_from]
-    if len(big) >= 2:
+    for start in sorted({args.fit_from, args.fit_from + 1}):
+        big = [r for r in rows if r["depth"] >= start]
+        if len(big) < 2:
+            continue
         nodes = [r["nodes"] for r in big]
         print(
-            f"fitted exponent (D >= {args.fit_from}) of time per step with metrics vs nodes: "
-            f"{fit(nodes, [r['s_per_step'] for r in big]):.3f}; of peak memory vs nodes: "
-            f"{fit(nodes, [max(r['peak_mib'], 1e-3) for r in big]):.3f}; of the step without "
-            f"metrics: {fit(nodes, [r['s_per_step_no_metrics'] for r in big]):.3f}"
+            f"fitted exponent vs nodes, D >= {start}: time per step with metrics "
+            f"{fit(nodes, [r['s_per_step'] for r in big]):.3f}; peak memory "
+            f"{fit(nodes, [max(r['peak_mib'], 1e-3) for r in big]):.3f}; unlogged step "
+            f"{fit(nodes, [max(r['s_per_step_no_metrics'], 1e-9) for r in big]):.3f}"
         )
     print(f"machine after: {machine()}")
 

@@ -120,7 +120,11 @@ def fit_sft(
     """
     if steps < 0:
         raise ValueError(f"sft_steps must be >= 0; got {steps}")
-    with threads_for(policy.n_runs * policy.tree.n_nodes):
+    tree = policy.tree
+    per_run = tree.n_nodes  # families without ``bind`` compute every logit each step
+    if hasattr(policy.family, "bind"):
+        per_run = responses.shape[-1] * tree.max_depth * tree.branching
+    with threads_for(policy.n_runs * per_run):
         return _fit_sft(policy, responses, steps, lr, optimizer)
 
 

@@ -25,7 +25,7 @@ from treemdp.objectives import Margins
 from treemdp.optim import make_optimizer
 from treemdp.problem import Problem
 from treemdp.threads import SMALL_WORK as SMALL_WORK  # re-exported: its old home
-from treemdp.threads import threads_for
+from treemdp.threads import thread_count, threads, threads_for
 
 __all__ = ["History", "RunSpec", "TrainingDivergedError", "train"]
 
@@ -168,10 +168,18 @@ def train(
         TrainingDivergedError: a loss or gradient became non-finite (the message names the step and
             the quantity; ``.history`` holds what was logged before).
     """
-    with threads_for(problem.n_runs * problem.tree.n_nodes):
+    # Threads per phase: the step (loss on the pairs' paths, gradient, update) is small unless
+    # the family must compute every logit; a logged step's exact metrics touch every node.
+    R, tree = problem.n_runs, problem.tree
+    per_run = tree.n_nodes
+    if hasattr(problem.policy.family, "bind"):
+        per_run = 2 * problem.pairs.n_pairs * tree.max_depth * tree.branching
+    log_threads = thread_count(R * tree.n_nodes)
+    with threads_for(R * per_run):
         return _train(
             problem,
             specs,
+            log_threads=log_threads,
             steps=steps,
             optimizer=optimizer,
             log_every=log_every,
@@ -195,6 +203,7 @@ def _train(
     batch_size: int | None,
     batch_seed: int,
     extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None,
+    log_threads: int,
 ) -> History:
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
@@ -205,9 +214,10 @@ def _train(
     schedule = (
         None if batch_size is None else EpochSchedule(pairs.n_pairs, batch_size, seed=batch_seed)
     )
-    ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
-    ref_logp = problem.ref_logp
-    ref_weights = win_weights(ctx, ref_logp)  # π_ref is fixed: the win-rate weights too
+    with threads(log_threads):  # whole-tree work, done once
+        ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
+        ref_logp = problem.ref_logp
+        ref_weights = win_weights(ctx, ref_logp)  # π_ref is fixed: the win-rate weights too
     # The loss needs only the pairs' responses: their log-probs come from their paths (O(P·D)
     # per step), and every response's only at logged steps (O(nodes), no gradient). π_ref's
     # pair log-probs use the same path function, so h is exactly 0 at θ0.
@@ -284,7 +294,7 @@ def _train(
                 f"loss of run {bad} is not finite at step {step}", history()
             )
         if step % log_every == 0 or step == steps:
-            with torch.no_grad():
+            with torch.no_grad(), threads(log_threads):
                 h = (lc - ref_c) - (lr - ref_r)
                 logp = policy.response_logprobs(theta)
                 log = metrics(ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=ref_weights)
