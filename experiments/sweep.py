@@ -212,7 +212,7 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name not in fields or name in ("out", "force", "progress"):
+        if name not in fields or name in ("force", "progress"):  # how to run, not what
             known = ", ".join(n for n in fields if n not in ("force", "progress"))
             raise ValueError(f"grid file {path}: unknown key {key!r}; known keys: {known}")
         if typing.get_origin(hints[name]) is tuple:
