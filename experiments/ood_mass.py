@@ -26,8 +26,8 @@ from treemdp import objectives, plotting
 from treemdp.cli import arg, run
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import POLICIES, REFERENCES, Problem, build_problem
-from treemdp.results import read_table, run_folder, write_config, write_table
-from treemdp.train import RunSpec, train
+from treemdp.results import cached_tables, run_folder
+from treemdp.train import grid, train
 from treemdp.tree import Tree
 
 
@@ -83,11 +83,7 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         sft_steps=config.sft_steps,
         sft_lr=config.sft_lr,
     )
-    layout = [
-        (o, b, i) for o in config.objectives for b in config.beta for i in range(len(config.seed))
-    ]
-    problem = problems.select([i for _, _, i in layout])
-    specs = [RunSpec(o, b, config.lr) for o, b, _ in layout]
+    problem, specs = grid(problems, config.objectives, config.beta, config.lr)
     history = train(
         problem,
         specs,
@@ -159,18 +155,16 @@ def main(config: Config) -> Path:
     folder = run_folder(
         config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
     )
-    table = folder / "metrics.csv"
     start = time.perf_counter()
-    if table.exists() and not config.force:
-        frame = read_table(table)
-        print(f"reusing finished results in {folder} (--force recomputes)")
-    else:
-        torch.set_default_dtype(torch.float64)
+
+    def compute() -> dict[str, pd.DataFrame | None]:
         frame, responses = run_experiment(config)
-        write_config(folder, config)
-        if responses is not None:
-            write_table(folder / "responses.csv", responses)
-        write_table(table, frame)  # last: a folder is complete once its table exists
+        return {"metrics": frame, "responses": responses}
+
+    tables, reused = cached_tables(folder, config, ["metrics"], compute, force=config.force)
+    frame = tables["metrics"]
+    if reused:
+        print(f"reusing finished results in {folder} (--force recomputes)")
     plot(frame, folder / "ood_mass.png")
     final = frame[frame["step"] == frame["step"].max()]
     summary = final.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()

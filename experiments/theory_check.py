@@ -39,8 +39,8 @@ from treemdp.cli import arg, run
 from treemdp.data import Pairs
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import POLICIES, REFERENCES, build_problem
-from treemdp.results import read_table, run_folder, write_config, write_table
-from treemdp.train import RunSpec, train
+from treemdp.results import cached_tables, run_folder
+from treemdp.train import RunSpec, grid, train
 from treemdp.tree import Tree
 
 
@@ -140,11 +140,7 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         sft_steps=config.sft_steps,
         sft_lr=config.sft_lr,
     )
-    layout = [
-        (o, b, i) for o in config.objectives for b in config.beta for i in range(len(config.seed))
-    ]
-    problem = problems.select([i for _, _, i in layout])
-    specs = [RunSpec(o, b, config.lr) for o, b, _ in layout]
+    problem, specs = grid(problems, config.objectives, config.beta, config.lr)
     history = train(
         problem,
         specs,
@@ -195,16 +191,17 @@ def main(config: Config) -> Path:
     folder = run_folder(
         config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
     )
-    table_path, traj_path = folder / "theory_check.csv", folder / "trajectory.csv"
     start = time.perf_counter()
-    if table_path.exists() and traj_path.exists() and not config.force:
-        table, traj = read_table(table_path), read_table(traj_path)
-        print(f"reusing finished results in {folder} (--force recomputes)")
-    else:
-        write_config(folder, config)
+
+    def compute() -> dict[str, pd.DataFrame]:
         table, traj = run_experiment(config)
-        write_table(traj_path, traj)
-        write_table(table_path, table)  # last: its presence marks the folder complete
+        return {"theory_check": table, "trajectory": traj}
+
+    names = ["theory_check", "trajectory"]
+    tables, reused = cached_tables(folder, config, names, compute, force=config.force)
+    table, traj = tables["theory_check"], tables["trajectory"]
+    if reused:
+        print(f"reusing finished results in {folder} (--force recomputes)")
     plot(table, traj, folder / "theory_check.png")
     gap = float(np.max(np.abs(table["minimiser_loss_lo"] - table["minimiser_loss_hi"])))
     print(f"means over {len(config.seed)} seeds ({config.steps} steps):")

@@ -34,9 +34,9 @@ from treemdp import objectives, plotting, scaling
 from treemdp.cli import arg, run
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import build_problem
-from treemdp.results import read_table, run_folder, write_config, write_table
+from treemdp.results import cached_tables, run_folder
 from treemdp.rewards import REWARDS
-from treemdp.train import RunSpec, train
+from treemdp.train import grid, train
 from treemdp.tree import Tree
 
 
@@ -133,10 +133,6 @@ def run_experiment(config: Config) -> pd.DataFrame:
     steps_per_epoch = math.ceil(config.pairs / min(config.batch_size, config.pairs))
     steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     log_every = max(1, steps // config.checkpoints)
-    layout = [
-        (o, b, i) for o in config.objectives for b in config.beta for i in range(len(config.seed))
-    ]
-    specs = [RunSpec(o, b, config.lr) for o, b, _ in layout]
     frames = []
     interactive = sys.stderr.isatty()
     for capacity in tqdm(config.capacities, desc="capacities", disable=not interactive):
@@ -151,7 +147,7 @@ def run_experiment(config: Config) -> pd.DataFrame:
             sft_lr=config.sft_lr,
             **kinds[capacity],
         )
-        problem = problems.select([i for *_, i in layout])
+        problem, specs = grid(problems, config.objectives, config.beta, config.lr)
         history = train(
             problem,
             specs,
@@ -289,18 +285,17 @@ def main(config: Config) -> Path:
     folder = run_folder(
         config.out, config, prefix=f"{config.reward}-P{config.pairs}", ignore=("out", "force")
     )
-    metrics_path, fits_path = folder / "metrics.csv", folder / "fits.csv"
     start = time.perf_counter()
-    if metrics_path.exists() and fits_path.exists() and not config.force:
-        table, fits = read_table(metrics_path), read_table(fits_path)
-        print(f"reusing finished results in {folder} (--force recomputes)")
-    else:
+
+    def compute() -> dict[str, pd.DataFrame]:
         torch.set_default_dtype(torch.float64)
-        write_config(folder, config)
         table = run_experiment(config)
-        write_table(metrics_path, table)
-        fits = fit_all(table, n_resamples=config.n_resamples)
-        write_table(fits_path, fits)
+        return {"metrics": table, "fits": fit_all(table, n_resamples=config.n_resamples)}
+
+    tables, reused = cached_tables(folder, config, ["fits", "metrics"], compute, force=config.force)
+    table, fits = tables["metrics"], tables["fits"]
+    if reused:
+        print(f"reusing finished results in {folder} (--force recomputes)")
     for which in ("final", "all"):
         plot(table, fits, which, folder / f"win_vs_d_{which}.png")
     summary = summarise(table, fits)

@@ -7,6 +7,7 @@ import pytest
 
 from treemdp.results import (
     atomic_write,
+    cached_tables,
     find_runs,
     read_config,
     read_table,
@@ -80,3 +81,37 @@ def test_find_runs_lists_complete_folders_newest_first(tmp_path):
     found = find_runs(tmp_path, "t.csv")
     assert [f.name for f, _ in found] == ["b", "a"]
     assert found[0][1]["out"] == "b"
+
+
+def test_cached_tables_compute_once_then_reuse(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"main": pd.DataFrame({"a": [1.5]}), "extra": pd.DataFrame({"b": [2]}), "none": None}
+
+    first, reused = cached_tables(tmp_path, Cfg(), ["main"], compute)
+    assert not reused and first["main"]["a"].tolist() == [1.5]
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "main.csv", "extra.csv"}
+    again, reused = cached_tables(tmp_path, Cfg(), ["main"], compute)
+    assert reused and again["main"].equals(first["main"]) and len(calls) == 1
+    cached_tables(tmp_path, Cfg(), ["main"], compute, force=True)
+    assert len(calls) == 2
+
+
+def test_cached_tables_marker_table_is_written_last(tmp_path):
+    order = []
+    import treemdp.results as results
+
+    original = results.write_table
+    results.write_table = lambda path, frame: order.append(path.name) or original(path, frame)
+    try:
+        cached_tables(
+            tmp_path,
+            Cfg(),
+            ["marker", "other"],
+            lambda: {"marker": pd.DataFrame({"a": [1]}), "other": pd.DataFrame({"a": [2]})},
+        )
+    finally:
+        results.write_table = original
+    assert order == ["other.csv", "marker.csv"]

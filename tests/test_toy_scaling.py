@@ -1,27 +1,14 @@
 """experiments/toy_scaling.py: capacity parsing, fits table, and an end-to-end smoke run."""
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
+from treemdp.results import read_table
 
-
-def load():
-    spec = importlib.util.spec_from_file_location(
-        "toy_scaling", ROOT / "experiments/toy_scaling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["toy_scaling"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-toy = load()
+toy = load_script("experiments/toy_scaling.py")
 
 
 def tiny(tmp_path, **kw):
@@ -49,7 +36,7 @@ def test_smoke_toy_scaling_writes_table_fits_and_figures(tmp_path, capsys):
         "win_vs_d_all.png",
     ):
         assert (folder / name).exists()
-    table = toy.read_table(folder / "metrics.csv")
+    table = read_table(folder / "metrics.csv")
     needed = [
         "objective",
         "beta",
@@ -74,7 +61,7 @@ def test_smoke_toy_scaling_writes_table_fits_and_figures(tmp_path, capsys):
     start = table[table["step"] == 0]
     np.testing.assert_allclose(start["win_rate"], 0.5, atol=1e-12)  # π = π_ref at step 0
     np.testing.assert_allclose(table["d"] ** 2, table["kl_reverse"], rtol=1e-12)
-    fits = toy.read_table(folder / "fits.csv")
+    fits = read_table(folder / "fits.csv")
     assert set(fits["checkpoints"]) == {"final", "all"} and set(fits["kl"]) == {
         "reverse",
         "forward",

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pandas as pd
 
 __all__ = [
     "atomic_write",
+    "cached_tables",
     "config_dict",
     "find_runs",
     "read_config",
@@ -161,3 +162,35 @@ def find_runs(root: str | Path, table: str) -> list[tuple[Path, dict[str, Any]]]
             continue
         found.append((folder, config))
     return sorted(found, key=lambda fc: (fc[0] / table).stat().st_mtime, reverse=True)
+
+
+def cached_tables(
+    folder: str | Path,
+    config: Any,
+    names: Sequence[str],
+    compute: Callable[[], Mapping[str, pd.DataFrame | None]],
+    *,
+    force: bool = False,
+) -> tuple[dict[str, pd.DataFrame], bool]:
+    """A run folder's tables ``<name>.csv``: reused when all of ``names`` exist, else computed.
+
+    On a miss (or with ``force``), ``compute()`` returns name → table (None: not written); then
+    ``config.json`` and every table are written atomically, ``names[0]`` last, so its presence
+    marks the folder complete and a killed run is simply recomputed.
+
+    Returns:
+        The tables of ``names`` and whether they were reused.
+    """
+    folder = Path(folder)
+    paths = {name: folder / f"{name}.csv" for name in names}
+    if not force and all(p.exists() for p in paths.values()):
+        return {name: read_table(p) for name, p in paths.items()}, True
+    tables = dict(compute())
+    missing = [name for name in names if tables.get(name) is None]
+    if missing:
+        raise RuntimeError(f"compute() returned no table for {missing}")
+    write_config(folder, config)
+    for name in [*[n for n in tables if n != names[0]], names[0]]:
+        if tables[name] is not None:
+            write_table(folder / f"{name}.csv", tables[name])
+    return {name: tables[name] for name in names}, False

@@ -27,7 +27,7 @@ from treemdp.problem import Problem
 from treemdp.threads import SMALL_WORK as SMALL_WORK  # re-exported: its old home
 from treemdp.threads import thread_count, threads, threads_for
 
-__all__ = ["History", "RunSpec", "TrainingDivergedError", "train"]
+__all__ = ["History", "RunSpec", "TrainingDivergedError", "grid", "train"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,28 @@ class RunSpec:
     beta: float
     lr: float
     hyper: tuple[tuple[str, float], ...] = ()
+
+
+def grid(
+    problems: Problem, objectives: Sequence[str], betas: Sequence[float], lr: float
+) -> tuple[Problem, list[RunSpec]]:
+    """Every (objective, β, problem) combination as a batch of runs.
+
+    Runs are ordered objective-major, then β, then problem (seed), so run index
+    r = (i_objective · |betas| + i_beta) · n_problems + i_problem.
+
+    Args:
+        problems: one problem per seed (R0 runs).
+        objectives: registry names.
+        betas: β values.
+        lr: the learning rate of every run.
+
+    Returns:
+        The problems laid out as runs (|objectives| · |betas| · R0 of them) and their specs.
+    """
+    layout = [(o, b, i) for o in objectives for b in betas for i in range(problems.n_runs)]
+    specs = [RunSpec(o, b, lr) for o, b, _ in layout]
+    return problems.select([i for _, _, i in layout]), specs
 
 
 @dataclass

@@ -1,0 +1,252 @@
+"""Throughput of one DPO training step: llm.train against TRL's DPOTrainer, same model/data/batch.
+
+For each model shape (``tiny``; ``14m`` = Pythia-14m, vocab 50,304), fp32 on CPU:
+
+* the same random GPT-NeoX policy (a reference copy moved by small noise, so the first loss is not
+  trivially log 2) and the same frozen fp32 reference, computed on the fly each step in both;
+* the same data: B pairs of random lowercase text under the byte tokenizer (one token per
+  character, so both pipelines see identical token ids), prompt and response lengths drawn
+  TL;DR-like (prompts 64–256 tokens, responses 8–48 tokens + EOS);
+* the same batch: all B pairs in every step, RMSProp, constant lr, clip 10, β = 0.1.
+
+Reported per implementation: median seconds per step after one warm-up step, pairs/s, tokens/s
+(non-padding tokens of the 2B chosen/rejected sequences), the first step's loss, and the share of
+the CPU's measured fp32 matmul rate reached, counting ~6·params·tokens FLOPs for the policy
+(forward + backward) and 2·params·tokens for the reference forward; and the same share counting
+only the FLOPs a step needs (blocks on all tokens, output projection on response tokens only).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/llm_dpo_step.py --shapes tiny,14m
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llm.data import Example, TruncationConfig, byte_tokenizer, tokenize_rows
+from llm.model import build_model, n_params
+from llm.train import DAALoss, TrainConfig, read_log, train
+
+
+def make_rows(n: int, seed: int) -> list[dict[str, str]]:
+    g = torch.Generator().manual_seed(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz "
+
+    def text(lo: int, hi: int) -> str:
+        k = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        return "".join(letters[i] for i in torch.randint(0, 27, (k,), generator=g).tolist())
+
+    return [
+        {"prompt": text(64, 256), "chosen": text(8, 48), "rejected": text(8, 48)} for _ in range(n)
+    ]
+
+
+def matmul_rate(n: int = 1024, repeats: int = 10) -> float:
+    """Measured fp32 matmul FLOP/s on this CPU (2n³ FLOPs per n×n product, best of repeats)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def perturbed_policy(reference: torch.nn.Module, seed: int) -> torch.nn.Module:
+    policy = copy.deepcopy(reference)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return policy.requires_grad_(True).train(False)
+
+
+def bench_ours(policy, reference, examples, steps, lr) -> dict[str, float]:
+    cfg = TrainConfig(
+        lr=lr,
+        warmup_steps=0,
+        batch_size=len(examples),
+        micro_batch_size=len(examples),
+        max_grad_norm=10.0,
+        epochs=steps,
+        checkpoint_every=0,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        train(
+            policy,
+            examples,
+            DAALoss("dpo", 0.1, reference=reference),
+            cfg,
+            Path(tmp),
+            pad_id=0,
+            progress=False,
+        )
+        log = read_log(Path(tmp))
+    secs = [len(examples) / row["pairs_per_s"] for row in log[1:]]
+    return {"first_loss": log[0]["loss"], "seconds_per_step": statistics.median(secs)}
+
+
+def bench_trl(policy, reference, rows, tokenizer, steps, lr) -> dict[str, float]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=len(rows),
+            gradient_accumulation_steps=1,
+            learning_rate=lr,
+            lr_scheduler_type="constant",
+            optim="rmsprop",
+            max_grad_norm=10.0,
+            beta=0.1,
+            loss_type=["sigmoid"],
+            max_length=None,
+            max_steps=steps,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=False,  # TRL configs default to bf16 autocast; this benchmark is fp32
+            seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+
+        class ExactLoss(DPOTrainer):
+            # The log rounds the loss to 4 digits; keep the exact value of each step.
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                exact.append(float((out[0] if return_outputs else out).detach()))
+                return out
+
+        exact: list[float] = []
+        trainer = ExactLoss(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[Timer()],
+        )
+        trainer.train()
+    return {"first_loss": exact[0], "seconds_per_step": statistics.median(times[1:])}
+
+
+def tokens_of(examples: list[Example]) -> int:
+    return sum(e.n_tokens for e in examples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default="tiny,14m", help="model shapes, comma-separated")
+    parser.add_argument("--batch", type=int, default=8, help="pairs per step")
+    parser.add_argument("--steps", type=int, default=6, help="steps per run (first is warm-up)")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs; best is kept")
+    parser.add_argument("--no-trl", action="store_true", help="benchmark only llm.train")
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tokenizer = byte_tokenizer()
+    rows = make_rows(args.batch, seed=0)
+    examples, _ = tokenize_rows(
+        enumerate(rows, 1), tokenizer, TruncationConfig(max_length=1024, max_prompt_length=512)
+    )
+    rate = matmul_rate()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads; measured fp32 matmul rate {rate / 1e9:.1f} GFLOP/s"
+    )
+    n_tok = tokens_of(examples)
+    n_resp = sum(len(e.chosen) + len(e.rejected) for e in examples)
+    print(f"data: {args.batch} pairs, {n_tok} tokens per step (chosen + rejected sequences)")
+    results = []
+    for shape in args.shapes.split(","):
+        reference = build_model(shape, seed=0).requires_grad_(False)
+        N = n_params(reference)
+        head = reference.get_output_embeddings().weight.numel()  # V·H, as is the input embedding
+        # FLOPs a step cannot avoid: the blocks on every token, the output projection on response
+        # tokens only, no input-embedding matmul (a lookup); attention scores left out.
+        needed = 8 * (N - 2 * head) * n_tok + 8 * head * n_resp
+        impls = ["llm.train"] + ([] if args.no_trl else ["trl.DPOTrainer"])
+        best: dict[str, dict[str, float]] = {}
+        # Alternate the implementations and keep each one's fastest run: the machine is shared,
+        # and other load only ever slows a run down.
+        for _ in range(args.repeats):
+            for name in impls:
+                rate = max(rate, matmul_rate())  # the CPU's best rate seen: others share it
+                torch.manual_seed(0)
+                policy = perturbed_policy(reference, seed=1)
+                ref = copy.deepcopy(reference)
+                try:
+                    if name == "llm.train":
+                        r = bench_ours(policy, ref, examples, args.steps, lr=1e-6)
+                    else:
+                        r = bench_trl(policy, ref, rows, tokenizer, args.steps, lr=1e-6)
+                except Exception as err:  # report, keep the other numbers
+                    print(f"{shape} {name}: failed: {type(err).__name__}: {err}")
+                    continue
+                print(f"{shape:>5} {name:<15} run: {r['seconds_per_step'] * 1e3:8.1f} ms/step")
+                if name not in best or r["seconds_per_step"] < best[name]["seconds_per_step"]:
+                    best[name] = r
+        for name, r in best.items():
+            t = r["seconds_per_step"]
+            flops = 8 * N * n_tok  # 6·N·tokens (policy fwd+bwd) + 2·N·tokens (reference fwd)
+            row = {
+                "shape": shape,
+                "params": N,
+                "impl": name,
+                "seconds_per_step": t,
+                "pairs_per_s": args.batch / t,
+                "tokens_per_s": n_tok / t,
+                "first_loss": r["first_loss"],
+                "flops_counted": flops,
+                "flops_needed": needed,
+            }
+            results.append(row)
+        by = {r["impl"]: r for r in results if r["shape"] == shape}
+        if len(by) == 2:
+            ours, trl = by["llm.train"], by["trl.DPOTrainer"]
+            print(
+                f"{shape:>5} speed-up {trl['seconds_per_step'] / ours['seconds_per_step']:.2f}x, "
+                f"first-loss difference {abs(ours['first_loss'] - trl['first_loss']):.2e}"
+            )
+    print(f"best measured fp32 matmul rate over the run: {rate / 1e9:.1f} GFLOP/s")
+    for row in results:
+        row["matmul_fraction"] = row["flops_counted"] / row["seconds_per_step"] / rate
+        row["needed_fraction"] = row["flops_needed"] / row["seconds_per_step"] / rate
+        print(
+            f"{row['shape']:>5} {row['impl']:<15} {row['seconds_per_step'] * 1e3:8.1f} ms/step "
+            f"{row['pairs_per_s']:8.2f} pairs/s {row['tokens_per_s']:9.0f} tokens/s  "
+            f"first loss {row['first_loss']:.7f}  {100 * row['matmul_fraction']:5.1f}% of matmul "
+            f"rate ({100 * row['needed_fraction']:.1f}% counting needed FLOPs only)"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"matmul_rate": rate, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

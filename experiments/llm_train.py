@@ -1,0 +1,303 @@
+"""Train a Pythia-shaped (GPT-NeoX) language model with SFT or any treemdp objective.
+
+Examples (CPU, random tiny model, the toy's tree problem as a language)::
+
+    python experiments/llm_train.py --stage daa --objective dpo --beta 0.1 --model tiny \\
+        --source tree --tree-pairs 0>1,5>7 --batch-size 4 --micro-batch-size 2 --lr 1e-3 \\
+        --warmup-steps 0 --epochs 8 --reference-dtype fp32
+
+    torchrun --nproc-per-node 2 experiments/llm_train.py ...   # data parallel (gloo on CPU)
+
+On GPUs with real weights, the paper's run is ``--model <SFT folder> --source tldr`` with the
+defaults (RMSProp, lr 5e-7, 150 warm-up steps, batch 128, clip 10, one epoch, fp16 reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from llm.data import (
+    TruncationConfig,
+    load_tokenizer,
+    read_jsonl,
+    read_tldr,
+    tokenize_rows,
+)
+from llm.model import PYTHIA_SHAPES, load_model, load_policy_and_reference, parse_dtype
+from llm.train import (
+    DAALoss,
+    TrainConfig,
+    precompute_reference,
+    sample_sft_examples,
+    sft_loss,
+    train,
+)
+from llm.tree_language import tree_examples, tree_tokenizer
+from treemdp import objectives
+from treemdp.tree import Tree
+
+
+@dataclass(frozen=True)
+class Config:
+    """One llm training run (SFT or DAA)."""
+
+    stage: str = "daa"  # sft (NLL of the chosen / sampled responses) or daa (a registry objective)
+    objective: str = "dpo"  # registry objective for --stage daa (treemdp.objectives.names())
+    beta: float = 0.1  # β of the objective
+    alpha: float = 0.01  # length weight α, used only by objectives that take it (rdpo)
+    model: str = "tiny"  # Pythia shape (random weights), hub name, or local folder
+    reference: str = ""  # reference model (hub name or folder); empty: a frozen copy of --model
+    policy_dtype: str = "fp32"  # dtype of the trained policy: fp32, bf16 or fp16
+    reference_dtype: str = "fp16"  # dtype of the frozen reference: fp16, bf16 or fp32
+    device: str = "auto"  # cpu, cuda, or auto (cuda when available; cuda:LOCAL_RANK under torchrun)
+    seed: int = 0  # model initialisation (named shapes), data order and sampling
+    source: str = "tree"  # preference data: tree (treemdp problem), jsonl (local file), tldr (hub)
+    data: str = ""  # JSONL file with prompt/chosen/rejected (for --source jsonl)
+    tldr_dataset: str = "openai/summarize_from_feedback"  # hub dataset for --source tldr
+    tldr_config: str = "comparisons"  # its config name ('' for none)
+    split: str = "train"  # its split
+    limit: int = 0  # use only the first N rows (0: all)
+    tokenizer: str = ""  # hub name, folder or 'byte'; empty: the model's (byte for named shapes)
+    tree_branching: int = 3  # actions per state of the tree language
+    tree_depth: int = 3  # depth of the complete tree (responses have this many tokens)
+    tree_pairs: str = "0>1"  # preference pairs as chosen>rejected response indices, comma-separated
+    max_length: int = 512  # max prompt+response tokens (DPO code truncation)
+    max_prompt_length: int = 256  # prompt tokens kept when truncating
+    truncation_mode: str = "keep_start"  # keep_start or keep_end of a truncated prompt
+    on_bad_row: str = "error"  # error (stop at the first bad row) or skip (drop and count)
+    sft_source: str = "chosen"  # SFT targets: chosen responses, or samples of --sample-model
+    sample_model: str = ""  # policy whose samples are the SFT targets (--sft-source samples)
+    sample_max_new_tokens: int = 64  # sample length limit
+    precompute_reference: bool = False  # compute reference log-probs once for the whole dataset
+    lr: float = 5e-7  # RMSProp learning rate (paper preset)
+    warmup_steps: int = 150  # linear warm-up steps
+    batch_size: int = 128  # pairs per optimizer step, over all processes
+    micro_batch_size: int = 8  # pairs per forward per process (gradient accumulation)
+    max_grad_norm: float = 10.0  # gradient-norm clip
+    epochs: float = 1.0  # passes over the data
+    checkpoint_every: int = 19_968  # examples between checkpoints (0: final only)
+    log_every: int = 1  # steps between log rows
+    out: str = "results/llm"  # parent folder of the run folder
+    run_name: str = ""  # run folder name; empty: derived from the config
+    resume: bool = False  # continue from the run folder's latest checkpoint
+    progress: bool = True  # show progress bars
+
+
+CHOICES = {
+    "stage": ("sft", "daa"),
+    "source": ("tree", "jsonl", "tldr"),
+    "truncation_mode": ("keep_start", "keep_end"),
+    "on_bad_row": ("error", "skip"),
+    "sft_source": ("chosen", "samples"),
+    "policy_dtype": ("fp32", "bf16", "fp16"),
+    "reference_dtype": ("fp16", "bf16", "fp32"),
+}
+
+
+# ------------------------------------------------------------- dataclass → argparse (local)
+def _field_help(cls: type) -> dict[str, str]:
+    """The one-line comment after each field, read from the class source."""
+    import inspect
+
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if "#" in rest and name.isidentifier():
+            out[name] = rest.split("#", 1)[1].strip()
+    return out
+
+
+def build_parser(cls: type = Config) -> argparse.ArgumentParser:
+    """Flags ``--field-name`` for every field of ``cls``, with its comment and default as help."""
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    helps = _field_help(cls)
+    objectives_help = ", ".join(objectives.names())
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"default": f.default, "help": helps.get(f.name, "")}
+        if f.name == "objective":
+            kwargs["choices"] = objectives.names()
+            kwargs["help"] += f" [{objectives_help}]"
+        if f.name in CHOICES:
+            kwargs["choices"] = CHOICES[f.name]
+        if f.type in (bool, "bool"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
+            kwargs["metavar"] = f.name.upper()
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.ArgumentParser]:
+    """A Config from command-line flags."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    return Config(**vars(ns)), parser
+
+
+# ---------------------------------------------------------------------------------- setup
+def run_dir(cfg: Config) -> Path:
+    """The run folder: ``out/run_name``, or a name derived from the config."""
+    if cfg.run_name:
+        return Path(cfg.out) / cfg.run_name
+    model = Path(cfg.model).name if cfg.model not in PYTHIA_SHAPES else cfg.model
+    what = f"sft-{cfg.sft_source}" if cfg.stage == "sft" else f"{cfg.objective}-beta{cfg.beta:g}"
+    return Path(cfg.out) / f"{what}-{model}-{cfg.source}-seed{cfg.seed}"
+
+
+def parse_pairs(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``"0>1,5>7"`` → chosen (0, 5), rejected (1, 7). Shapes (P,)."""
+    try:
+        pairs = [tuple(int(x) for x in p.split(">")) for p in text.split(",") if p.strip()]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"tree_pairs must look like '0>1,5>7' (chosen>rejected response indices); got {text!r}"
+        ) from None
+    return torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(cfg.device)
+
+
+def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
+    """``(examples, tokenizer, skipped-row messages)`` for the configured source."""
+    if cfg.source == "tree":
+        tree = Tree.complete(cfg.tree_branching, cfg.tree_depth)
+        chosen, rejected = parse_pairs(cfg.tree_pairs)
+        examples, skipped = tree_examples(tree, chosen, rejected, on_bad_row=cfg.on_bad_row)
+        return examples, tree_tokenizer(tree), skipped
+    tok_name = cfg.tokenizer or ("byte" if cfg.model in PYTHIA_SHAPES else cfg.model)
+    tokenizer = load_tokenizer(tok_name)
+    if cfg.source == "jsonl":
+        if not cfg.data:
+            raise ValueError("--data must name a JSONL file for --source jsonl")
+        rows = read_jsonl(cfg.data)
+    else:
+        rows = read_tldr(
+            cfg.tldr_dataset, cfg.tldr_config or None, cfg.split, limit=cfg.limit or None
+        )
+    if cfg.limit:
+        rows = rows[: cfg.limit]
+    trunc = TruncationConfig(cfg.max_length, cfg.max_prompt_length, cfg.truncation_mode)
+    examples, skipped = tokenize_rows(rows, tokenizer, trunc, on_bad_row=cfg.on_bad_row)
+    return examples, tokenizer, skipped
+
+
+def main(cfg: Config, parser: argparse.ArgumentParser | None = None) -> Path:
+    """Run one training stage; returns the final checkpoint folder."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = _device(cfg)
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    try:
+        train_cfg = TrainConfig(
+            lr=cfg.lr,
+            warmup_steps=cfg.warmup_steps,
+            batch_size=cfg.batch_size,
+            micro_batch_size=cfg.micro_batch_size,
+            max_grad_norm=cfg.max_grad_norm,
+            epochs=cfg.epochs,
+            checkpoint_every=cfg.checkpoint_every,
+            seed=cfg.seed,
+            log_every=cfg.log_every,
+        )
+        examples, tokenizer, skipped = load_data(cfg)
+        if not examples:
+            raise ValueError("no usable rows: every row was bad (see --on-bad-row)")
+        policy, reference = load_policy_and_reference(
+            cfg.model,
+            policy_dtype=parse_dtype(cfg.policy_dtype),
+            reference_dtype=parse_dtype(cfg.reference_dtype),
+            seed=cfg.seed,
+            vocab_size=len(tokenizer),
+        )
+        if cfg.reference:
+            reference = load_model(cfg.reference, dtype=parse_dtype(cfg.reference_dtype))
+            reference.requires_grad_(False)
+        if cfg.stage == "sft" and cfg.sft_source == "samples" and not cfg.sample_model:
+            raise ValueError("--sample-model must name a model for --sft-source samples")
+    except (ValueError, ModuleNotFoundError, OSError) as err:
+        if parser is None:
+            raise
+        parser.error(str(err).splitlines()[0])
+    out_dir = run_dir(cfg)
+    if rank == 0:
+        print(f"data: {len(examples)} pairs; skipped {len(skipped)} bad rows", file=sys.stderr)
+        for msg in skipped[:10]:
+            print(f"  skipped {msg}", file=sys.stderr)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        report = {"pairs": len(examples), "skipped": len(skipped), "skipped_rows": skipped}
+        (out_dir / "data.json").write_text(json.dumps(report, indent=2) + "\n")
+    policy.to(device)
+    pad_id = tokenizer.pad_token_id
+    if cfg.stage == "sft":
+        step_loss = sft_loss
+        del reference
+        if cfg.sft_source == "samples":
+            sampler = load_model(cfg.sample_model).to(device)
+            examples = sample_sft_examples(
+                sampler,
+                examples,
+                max_new_tokens=cfg.sample_max_new_tokens,
+                eos_id=tokenizer.eos_token_id if cfg.source != "tree" else None,
+                seed=cfg.seed,
+            )
+            del sampler
+    else:
+        entry = objectives.get(cfg.objective)
+        hyper = {"alpha": cfg.alpha} if "alpha" in entry.hyper else {}
+        reference.to(device)
+        table = None
+        if cfg.precompute_reference and entry.needs_reference:
+            table = precompute_reference(
+                reference, examples, micro_batch_size=cfg.micro_batch_size, pad_id=pad_id
+            )
+            reference = None
+        step_loss = DAALoss(
+            cfg.objective, cfg.beta, hyper=hyper, reference=reference, ref_table=table
+        )
+    final = train(
+        policy,
+        examples,
+        step_loss,
+        train_cfg,
+        out_dir,
+        pad_id=pad_id,
+        tokenizer=tokenizer,
+        resume=cfg.resume,
+        run_info={"config": dataclasses.asdict(cfg), "skipped_rows": len(skipped)},
+        progress=cfg.progress,
+    )
+    if rank == 0:
+        print(f"done: final checkpoint {final}; log {out_dir / 'log.csv'}")
+    if distributed:
+        dist.destroy_process_group()
+    return final
+
+
+if __name__ == "__main__":
+    config, arg_parser = parse_config()
+    main(config, arg_parser)

@@ -1,0 +1,13 @@
+"""llm: the treemdp objectives on GPT-NeoX / Pythia language models through transformers.
+
+Modules:
+    model      load or build policy and reference models (dtype policy, Pythia-shaped configs)
+    logprobs   response-token log-probabilities through one concatenated forward
+    data       preference data (TL;DR via ``datasets``, local JSONL), truncation, bad-row handling,
+               padding into batches
+    tree_language  a treemdp problem as token sequences (one token per action)
+    train      SFT and DAA training loops (gradient accumulation, torch.distributed, checkpoints)
+    checkpoint atomic checkpoints and resume
+
+The package never imports ``experiments``; ``experiments/llm_train.py`` is its command line.
+"""

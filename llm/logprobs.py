@@ -1,0 +1,113 @@
+"""Sequence log-probabilities of response tokens, through one concatenated forward.
+
+A batch of B pairs is laid out as 2B rows, chosen rows first, then rejected rows (the DPO code's
+``concatenated_forward``), so the policy sees both responses in one forward and one backward.
+Only response tokens are scored: prompt and padding positions never reach the output
+projection, which saves most of the work of the vocabulary-sized matmul when prompts are long
+(``response_logps``). The log-softmax is formed as ``logit[label] - logsumexp(logits)`` in
+float32 on the selected rows only, so no (rows × T × V) log-prob tensor is ever materialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PairLogps", "concatenated_logps", "response_logps"]
+
+
+def response_logps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Summed log-probability of the response tokens of each row, and their number.
+
+    Token t of a row is scored by the model's prediction at position t − 1, so a response token
+    can never sit at position 0 (every row starts with at least one prompt token).
+
+    Args:
+        model: a transformers causal LM (``base_model`` gives hidden states,
+            ``get_output_embeddings()`` the output projection).
+        input_ids: token ids, right-padded. Shape (N, T), int64.
+        attention_mask: 1 for real tokens, 0 for padding. Shape (N, T).
+        response_mask: True where the token is a response token. Shape (N, T), bool.
+
+    Returns:
+        ``(logp_sum, n_tokens)``: float32 sums Σ_t log π(y_t | x, y_<t) over response tokens,
+        shape (N,), and the int64 count of response tokens, shape (N,).
+    """
+    if input_ids.dim() != 2 or not (input_ids.shape == attention_mask.shape == response_mask.shape):
+        raise ValueError(
+            "input_ids, attention_mask and response_mask must share one (N, T) shape; got "
+            f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(response_mask.shape)}"
+        )
+    response_mask = response_mask.bool()
+    if bool(response_mask[:, 0].any()):
+        raise ValueError("response_mask must be False at position 0: each row needs a prompt token")
+    if bool((response_mask & (attention_mask == 0)).any()):
+        raise ValueError("response_mask must be False on padding (attention_mask 0)")
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    scored = response_mask[:, 1:]  # (N, T-1): token t+1 is scored from position t
+    rows = scored.nonzero(as_tuple=True)[0]  # (K,)
+    h = hidden[:, :-1][scored]  # (K, H)
+    labels = input_ids[:, 1:][scored]  # (K,)
+    logits = model.get_output_embeddings()(h).float()  # (K, V)
+    token_logp = logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
+    logp_sum = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    logp_sum = logp_sum.index_add(0, rows, token_logp)
+    return logp_sum, scored.sum(dim=1)
+
+
+@dataclass(frozen=True)
+class PairLogps:
+    """Summed response log-probs of B pairs and the response lengths (in tokens).
+
+    Attributes:
+        chosen: Σ log π(y_w|x). Shape (B,), float32.
+        rejected: Σ log π(y_l|x). Shape (B,), float32.
+        len_chosen: |y_w| in tokens. Shape (B,), int64.
+        len_rejected: |y_l| in tokens. Shape (B,), int64.
+    """
+
+    chosen: Tensor
+    rejected: Tensor
+    len_chosen: Tensor
+    len_rejected: Tensor
+
+    def form(self, logp_form: Literal["sum", "mean"]) -> tuple[Tensor, Tensor]:
+        """``(chosen, rejected)`` summed, or divided by the token count for ``"mean"``."""
+        if logp_form == "sum":
+            return self.chosen, self.rejected
+        if logp_form == "mean":
+            return self.chosen / self.len_chosen, self.rejected / self.len_rejected
+        raise ValueError(f"logp_form must be 'sum' or 'mean'; got {logp_form!r}")
+
+    def detach(self) -> PairLogps:
+        """The same values cut from the autograd graph."""
+        return PairLogps(
+            self.chosen.detach(), self.rejected.detach(), self.len_chosen, self.len_rejected
+        )
+
+
+def concatenated_logps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+) -> PairLogps:
+    """Chosen and rejected log-probs of B pairs from one forward over their 2B rows.
+
+    Args:
+        model: a causal LM (see ``response_logps``).
+        input_ids: rows 0..B−1 are prompt+chosen, rows B..2B−1 prompt+rejected. Shape (2B, T).
+        attention_mask: Shape (2B, T).
+        response_mask: Shape (2B, T), bool.
+
+    Returns:
+        ``PairLogps`` with (B,) tensors.
+    """
+    n = input_ids.shape[0]
+    if n % 2:
+        raise ValueError(f"input_ids must hold 2B rows (chosen then rejected); got {n} rows")
+    logp, count = response_logps(model, input_ids, attention_mask, response_mask)
+    b = n // 2
+    return PairLogps(logp[:b], logp[b:], count[:b], count[b:])

@@ -1,0 +1,480 @@
+"""SFT and DAA training of a causal LM with the objectives of ``treemdp.objectives``.
+
+The loop (``train``) is the DPO reference code's: RMSProp, linear warm-up, a global batch built by
+gradient accumulation over micro-batches, gradient-norm clipping, checkpoints every so many
+examples. What a step optimises is a ``StepLoss``: ``sft_loss`` (negative summed log-prob of the
+chosen response) or ``DAALoss`` (any registry objective, computed by the very function
+``treemdp.objectives.loss``). Training code never branches on the objective's name.
+
+Data order: epoch e visits the examples in ``randperm(N, seed + e)``; the epochs are concatenated
+into one stream and step s takes its positions [s·G, (s+1)·G), G = batch_size, so a checkpoint's
+step fixes the data position. ``ceil(epochs · N / G)`` steps are run.
+
+Loss scaling: every rank and micro-batch adds Σ_pairs loss / G to the gradient, and ranks sum
+their gradients (all-reduce), so one step's gradient is that of the mean loss over the global
+batch whatever the number of processes and micro-batches (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from llm.data import Batch, Example, collate_pairs, collate_sft
+from llm.logprobs import PairLogps, concatenated_logps, response_logps
+from treemdp import objectives
+
+__all__ = [
+    "DAALoss",
+    "TrainConfig",
+    "data_stream",
+    "precompute_reference",
+    "read_log",
+    "sample_sft_examples",
+    "sft_loss",
+    "train",
+]
+
+LOG = "log.csv"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; the defaults are the paper's preset (the DPO reference code's)."""
+
+    lr: float = 5e-7  # RMSProp learning rate
+    warmup_steps: int = 150  # linear warm-up from lr/(warmup+1) to lr over this many steps
+    batch_size: int = 128  # pairs per optimizer step (global, over all processes)
+    micro_batch_size: int = 8  # pairs per forward on one process (gradient accumulation)
+    max_grad_norm: float = 10.0  # gradient-norm clip
+    epochs: float = 1.0  # passes over the data (fractions allowed)
+    checkpoint_every: int = 19_968  # examples between checkpoints (0: only the final one)
+    seed: int = 0  # data order
+    log_every: int = 1  # steps between log rows
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "batch_size": self.batch_size >= 1,
+            "micro_batch_size": self.micro_batch_size >= 1,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "epochs": self.epochs > 0,
+            "checkpoint_every": self.checkpoint_every >= 0,
+            "log_every": self.log_every >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if not bad and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size})"
+            )
+        if bad:
+            k = bad[0]
+            bound = {"warmup_steps": ">= 0", "checkpoint_every": ">= 0"}.get(k, "> 0")
+            raise ValueError(f"{k} must be {bound}; got {getattr(self, k)!r}")
+
+
+# ------------------------------------------------------------------------------ step losses
+class StepLoss(Protocol):
+    """Σ over a micro-batch's examples of the per-example loss, plus metric sums."""
+
+    def collate(self, examples: Sequence[Example], pad_id: int) -> Batch: ...
+
+    def __call__(
+        self, policy: nn.Module, batch: Batch, index: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class SFTLoss:
+    """Supervised fine-tuning on the chosen responses: −Σ_t log π(y_w,t | x, y_w,<t) per example
+    (the DPO code's SFT loss: summed, not per-token, negative log-likelihood)."""
+
+    def collate(self, examples: Sequence[Example], pad_id: int) -> Batch:
+        return collate_sft(examples, pad_id)
+
+    def __call__(
+        self, policy: nn.Module, batch: Batch, index: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        logp, n = response_logps(policy, batch.input_ids, batch.attention_mask, batch.response_mask)
+        metrics = {"logps_chosen": logp.detach().sum(), "tokens_chosen": n.sum().float()}
+        return -logp.sum(), metrics
+
+
+sft_loss = SFTLoss()
+
+
+@dataclass(frozen=True)
+class DAALoss:
+    """A registry objective on summed (or per-token mean) response log-probs.
+
+    Attributes:
+        objective: a name in ``treemdp.objectives.names()``.
+        beta: β > 0.
+        hyper: the objective's hyperparameters (e.g. ``alpha`` for rdpo); response lengths
+            ``len_chosen``/``len_rejected`` are filled in from the batch when the entry takes them.
+        reference: the frozen reference model, used when ``ref_table`` is None.
+        ref_table: precomputed reference log-probs of the whole dataset (``precompute_reference``),
+            indexed by example position.
+    """
+
+    objective: str
+    beta: float
+    hyper: dict[str, Any] = field(default_factory=dict)
+    reference: nn.Module | None = None
+    ref_table: PairLogps | None = None
+
+    def __post_init__(self) -> None:
+        entry = objectives.get(self.objective)
+        objectives.check_beta(self.beta)
+        lengths = {"len_chosen", "len_rejected"} & set(entry.hyper)
+        objectives.resolve_hyper(entry, {**self.hyper, **dict.fromkeys(lengths, 0)})
+        if entry.needs_reference and self.reference is None and self.ref_table is None:
+            raise ValueError(f"objective {self.objective!r} needs a reference model or ref_table")
+
+    def collate(self, examples: Sequence[Example], pad_id: int) -> Batch:
+        return collate_pairs(examples, pad_id)
+
+    def reference_logps(self, batch: Batch, index: Tensor, like: PairLogps) -> PairLogps:
+        """π_ref's log-probs of the batch: looked up, computed without gradient, or zeros for a
+        reference-free objective."""
+        if not objectives.get(self.objective).needs_reference:
+            zero = torch.zeros_like(like.chosen)
+            return PairLogps(zero, zero, like.len_chosen, like.len_rejected)
+        if self.ref_table is not None:  # kept on the CPU; the batch may live on a GPU
+            t, i, dev = self.ref_table, index.cpu(), like.chosen.device
+            return PairLogps(
+                t.chosen[i].to(dev), t.rejected[i].to(dev), like.len_chosen, like.len_rejected
+            )
+        device = next(self.reference.parameters()).device
+        with torch.no_grad():
+            ref = concatenated_logps(
+                self.reference,
+                batch.input_ids.to(device),
+                batch.attention_mask.to(device),
+                batch.response_mask.to(device),
+            )
+        return PairLogps(
+            *(x.to(like.chosen.device) for x in (ref.chosen, ref.rejected)),
+            like.len_chosen,
+            like.len_rejected,
+        )
+
+    def __call__(
+        self, policy: nn.Module, batch: Batch, index: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        entry = objectives.get(self.objective)
+        pol = concatenated_logps(policy, batch.input_ids, batch.attention_mask, batch.response_mask)
+        ref = self.reference_logps(batch, index, pol)
+        pc, pr = pol.form(entry.logp_form)
+        rc, rr = ref.form(entry.logp_form)
+        hyper = dict(self.hyper)
+        if "len_chosen" in entry.hyper:
+            hyper |= {"len_chosen": pol.len_chosen, "len_rejected": pol.len_rejected}
+        losses = objectives.loss(self.objective, pc, pr, rc, rr, beta=self.beta, **hyper)
+        with torch.no_grad():
+            reward_c = self.beta * (pc - rc)
+            reward_r = self.beta * (pr - rr)
+            metrics = {
+                "rewards_chosen": reward_c.sum(),
+                "rewards_rejected": reward_r.sum(),
+                "margins": (reward_c - reward_r).sum(),
+                "reward_accuracy": (reward_c > reward_r).float().sum(),
+                "logps_chosen": pol.chosen.sum(),
+                "logps_rejected": pol.rejected.sum(),
+            }
+        return losses.sum(), metrics
+
+
+def precompute_reference(
+    reference: nn.Module, examples: Sequence[Example], *, micro_batch_size: int, pad_id: int
+) -> PairLogps:
+    """Reference log-probs of every example once, before training. Shapes (N,), on the CPU."""
+    device = next(reference.parameters()).device
+    parts = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(examples), micro_batch_size), desc="reference", leave=False):
+            b = collate_pairs(examples[i : i + micro_batch_size], pad_id)
+            ref = concatenated_logps(
+                reference,
+                b.input_ids.to(device),
+                b.attention_mask.to(device),
+                b.response_mask.to(device),
+            )
+            parts.append(ref)
+    return PairLogps(
+        *(
+            torch.cat([getattr(p, k).cpu() for p in parts])
+            for k in ("chosen", "rejected", "len_chosen", "len_rejected")
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------ loop
+def data_stream(n_examples: int, n_steps: int, batch_size: int, seed: int) -> Tensor:
+    """Example indices of every step: epoch permutations concatenated. Shape (n_steps, G)."""
+    need = n_steps * batch_size
+    n_epochs = math.ceil(need / n_examples)
+    perms = [
+        torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + e))
+        for e in range(n_epochs)
+    ]
+    return torch.cat(perms)[:need].view(n_steps, batch_size)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_grads(params: list[nn.Parameter]) -> None:
+    works = [dist.all_reduce(p.grad, async_op=True) for p in params if p.grad is not None]
+    for w in works:
+        w.wait()
+
+
+def _warmup(warmup_steps: int) -> Callable[[int], float]:
+    # The DPO code's LambdaLR: min(1, (step + 1) / (warmup_steps + 1)).
+    return lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
+
+
+def _accumulate(
+    policy: nn.Module,
+    step_loss: StepLoss,
+    examples: Sequence[Example],
+    index: Tensor,
+    *,
+    micro: int,
+    scale: int,
+    pad_id: int,
+) -> tuple[list[str], Tensor]:
+    """Forward and backward over ``index`` in micro-batches, adding Σ loss / ``scale`` to the
+    gradients. Returns the metric names and their sums, with the token count last."""
+    device = next(policy.parameters()).device
+    sums: dict[str, Tensor] = {}
+    n_tokens = 0
+    for i in range(0, len(index), micro):
+        part = index[i : i + micro]
+        b = step_loss.collate([examples[j] for j in part.tolist()], pad_id)
+        b = Batch(b.input_ids.to(device), b.attention_mask.to(device), b.response_mask.to(device))
+        loss_sum, metrics = step_loss(policy, b, part)
+        (loss_sum / scale).backward()
+        n_tokens += b.n_tokens
+        for k, v in {"loss": loss_sum, **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float().cpu()
+    names = list(sums)
+    return names, torch.stack([sums[k] for k in names] + [torch.tensor(float(n_tokens))])
+
+
+def _check_resume(state: dict[str, Any], cfg: TrainConfig, n_examples: int, folder: Path) -> None:
+    saved = state.get("train_config", {})
+    changed = [k for k, v in asdict(cfg).items() if k != "log_every" and saved.get(k) != v]
+    if changed or state.get("n_examples", n_examples) != n_examples:
+        raise ValueError(
+            f"cannot resume from {folder}: the run's settings changed "
+            f"({changed or 'dataset size'}); use the same flags and data, or a new run folder"
+        )
+
+
+def train(
+    policy: nn.Module,
+    examples: Sequence[Example],
+    step_loss: StepLoss,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    pad_id: int,
+    tokenizer: Any | None = None,
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train ``policy`` in place on ``examples``; write ``log.csv`` and checkpoints to ``out_dir``.
+
+    Args:
+        policy: the trained model (float32 in the paper's dtype policy), on its device.
+        examples: the dataset (``llm.data.Example``), in source order.
+        step_loss: ``sft_loss`` or a ``DAALoss``.
+        cfg: optimisation settings.
+        out_dir: run folder; with several processes only rank 0 writes.
+        pad_id: padding token id.
+        tokenizer: saved into each checkpoint so the folder is a loadable model.
+        resume: continue from ``out_dir``'s latest checkpoint (fresh start when there is none);
+            ValueError if it was written with other settings or another dataset size.
+        run_info: extra state stored in each checkpoint (e.g. the CLI config).
+        on_step: called with the step number after each optimizer step (tests use it).
+        progress: show a tqdm bar on rank 0.
+
+    Returns:
+        The path of the final checkpoint folder.
+    """
+    rank, world = _world()
+    G, m = cfg.batch_size, cfg.micro_batch_size
+    if G % (world * m):
+        raise ValueError(
+            f"batch_size ({G}) must be a multiple of micro_batch_size ({m}) × processes ({world})"
+        )
+    if not examples:
+        raise ValueError("examples must be non-empty")
+    n_steps = math.ceil(cfg.epochs * len(examples) / G)
+    stream = data_stream(len(examples), n_steps, G, cfg.seed)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("policy has no parameter with requires_grad=True")
+    optimizer = torch.optim.RMSprop(params, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / LOG
+
+    start = 0
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
+        _check_resume(state, cfg, len(examples), ckpt)
+        start = state["step"]
+    if rank == 0:
+        _trim_log(log_path, start)
+
+    shard = G // world
+    writer_file = log_path.open("a", newline="", encoding="utf-8") if rank == 0 else None
+    writer: csv.DictWriter | None = None
+    bar = tqdm(total=n_steps, initial=start, desc="train", disable=not progress or rank != 0)
+    final = ckpt
+    for step in range(start, n_steps):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+        mine = stream[step, rank * shard : (rank + 1) * shard]
+        names, sums = _accumulate(
+            policy, step_loss, examples, mine, micro=m, scale=G, pad_id=pad_id
+        )
+        if world > 1:
+            _all_reduce_grads(params)
+            sums = sums.to(params[0].device)
+            dist.all_reduce(sums)
+            sums = sums.cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        done = step + 1
+        if rank == 0 and (done % cfg.log_every == 0 or done == n_steps):
+            row = {
+                "step": done,
+                "examples": done * G,
+                "lr": lr,
+                **{k: v / G for k, v in zip(names, sums[:-1].tolist(), strict=True)},
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": float(sums[-1]) / seconds,
+                "pairs_per_s": G / seconds,
+            }
+            if writer is None:
+                writer = csv.DictWriter(writer_file, fieldnames=list(row))
+                if writer_file.tell() == 0:
+                    writer.writeheader()
+            writer.writerow(row)
+            writer_file.flush()
+        every = cfg.checkpoint_every
+        if (every and (done * G) // every > (step * G) // every) or done == n_steps:
+            final = out_dir / f"step-{done:07d}"
+            if rank == 0:
+                state = {"examples_seen": done * G, "n_examples": len(examples),
+                         "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
+                save_checkpoint(
+                    out_dir,
+                    step=done,
+                    model=policy,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state=state,
+                    tokenizer=tokenizer,
+                )
+            if world > 1:
+                dist.barrier()
+        bar.update(1)
+        if on_step is not None:
+            on_step(done)
+    bar.close()
+    if writer_file is not None:
+        writer_file.close()
+    if final is None:
+        raise RuntimeError(f"no steps to run and no checkpoint in {out_dir}")
+    return final
+
+
+def _trim_log(log_path: Path, step: int) -> None:
+    """Keep only the log rows of steps ≤ ``step`` (those a resumed run will not redo)."""
+    if not log_path.is_file():
+        return
+    if step == 0:
+        log_path.unlink()
+        return
+    lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+    write_atomic(log_path, "".join(kept))
+
+
+def read_log(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of a run's ``log.csv`` as floats."""
+    with (run_dir / LOG).open(encoding="utf-8") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def sample_sft_examples(
+    model: nn.Module,
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int,
+    eos_id: int | None,
+    seed: int,
+    batch_size: int = 16,
+) -> list[Example]:
+    """SFT data from samples of a given policy: each example's chosen response is replaced by a
+    sample of ``model`` at temperature 1 (prompts of one length are batched, so no padding).
+
+    Returns:
+        Examples whose ``chosen`` is the sample (up to and including EOS); ``rejected`` is kept.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    by_len: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_len.setdefault(len(e.prompt), []).append(i)
+    out: list[Example | None] = [None] * len(examples)
+    with torch.no_grad():
+        for idx in by_len.values():
+            for s in range(0, len(idx), batch_size):
+                chunk = idx[s : s + batch_size]
+                ids = torch.tensor([examples[i].prompt for i in chunk], device=device)
+                done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+                new: list[Tensor] = []
+                for _ in range(max_new_tokens):
+                    logits = model(input_ids=ids).logits[:, -1].float()
+                    tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+                    new.append(tok)
+                    ids = torch.cat([ids, tok[:, None]], dim=1)
+                    if eos_id is not None:
+                        done |= tok == eos_id
+                        if bool(done.all()):
+                            break
+                sampled = torch.stack(new, dim=1).tolist()
+                for i, toks in zip(chunk, sampled, strict=True):
+                    if eos_id is not None and eos_id in toks:
+                        toks = toks[: toks.index(eos_id) + 1]
+                    e = examples[i]
+                    out[i] = Example(e.prompt, tuple(toks), e.rejected, e.row)
+    return [e for e in out if e is not None]

@@ -1,0 +1,140 @@
+"""Response log-probs: oracle (per-token loop), concatenated = separate forwards, padding and
+truncation invariance, dtype policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_llm import perturbed
+
+from llm.data import Example, collate_pairs, collate_sft
+from llm.logprobs import PairLogps, concatenated_logps, response_logps
+from llm.model import build_model
+
+
+def loop_logps(model, example_rows):
+    """Oracle: full-vocabulary log_softmax of each row alone, summed token by token in Python."""
+    out = []
+    for prompt, response in example_rows:
+        ids = torch.tensor([[*prompt, *response]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+        total = 0.0
+        for t in range(len(prompt), ids.shape[1]):
+            total += float(logp[t - 1, ids[0, t]])
+        out.append(total)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_summed_logps_equal_per_token_loop(tiny_model, text_examples):
+    batch = collate_sft(text_examples, pad_id=0)
+    with torch.no_grad():
+        logp, n = response_logps(
+            tiny_model, batch.input_ids, batch.attention_mask, batch.response_mask
+        )
+    expected = loop_logps(tiny_model, [(e.prompt, e.chosen) for e in text_examples])
+    torch.testing.assert_close(logp.double(), expected, atol=1e-4, rtol=1e-5)
+    assert n.tolist() == [len(e.chosen) for e in text_examples]
+    assert logp.dtype == torch.float32
+
+
+def test_concatenated_forward_equals_two_forwards(tiny_model, text_examples):
+    pol = perturbed(tiny_model)
+    batch = collate_pairs(text_examples, pad_id=0)
+    with torch.no_grad():
+        both = concatenated_logps(pol, batch.input_ids, batch.attention_mask, batch.response_mask)
+        chosen = collate_sft(text_examples, 0)
+        rej_examples = [Example(e.prompt, e.rejected, e.chosen, e.row) for e in text_examples]
+        rejected = collate_sft(rej_examples, 0)
+        c, nc = response_logps(pol, chosen.input_ids, chosen.attention_mask, chosen.response_mask)
+        r, nr = response_logps(
+            pol, rejected.input_ids, rejected.attention_mask, rejected.response_mask
+        )
+    torch.testing.assert_close(both.chosen, c, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both.rejected, r, atol=1e-5, rtol=1e-5)
+    assert both.len_chosen.tolist() == nc.tolist() and both.len_rejected.tolist() == nr.tolist()
+
+
+def test_padding_does_not_change_logps(tiny_model, text_examples):
+    batch = collate_sft(text_examples, pad_id=0)
+    extra = 7  # more right-padding, filled with a token that is not the pad id
+    ids = torch.cat([batch.input_ids, torch.full((len(text_examples), extra), 5)], dim=1)
+    att = torch.cat(
+        [batch.attention_mask, torch.zeros(len(text_examples), extra, dtype=torch.long)], 1
+    )
+    resp = torch.cat(
+        [batch.response_mask, torch.zeros(len(text_examples), extra, dtype=torch.bool)], 1
+    )
+    with torch.no_grad():
+        a, _ = response_logps(
+            tiny_model, batch.input_ids, batch.attention_mask, batch.response_mask
+        )
+        b, _ = response_logps(tiny_model, ids, att, resp)
+        alone = [
+            response_logps(
+                tiny_model,
+                *(
+                    t[i : i + 1, : len(e.prompt) + len(e.chosen)]
+                    for t in (batch.input_ids, batch.attention_mask, batch.response_mask)
+                ),
+            )[0]
+            for i, e in enumerate(text_examples)
+        ]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a, torch.cat(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_truncating_a_response_keeps_the_logps_of_its_kept_tokens(tiny_model):
+    # A causal model scores token t from tokens < t, so cutting the response's tail leaves the
+    # kept tokens' log-probs unchanged: logp(y[:k]) = Σ_{t<k} of the full sequence's terms.
+    prompt, response = (3, 17, 42), (9, 100, 7, 55, 201, 13)
+    full = loop_logps(tiny_model, [(prompt, response)])
+    for k in range(1, len(response) + 1):
+        b = collate_sft([Example(prompt, response[:k], (1,), 1)], 0)
+        with torch.no_grad():
+            cut, _ = response_logps(tiny_model, b.input_ids, b.attention_mask, b.response_mask)
+        parts = loop_logps(tiny_model, [(prompt, response[:k])])
+        torch.testing.assert_close(cut.double(), parts, atol=1e-4, rtol=1e-5)
+    assert float(parts) == pytest.approx(float(full), abs=1e-4)
+
+
+def test_mean_form_is_sum_over_length():
+    pl = PairLogps(
+        torch.tensor([-6.0, -2.0]),
+        torch.tensor([-3.0, -9.0]),
+        torch.tensor([3, 1]),
+        torch.tensor([1, 3]),
+    )
+    c, r = pl.form("mean")
+    assert c.tolist() == [-2.0, -2.0] and r.tolist() == [-3.0, -3.0]
+    assert pl.form("sum")[0] is pl.chosen
+    with pytest.raises(ValueError, match="logp_form"):
+        pl.form("max")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_reference_is_close_and_returns_float32(dtype, text_examples, tokenizer):
+    model = build_model("tiny", seed=0, vocab_size=len(tokenizer))
+    half = build_model("tiny", seed=0, vocab_size=len(tokenizer), dtype=dtype)
+    b = collate_pairs(text_examples, 0)
+    with torch.no_grad():
+        full = concatenated_logps(model, b.input_ids, b.attention_mask, b.response_mask)
+        low = concatenated_logps(half, b.input_ids, b.attention_mask, b.response_mask)
+    assert low.chosen.dtype == torch.float32
+    # bf16 keeps 8 mantissa bits: per-token errors ~1e-2 on log-probs of size ~5.
+    torch.testing.assert_close(low.chosen, full.chosen, atol=0.3, rtol=0.05)
+
+
+def test_response_mask_checks(tiny_model):
+    ids = torch.tensor([[1, 2, 3]])
+    att = torch.ones_like(ids)
+    with pytest.raises(ValueError, match="position 0"):
+        response_logps(tiny_model, ids, att, torch.tensor([[True, True, False]]))
+    with pytest.raises(ValueError, match="padding"):
+        response_logps(
+            tiny_model, ids, torch.tensor([[1, 1, 0]]), torch.tensor([[False, True, True]])
+        )
+    with pytest.raises(ValueError, match="one \\(N, T\\) shape"):
+        response_logps(tiny_model, ids, att[:, :2], torch.tensor([[False, True, True]]))
+    with pytest.raises(ValueError, match="2B rows"):
+        concatenated_logps(tiny_model, ids, att, torch.tensor([[False, True, True]]))
