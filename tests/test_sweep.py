@@ -67,7 +67,7 @@ def _reference_table(tmp_path, config):
     return (folder / "metrics.csv").read_bytes()
 
 
-KILL = replace(SMALL, depth=(3,), pairs=(1,), steps=300, log_every=50, chunk_runs=1)
+KILL = replace(SMALL, depth=(3,), pairs=(1,), steps=400, log_every=50, chunk_runs=1)
 
 
 def test_a_killed_sweep_resumes_to_the_identical_table(tmp_path):
@@ -75,7 +75,7 @@ def test_a_killed_sweep_resumes_to_the_identical_table(tmp_path):
     out = tmp_path / "killed"
     args = [
         *("--objectives", *KILL.objectives, "--betas", *map(str, KILL.betas)),
-        *("--seeds", *KILL.seeds, "--branching", "2", "--depth", "3", "--steps", "300"),
+        *("--seeds", *KILL.seeds, "--branching", "2", "--depth", "3", "--steps", "400"),
         *("--log-every", "50", "--sft-steps", "10", "--chunk-runs", "1", "--no-progress"),
         *("--out", str(out)),
     ]
@@ -89,7 +89,7 @@ def test_a_killed_sweep_resumes_to_the_identical_table(tmp_path):
     deadline = time.monotonic() + 120
     while not list(out.glob("*/parts/*.pkl")) and time.monotonic() < deadline:
         time.sleep(0.02)  # wait for the first finished chunk, then kill at a random point
-    delay = random.uniform(0.0, 0.4)
+    delay = random.uniform(0.0, 0.2)
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
