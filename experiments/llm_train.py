@@ -14,12 +14,11 @@ defaults (RMSProp, lr 5e-7, 150 warm-up steps, batch 128, clip 10, one epoch, fp
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from llm.train import (
 )
 from llm.tree_language import tree_examples, tree_tokenizer
 from treemdp import objectives
+from treemdp.cli import arg, run
 from treemdp.tree import Tree
 
 
@@ -51,102 +51,90 @@ from treemdp.tree import Tree
 class Config:
     """One llm training run (SFT or DAA)."""
 
-    stage: str = "daa"  # sft (NLL of the chosen / sampled responses) or daa (a registry objective)
-    objective: str = "dpo"  # registry objective for --stage daa (treemdp.objectives.names())
-    beta: float = 0.1  # β of the objective
-    alpha: float = 0.01  # length weight α, used only by objectives that take it (rdpo)
-    model: str = "tiny"  # Pythia shape (random weights), hub name, or local folder
-    reference: str = ""  # reference model (hub name or folder); empty: a frozen copy of --model
-    policy_dtype: str = "fp32"  # dtype of the trained policy: fp32, bf16 or fp16
-    reference_dtype: str = "fp16"  # dtype of the frozen reference: fp16, bf16 or fp32
-    device: str = "auto"  # cpu, cuda, or auto (cuda when available; cuda:LOCAL_RANK under torchrun)
-    seed: int = 0  # model initialisation (named shapes), data order and sampling
-    source: str = "tree"  # preference data: tree (treemdp problem), jsonl (local file), tldr (hub)
-    data: str = ""  # JSONL file with prompt/chosen/rejected (for --source jsonl)
-    tldr_dataset: str = "openai/summarize_from_feedback"  # hub dataset for --source tldr
-    tldr_config: str = "comparisons"  # its config name ('' for none)
-    split: str = "train"  # its split
-    limit: int = 0  # use only the first N rows (0: all)
-    tokenizer: str = ""  # hub name, folder or 'byte'; empty: the model's (byte for named shapes)
-    tree_branching: int = 3  # actions per state of the tree language
-    tree_depth: int = 3  # depth of the complete tree (responses have this many tokens)
-    tree_pairs: str = "0>1"  # preference pairs as chosen>rejected response indices, comma-separated
-    max_length: int = 512  # max prompt+response tokens (DPO code truncation)
-    max_prompt_length: int = 256  # prompt tokens kept when truncating
-    truncation_mode: str = "keep_start"  # keep_start or keep_end of a truncated prompt
-    on_bad_row: str = "error"  # error (stop at the first bad row) or skip (drop and count)
-    sft_source: str = "chosen"  # SFT targets: chosen responses, or samples of --sample-model
-    sample_model: str = ""  # policy whose samples are the SFT targets (--sft-source samples)
-    sample_max_new_tokens: int = 64  # sample length limit
-    precompute_reference: bool = False  # compute reference log-probs once for the whole dataset
-    lr: float = 5e-7  # RMSProp learning rate (paper preset)
-    warmup_steps: int = 150  # linear warm-up steps
-    batch_size: int = 128  # pairs per optimizer step, over all processes
-    micro_batch_size: int = 8  # pairs per forward per process (gradient accumulation)
-    max_grad_norm: float = 10.0  # gradient-norm clip
-    epochs: float = 1.0  # passes over the data
-    checkpoint_every: int = 19_968  # examples between checkpoints (0: final only)
-    log_every: int = 1  # steps between log rows
-    out: str = "results/llm"  # parent folder of the run folder
-    run_name: str = ""  # run folder name; empty: derived from the config
-    resume: bool = False  # continue from the run folder's latest checkpoint
-    progress: bool = True  # show progress bars
-
-
-CHOICES = {
-    "stage": ("sft", "daa"),
-    "source": ("tree", "jsonl", "tldr"),
-    "truncation_mode": ("keep_start", "keep_end"),
-    "on_bad_row": ("error", "skip"),
-    "sft_source": ("chosen", "samples"),
-    "policy_dtype": ("fp32", "bf16", "fp16"),
-    "reference_dtype": ("fp16", "bf16", "fp32"),
-}
-
-
-# ------------------------------------------------------------- dataclass → argparse (local)
-def _field_help(cls: type) -> dict[str, str]:
-    """The one-line comment after each field, read from the class source."""
-    import inspect
-
-    out = {}
-    for line in inspect.getsource(cls).splitlines():
-        name, _, rest = line.strip().partition(":")
-        if "#" in rest and name.isidentifier():
-            out[name] = rest.split("#", 1)[1].strip()
-    return out
-
-
-def build_parser(cls: type = Config) -> argparse.ArgumentParser:
-    """Flags ``--field-name`` for every field of ``cls``, with its comment and default as help."""
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    stage: str = arg(
+        "daa",
+        "sft (NLL of the chosen / sampled responses) or daa (a registry objective)",
+        choices=("sft", "daa"),
     )
-    helps = _field_help(cls)
-    objectives_help = ", ".join(objectives.names())
-    for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"default": f.default, "help": helps.get(f.name, "")}
-        if f.name == "objective":
-            kwargs["choices"] = objectives.names()
-            kwargs["help"] += f" [{objectives_help}]"
-        if f.name in CHOICES:
-            kwargs["choices"] = CHOICES[f.name]
-        if f.type in (bool, "bool"):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
-            kwargs["metavar"] = f.name.upper()
-        parser.add_argument(flag, **kwargs)
-    return parser
-
-
-def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.ArgumentParser]:
-    """A Config from command-line flags."""
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    return Config(**vars(ns)), parser
+    objective: str = arg(
+        "dpo",
+        "registry objective for --stage daa (treemdp.objectives.names())",
+        choices=tuple(objectives.names()),
+    )
+    beta: float = arg(0.1, "β of the objective", exclusive_minimum=0)
+    alpha: float = arg(0.01, "length weight α, used only by objectives that take it (rdpo)")
+    model: str = arg("tiny", "Pythia shape (random weights), hub name, or local folder")
+    reference: str = arg(
+        "", "reference model (hub name or folder); empty: a frozen copy of --model"
+    )
+    policy_dtype: str = arg(
+        "fp32", "dtype of the trained policy: fp32, bf16 or fp16", choices=("fp32", "bf16", "fp16")
+    )
+    reference_dtype: str = arg(
+        "fp16",
+        "dtype of the frozen reference: fp16, bf16 or fp32",
+        choices=("fp16", "bf16", "fp32"),
+    )
+    device: str = arg(
+        "auto", "cpu, cuda, or auto (cuda when available; cuda:LOCAL_RANK under torchrun)"
+    )
+    seed: int = arg(0, "model initialisation (named shapes), data order and sampling")
+    source: str = arg(
+        "tree",
+        "preference data: tree (treemdp problem), jsonl (local file), tldr (hub)",
+        choices=("tree", "jsonl", "tldr"),
+    )
+    data: str = arg("", "JSONL file with prompt/chosen/rejected (for --source jsonl)")
+    tldr_dataset: str = arg("openai/summarize_from_feedback", "hub dataset for --source tldr")
+    tldr_config: str = arg("comparisons", "its config name ('' for none)")
+    split: str = arg("train", "its split")
+    limit: int = arg(0, "use only the first N rows (0: all)", minimum=0)
+    tokenizer: str = arg(
+        "", "hub name, folder or 'byte'; empty: the model's (byte for named shapes)"
+    )
+    tree_branching: int = arg(3, "actions per state of the tree language", minimum=2)
+    tree_depth: int = arg(
+        3, "depth of the complete tree (responses have this many tokens)", minimum=1
+    )
+    tree_pairs: str = arg(
+        "0>1", "preference pairs as chosen>rejected response indices, comma-separated"
+    )
+    max_length: int = arg(512, "max prompt+response tokens (DPO code truncation)", minimum=1)
+    max_prompt_length: int = arg(256, "prompt tokens kept when truncating", minimum=1)
+    truncation_mode: str = arg(
+        "keep_start",
+        "keep_start or keep_end of a truncated prompt",
+        choices=("keep_start", "keep_end"),
+    )
+    on_bad_row: str = arg(
+        "error",
+        "error (stop at the first bad row) or skip (drop and count)",
+        choices=("error", "skip"),
+    )
+    sft_source: str = arg(
+        "chosen",
+        "SFT targets: chosen responses, or samples of --sample-model",
+        choices=("chosen", "samples"),
+    )
+    sample_model: str = arg("", "policy whose samples are the SFT targets (--sft-source samples)")
+    sample_max_new_tokens: int = arg(64, "sample length limit", minimum=1)
+    precompute_reference: bool = arg(
+        False, "compute reference log-probs once for the whole dataset"
+    )
+    lr: float = arg(5e-7, "RMSProp learning rate (paper preset)", exclusive_minimum=0)
+    warmup_steps: int = arg(150, "linear warm-up steps", minimum=0)
+    batch_size: int = arg(128, "pairs per optimizer step, over all processes", minimum=1)
+    micro_batch_size: int = arg(
+        8, "pairs per forward per process (gradient accumulation)", minimum=1
+    )
+    max_grad_norm: float = arg(10.0, "gradient-norm clip", exclusive_minimum=0)
+    epochs: float = arg(1.0, "passes over the data", exclusive_minimum=0)
+    checkpoint_every: int = arg(19_968, "examples between checkpoints (0: final only)", minimum=0)
+    log_every: int = arg(1, "steps between log rows", minimum=1)
+    out: str = arg("results/llm", "parent folder of the run folder")
+    run_name: str = arg("", "run folder name; empty: derived from the config")
+    resume: bool = arg(False, "continue from the run folder's latest checkpoint")
+    progress: bool = arg(True, "show progress bars")
 
 
 # ---------------------------------------------------------------------------------- setup
@@ -204,8 +192,12 @@ def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
     return examples, tokenizer, skipped
 
 
-def main(cfg: Config, parser: argparse.ArgumentParser | None = None) -> Path:
-    """Run one training stage; returns the final checkpoint folder."""
+def main(cfg: Config) -> Path:
+    """Run one training stage; returns the final checkpoint folder.
+
+    Raises ValueError (exit 2 with one line from the command line) for a user mistake: bad flags,
+    bad rows, a missing model folder or an uninstalled optional package.
+    """
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = _device(cfg)
     if distributed and not dist.is_initialized():
@@ -238,10 +230,8 @@ def main(cfg: Config, parser: argparse.ArgumentParser | None = None) -> Path:
             reference.requires_grad_(False)
         if cfg.stage == "sft" and cfg.sft_source == "samples" and not cfg.sample_model:
             raise ValueError("--sample-model must name a model for --sft-source samples")
-    except (ValueError, ModuleNotFoundError, OSError) as err:
-        if parser is None:
-            raise
-        parser.error(str(err).splitlines()[0])
+    except (ModuleNotFoundError, OSError) as err:
+        raise ValueError(str(err).splitlines()[0]) from None
     out_dir = run_dir(cfg)
     if rank == 0:
         print(f"data: {len(examples)} pairs; skipped {len(skipped)} bad rows", file=sys.stderr)
@@ -299,5 +289,4 @@ def main(cfg: Config, parser: argparse.ArgumentParser | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    config, arg_parser = parse_config()
-    main(config, arg_parser)
+    run(Config, main, description=__doc__)

@@ -118,7 +118,7 @@ sft_loss = SFTLoss()
 
 @dataclass(frozen=True)
 class DAALoss:
-    """A registry objective on summed (or per-token mean) response log-probs.
+    """A registry objective on summed response log-probs (``treemdp.objectives.loss``).
 
     Attributes:
         objective: a name in ``treemdp.objectives.names()``.
@@ -139,8 +139,7 @@ class DAALoss:
     def __post_init__(self) -> None:
         entry = objectives.get(self.objective)
         objectives.check_beta(self.beta)
-        lengths = {"len_chosen", "len_rejected"} & set(entry.hyper)
-        objectives.resolve_hyper(entry, {**self.hyper, **dict.fromkeys(lengths, 0)})
+        objectives.check_user_hyper(self.objective, self.hyper)
         if entry.needs_reference and self.reference is None and self.ref_table is None:
             raise ValueError(f"objective {self.objective!r} needs a reference model or ref_table")
 
@@ -178,12 +177,20 @@ class DAALoss:
         entry = objectives.get(self.objective)
         pol = concatenated_logps(policy, batch.input_ids, batch.attention_mask, batch.response_mask)
         ref = self.reference_logps(batch, index, pol)
-        pc, pr = pol.form(entry.logp_form)
+        # The registry takes summed log-probs; "mean" entries divide by the lengths themselves.
+        lengths = objectives.length_hyper(self.objective, pol.len_chosen, pol.len_rejected)
+        losses = objectives.loss(
+            self.objective,
+            pol.chosen,
+            pol.rejected,
+            ref.chosen,
+            ref.rejected,
+            beta=self.beta,
+            **self.hyper,
+            **lengths,
+        )
+        pc, pr = pol.form(entry.logp_form)  # implicit rewards in the entry's own log-prob form
         rc, rr = ref.form(entry.logp_form)
-        hyper = dict(self.hyper)
-        if "len_chosen" in entry.hyper:
-            hyper |= {"len_chosen": pol.len_chosen, "len_rejected": pol.len_rejected}
-        losses = objectives.loss(self.objective, pc, pr, rc, rr, beta=self.beta, **hyper)
         with torch.no_grad():
             reward_c = self.beta * (pc - rc)
             reward_r = self.beta * (pr - rr)

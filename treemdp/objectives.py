@@ -48,7 +48,9 @@ __all__ = [
     "REQUIRED",
     "Margins",
     "Objective",
+    "check_user_hyper",
     "get",
+    "length_hyper",
     "loss",
     "markdown_table",
     "names",
@@ -485,6 +487,26 @@ REGISTRY: dict[str, Objective] = {
         ),
     ]
 }
+
+
+LENGTH_KEYS = ("len_chosen", "len_rejected")
+"""Hyperparameters that callers fill from the data (response lengths), not from the user."""
+
+
+def length_hyper(name: str, len_chosen: Any, len_rejected: Any) -> dict[str, Any]:
+    """The response lengths that objective ``name`` declares, ready to pass as ``**hyper``.
+
+    Training code calls this for every objective; only the keys the entry takes come back, so
+    nothing branches on the name. Shapes as the log-probs.
+    """
+    values = {"len_chosen": len_chosen, "len_rejected": len_rejected}
+    return {k: v for k, v in values.items() if k in get(name).hyper}
+
+
+def check_user_hyper(name: str, hyper: Mapping[str, Any]) -> None:
+    """Check user hyperparameters for ``name`` as ``loss`` would, with the lengths stood in."""
+    entry = get(name)
+    resolve_hyper(entry, {**hyper, **dict.fromkeys(set(LENGTH_KEYS) & set(entry.hyper), 0)})
 
 
 def names() -> list[str]:

@@ -119,14 +119,10 @@ def _check_specs(specs: Sequence[RunSpec], n_runs: int) -> None:
     if len(specs) != n_runs:
         raise ValueError(f"specs must hold one RunSpec per run ({n_runs}); got {len(specs)}")
     for s in specs:
-        entry = objectives.get(s.objective)
         objectives.check_beta(s.beta)
         if not s.lr > 0:
             raise ValueError(f"lr must be > 0; got {s.lr}")
-        data_keys = {"len_chosen", "len_rejected"}
-        objectives.resolve_hyper(
-            entry, {**dict(s.hyper), **{k: 0 for k in data_keys & set(entry.hyper)}}
-        )
+        objectives.check_user_hyper(s.objective, dict(s.hyper))
 
 
 _threads_for = threads_for  # the old private name, kept for callers that used it
@@ -250,7 +246,7 @@ def _train(
         ref_pair = pair_logprobs(policy.theta0)
     ref_c, ref_r = ref_pair[:, :n_pairs], ref_pair[:, n_pairs:]
     lengths = problem.tree.response_length.to(ref_logp.dtype)
-    data_hyper = {"len_chosen": lengths[pairs.chosen], "len_rejected": lengths[pairs.rejected]}
+    len_c, len_r = lengths[pairs.chosen], lengths[pairs.rejected]
     betas = torch.tensor([s.beta for s in specs], dtype=ref_logp.dtype).unsqueeze(1)
     groups: dict[tuple[str, tuple], list[int]] = {}
     for i, s in enumerate(specs):
@@ -263,7 +259,7 @@ def _train(
         sel: slice | Tensor = torch.tensor(idx)
         if idx == list(range(idx[0], idx[-1] + 1)):
             sel = slice(idx[0], idx[-1] + 1)
-        extra = {k: v[sel] for k, v in data_hyper.items() if k in entry.hyper}
+        extra = objectives.length_hyper(name, len_c[sel], len_r[sel])
         kwargs = objectives.resolve_hyper(entry, {**dict(hyper), **extra})
         objectives.check_beta(betas[sel])
         group_index.append((entry, kwargs, sel))

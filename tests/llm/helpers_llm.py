@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import torch
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,12 +25,7 @@ def perturbed(model, seed: int = 1, scale: float = 0.05):
 
 def load_cli():
     """experiments/llm_train.py as a module (experiments is not a package)."""
-    path = ROOT / "experiments" / "llm_train.py"
-    spec = importlib.util.spec_from_file_location("llm_train_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("llm_train_cli", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/llm_train.py")
 
 
 def subprocess_env() -> dict[str, str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_llm import perturbed
 
 from llm.data import Example, collate_pairs, collate_sft
 from llm.logprobs import PairLogps, concatenated_logps, response_logps
 from llm.model import build_model
+from tests.llm.helpers_llm import perturbed
 
 
 def loop_logps(model, example_rows):

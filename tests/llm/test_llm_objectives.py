@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from helpers_llm import perturbed
 
 from llm.data import collate_pairs
 from llm.logprobs import concatenated_logps
 from llm.train import DAALoss, TrainConfig, precompute_reference, read_log, sft_loss, train
+from tests.llm.helpers_llm import perturbed
 from treemdp import objectives
 
 HYPER = {"rdpo": {"alpha": 0.3}}
@@ -28,11 +28,23 @@ def test_training_loss_equals_the_registry_loss(name, tiny_model, text_examples)
         pol = concatenated_logps(policy, b.input_ids, b.attention_mask, b.response_mask)
         ref = concatenated_logps(tiny_model, b.input_ids, b.attention_mask, b.response_mask)
     form = objectives.get(name).logp_form
-    extra = {"len_chosen": pol.len_chosen, "len_rejected": pol.len_rejected}
-    hyper = {**HYPER.get(name, {}), **(extra if "len_chosen" in objectives.get(name).hyper else {})}
-    expected = objectives.loss(name, *pol.form(form), *ref.form(form), beta=0.5, **hyper)
+    lengths = {"len_chosen": pol.len_chosen, "len_rejected": pol.len_rejected}
+    hyper = {k: v for k, v in lengths.items() if k in objectives.get(name).hyper}
+    # The registry takes summed log-probs and response lengths (it forms per-token means itself).
+    expected = objectives.loss(
+        name,
+        pol.chosen,
+        pol.rejected,
+        ref.chosen,
+        ref.rejected,
+        beta=0.5,
+        **HYPER.get(name, {}),
+        **hyper,
+    )
     torch.testing.assert_close(loss_sum.detach(), expected.sum(), atol=1e-5, rtol=1e-6)
-    rc = 0.5 * (pol.form(form)[0] - ref.form(form)[0])
+    # Implicit reward β(log π − log π_ref) in the entry's form; no π_ref for reference-free ones.
+    needs_ref = objectives.get(name).needs_reference
+    rc = 0.5 * (pol.form(form)[0] - (ref.form(form)[0] if needs_ref else 0))
     torch.testing.assert_close(metrics["rewards_chosen"], rc.sum(), atol=1e-5, rtol=1e-6)
     assert loss_sum.requires_grad
 
