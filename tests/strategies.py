@@ -117,3 +117,25 @@ stop_trees = st.builds(lambda b, d: Tree.with_stop(b, d), st.integers(2, 3), st.
 """Trees whose responses differ in length (action 0 ends a response)."""
 
 explained_shares = st.floats(0.0, 1.0, allow_nan=False)
+
+
+# ------------------------------------------------------------------ rewards and responses
+
+
+@st.composite
+def tied_rewards(draw, n: int, *, n_runs: int = 2) -> torch.Tensor:
+    """Gold rewards of shape (n_runs, n) drawn from a few values, so that many responses tie."""
+    levels = draw(st.lists(st.integers(-3, 3), min_size=n * n_runs, max_size=n * n_runs))
+    return torch.tensor(levels, dtype=torch.float64).view(n_runs, n) / 2
+
+
+@st.composite
+def response_indices(draw, tree: Tree, *, n_runs: int = 2, max_size: int = 6) -> torch.Tensor:
+    """Response (leaf) indices of shape (n_runs, S), repeats allowed."""
+    size = draw(st.integers(1, max_size))
+    values = draw(
+        st.lists(
+            st.integers(0, tree.n_responses - 1), min_size=size * n_runs, max_size=size * n_runs
+        )
+    )
+    return torch.tensor(values).view(n_runs, size)

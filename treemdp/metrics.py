@@ -40,6 +40,7 @@ __all__ = [
     "metrics",
     "weighted_r2",
     "win_rate",
+    "win_weights",
 ]
 
 METRICS = (
@@ -123,36 +124,67 @@ def kl_divergence(tree: Tree, logp: Tensor, logq: Tensor) -> Tensor:
     Returns:
         Shape (R,).
     """
-    terms = torch.exp(logp) * (logp - logq)
-    terms = torch.where(torch.isneginf(logp), torch.zeros_like(terms), terms)
-    return terms.sum(-1) / tree.n_prompts
+    return _kl(torch.exp(logp), logp, logq) / tree.n_prompts
 
 
-def win_rate(ctx: MetricContext, logp: Tensor, ref_logp: Tensor) -> Tensor:
+def _kl(p: Tensor, logp: Tensor, logq: Tensor) -> Tensor:
+    """Σ_y p (log p − log q) with 0·log 0 = 0, given p = exp(log p) already. Shape (R,)."""
+    terms = p * (logp - logq)
+    return torch.where(torch.isneginf(logp), 0.0, terms).sum(-1)
+
+
+def win_weights(ctx: MetricContext, ref_logp: Tensor) -> Tensor:
+    """Each response's chance to beat the reference: w(y) = P_{y'~π_ref}[r(y') < r(y)] +
+    ½ P[r(y') = r(y)], y' answering y's prompt.
+
+    The win rate of any π is then Σ_y π(y) w(y) (averaged over prompts). Uses the precomputed
+    sort: the reference mass strictly below and tied with each response are differences of one
+    cumulative sum over tie groups. O(L); no (L × L) matrix. Training computes it once per run,
+    since π_ref does not change.
+
+    Args:
+        ctx: metric context (rewards and their ranking).
+        ref_logp: log π_ref(y|x). Shape (R, L).
+
+    Returns:
+        Weights in [0, 1], in response order. Shape (R, L).
+    """
+    q = torch.exp(ref_logp).gather(1, ctx.order)
+    tied = torch.zeros_like(q).scatter_add_(1, ctx.group, q)  # reference mass per tie group
+    below = torch.cumsum(tied, dim=1) - tied  # mass of all earlier groups (across prompts)
+    less = below.gather(1, ctx.group) - below.gather(1, ctx.first_group)
+    sorted_weights = less + 0.5 * tied.gather(1, ctx.group)
+    return torch.empty_like(sorted_weights).scatter_(1, ctx.order, sorted_weights)
+
+
+def win_rate(
+    ctx: MetricContext, logp: Tensor, ref_logp: Tensor, *, weights: Tensor | None = None
+) -> Tensor:
     """P[y ~ π beats y' ~ π_ref] under the gold reward, ties ½, averaged over prompts.
 
-    Uses the precomputed sort: for each response, the reference mass strictly below it and tied
-    with it within its prompt are differences of one cumulative sum over tie groups. O(L).
+    Σ_y π(y) w(y) with w from ``win_weights`` (sorting-based, O(L)).
 
     Args:
         ctx: metric context (rewards and their ranking).
         logp: log π(y|x). Shape (R, L).
         ref_logp: log π_ref(y|x). Shape (R, L).
+        weights: ``win_weights(ctx, ref_logp)`` if already computed. Shape (R, L).
 
     Returns:
         Shape (R,).
     """
-    p = torch.exp(logp).gather(1, ctx.order)
-    q = torch.exp(ref_logp).gather(1, ctx.order)
-    tied = torch.zeros_like(q).scatter_add_(1, ctx.group, q)  # reference mass per tie group
-    below = torch.cumsum(tied, dim=1) - tied  # mass of all earlier groups (across prompts)
-    less = below.gather(1, ctx.group) - below.gather(1, ctx.first_group)
-    equal = tied.gather(1, ctx.group)
-    return (p * (less + 0.5 * equal)).sum(-1) / ctx.tree.n_prompts
+    w = win_weights(ctx, ref_logp) if weights is None else weights
+    return (torch.exp(logp) * w).sum(-1) / ctx.tree.n_prompts
 
 
 def metrics(
-    ctx: MetricContext, logp: Tensor, ref_logp: Tensor, h: Tensor, loss: Tensor
+    ctx: MetricContext,
+    logp: Tensor,
+    ref_logp: Tensor,
+    h: Tensor,
+    loss: Tensor,
+    *,
+    ref_weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Every metric in ``METRICS`` for a batch of runs.
 
@@ -162,12 +194,17 @@ def metrics(
         ref_logp: log π_ref(y|x) per response. Shape (R, L).
         h: implicit margin of each pair. Shape (R, P).
         loss: per-pair loss. Shape (R, P).
+        ref_weights: ``win_weights(ctx, ref_logp)``, to skip recomputing it each call (it
+            depends on π_ref only). Shape (R, L).
 
     Returns:
         Name → tensor of shape (R,) (``max_ood_response`` is int64).
     """
-    p = torch.exp(logp)
+    p, q = torch.exp(logp), torch.exp(ref_logp)  # each exponentiated once
     w = 1.0 / ctx.tree.n_prompts
+    if ref_weights is None:
+        ref_weights = win_weights(ctx, ref_logp)
+    n = ctx.tree.n_prompts
     in_dist_mass = (p * ctx.in_dist).sum(-1) * w
     # Summed directly, not as 1 − in_dist_mass, so a tiny OOD mass keeps its digits.
     ood_mass = (p * ~ctx.in_dist).sum(-1) * w
@@ -181,10 +218,10 @@ def metrics(
         "mass_ood": ood_mass,
         "max_ood": max_ood.clamp(min=0.0),
         "max_ood_response": torch.where(none, -1, max_ood_response),
-        "kl_reverse": kl_divergence(ctx.tree, logp, ref_logp),
-        "kl_forward": kl_divergence(ctx.tree, ref_logp, logp),
+        "kl_reverse": _kl(p, logp, ref_logp) / n,
+        "kl_forward": _kl(q, ref_logp, logp) / n,
         "gold_reward": (p * ctx.rewards).sum(-1) * w,
-        "win_rate": win_rate(ctx, logp, ref_logp),
+        "win_rate": (p * ref_weights).sum(-1) / n,
         "reward_accuracy": (h > 0).to(logp.dtype).mean(-1),
         "loss": loss.mean(-1),
     }

@@ -18,6 +18,7 @@ A ``Policy`` is a family plus an optional fixed offset (``base_logits``); its pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +39,7 @@ __all__ = [
     "node_logprobs",
     "one_hot_features",
     "response_logprobs",
+    "response_paths",
     "subtree_log_mass",
 ]
 
@@ -68,6 +70,11 @@ def conditional_logprobs(tree: Tree, logits: Tensor) -> Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
+def _is_full(tree: Tree) -> bool:
+    """Every internal node has all b children and every leaf lies on the last level."""
+    return tree.is_complete and tree.level_offsets[-2] == tree.n_nodes - tree.n_responses
+
+
 def node_logprobs(tree: Tree, cond: Tensor) -> Tensor:
     """log P(reach node) for every node: the sum of log-conditionals along its path.
 
@@ -79,10 +86,51 @@ def node_logprobs(tree: Tree, cond: Tensor) -> Tensor:
         Log-probabilities of reaching each node from its root (0 at roots). Shape (R, N).
     """
     flat = cond.reshape(cond.shape[0], -1)
-    levels = [flat.new_zeros(flat.shape[0], tree.level_offsets[1])]
+    R = flat.shape[0]
+    levels = [flat.new_zeros(R, tree.level_offsets[1])]
+    if _is_full(tree):
+        # Full b-ary forest: internal nodes are 0 … M−1 in level order, so the children of level
+        # d−1 are level d in (parent, action) order and node i's edge is i − n_prompts. Each level
+        # is a broadcast add of contiguous slices: the same additions as the gather below, with
+        # no index tensors and a backward without scatter.
+        b, n_roots = tree.branching, tree.level_offsets[1]
+        for d in range(1, tree.max_depth + 1):
+            lo, hi = tree.level_offsets[d] - n_roots, tree.level_offsets[d + 1] - n_roots
+            step = flat[:, lo:hi].view(R, -1, b) + levels[-1].unsqueeze(-1)
+            levels.append(step.reshape(R, -1))
+        return torch.cat(levels, dim=1)
     for _, _, parent_pos, edge in tree.levels:
         levels.append(levels[-1][:, parent_pos] + flat[:, edge])
     return torch.cat(levels, dim=1)
+
+
+def response_paths(tree: Tree, responses: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The (internal node, action) steps of the root-to-leaf path of each given response.
+
+    Args:
+        tree: the tree.
+        responses: response (leaf) indices in [0, L). Shape (...,).
+
+    Returns:
+        ``rows`` (internal-node index of each step, 0 where padded), ``actions`` (0 where
+        padded) and ``mask`` (True on real steps; responses shorter than the deepest leaf are
+        padded at the end). Shapes (..., D), D = ``tree.max_depth``; steps run root to leaf.
+    """
+    node = tree.leaves[responses]
+    rows, actions = [], []
+    for _ in range(tree.max_depth):  # walk up: one whole-tensor step per level
+        parent = tree.parent[node]
+        rows.append(tree.internal_index[parent.clamp(min=0)].clamp(min=0))
+        actions.append(tree.action[node].clamp(min=0))
+        node = torch.where(parent >= 0, parent, node)
+    rows_t, actions_t = torch.stack(rows, -1), torch.stack(actions, -1)
+    length = tree.depth[tree.leaves[responses]].unsqueeze(-1)
+    # Step t of the upward walk is step length − 1 − t of the root-to-leaf path.
+    src = (length - 1 - torch.arange(tree.max_depth)).clamp(min=0)
+    mask = torch.arange(tree.max_depth) < length
+    rows_t = torch.where(mask, rows_t.gather(-1, src), 0)
+    actions_t = torch.where(mask, actions_t.gather(-1, src), 0)
+    return rows_t, actions_t, mask
 
 
 def response_logprobs(tree: Tree, logits: Tensor) -> Tensor:
@@ -165,6 +213,26 @@ class Family(Protocol):
         ...
 
 
+def _rows_of(table: Tensor, rows: Tensor) -> Tensor:
+    """``table[r, rows[r, ...]]`` for a per-run table. Shapes (R, M, ...) and (R, ...)."""
+    flat = rows.reshape(rows.shape[0], -1)
+    out = table[torch.arange(table.shape[0]).unsqueeze(1), flat]
+    return out.reshape(*rows.shape, *table.shape[2:])
+
+
+def _bind(family: Family, rows: Tensor) -> Callable[[Tensor], Tensor]:
+    """θ ↦ logits of internal nodes ``rows`` (R, ...) only, shape (R, ..., b).
+
+    Families may define ``bind(rows)`` that gathers what does not depend on θ once (features
+    of the rows), so that each call costs O(rows); otherwise every logit is computed and the
+    rows picked out (same values, O(M) per call).
+    """
+    bind = getattr(family, "bind", None)
+    if bind is not None:
+        return bind(rows)
+    return lambda theta: _rows_of(family.logits(theta), rows)
+
+
 @dataclass(frozen=True, eq=False)
 class Tabular:
     """One free logit per (internal node, action)."""
@@ -177,6 +245,10 @@ class Tabular:
     def logits(self, theta: Tensor) -> Tensor:
         """Shape (R, M, b) → (R, M, b): the parameters are the logits."""
         return theta
+
+    def bind(self, rows: Tensor) -> Callable[[Tensor], Tensor]:
+        """θ ↦ logits of internal nodes ``rows``: θ (R, M, b), rows (R, ...) → (R, ..., b)."""
+        return lambda theta: _rows_of(theta, rows)
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,6 +269,20 @@ class LogLinear:
         if self.features.dim() == 3:
             return torch.einsum("mak,rk->rma", self.features, theta)
         return torch.einsum("rmak,rk->rma", self.features, theta)
+
+    def bind(self, rows: Tensor) -> Callable[[Tensor], Tensor]:
+        """θ ↦ logits of internal nodes ``rows``: θ (R, k), rows (R, ...) → (R, ..., b).
+
+        The rows' features are gathered once, shape (R, ..., b, k); each call is one product.
+        """
+        shared = self.features.dim() == 3
+        phi = self.features[rows] if shared else _rows_of(self.features, rows)
+
+        def logits(theta: Tensor) -> Tensor:
+            shape = (theta.shape[0], *([1] * (rows.dim() - 1)), 1, theta.shape[1])
+            return (phi * theta.view(shape)).sum(-1)
+
+        return logits
 
 
 def gaussian_features(
@@ -246,3 +332,46 @@ class Policy:
     def response_logprobs(self, theta: Tensor) -> Tensor:
         """log π_θ(y|x) for every response. Shape (R, *param_shape) → (R, L)."""
         return response_logprobs(self.tree, self.logits(theta))
+
+    def bind(self, responses: Tensor) -> Callable[[Tensor], Tensor]:
+        """θ ↦ log π_θ(y|x) of the given responses only, computed from their paths.
+
+        Everything that does not depend on θ (paths, their features and offsets, masks) is
+        gathered once here; each call then costs O(S·D·b·k) per run, whatever the tree's size.
+        Equal (to rounding) to ``response_logprobs(theta).gather(1, responses)``.
+
+        Args:
+            responses: response indices per run. Shape (R, S).
+
+        Returns:
+            A function from θ of shape (R, *param_shape) to log-probabilities of shape (R, S).
+        """
+        tree = self.tree
+        rows, actions, mask = response_paths(tree, responses)
+        logits_at = _bind(self.family, rows)
+        base = None if self.base_logits is None else _rows_of(self.base_logits, rows)
+        invalid = None if tree.is_complete else ~tree.valid[rows]
+        taken = actions.unsqueeze(-1)
+
+        def logprobs(theta: Tensor) -> Tensor:
+            logits = logits_at(theta)
+            if base is not None:
+                logits = logits + base
+            if invalid is not None:
+                logits = logits.masked_fill(invalid, float("-inf"))
+            cond = torch.log_softmax(logits, dim=-1).gather(-1, taken).squeeze(-1)
+            return torch.where(mask, cond, 0.0).sum(-1)
+
+        return logprobs
+
+    def response_logprobs_at(self, theta: Tensor, responses: Tensor) -> Tensor:
+        """log π_θ(y|x) of the given responses only, from their paths: O(S·D·b) per run.
+
+        Args:
+            theta: parameters. Shape (R, *param_shape).
+            responses: response indices per run. Shape (R, S).
+
+        Returns:
+            Equal (to rounding) to ``response_logprobs(theta).gather(1, responses)``. Shape (R, S).
+        """
+        return self.bind(responses)(theta)

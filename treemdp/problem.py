@@ -27,6 +27,7 @@ from treemdp.policy import (
     response_logprobs,
 )
 from treemdp.rewards import REWARDS, gold_rewards
+from treemdp.threads import threads_for
 from treemdp.tree import Tree
 
 __all__ = ["PAIR_SOURCES", "POLICIES", "REFERENCES", "Problem", "build_problem", "fit_sft"]
@@ -119,10 +120,23 @@ def fit_sft(
     """
     if steps < 0:
         raise ValueError(f"sft_steps must be >= 0; got {steps}")
+    tree = policy.tree
+    per_run = tree.n_nodes  # families without ``bind`` compute every logit each step
+    if hasattr(policy.family, "bind"):
+        per_run = responses.shape[-1] * tree.max_depth * tree.branching
+    with threads_for(policy.n_runs * per_run):
+        return _fit_sft(policy, responses, steps, lr, optimizer)
+
+
+def _fit_sft(
+    policy: Policy, responses: Tensor, steps: int, lr: float, optimizer: str
+) -> tuple[Tensor, dict[str, Tensor]]:
     theta = policy.theta0.detach().clone().requires_grad_(True)
     opt = make_optimizer(optimizer, lr, policy.n_runs)
+    # Only the data's responses enter the likelihood: their paths suffice (O(S·D) a step).
+    data_logprobs = policy.bind(responses)
     for _ in range(steps):
-        nll = -policy.response_logprobs(theta).gather(1, responses).mean(-1).sum()
+        nll = -data_logprobs(theta).mean(-1).sum()
         (grad,) = torch.autograd.grad(nll, theta)
         opt.step(theta, grad)
     with torch.no_grad():

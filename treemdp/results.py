@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -92,9 +93,45 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is corrupt ({e}); delete the folder and rerun") from None
 
 
+_SPECIAL = re.compile(r'[,"\r\n]|^\s|\s$|^$')
+
+
+def _fast_csv(frame: pd.DataFrame) -> str | None:
+    """The CSV text of a plain tidy table (numbers, bools, simple strings), or None.
+
+    Floats are written as ``repr`` (the shortest text that parses back to the same float64,
+    so full precision), NaN as an empty field, as pandas does; about twice as fast as
+    ``to_csv(float_format="%.17g")``, which formats each value in Python. Frames with anything
+    that would need quoting (commas, quotes, newlines, missing strings) return None.
+    """
+    cols: list[list[str]] = []
+    for name in frame.columns:
+        if _SPECIAL.search(str(name)):
+            return None
+        values = frame[name].to_numpy()
+        kind = values.dtype.kind
+        if kind == "f":
+            cols.append(["" if v != v else repr(v) for v in values.tolist()])
+        elif kind in "iub":
+            cols.append(list(map(str, values.tolist())))
+        elif kind in "OUT" and all(isinstance(v, str) for v in values.tolist()):
+            texts = values.tolist()
+            if any(_SPECIAL.search(t) for t in set(texts)):
+                return None
+            cols.append(texts)
+        else:
+            return None
+    header = ",".join(map(str, frame.columns))
+    return "\n".join([header, *map(",".join, zip(*cols, strict=True))]) + "\n"
+
+
 def write_table(path: str | Path, frame: pd.DataFrame) -> Path:
-    """Write a tidy table as CSV atomically (full float precision)."""
-    return atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.17g"))
+    """Write a tidy table as CSV atomically (full float precision: every float64 reads back
+    bit for bit)."""
+    text = _fast_csv(frame)
+    if text is None:
+        return atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.17g"))
+    return atomic_write(path, lambda p: p.write_text(text))
 
 
 def read_table(path: str | Path, *, columns: tuple[str, ...] = ()) -> pd.DataFrame:

@@ -9,8 +9,7 @@ nothing branches on an objective's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,9 +20,12 @@ from tqdm.auto import tqdm
 
 from treemdp import objectives
 from treemdp.batching import EpochSchedule
-from treemdp.metrics import METRICS, MetricContext, metrics
+from treemdp.metrics import METRICS, MetricContext, metrics, win_weights
+from treemdp.objectives import Margins
 from treemdp.optim import make_optimizer
 from treemdp.problem import Problem
+from treemdp.threads import SMALL_WORK as SMALL_WORK  # re-exported: its old home
+from treemdp.threads import thread_count, threads, threads_for
 
 __all__ = ["History", "RunSpec", "TrainingDivergedError", "grid", "train"]
 
@@ -123,20 +125,7 @@ def _check_specs(specs: Sequence[RunSpec], n_runs: int) -> None:
         objectives.check_user_hyper(s.objective, dict(s.hyper))
 
 
-SMALL_WORK = 2**20
-"""Below this many (run × node) entries per step, intra-op threads cost more than they save."""
-
-
-@contextmanager
-def _threads_for(work: int) -> Iterator[None]:
-    """One intra-op thread for small problems (thread start-up dominates), restored after."""
-    before = torch.get_num_threads()
-    if work < SMALL_WORK:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+_threads_for = threads_for  # the old private name, kept for callers that used it
 
 
 def _frame(
@@ -197,10 +186,18 @@ def train(
         TrainingDivergedError: a loss or gradient became non-finite (the message names the step and
             the quantity; ``.history`` holds what was logged before).
     """
-    with _threads_for(problem.n_runs * problem.tree.n_nodes):
+    # Threads per phase: the step (loss on the pairs' paths, gradient, update) is small unless
+    # the family must compute every logit; a logged step's exact metrics touch every node.
+    R, tree = problem.n_runs, problem.tree
+    per_run = tree.n_nodes
+    if hasattr(problem.policy.family, "bind"):
+        per_run = 2 * problem.pairs.n_pairs * tree.max_depth * tree.branching
+    log_threads = thread_count(R * tree.n_nodes)
+    with threads_for(R * per_run):
         return _train(
             problem,
             specs,
+            log_threads=log_threads,
             steps=steps,
             optimizer=optimizer,
             log_every=log_every,
@@ -224,6 +221,7 @@ def _train(
     batch_size: int | None,
     batch_seed: int,
     extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None,
+    log_threads: int,
 ) -> History:
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
@@ -234,17 +232,39 @@ def _train(
     schedule = (
         None if batch_size is None else EpochSchedule(pairs.n_pairs, batch_size, seed=batch_seed)
     )
-    ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
-    ref_logp = problem.ref_logp
-    ref_c, ref_r = ref_logp.gather(1, pairs.chosen), ref_logp.gather(1, pairs.rejected)
+    with threads(log_threads):  # whole-tree work, done once
+        ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
+        ref_logp = problem.ref_logp
+        ref_weights = win_weights(ctx, ref_logp)  # π_ref is fixed: the win-rate weights too
+    # The loss needs only the pairs' responses: their log-probs come from their paths (O(P·D)
+    # per step), and every response's only at logged steps (O(nodes), no gradient). π_ref's
+    # pair log-probs use the same path function, so h is exactly 0 at θ0.
+    responses = pairs.responses()
+    n_pairs = pairs.n_pairs
+    pair_logprobs = policy.bind(responses)
+    with torch.no_grad():
+        ref_pair = pair_logprobs(policy.theta0)
+    ref_c, ref_r = ref_pair[:, :n_pairs], ref_pair[:, n_pairs:]
     lengths = problem.tree.response_length.to(ref_logp.dtype)
     len_c, len_r = lengths[pairs.chosen], lengths[pairs.rejected]
     betas = torch.tensor([s.beta for s in specs], dtype=ref_logp.dtype).unsqueeze(1)
     groups: dict[tuple[str, tuple], list[int]] = {}
     for i, s in enumerate(specs):
         groups.setdefault((s.objective, s.hyper), []).append(i)
-    group_index = [(name, dict(hyper), torch.tensor(idx)) for (name, hyper), idx in groups.items()]
+    # Per group: its registry entry, hyperparameters resolved once, and its runs as a slice when
+    # they are contiguous (the usual sweep layout: a view instead of a gather and a scatter).
+    group_index = []
+    for (name, hyper), idx in groups.items():
+        entry = objectives.get(name)
+        sel: slice | Tensor = torch.tensor(idx)
+        if idx == list(range(idx[0], idx[-1] + 1)):
+            sel = slice(idx[0], idx[-1] + 1)
+        extra = objectives.length_hyper(name, len_c[sel], len_r[sel])
+        kwargs = objectives.resolve_hyper(entry, {**dict(hyper), **extra})
+        objectives.check_beta(betas[sel])
+        group_index.append((entry, kwargs, sel))
     whole = len(group_index) == 1
+    contiguous = all(isinstance(sel, slice) for _, _, sel in group_index)
 
     theta = policy.theta0.detach().clone().requires_grad_(True)
     lrs = torch.tensor([s.lr for s in specs], dtype=torch.float64)
@@ -264,19 +284,23 @@ def _train(
 
     bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=False)
     for step in range(steps + 1):
-        logp = policy.response_logprobs(theta)
-        lc, lr = logp.gather(1, pairs.chosen), logp.gather(1, pairs.rejected)
-        per_pair = lc.new_empty(lc.shape) if not whole else None
-        for name, hyper, idx in group_index:
-            sel = slice(None) if whole else idx
-            extra = objectives.length_hyper(name, len_c[sel], len_r[sel])
-            out = objectives.loss(
-                name, lc[sel], lr[sel], ref_c[sel], ref_r[sel], beta=betas[sel], **hyper, **extra
-            )
-            if whole:
-                per_pair = out
-            else:
-                per_pair[idx] = out
+        pair_logp = pair_logprobs(theta)
+        lc, lr = pair_logp[:, :n_pairs], pair_logp[:, n_pairs:]
+        # The registry's functions on each group's runs (β checked once above, so the entry's
+        # function is called directly rather than through objectives.loss).
+        outs = [
+            entry.fn(Margins(lc[sel], lr[sel], ref_c[sel], ref_r[sel]), beta=betas[sel], **kwargs)
+            for entry, kwargs, sel in group_index
+        ]
+        if whole:
+            per_pair = outs[0]
+        elif contiguous:  # groups in run order, each a contiguous block
+            order = sorted(range(len(outs)), key=lambda g: group_index[g][2].start)
+            per_pair = torch.cat([outs[g] for g in order])
+        else:
+            per_pair = lc.new_empty(lc.shape)
+            for out, (_, _, sel) in zip(outs, group_index, strict=True):
+                per_pair[sel] = out
         if schedule is None or schedule.full_batch:
             total = per_pair.mean(-1).sum()
         else:  # each run's gradient is its own minibatch mean; metrics stay whole-dataset
@@ -288,14 +312,13 @@ def _train(
                 f"loss of run {bad} is not finite at step {step}", history()
             )
         if step % log_every == 0 or step == steps:
-            with torch.no_grad():
+            with torch.no_grad(), threads(log_threads):
                 h = (lc - ref_c) - (lr - ref_r)
-                log = metrics(ctx, logp.detach(), ref_logp, h, per_pair.detach())
-                logs.append(
-                    log if extra_metrics is None else {**log, **extra_metrics(logp.detach())}
-                )
+                logp = policy.response_logprobs(theta)
+                log = metrics(ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=ref_weights)
+                logs.append(log if extra_metrics is None else {**log, **extra_metrics(logp)})
             if record_responses:
-                snapshots.append(logp.detach().clone())
+                snapshots.append(logp.clone())
             logged_steps.append(step)
         if step == steps:
             break

@@ -1,0 +1,455 @@
+"""Sweeps: a grid of Tree-MDP runs (objectives × β × lr × seeds × tree sizes × datasets) as
+batched tensor programs, resumable, written as one tidy table.
+
+    python experiments/sweep.py --objectives dpo ipo slic --betas 0.01 0.03 0.1 0.3 0.5 \\
+        --seeds 0-19 --depth 3
+    python experiments/sweep.py --grid grid.toml --steps 500    # flags override the file
+
+Runs that share a tree shape and a dataset kind (branching, depth, pairs, pair source) train
+together, in chunks of at most --chunk-runs runs (by default as many as --memory-mb allows).
+Each finished chunk is written atomically to parts/; a rerun of the same command skips the
+finished chunks, so an interrupted sweep (Ctrl-C, a kill) loses at most the chunk in flight.
+The parts are merged in a fixed order into metrics.csv, identical to an uninterrupted sweep's.
+
+Writes results/sweep/sweep-<hash>/{config.json, parts/, metrics.csv}; see docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import time
+import tomllib
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from treemdp import objectives
+from treemdp.cli import arg, build_parser
+from treemdp.metrics import METRICS
+from treemdp.optim import OPTIMIZERS
+from treemdp.problem import PAIR_SOURCES, POLICIES, REFERENCES, build_problem
+from treemdp.results import atomic_write, read_table, run_folder, write_config, write_table
+from treemdp.train import RunSpec, TrainingDivergedError, train
+from treemdp.tree import DEFAULT_MAX_BYTES, Tree, tree_bytes
+
+
+@dataclass(frozen=True)
+class Config:
+    # grid axes (every combination is one run)
+    objectives: tuple[str, ...] = arg(
+        ("dpo", "ipo", "slic"), "objectives", choices=objectives.names()
+    )
+    betas: tuple[float, ...] = arg((0.01, 0.03, 0.1, 0.3, 0.5), "β values", exclusive_minimum=0)
+    lrs: tuple[float, ...] = arg((0.01,), "learning rates", exclusive_minimum=0)
+    seeds: tuple[str, ...] = arg(("0-9",), "seeds: integers or inclusive ranges such as 0-19")
+    branching: tuple[int, ...] = arg((3,), "actions per state b (tree sizes)", minimum=2)
+    depth: tuple[int, ...] = arg((3,), "tree depths D (b^D responses)", minimum=1)
+    pairs: tuple[int, ...] = arg((1,), "preference pairs per run (datasets)", minimum=1)
+    pair_source: tuple[str, ...] = arg(("random",), "how pairs are drawn", choices=PAIR_SOURCES)
+    # fixed for the whole grid
+    policy: str = arg("loglinear", "policy family", choices=POLICIES)
+    features: int = arg(8, "feature dimension k of the log-linear policy", minimum=1)
+    reference: str = arg(
+        "sft", "reference policy (the policy starts there)", choices=REFERENCES[:3]
+    )
+    sft_steps: int = arg(300, "Adam steps of the SFT reference fit", minimum=0)
+    sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
+    steps: int = arg(2000, "training steps", minimum=0)
+    optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
+    log_every: int = arg(10, "log exact metrics every this many steps", minimum=1)
+    # how it runs (chunking is part of the run folder's identity; the rest is not)
+    chunk_runs: int = arg(0, "most runs per batch; 0 = as many as --memory-mb allows", minimum=0)
+    memory_mb: int = arg(2048, "memory budget of one batch, in MiB (estimate)", minimum=1)
+    out: str = arg("results/sweep", "root folder for sweep folders")
+    force: bool = arg(False, "recompute everything even if finished parts exist")
+    progress: bool = arg(True, "show a progress bar over the grid")
+
+
+NOT_IN_HASH = ("out", "force", "progress")
+GRID_AXES = ("branching", "depth", "pairs", "pair_source", "objectives", "betas", "lrs", "seeds")
+COLUMNS = (
+    "run",
+    "objective",
+    "beta",
+    "lr",
+    "seed",
+    "branching",
+    "depth",
+    "pairs",
+    "pair_source",
+    "step",
+    *METRICS,
+)
+SUMMARY = ["p_chosen", "mass_ood", "max_ood", "kl_reverse", "win_rate"]
+
+
+# ------------------------------------------------------------------ grid values and checks
+
+
+def parse_seeds(specs: Sequence[str | int]) -> list[int]:
+    """Expand seed specs (``7``, ``"7"``, ``"0-19"``: inclusive) in order.
+
+    Raises ValueError naming the spec for a malformed or empty range, and for repeated seeds.
+    """
+    seeds: list[int] = []
+    for spec in specs:
+        text = str(spec).strip()
+        lo, sep, hi = text.partition("-") if not text.startswith("-") else (text, "", "")
+        try:
+            a, b = (int(lo), int(hi)) if sep else (int(text), int(text))
+        except ValueError:
+            raise ValueError(
+                f"seeds: {spec!r} is neither an integer nor a range such as 0-19"
+            ) from None
+        if a < 0:
+            raise ValueError(f"seeds must be >= 0; got {spec!r}")
+        if b < a:
+            raise ValueError(f"seeds: the range {spec!r} is empty (its end is below its start)")
+        seeds.extend(range(a, b + 1))
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds must be distinct; repeated: {repeated[:10]}")
+    return seeds
+
+
+def compress_seeds(seeds: Sequence[int]) -> tuple[str, ...]:
+    """The canonical spec of a seed list: consecutive ascending runs as ``a-b``, order kept."""
+    out: list[str] = []
+    start = prev = seeds[0]
+    for s in [*seeds[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if s is not None:
+            start = prev = s
+    return tuple(out)
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+def check_config(config: Config) -> Config:
+    """Check every field (types, choices, ranges, non-empty axes, distinct values) and return the
+    canonical config (seed ranges compressed), the one that names the run folder.
+
+    Raises ValueError naming the field and the allowed values; nothing has run yet.
+    """
+    hints = typing.get_type_hints(Config)
+    for name, f in _fields().items():
+        value, kind = getattr(config, name), hints[name]
+        multi = typing.get_origin(kind) is tuple
+        elem = typing.get_args(kind)[0] if multi else kind
+        values = value if multi else (value,)
+        if multi and not isinstance(value, tuple):
+            raise ValueError(f"{name} must be a list of values; got {value!r}")
+        if multi and len(values) == 0:
+            raise ValueError(f"{name} must hold at least one value; got an empty list")
+        for v in values:
+            ok = (
+                (elem is float and isinstance(v, int | float) and not isinstance(v, bool))
+                or (elem is int and isinstance(v, int) and not isinstance(v, bool))
+                or (elem is bool and isinstance(v, bool))
+                or (elem is str and isinstance(v, str | int) and not isinstance(v, bool))
+            )
+            if not ok:
+                raise ValueError(f"{name} must hold {elem.__name__} values; got {v!r}")
+            meta = f.metadata
+            if meta.get("choices") is not None and v not in meta["choices"]:
+                allowed = ", ".join(map(str, meta["choices"]))
+                raise ValueError(f"{name} must be one of {allowed}; got {v!r}")
+            if meta.get("min") is not None and not v >= meta["min"]:
+                raise ValueError(f"{name} must be >= {meta['min']}; got {v!r}")
+            if meta.get("xmin") is not None and not v > meta["xmin"]:
+                raise ValueError(f"{name} must be > {meta['xmin']}; got {v!r}")
+        if multi and name != "seeds" and len(set(values)) != len(values):
+            raise ValueError(f"{name} must hold distinct values; got {list(values)}")
+    seeds = parse_seeds(config.seeds)
+    for b, d in itertools.product(config.branching, config.depth):
+        n_nodes = (b ** (d + 1) - 1) // (b - 1)
+        if tree_bytes(n_nodes, b) > DEFAULT_MAX_BYTES:
+            raise ValueError(
+                f"branching={b}, depth={d} gives {n_nodes:,} nodes, over the tree memory budget; "
+                "use smaller --branching/--depth"
+            )
+    floats = {k: tuple(float(v) for v in getattr(config, k)) for k in ("betas", "lrs")}
+    return replace(config, seeds=compress_seeds(seeds), **floats)
+
+
+def load_grid(path: str | Path) -> dict[str, Any]:
+    """Read a grid file (``.json`` or ``.toml``): keys are Config fields (``-`` or ``_``), values
+    scalars or lists. Returns field → value (lists as tuples), checked like the command line.
+
+    Raises ValueError naming the file and the unknown key or invalid value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"grid file {path} cannot be read ({e.strerror})") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"grid file {path} is not valid {path.suffix[1:] or 'JSON'}: {e}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"grid file {path} must hold a table of key = value")
+    fields, hints = _fields(), typing.get_type_hints(Config)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in fields or name in ("force", "progress"):  # how to run, not what
+            known = ", ".join(n for n in fields if n not in ("force", "progress"))
+            raise ValueError(f"grid file {path}: unknown key {key!r}; known keys: {known}")
+        if typing.get_origin(hints[name]) is tuple:
+            value = tuple(value) if isinstance(value, list) else (value,)
+        values[name] = value
+    try:
+        check_config(replace(Config(), **values))
+    except ValueError as e:
+        raise ValueError(f"grid file {path}: {e}") from None
+    return values
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    """Config from the command line: defaults, then ``--grid FILE``, then explicit flags."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--grid")
+    known, _ = pre.parse_known_args(argv)
+    parser = build_parser(Config, __doc__ or "")
+    parser.add_argument(
+        "--grid", metavar="FILE", help="JSON or TOML grid file; flags given here override it"
+    )
+    if known.grid:
+        try:
+            parser.set_defaults(**load_grid(known.grid))
+        except ValueError as e:
+            parser.error(str(e))
+    ns = vars(parser.parse_args(argv))
+    ns.pop("grid")
+    config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
+    try:
+        return check_config(config)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One batch of runs sharing a tree and a dataset kind.
+
+    Attributes:
+        index: position in the plan (parts are merged in this order).
+        branching, depth, pairs, pair_source: the shared tree and dataset kind.
+        runs: (global run id, objective, β, lr, seed) of each run in the batch.
+    """
+
+    index: int
+    branching: int
+    depth: int
+    pairs: int
+    pair_source: str
+    runs: tuple[tuple[int, str, float, float, int], ...]
+
+
+def run_bytes(config: Config, branching: int, depth: int) -> int:
+    """Rough peak bytes one run adds to a batch: per-run features, the metric context and the
+    full-distribution temporaries of a logged step (a few float64 arrays per node and leaf)."""
+    n_leaves = branching**depth
+    n_internal = (n_leaves - 1) // (branching - 1)
+    n_nodes = n_internal + n_leaves
+    k = config.features if config.policy == "loglinear" else 1
+    return 8 * (n_internal * branching * (k + 4) + 4 * n_nodes + 24 * n_leaves)
+
+
+def chunk_size(config: Config, branching: int, depth: int) -> int:
+    """Runs per batch: --chunk-runs, or as many as fit in --memory-mb (at least one)."""
+    if config.chunk_runs > 0:
+        return config.chunk_runs
+    return max(1, config.memory_mb * 2**20 // run_bytes(config, branching, depth))
+
+
+def plan(config: Config) -> list[Chunk]:
+    """Every run of the grid with its global id, split into chunks; a pure function of config.
+
+    Run ids enumerate (branching, depth, pairs, pair_source, objective, β, lr, seed) in the
+    order given, last axis fastest.
+    """
+    seeds = parse_seeds(config.seeds)
+    chunks: list[Chunk] = []
+    run_id = 0
+    for b, d, p, src in itertools.product(
+        config.branching, config.depth, config.pairs, config.pair_source
+    ):
+        runs = []
+        for o, beta, lr, seed in itertools.product(
+            config.objectives, config.betas, config.lrs, seeds
+        ):
+            runs.append((run_id, o, beta, lr, seed))
+            run_id += 1
+        size = chunk_size(config, b, d)
+        for i in range(0, len(runs), size):
+            chunks.append(Chunk(len(chunks), b, d, p, src, tuple(runs[i : i + size])))
+    return chunks
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def run_chunk(config: Config, chunk: Chunk, tree: Tree, *, progress: bool = False) -> pd.DataFrame:
+    """Train one chunk's runs as one batch; its tidy frame with global run ids, sorted."""
+    seeds = list(dict.fromkeys(seed for *_, seed in chunk.runs))
+    problems = build_problem(
+        tree,
+        seeds,
+        policy=config.policy,
+        features=config.features,
+        reference=config.reference,
+        n_pairs=chunk.pairs,
+        pair_source=chunk.pair_source,
+        sft_steps=config.sft_steps,
+        sft_lr=config.sft_lr,
+    )
+    where = {s: i for i, s in enumerate(seeds)}
+    problem = problems.select([where[seed] for *_, seed in chunk.runs])
+    specs = [RunSpec(o, beta, lr) for _, o, beta, lr, _ in chunk.runs]
+    try:
+        history = train(
+            problem,
+            specs,
+            steps=config.steps,
+            optimizer=config.optimizer,
+            log_every=config.log_every,
+            progress=progress,
+        )
+    except TrainingDivergedError as e:
+        raise ValueError(
+            f"chunk {chunk.index} (b={chunk.branching}, D={chunk.depth}) diverged: {e}; "
+            "lower --lrs or raise the smallest --betas"
+        ) from None
+    frame = history.frame
+    ids = torch.tensor([r[0] for r in chunk.runs]).numpy()
+    frame["run"] = ids[frame["run"].to_numpy()]
+    frame["branching"] = chunk.branching
+    frame["depth"] = chunk.depth
+    frame["pairs"] = chunk.pairs
+    frame["pair_source"] = chunk.pair_source
+    frame = frame[list(COLUMNS)].sort_values(["run", "step"], kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def part_path(folder: Path, chunk: Chunk, n_chunks: int) -> Path:
+    """Where chunk ``chunk``'s finished frame lives."""
+    return folder / "parts" / f"chunk-{chunk.index:05d}-of-{n_chunks:05d}.pkl"
+
+
+def read_part(path: Path) -> pd.DataFrame:
+    """A finished chunk's frame; ValueError naming the file if it cannot be read."""
+    try:
+        return pd.read_pickle(path)
+    except Exception as e:  # a part is written atomically, so this means outside tampering
+        raise ValueError(
+            f"{path} is unreadable ({e}); delete it and rerun to recompute it"
+        ) from None
+
+
+def run_sweep(config: Config, folder: Path) -> pd.DataFrame:
+    """Run every unfinished chunk of the plan, then merge all parts in plan order."""
+    chunks = plan(config)
+    parts = [part_path(folder, c, len(chunks)) for c in chunks]
+    for stale in (folder / "parts").glob(".*.tmp"):  # left by a killed write; never a part
+        stale.unlink(missing_ok=True)
+    done = sum(len(c.runs) for c, p in zip(chunks, parts, strict=True) if p.exists())
+    total = sum(len(c.runs) for c in chunks)
+    bar = tqdm(
+        total=total,
+        initial=done,
+        desc="sweep",
+        unit="run",
+        disable=not config.progress,
+        dynamic_ncols=True,
+    )
+    trees: dict[tuple[int, int], Tree] = {}
+    torch.set_default_dtype(torch.float64)
+    try:
+        for chunk, path in zip(chunks, parts, strict=True):
+            if path.exists():
+                continue
+            key = (chunk.branching, chunk.depth)
+            if key not in trees:
+                trees.clear()  # one tree in memory at a time
+                trees[key] = Tree.complete(*key)
+            inner = config.progress and sys.stderr.isatty() and config.steps >= 200
+            frame = run_chunk(config, chunk, trees[key], progress=inner)
+            atomic_write(path, frame.to_pickle)
+            bar.update(len(chunk.runs))
+    except KeyboardInterrupt:
+        bar.close()
+        finished = sum(p.exists() for p in parts)
+        print(
+            f"interrupted: {finished} of {len(chunks)} chunks are saved in {folder}/parts; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise
+    bar.close()
+    frame = pd.concat([read_part(p) for p in parts], ignore_index=True)
+    return frame
+
+
+def main(config: Config) -> Path:
+    """Run (or resume, or reuse) the sweep of ``config``; return its folder."""
+    config = check_config(config)
+    folder = run_folder(config.out, config, prefix="sweep", ignore=NOT_IN_HASH)
+    table = folder / "metrics.csv"
+    start = time.perf_counter()
+    if config.force:
+        table.unlink(missing_ok=True)
+        for part in (folder / "parts").glob("*.pkl"):
+            part.unlink()
+    if table.exists():
+        frame = read_table(table, columns=COLUMNS)
+        print(f"reusing the finished sweep in {folder} (--force recomputes)")
+    else:
+        write_config(folder, config)
+        frame = run_sweep(config, folder)
+        write_table(table, frame)
+    final = frame[frame["step"] == frame["step"].max()]
+    keys = [a for a in ("branching", "depth", "pairs", "pair_source") if frame[a].nunique() > 1]
+    summary = final.groupby([*keys, "objective", "beta"], sort=False)[SUMMARY].mean()
+    n_runs, n_seeds = frame["run"].nunique(), frame["seed"].nunique()
+    print(f"final step {int(final['step'].iloc[0])}, means over {n_seeds} seeds:")
+    print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
+    print(
+        f"{n_runs} runs, {len(frame):,} rows in {time.perf_counter() - start:.1f} s; "
+        f"results in {folder}/ (config.json, metrics.csv)"
+    )
+    return folder
+
+
+if __name__ == "__main__":
+    cfg = parse_args()
+    try:
+        main(cfg)
+    except ValueError as err:
+        print(f"sweep.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
