@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from treemdp.results import find_runs, read_table
+from treemdp.cli import flags_for
+from treemdp.results import config_matches, find_runs, read_table
 
 COLUMNS = (
     "run",
@@ -215,37 +216,17 @@ TOY_QUICK = {"objectives": TOY_REQUIRED["objectives"], "quick": True, "rdpo_alph
 """The tiny config (``--quick``) for tests and a first look."""
 
 
-def toy_args(settings: dict) -> list[str]:
-    """Command-line flags of experiments/toy_scaling.py that request ``settings``."""
-    args: list[str] = []
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, tuple | list):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
-    return args
-
-
-def _matches(config: dict, settings: dict) -> bool:
-    return all(
-        config.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
-    )
-
-
 def find_toy_run(results: str | Path = "results", settings: dict | None = None) -> Path:
     """The newest toy_scaling run folder under ``results`` with ``settings`` whose metrics.csv
     has every column the figures need (older folders lack ``length_r2``)."""
     settings = TOY_REQUIRED if settings is None else settings
     for folder, config in find_runs(Path(results) / "toy_scaling", "metrics.csv"):
-        if not _matches(config, settings):
+        if not config_matches(config, settings):
             continue
         header = pd.read_csv(folder / "metrics.csv", nrows=0).columns
         if set(TOY_COLUMNS) <= set(header):
             return folder
-    command = " ".join(["python", TOY_EXPERIMENT, *toy_args(settings), "--force"])
+    command = " ".join(["python", TOY_EXPERIMENT, *flags_for(settings), "--force"])
     raise ValueError(
         f"no complete toy_scaling run with the settings these figures need under {results}; "
         f"run: {command}"

@@ -33,6 +33,8 @@ import ood_probs
 import scaling_fits
 import tree_mdp
 
+from treemdp.cli import flags_for
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"steps": 40, "seed": (0, 1, 2), "sft_steps": 30, "log_every": 10}
 """A tiny experiment config for tests and a quick look (not the paper's numbers)."""
@@ -58,7 +60,7 @@ def tree_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path
             raise ValueError("recompute")
         run = ood_probs.find_run(results, settings)
     except ValueError:
-        run_experiment(ood_probs.EXPERIMENT, ood_probs.experiment_args(settings), results, fresh)
+        run_experiment(ood_probs.EXPERIMENT, flags_for(settings), results, fresh)
         run = ood_probs.find_run(results, settings)
     return written + ood_probs.main(run, out)
 
@@ -88,7 +90,7 @@ def toy_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]
         run = checkpoints.find_toy_run(results, settings)
     except ValueError:
         # --force: a folder of the same config written before length_r2 existed is recomputed
-        args = [*checkpoints.toy_args(settings), "--force"]
+        args = [*flags_for(settings), "--force"]
         run_experiment(checkpoints.TOY_EXPERIMENT, args, results, fresh=False)
         run = checkpoints.find_toy_run(results, settings)
     return draw_checkpoints(checkpoints.load_toy(run), out)

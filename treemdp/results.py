@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write",
     "cached_tables",
     "config_dict",
+    "config_matches",
     "find_runs",
     "read_config",
     "read_table",
@@ -194,3 +195,11 @@ def cached_tables(
         if tables[name] is not None:
             write_table(folder / f"{name}.csv", tables[name])
     return {name: tables[name] for name in names}, False
+
+
+def config_matches(config: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
+    """Whether a run's config.json values include every value in ``settings`` (tuples compare
+    as the lists JSON gives back)."""
+    return all(
+        config.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
+    )
