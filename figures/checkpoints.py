@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -371,3 +371,19 @@ def data_from_args(args: argparse.Namespace) -> Data:
     if args.llm_runs:
         return load_llm(args.llm_runs)
     return load_toy(args.toy_run or find_toy_run(args.results))
+
+
+def command_line(doc: str, draw: Callable[..., list[Path]], **extra: str) -> None:
+    """The command line of a figure script: --toy-run / --llm-runs / --results / --out plus
+    ``extra`` flags (name → help, string-valued, default None) passed to ``draw`` by keyword;
+    a ValueError exits 2 with its message; prints the files written."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    add_arguments(parser)
+    for name, help_ in extra.items():
+        parser.add_argument("--" + name.replace("_", "-"), default=None, help=help_)
+    args = parser.parse_args()
+    try:
+        files = draw(data_from_args(args), args.out, **{k: getattr(args, k) for k in extra})
+    except ValueError as e:
+        parser.error(str(e))
+    print("\n".join(map(str, files)))

@@ -12,7 +12,6 @@ Writes:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import checkpoints
@@ -151,14 +150,4 @@ def main(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    checkpoints.add_arguments(parser)
-    parser.add_argument("--size", default=None, help="size of dpo_rdpo [default: the middle]")
-    args = parser.parse_args()
-    try:
-        files = main(checkpoints.data_from_args(args), args.out, args.size)
-    except ValueError as e:
-        parser.error(str(e))
-    print("\n".join(map(str, files)))
+    checkpoints.command_line(__doc__, main, size="size of dpo_rdpo [default: the middle]")
