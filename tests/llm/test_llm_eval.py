@@ -194,3 +194,18 @@ def test_llm_confirm_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
     assert "100,000" in one_line_exit_2(c, m, [*argv, "--depth", "12"], capsys)
     if not __import__("torch").cuda.is_available():
         assert "CUDA" in one_line_exit_2(c, m, [*argv, "--device", "cuda"], capsys)
+
+
+@pytest.mark.slow
+def test_smoke_gpu_check_cpu_dry_run_writes_the_results_table(tmp_path):
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu-dry-run"],
+        env={**subprocess_env(), "OUT": str(tmp_path), "PYTHON": sys.executable},
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert set(table["check"]) == {"confirm", "benchmark"}
+    bench = table[table["check"] == "benchmark"].set_index("metric")["value"]
+    assert float(bench["tokens_per_s"]) > 0 and float(bench["mfu"]) > 0
+    assert (table["metric"] == "verdict").sum() == 1

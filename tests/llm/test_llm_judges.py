@@ -200,7 +200,7 @@ def test_reward_model_judge_scores_prompt_plus_response(tmp_path):
     GPTNeoXForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
     rm = RewardModelJudge(str(tmp_path / "rm"), batch_size=3)
-    cs = comparisons(5) + [Comparison("same", " text", " text")]
+    cs = [*comparisons(5), Comparison("same", " text", " text")]
     v = rm.judge(cs)
     a = rm.scores([c.prompt + c.response for c in cs])
     b = rm.scores([c.prompt + c.baseline for c in cs])
