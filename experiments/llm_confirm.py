@@ -184,15 +184,16 @@ def run_daa(
     P = len(examples)
     every = max(1, cfg.steps // cfg.checkpoints)
     out = folder / f"{objective}-beta{beta:g}"
+    policy = load_model(sft).to(device)
     run_config = {
         "stage": "daa", "objective": objective, "beta": beta, "model": str(sft),
+        "size": cfg.model, "n_params": sum(p.numel() for p in policy.parameters()),
         "seed": cfg.seed, "source": "tree", "tree_branching": cfg.branching,
         "tree_depth": cfg.depth, "batch_size": P, "lr": cfg.lr, "reference": "",
     }  # fmt: skip
     _write_json(out / "config.json", run_config)
     _write_json(out / "data.json", {"pairs": P, "skipped": 0})
     task.write(out)
-    policy = load_model(sft).to(device)
     reference = load_model(sft).to(device).requires_grad_(False)
     tcfg = TrainConfig(
         lr=cfg.lr,

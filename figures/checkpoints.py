@@ -300,7 +300,7 @@ def _llm_run(folder: Path) -> pd.DataFrame:
             "run": folder.name,
             "objective": str(config["objective"]).lower(),
             "beta": float(config["beta"]),
-            "size": str(config["model"]),
+            "size": str(config.get("size", config["model"])),
             "n_params": model_params(config),
             "seed": config["seed"],
             "step": raw["examples_seen"],

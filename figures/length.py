@@ -125,7 +125,8 @@ def plot_kl_length_corr(table: pd.DataFrame):
 def main(
     data: checkpoints.Data, out: str | Path = "figures/out", size: str | None = None
 ) -> list[Path]:
-    """Write `dpo_rdpo` (when the table has R-DPO runs) and `kl_length_corr`."""
+    """Write `dpo_rdpo` (when the table has R-DPO runs) and `kl_length_corr` (when responses
+    differ in length: on a complete tree's language every response has D tokens)."""
     writer = Writer(out, data.kind, data.source)
     table = data.table
     if "rdpo" in set(table["objective"]):
@@ -139,6 +140,9 @@ def main(
         )
     else:
         print("dpo_rdpo: skipped, the table has no rdpo runs")
+    if table["length_r2"].isna().all():
+        print("kl_length_corr: skipped, every response has one length (R² undefined)")
+        return writer.written
     writer.save(
         plot_kl_length_corr(table),
         "kl_length_corr",
