@@ -370,3 +370,10 @@ def test_make_all_llm_failure_names_the_problem(tmp_path):
     done = run_script("figures/make_all.py", *args)
     assert done.returncode != 0
     assert "[llm] failed" in done.stderr and "holds no eval.csv" in done.stderr
+
+
+def test_the_llm_table_contract_matches_what_the_evaluation_writes():
+    from llm.evaluate import COLUMNS
+
+    checkpoints = load_script("figures/checkpoints.py")
+    assert tuple(COLUMNS[: len(checkpoints.LLM_EVAL_COLUMNS)]) == checkpoints.LLM_EVAL_COLUMNS
