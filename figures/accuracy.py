@@ -40,7 +40,8 @@ def plot(table: pd.DataFrame, objective: str, metric: str = "reward_accuracy"):
         for beta, g in pts.groupby("beta"):
             ax.scatter(g["win_rate"], g[metric], s=10, alpha=0.6, color=colors[beta], lw=0)
         rho = spearman(pts["win_rate"], pts[metric])
-        ax.set_title(f"{size}   (Spearman ρ = {rho:.2f})", fontsize=9)
+        rho_text = f"ρ = {rho:.2f}" if rho == rho else "ρ undefined: a constant"  # NaN ≠ NaN
+        ax.set_title(f"{size}   (Spearman {rho_text})", fontsize=9)
         ax.set_xlabel("win rate")
     values = sub[metric].dropna()
     spans_decades = len(values) and values.min() > 0 and values.max() / values.min() > 30

@@ -61,7 +61,7 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
     n_seeds = sub.groupby("beta")["seed"].nunique().max()
     spread = f"mean of {n_seeds} seeds ± 1 SE" if n_seeds > 1 else "one seed"
     ax.set_title(f"{title(objective)}, size {size}: {label.split('  ')[0]} ({spread})", fontsize=9)
-    ax.set_xlabel("fraction of the epoch")
+    ax.set_xlabel("epochs (passes over the preference data)")
     ax.set_ylabel(label)
     ax.set_xlim(0, max(1.0, sub["fraction"].max()))
     if metric == "kl_reverse":

@@ -103,7 +103,8 @@ LLM_RUNS: list[str] = []
 LLM_EXPERIMENT = "experiments/llm_confirm.py"
 LLM_SIZES = ("tiny", "14m", "31m")
 """Model sizes standing in for Pythia 1B / 2.8B / 6.9B on this CPU (tree language)."""
-LLM_SETTINGS = {"beta": (0.03, 0.1, 0.3)}
+LLM_SETTINGS = {"beta": (0.03, 0.1, 0.3), "steps": 40, "checkpoints": 10}
+"""DPO moves a small LLM in a few steps on one pair: 40 steps, a checkpoint every 4."""
 LLM_QUICK = {
     "beta": (0.1,), "steps": 20, "checkpoints": 4, "sft_samples": 64, "sft_epochs": 2.0,
     "eval_samples": 32, "toy_steps": 200, "toy_sft_steps": 50,
