@@ -143,6 +143,13 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     plotting.save_figure(fig, path)
 
 
+def output_folder(config: Config) -> Path:
+    """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
+    return run_folder(
+        config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
+    )
+
+
 def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; return its run folder."""
     if len(set(config.seed)) != len(config.seed):
@@ -152,9 +159,7 @@ def main(config: Config) -> Path:
             f"--responses records every response; {config.branching}^{config.depth} is over "
             f"{MAX_RECORDED_RESPONSES:,}: pass --no-responses"
         )
-    folder = run_folder(
-        config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
-    )
+    folder = output_folder(config)
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame | None]:

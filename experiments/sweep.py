@@ -442,10 +442,16 @@ def run_sweep(config: Config, folder: Path) -> pd.DataFrame:
     return frame
 
 
+def output_folder(config: Config) -> Path:
+    """The sweep folder of ``config`` (named by a hash of its canonical form)."""
+    config = check_config(config)
+    return run_folder(config.out, config, prefix="sweep", ignore=NOT_IN_HASH)
+
+
 def main(config: Config) -> Path:
     """Run (or resume, or reuse) the sweep of ``config``; return its folder."""
     config = check_config(config)
-    folder = run_folder(config.out, config, prefix="sweep", ignore=NOT_IN_HASH)
+    folder = output_folder(config)
     table = folder / "metrics.csv"
     start = time.perf_counter()
     with run_lock(folder):  # a second sweep of this config refuses; a killed one resumes

@@ -186,11 +186,16 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return table.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()
 
 
-def main(config: Config) -> Path:
-    """Run (or reuse) the experiment for ``config``; print the summary; return the run folder."""
-    folder = run_folder(
+def output_folder(config: Config) -> Path:
+    """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
+    return run_folder(
         config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
     )
+
+
+def main(config: Config) -> Path:
+    """Run (or reuse) the experiment for ``config``; print the summary; return the run folder."""
+    folder = output_folder(config)
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame]:

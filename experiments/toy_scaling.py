@@ -296,14 +296,20 @@ def summarise(table: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def output_folder(config: Config) -> Path:
+    """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
+    config = resolve(config)
+    return run_folder(
+        config.out, config, prefix=f"{config.reward}-P{config.pairs}", ignore=("out", "force")
+    )
+
+
 def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; return its run folder."""
     config = resolve(config)
     for c in config.capacities:
         parse_capacity(c)
-    folder = run_folder(
-        config.out, config, prefix=f"{config.reward}-P{config.pairs}", ignore=("out", "force")
-    )
+    folder = output_folder(config)
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame]:

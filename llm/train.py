@@ -349,6 +349,9 @@ def train(
     log_path = out_dir / LOG
 
     start = 0
+    # The global torch RNG (saved in every checkpoint, restored on resume) starts from the seed,
+    # so a run's checkpoints are bit-identical across reruns, interrupted or not.
+    torch.manual_seed(cfg.seed)
     ckpt = latest_checkpoint(out_dir) if resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
