@@ -21,6 +21,7 @@ import dataclasses
 import io
 import itertools
 import json
+import math
 import re
 import sys
 import time
@@ -178,6 +179,8 @@ def check_config(config: Config) -> Config:
             )
             if not ok:
                 raise ValueError(f"{name} must hold {elem.__name__} values; got {v!r}")
+            if elem is float and not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number; got {v!r}")
             meta = f.metadata
             if meta.get("choices") is not None and v not in meta["choices"]:
                 allowed = ", ".join(map(str, meta["choices"]))

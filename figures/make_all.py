@@ -116,7 +116,8 @@ FAMILIES: dict[str, Callable[[Path, Path, bool, bool], list[Path]]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
+def build_parser() -> OneLineParser:
+    """The command line (errors: one line, exit status 2)."""
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument(
         "--only",
@@ -132,6 +133,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument(
         "--llm-runs", nargs="+", default=[], metavar="DIR", help="LLM evaluation run folders"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     LLM_RUNS[:] = args.llm_runs
     results, out = Path(args.results), Path(args.out)
