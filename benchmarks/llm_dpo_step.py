@@ -50,14 +50,26 @@ def make_rows(n: int, seed: int) -> list[dict[str, str]]:
     ]
 
 
-def matmul_rate(n: int = 1024, repeats: int = 10) -> float:
-    """Measured fp32 matmul FLOP/s on this CPU (2n³ FLOPs per n×n product, best of repeats)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_rate(
+    n: int = 1024, repeats: int = 10, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
+    """Measured matmul FLOP/s on the device (2n³ FLOPs per n×n product, best of repeats)."""
+    if device.startswith("cuda"):
+        n = max(n, 8192)  # a 1024² product cannot fill a GPU
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
+    _sync(device)
     best = math.inf
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
 
@@ -67,7 +79,7 @@ def perturbed_policy(reference: torch.nn.Module, seed: int) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in policy.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+            p.add_(0.02 * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
     return policy.requires_grad_(True).train(False)
 
 
@@ -168,24 +180,41 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs; best is kept")
     parser.add_argument("--no-trl", action="store_true", help="benchmark only llm.train")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (TRL runs only on cpu here)")
+    parser.add_argument(
+        "--dtype", default="fp32", choices=("fp32", "bf16"), help="policy and reference dtype"
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="the device's peak dense TFLOP/s for model FLOP utilisation (H100 SXM bf16: 989); "
+        "0: report fractions of the measured matmul rate only",
+    )
     args = parser.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    if args.device != "cpu" and not args.no_trl:
+        parser.error("--device other than cpu needs --no-trl")
     torch.set_num_threads(args.threads)
     tokenizer = byte_tokenizer()
     rows = make_rows(args.batch, seed=0)
     examples, _ = tokenize_rows(
         enumerate(rows, 1), tokenizer, TruncationConfig(max_length=1024, max_prompt_length=512)
     )
-    rate = matmul_rate()
+    rate = matmul_rate(device=args.device, dtype=dtype)
+    machine = platform.processor() or platform.machine()
+    if args.device.startswith("cuda"):
+        machine = torch.cuda.get_device_name(args.device)
     print(
-        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} threads; measured fp32 matmul rate {rate / 1e9:.1f} GFLOP/s"
+        f"machine: {machine}, torch {torch.__version__}, {args.threads} threads; "
+        f"measured {args.dtype} matmul rate {rate / 1e9:.1f} GFLOP/s"
     )
     n_tok = tokens_of(examples)
     n_resp = sum(len(e.chosen) + len(e.rejected) for e in examples)
     print(f"data: {args.batch} pairs, {n_tok} tokens per step (chosen + rejected sequences)")
     results = []
     for shape in args.shapes.split(","):
-        reference = build_model(shape, seed=0).requires_grad_(False)
+        reference = build_model(shape, seed=0).to(args.device, dtype).requires_grad_(False)
         N = n_params(reference)
         head = reference.get_output_embeddings().weight.numel()  # V·H, as is the input embedding
         # FLOPs a step cannot avoid: the blocks on every token, the output projection on response
@@ -197,7 +226,8 @@ def main() -> None:
         # and other load only ever slows a run down.
         for _ in range(args.repeats):
             for name in impls:
-                rate = max(rate, matmul_rate())  # the CPU's best rate seen: others share it
+                # the best rate seen: other sessions share the CPU
+                rate = max(rate, matmul_rate(device=args.device, dtype=dtype))
                 torch.manual_seed(0)
                 policy = perturbed_policy(reference, seed=1)
                 ref = copy.deepcopy(reference)
@@ -234,15 +264,26 @@ def main() -> None:
                 f"{shape:>5} speed-up {trl['seconds_per_step'] / ours['seconds_per_step']:.2f}x, "
                 f"first-loss difference {abs(ours['first_loss'] - trl['first_loss']):.2e}"
             )
-    print(f"best measured fp32 matmul rate over the run: {rate / 1e9:.1f} GFLOP/s")
+    print(f"best measured {args.dtype} matmul rate over the run: {rate / 1e9:.1f} GFLOP/s")
     for row in results:
         row["matmul_fraction"] = row["flops_counted"] / row["seconds_per_step"] / rate
         row["needed_fraction"] = row["flops_needed"] / row["seconds_per_step"] / rate
+        row["device"], row["dtype"] = args.device, args.dtype
+        if args.peak_tflops > 0:  # model FLOP utilisation against the device's datasheet peak
+            row["mfu"] = row["flops_counted"] / row["seconds_per_step"] / (args.peak_tflops * 1e12)
+            row["mfu_needed"] = (
+                row["flops_needed"] / row["seconds_per_step"] / (args.peak_tflops * 1e12)
+            )
         print(
             f"{row['shape']:>5} {row['impl']:<15} {row['seconds_per_step'] * 1e3:8.1f} ms/step "
             f"{row['pairs_per_s']:8.2f} pairs/s {row['tokens_per_s']:9.0f} tokens/s  "
             f"first loss {row['first_loss']:.7f}  {100 * row['matmul_fraction']:5.1f}% of matmul "
             f"rate ({100 * row['needed_fraction']:.1f}% counting needed FLOPs only)"
+            + (
+                f"; MFU {100 * row['mfu']:.1f}% of {args.peak_tflops:g} TFLOP/s"
+                if "mfu" in row
+                else ""
+            )
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_rate": rate, "results": results}, indent=2))

@@ -33,14 +33,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from treemdp.results import find_runs, read_table
+from treemdp.cli import flags_for
+from treemdp.results import config_matches, find_runs, read_table
 
 COLUMNS = (
     "run",
@@ -215,37 +216,17 @@ TOY_QUICK = {"objectives": TOY_REQUIRED["objectives"], "quick": True, "rdpo_alph
 """The tiny config (``--quick``) for tests and a first look."""
 
 
-def toy_args(settings: dict) -> list[str]:
-    """Command-line flags of experiments/toy_scaling.py that request ``settings``."""
-    args: list[str] = []
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, tuple | list):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
-    return args
-
-
-def _matches(config: dict, settings: dict) -> bool:
-    return all(
-        config.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
-    )
-
-
 def find_toy_run(results: str | Path = "results", settings: dict | None = None) -> Path:
     """The newest toy_scaling run folder under ``results`` with ``settings`` whose metrics.csv
     has every column the figures need (older folders lack ``length_r2``)."""
     settings = TOY_REQUIRED if settings is None else settings
     for folder, config in find_runs(Path(results) / "toy_scaling", "metrics.csv"):
-        if not _matches(config, settings):
+        if not config_matches(config, settings):
             continue
         header = pd.read_csv(folder / "metrics.csv", nrows=0).columns
         if set(TOY_COLUMNS) <= set(header):
             return folder
-    command = " ".join(["python", TOY_EXPERIMENT, *toy_args(settings), "--force"])
+    command = " ".join(["python", TOY_EXPERIMENT, *flags_for(settings), "--force"])
     raise ValueError(
         f"no complete toy_scaling run with the settings these figures need under {results}; "
         f"run: {command}"
@@ -319,7 +300,7 @@ def _llm_run(folder: Path) -> pd.DataFrame:
             "run": folder.name,
             "objective": str(config["objective"]).lower(),
             "beta": float(config["beta"]),
-            "size": str(config["model"]),
+            "size": str(config.get("size", config["model"])),
             "n_params": model_params(config),
             "seed": config["seed"],
             "step": raw["examples_seen"],
@@ -390,3 +371,19 @@ def data_from_args(args: argparse.Namespace) -> Data:
     if args.llm_runs:
         return load_llm(args.llm_runs)
     return load_toy(args.toy_run or find_toy_run(args.results))
+
+
+def command_line(doc: str, draw: Callable[..., list[Path]], **extra: str) -> None:
+    """The command line of a figure script: --toy-run / --llm-runs / --results / --out plus
+    ``extra`` flags (name → help, string-valued, default None) passed to ``draw`` by keyword;
+    a ValueError exits 2 with its message; prints the files written."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    add_arguments(parser)
+    for name, help_ in extra.items():
+        parser.add_argument("--" + name.replace("_", "-"), default=None, help=help_)
+    args = parser.parse_args()
+    try:
+        files = draw(data_from_args(args), args.out, **{k: getattr(args, k) for k in extra})
+    except ValueError as e:
+        parser.error(str(e))
+    print("\n".join(map(str, files)))

@@ -13,7 +13,6 @@ error (LLM): the value and a ±1 SE band.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import checkpoints
@@ -95,13 +94,4 @@ def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    checkpoints.add_arguments(parser)
-    args = parser.parse_args()
-    try:
-        files = main(checkpoints.data_from_args(args), args.out)
-    except ValueError as e:
-        parser.error(str(e))
-    print("\n".join(map(str, files)))
+    checkpoints.command_line(__doc__, main)

@@ -12,7 +12,6 @@ Writes:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import checkpoints
@@ -126,7 +125,8 @@ def plot_kl_length_corr(table: pd.DataFrame):
 def main(
     data: checkpoints.Data, out: str | Path = "figures/out", size: str | None = None
 ) -> list[Path]:
-    """Write `dpo_rdpo` (when the table has R-DPO runs) and `kl_length_corr`."""
+    """Write `dpo_rdpo` (when the table has R-DPO runs) and `kl_length_corr` (when responses
+    differ in length: on a complete tree's language every response has D tokens)."""
     writer = Writer(out, data.kind, data.source)
     table = data.table
     if "rdpo" in set(table["objective"]):
@@ -140,6 +140,9 @@ def main(
         )
     else:
         print("dpo_rdpo: skipped, the table has no rdpo runs")
+    if table["length_r2"].isna().all():
+        print("kl_length_corr: skipped, every response has one length (R² undefined)")
+        return writer.written
     writer.save(
         plot_kl_length_corr(table),
         "kl_length_corr",
@@ -151,14 +154,4 @@ def main(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    checkpoints.add_arguments(parser)
-    parser.add_argument("--size", default=None, help="size of dpo_rdpo [default: the middle]")
-    args = parser.parse_args()
-    try:
-        files = main(checkpoints.data_from_args(args), args.out, args.size)
-    except ValueError as e:
-        parser.error(str(e))
-    print("\n".join(map(str, files)))
+    checkpoints.command_line(__doc__, main, size="size of dpo_rdpo [default: the middle]")

@@ -33,8 +33,8 @@ import ood_probs
 import scaling_fits
 import tree_mdp
 
-from treemdp.cli import OneLineParser
-from treemdp.results import RunFolderBusyError, run_lock
+from treemdp.cli import OneLineParser, flags_for
+from treemdp.results import RunFolderBusyError, config_matches, find_runs, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"steps": 40, "seed": (0, 1, 2), "sft_steps": 30, "log_every": 10}
@@ -61,7 +61,7 @@ def tree_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path
             raise ValueError("recompute")
         run = ood_probs.find_run(results, settings)
     except ValueError:
-        run_experiment(ood_probs.EXPERIMENT, ood_probs.experiment_args(settings), results, fresh)
+        run_experiment(ood_probs.EXPERIMENT, flags_for(settings), results, fresh)
         run = ood_probs.find_run(results, settings)
     return written + ood_probs.main(run, out)
 
@@ -91,7 +91,7 @@ def toy_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]
         run = checkpoints.find_toy_run(results, settings)
     except ValueError:
         # --force: a folder of the same config written before length_r2 existed is recomputed
-        args = [*checkpoints.toy_args(settings), "--force"]
+        args = [*flags_for(settings), "--force"]
         run_experiment(checkpoints.TOY_EXPERIMENT, args, results, fresh=False)
         run = checkpoints.find_toy_run(results, settings)
     return draw_checkpoints(checkpoints.load_toy(run), out)
@@ -100,13 +100,38 @@ def toy_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]
 LLM_RUNS: list[str] = []
 """Set from --llm-runs by ``main``."""
 
+LLM_EXPERIMENT = "experiments/llm_confirm.py"
+LLM_SIZES = ("tiny", "14m", "31m")
+"""Model sizes standing in for Pythia 1B / 2.8B / 6.9B on this CPU (tree language)."""
+LLM_SETTINGS = {"beta": (0.03, 0.1, 0.3)}
+LLM_QUICK = {
+    "beta": (0.1,), "steps": 20, "checkpoints": 4, "sft_samples": 64, "sft_epochs": 2.0,
+    "eval_samples": 32, "toy_steps": 200, "toy_sft_steps": 50,
+}  # fmt: skip
+
+
+def default_llm_runs(results: Path, fresh: bool, quick: bool) -> list[Path]:
+    """LLM run folders on the tree language, one llm_confirm run per model size (made here when
+    missing: experiments/llm_confirm.py reuses finished runs itself)."""
+    sizes, settings = (LLM_SIZES[:1], LLM_QUICK) if quick else (LLM_SIZES, LLM_SETTINGS)
+    root = results / Path(LLM_EXPERIMENT).stem
+    folders: list[Path] = []
+    for size in sizes:
+        wanted = {**settings, "model": size}
+        found = [f for f, c in find_runs(root, "comparison.csv") if config_matches(c, wanted)]
+        if fresh or not found:
+            print(f"  training and evaluating the {size} model ...", flush=True)
+            run_experiment(LLM_EXPERIMENT, [*flags_for(wanted), "--no-progress"], results, fresh)
+            found = [f for f, c in find_runs(root, "comparison.csv") if config_matches(c, wanted)]
+        folders += [p for p in sorted((found[0] / "llm").iterdir()) if p.name != "sft"]
+    return folders
+
 
 def llm_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]:
-    """The same figures from LLM evaluation run folders (--llm-runs); never trains."""
-    if not LLM_RUNS:
-        print("[llm] nothing to draw: no --llm-runs given (LLM evaluation run folders)")
-        return []
-    return draw_checkpoints(checkpoints.load_llm(LLM_RUNS), out)
+    """The same figures from LLM evaluation run folders: --llm-runs, or by default tree-language
+    runs of three small model sizes made on this machine (experiments/llm_confirm.py)."""
+    runs = LLM_RUNS or default_llm_runs(results, fresh, quick)
+    return draw_checkpoints(checkpoints.load_llm(runs), out)
 
 
 FAMILIES: dict[str, Callable[[Path, Path, bool, bool], list[Path]]] = {

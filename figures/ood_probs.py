@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from treemdp import plotting
-from treemdp.results import find_runs, read_table
+from treemdp.cli import flags_for
+from treemdp.results import config_matches, find_runs, read_table
 
 BETAS = (0.01, 0.1, 0.5)
 OBJECTIVES = ("dpo", "ipo", "slic")
@@ -52,34 +53,13 @@ REQUIRED = {
 """The experiment settings these figures show (the rest are ood_mass.py's defaults)."""
 
 
-def experiment_args(settings: dict) -> list[str]:
-    """Command-line flags of experiments/ood_mass.py that request ``settings``."""
-    args: list[str] = []
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, tuple | list):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
-    return args
-
-
-def matches(config: dict, settings: dict) -> bool:
-    """Whether a run's config has every value in ``settings`` (tuples compare as lists)."""
-    return all(
-        config.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
-    )
-
-
 def find_run(results: str | Path = "results", settings: dict | None = None) -> Path:
     """The newest complete ood_mass run folder under ``results`` with ``settings``."""
     settings = REQUIRED if settings is None else settings
     for folder, config in find_runs(Path(results) / "ood_mass", "metrics.csv"):
-        if matches(config, settings) and (folder / "responses.csv").exists():
+        if config_matches(config, settings) and (folder / "responses.csv").exists():
             return folder
-    command = " ".join(["python", EXPERIMENT, *experiment_args(settings)])
+    command = " ".join(["python", EXPERIMENT, *flags_for(settings)])
     raise ValueError(
         f"no ood_mass run with the settings these figures need under {results}; run: {command}"
     )

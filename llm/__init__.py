@@ -8,6 +8,10 @@ Modules:
     tree_language  a treemdp problem as token sequences (one token per action)
     train      SFT and DAA training loops (gradient accumulation, torch.distributed, checkpoints)
     checkpoint atomic checkpoints and resume
+    sampling   batched sampling with the KV cache; the tree language decoded on the tree, exactly
+    judges     gold, reward-model and API (OpenAI-compatible) judges behind one interface
+    evaluate   every checkpoint of a run: KL, lengths, held-out accuracy/loss, win rate (eval.csv)
 
-The package never imports ``experiments``; ``experiments/llm_train.py`` is its command line.
+The package never imports ``experiments``; ``experiments/llm_train.py``, ``llm_eval.py`` and
+``llm_confirm.py`` are its command lines.
 """

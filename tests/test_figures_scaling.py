@@ -339,7 +339,11 @@ def test_make_all_toy_and_llm_end_to_end_on_the_quick_config(tmp_path):
     args += ["--results", str(tmp_path / "r"), "--out", str(tmp_path / "f")]
     first = run_script("figures/make_all.py", *args)
     assert first.returncode == 0, first.stderr
-    assert "[llm] nothing to draw: no --llm-runs given" in first.stdout
+    assert "training and evaluating the tiny model" in first.stdout  # the default LLM runs
+    llm_names = {p.name for p in (tmp_path / "f" / "llm").iterdir()}
+    assert {"dpo_scaling_law_curve_fits_kl.png", "Winrate_evolution_over_epoch_for_DPO_tiny.png",
+            "ipo_all_ckpts_acc_vs_win.png"} <= llm_names  # fmt: skip
+    assert "kl_length_corr: skipped, every response has one length" in first.stdout
     names = {p.name for p in (tmp_path / "f" / "toy").iterdir()}
     for objective in ("dpo", "ipo", "slic"):
         for part in ("final_kl", "kl", "final_forward_kl", "forward_kl"):
@@ -355,6 +359,9 @@ def test_make_all_toy_and_llm_end_to_end_on_the_quick_config(tmp_path):
     assert "toy_scaling.py" in caption and "capacity" in caption
     runs = sorted((tmp_path / "r" / "toy_scaling").iterdir())
     assert len(runs) == 1
+    again = run_script("figures/make_all.py", *args)  # cached: no experiment runs again
+    assert again.returncode == 0 and "training and evaluating" not in again.stdout
+    assert sorted((tmp_path / "r" / "toy_scaling").iterdir()) == runs
 
 
 def test_make_all_llm_failure_names_the_problem(tmp_path):
@@ -363,3 +370,10 @@ def test_make_all_llm_failure_names_the_problem(tmp_path):
     done = run_script("figures/make_all.py", *args)
     assert done.returncode != 0
     assert "[llm] failed" in done.stderr and "holds no eval.csv" in done.stderr
+
+
+def test_the_llm_table_contract_matches_what_the_evaluation_writes():
+    from llm.evaluate import COLUMNS
+
+    checkpoints = load_script("figures/checkpoints.py")
+    assert tuple(COLUMNS[: len(checkpoints.LLM_EVAL_COLUMNS)]) == checkpoints.LLM_EVAL_COLUMNS

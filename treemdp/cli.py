@@ -25,6 +25,7 @@ __all__ = [
     "arg",
     "build_parser",
     "flag_table",
+    "flags_for",
     "parse_config",
     "run",
 ]
@@ -109,6 +110,21 @@ def _check_ranges(cls: type, values: dict[str, Any]) -> None:
                 raise ValueError(f"{_flag(f.name)} must be >= {lo}; got {v}")
             if xlo is not None and not v > xlo:
                 raise ValueError(f"{_flag(f.name)} must be > {xlo}; got {v}")
+
+
+def flags_for(settings: dict[str, Any]) -> list[str]:
+    """The command-line flags that set ``settings`` (field name → value) on a script built here:
+    the inverse of the parser, e.g. {"beta": (0.1, 0.5), "force": True} → --beta 0.1 0.5 --force."""
+    args: list[str] = []
+    for key, value in settings.items():
+        flag = _flag(key)
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple | list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str = "") -> C:

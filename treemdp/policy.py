@@ -32,6 +32,7 @@ __all__ = [
     "LogLinear",
     "Policy",
     "Tabular",
+    "bottom_up_logsumexp",
     "check_logits",
     "conditional_logprobs",
     "gaussian_features",
@@ -150,6 +151,41 @@ def response_logprobs(tree: Tree, logits: Tensor) -> Tensor:
     return nodes[:, tree.leaves]
 
 
+def bottom_up_logsumexp(
+    tree: Tree, leaf_values: Tensor, edge_weights: Tensor | None = None
+) -> Tensor:
+    """w(leaf) = leaf value; w(s) = log Σ_a exp(e(s, a) + w(s·a)) for every internal node s,
+    level by level from the deepest (missing children contribute nothing).
+
+    With e = 0 this is the log subtree mass; with e = log π_ref(a|s) and leaf values r/β it is the
+    soft value V/β of the KL-regularised optimum (``treemdp.theory.soft_values``).
+
+    Args:
+        tree: the tree.
+        leaf_values: w at the leaves. Shape (R, L).
+        edge_weights: e per (internal node, action), or None for 0. Shape (R, M, b).
+
+    Returns:
+        w at every node. Shape (R, N).
+    """
+    R = leaf_values.shape[0]
+    w = leaf_values.new_full((R, tree.n_nodes), float("-inf"))
+    w[:, tree.leaves] = leaf_values
+    children = tree.children.clamp(min=0)
+    for d in range(tree.max_depth - 1, -1, -1):
+        lo, hi = tree.level_offsets[d], tree.level_offsets[d + 1]
+        idx = tree.internal_index[lo:hi]
+        rows = idx[idx >= 0]
+        if rows.numel() == 0:
+            continue
+        terms = w[:, children[rows]]
+        if edge_weights is not None:
+            terms = terms + edge_weights[:, rows]
+        terms = terms.masked_fill(~tree.valid[rows], float("-inf"))
+        w[:, tree.internal[rows]] = torch.logsumexp(terms, dim=-1)
+    return w
+
+
 def subtree_log_mass(tree: Tree, response_logp: Tensor) -> Tensor:
     """log of the total probability of the responses below each node (bottom-up, level by level).
 
@@ -160,19 +196,7 @@ def subtree_log_mass(tree: Tree, response_logp: Tensor) -> Tensor:
     Returns:
         Log subtree masses. Shape (R, N).
     """
-    R = response_logp.shape[0]
-    mass = response_logp.new_full((R, tree.n_nodes), float("-inf"))
-    mass[:, tree.leaves] = response_logp
-    children = tree.children.clamp(min=0)
-    for d in range(tree.max_depth - 1, -1, -1):
-        lo, hi = tree.level_offsets[d], tree.level_offsets[d + 1]
-        idx = tree.internal_index[lo:hi]
-        rows = idx[idx >= 0]
-        if rows.numel() == 0:
-            continue
-        kids = mass[:, children[rows]].masked_fill(~tree.valid[rows], float("-inf"))
-        mass[:, tree.internal[rows]] = torch.logsumexp(kids, dim=-1)
-    return mass
+    return bottom_up_logsumexp(tree, response_logp)
 
 
 def logits_from_response_logprobs(tree: Tree, response_logp: Tensor) -> Tensor:

@@ -44,6 +44,7 @@ __all__ = [
     "atomic_write",
     "cached_tables",
     "config_dict",
+    "config_matches",
     "find_runs",
     "is_temporary",
     "read_checked",
@@ -430,3 +431,11 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
         if created:  # a run that failed before writing anything leaves no empty folder
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def config_matches(config: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
+    """Whether a run's config.json values include every value in ``settings`` (tuples compare
+    as the lists JSON gives back)."""
+    return all(
+        config.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
+    )

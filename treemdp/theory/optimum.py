@@ -13,6 +13,7 @@ from torch import Tensor
 from treemdp import objectives
 from treemdp.metrics import kl_divergence
 from treemdp.policy import (
+    bottom_up_logsumexp,
     check_logits,
     conditional_logprobs,
 )
@@ -94,17 +95,8 @@ def soft_values(tree: Tree, ref_logits: Tensor, rewards: Tensor, *, beta: float 
     R = ref_logits.shape[0]
     b = _betas(beta, R)
     cond = conditional_logprobs(tree, ref_logits)
-    w = cond.new_zeros(R, tree.n_nodes)  # V/β, filled from the leaves up
-    w[:, tree.leaves] = _rewards(tree, rewards, R) / b
-    children = tree.children.clamp(min=0)
-    for d in range(tree.max_depth - 1, -1, -1):
-        lo, hi = tree.level_offsets[d], tree.level_offsets[d + 1]
-        idx = tree.internal_index[lo:hi]
-        rows = idx[idx >= 0]
-        if rows.numel() == 0:
-            continue
-        terms = (cond[:, rows] + w[:, children[rows]]).masked_fill(~tree.valid[rows], -math.inf)
-        w[:, tree.internal[rows]] = torch.logsumexp(terms, dim=-1)
+    # V/β from the leaves up: V(s)/β = log Σ_a π_ref(a|s) exp(V(s·a)/β).
+    w = bottom_up_logsumexp(tree, _rewards(tree, rewards, R) / b, cond)
     return w * b
 
 

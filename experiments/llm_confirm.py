@@ -1,0 +1,445 @@
+"""Does an LLM show what the Tree-MDP toy predicts? The toy and a GPT-NeoX side by side.
+
+On one tree problem (treemdp ``build_problem``: gold rewards, preference pairs, a log-linear SFT
+reference π_ref):
+
+1. the toy's prediction, exact: DPO, IPO and SLiC trained from π_ref with a tabular policy (π_ref
+   as fixed offset) and with the log-linear policy (``treemdp.train``);
+2. the LLM: a Pythia-shaped GPT-NeoX is SFT'd on samples of π_ref in the tree language (one
+   token per action), then trained with DPO, IPO and SLiC on the same pairs (``llm.train``), and
+   every checkpoint is evaluated (``llm.evaluate``): the exact distribution over all leaves of
+   the model decoded on the tree (every leaf scored) next to estimates from samples.
+
+Reported for toy and LLM: OOD mass, in-distribution mass, exact (and, for the LLM, sampled) KL and
+gold win rate against π_ref, at the start, peak and end of training; a figure; and a verdict per
+objective: the toy "degrades" when the OOD mass rises by at least ``--margin`` and the
+in-distribution mass ends at least ``--margin`` below its peak; the LLM shows the predicted
+degradation when the same holds for it.
+
+    python experiments/llm_confirm.py                       # CPU: tiny model, 3x3 tree
+    python experiments/llm_confirm.py --model 70m --device cuda --depth 4
+
+writes results/llm_confirm/<run>/{config.json, toy.csv, llm.csv, comparison.csv, verdict.txt,
+confirm.png, llm/<sft and one folder per objective and β, each with eval.csv>}.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from llm.data import Example
+from llm.evaluate import EvalSettings, EvalTask, TreeTask, evaluate_run
+from llm.judges import GoldJudge
+from llm.model import PYTHIA_SHAPES, build_model, load_model
+from llm.sampling import tree_logprobs
+from llm.train import DAALoss, TrainConfig, sft_loss, train
+from llm.tree_language import tree_examples, tree_tokenizer
+from treemdp import plotting
+from treemdp.cli import arg, run
+from treemdp.metrics import kl_divergence
+from treemdp.policy import Policy, Tabular
+from treemdp.problem import Problem, build_problem
+from treemdp.results import atomic_write, cached_tables, run_folder
+from treemdp.train import grid
+from treemdp.train import train as train_toy
+from treemdp.tree import Tree
+
+PAPER_OBJECTIVES = ("dpo", "ipo", "slic")
+SIDES = ("toy-tabular", "toy-loglinear", "llm")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The bridge experiment: toy prediction vs an LLM on the same tree problem."""
+
+    branching: int = arg(3, "actions per state (b)", minimum=2)
+    depth: int = arg(3, "tree depth (b^depth responses; every leaf is scored exactly)", minimum=1)
+    pairs: int = arg(1, "preference pairs (1 = the paper's 1pref)", minimum=1)
+    seed: int = arg(
+        3, "problem seed (features, gold rewards, pairs) and LLM seed; 3: see docs/llm.md"
+    )
+    features: int = arg(8, "feature dimension k of the toy's log-linear policy", minimum=1)
+    objectives: tuple[str, ...] = arg(PAPER_OBJECTIVES, "objectives", choices=PAPER_OBJECTIVES)
+    beta: tuple[float, ...] = arg((0.1,), "β values", exclusive_minimum=0)
+    toy_sft_steps: int = arg(300, "Adam steps of the toy's SFT reference fit", minimum=0)
+    toy_steps: int = arg(2000, "toy training steps (Adam, full batch)", minimum=1)
+    toy_lr: float = arg(0.01, "toy learning rate", exclusive_minimum=0)
+    model: str = arg("tiny", "Pythia shape (random init), hub name or folder for the LLM")
+    device: str = arg("auto", "cpu, cuda, or auto")
+    sft_samples: int = arg(512, "samples of π_ref the LLM is SFT'd on", minimum=1)
+    sft_epochs: float = arg(4.0, "SFT epochs", exclusive_minimum=0)
+    sft_lr: float = arg(3e-3, "SFT learning rate (RMSProp)", exclusive_minimum=0)
+    sft_batch_size: int = arg(32, "SFT batch size", minimum=1)
+    lr: float = arg(1e-3, "DAA learning rate (RMSProp)", exclusive_minimum=0)
+    steps: int = arg(200, "DAA steps (each on every pair)", minimum=1)
+    checkpoints: int = arg(10, "DAA checkpoints, evenly spaced", minimum=1)
+    eval_samples: int = arg(256, "samples per checkpoint for the sampled estimates", minimum=2)
+    margin: float = arg(0.1, "mass change that counts as degradation", exclusive_minimum=0)
+    out: str = arg("results/llm_confirm", "root folder for run folders")
+    force: bool = arg(False, "recompute even if this config's results exist")
+    progress: bool = arg(True, "show progress bars")
+
+
+# ------------------------------------------------------------------------------------ toy
+def toy_problems(cfg: Config, tree: Tree) -> tuple[Problem, Problem]:
+    """The log-linear problem (SFT reference) and a tabular one with the same π_ref, gold
+    rewards and pairs (π_ref's logits as the tabular policy's fixed offset)."""
+    loglinear = build_problem(
+        tree,
+        [cfg.seed],
+        policy="loglinear",
+        features=cfg.features,
+        n_pairs=cfg.pairs,
+        sft_steps=cfg.toy_sft_steps,
+    )
+    with torch.no_grad():
+        ref_logits = loglinear.policy.logits(loglinear.policy.theta0)
+    zeros = torch.zeros(1, tree.n_internal, tree.branching, dtype=torch.float64)
+    tabular = replace(loglinear, policy=Policy(tree, Tabular(tree), zeros, ref_logits))
+    return tabular, loglinear
+
+
+def run_toy(cfg: Config, problems: dict[str, Problem]) -> pd.DataFrame:
+    """Exact toy metrics over training for every family, objective and β."""
+    frames = []
+    log_every = max(1, cfg.toy_steps // 100)
+    for family, problem in problems.items():
+        batch, specs = grid(problem, cfg.objectives, cfg.beta, cfg.toy_lr)
+        hist = train_toy(batch, specs, steps=cfg.toy_steps, log_every=log_every)
+        f = hist.frame.assign(side=f"toy-{family}", fraction=hist.frame["step"] / cfg.toy_steps)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------ LLM
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def run_sft(cfg: Config, problem: Problem, folder: Path, device: str) -> Path:
+    """SFT the LLM on samples of π_ref; returns the final checkpoint folder."""
+    tree = problem.tree
+    tok = tree_tokenizer(tree)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    probs = torch.exp(problem.ref_logp[0])
+    leaves = torch.multinomial(probs, cfg.sft_samples, replacement=True, generator=gen).tolist()
+    a0 = 1 + tree.n_prompts
+    examples = []
+    for i, y in enumerate(leaves):
+        tokens = tuple(a0 + a for a in tree.response_actions(y))
+        k = 1 + int(tree.leaf_prompt[y])
+        examples.append(Example((k,), tokens, tokens, i + 1))  # SFT reads only ``chosen``
+    if cfg.model in PYTHIA_SHAPES:
+        policy = build_model(cfg.model, seed=cfg.seed, vocab_size=len(tok))
+    else:
+        policy = load_model(cfg.model)
+        if policy.config.vocab_size < len(tok):
+            raise ValueError(f"--model {cfg.model} has fewer tokens than the tree language")
+    out = folder / "sft"
+    batch = min(cfg.sft_batch_size, len(examples))
+    tcfg = TrainConfig(
+        lr=cfg.sft_lr,
+        warmup_steps=0,
+        batch_size=batch,
+        micro_batch_size=batch,
+        epochs=cfg.sft_epochs,
+        checkpoint_every=0,
+        seed=cfg.seed,
+    )
+    _write_json(
+        out / "config.json",
+        {"stage": "sft", "model": cfg.model, "seed": cfg.seed, "source": "tree",
+         "batch_size": batch, "lr": cfg.sft_lr},
+    )  # fmt: skip
+    _write_json(out / "data.json", {"pairs": len(examples), "skipped": 0})
+    policy.to(device)
+    return train(
+        policy, examples, sft_loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
+        resume=True, progress=cfg.progress,
+    )  # fmt: skip
+
+
+def run_daa(
+    cfg: Config, task: TreeTask, sft: Path, objective: str, beta: float, folder: Path, device: str
+) -> pd.DataFrame:
+    """Train one objective from the SFT model and evaluate every checkpoint; its eval table."""
+    tree = task.tree
+    tok = tree_tokenizer(tree)
+    examples, _ = tree_examples(tree, task.chosen, task.rejected)
+    P = len(examples)
+    every = max(1, cfg.steps // cfg.checkpoints)
+    out = folder / f"{objective}-beta{beta:g}"
+    policy = load_model(sft).to(device)
+    run_config = {
+        "stage": "daa", "objective": objective, "beta": beta, "model": str(sft),
+        "size": cfg.model, "n_params": sum(p.numel() for p in policy.parameters()),
+        "seed": cfg.seed, "source": "tree", "tree_branching": cfg.branching,
+        "tree_depth": cfg.depth, "batch_size": P, "lr": cfg.lr, "reference": "",
+    }  # fmt: skip
+    _write_json(out / "config.json", run_config)
+    _write_json(out / "data.json", {"pairs": P, "skipped": 0})
+    task.write(out)
+    reference = load_model(sft).to(device).requires_grad_(False)
+    tcfg = TrainConfig(
+        lr=cfg.lr,
+        warmup_steps=0,
+        batch_size=P,
+        micro_batch_size=P,
+        epochs=cfg.steps,  # one step per epoch: every step sees every pair, as the toy's
+        checkpoint_every=every * P,
+        seed=cfg.seed,
+    )
+    train(
+        policy, examples, DAALoss(objective, beta, reference=reference), tcfg, out,
+        pad_id=tok.pad_token_id, tokenizer=tok, resume=True, progress=cfg.progress,
+    )  # fmt: skip
+    del policy, reference
+    eval_task = EvalTask(
+        prompts=[(1 + i % tree.n_prompts,) for i in range(cfg.eval_samples)],
+        pairs=examples,
+        tokenizer=tok,
+        eos_id=None,
+        pad_id=tok.pad_token_id,
+        objective=objective,
+        beta=beta,
+        tree=task,
+    )
+    settings = EvalSettings(samples=cfg.eval_samples, max_new_tokens=tree.max_depth, seed=cfg.seed)
+    frame = evaluate_run(
+        out, eval_task, settings, GoldJudge(tree, task.rewards), device=device,
+        progress=cfg.progress,
+    )  # fmt: skip
+    return frame.assign(
+        objective=objective, beta=beta, side="llm", step=frame["checkpoint"],
+        fraction=frame["checkpoint"] / cfg.steps,
+    )  # fmt: skip
+
+
+def run_llm(
+    cfg: Config, problem: Problem, folder: Path, device: str
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """SFT, then every objective and β; the stacked eval tables and an SFT report."""
+    llm_dir = folder / "llm"
+    sft = run_sft(cfg, problem, llm_dir, device)
+    tree = problem.tree
+    task = TreeTask(tree, problem.rewards[0], problem.pairs.chosen[0], problem.pairs.rejected[0])
+    sft_model = load_model(sft).to(device)
+    sft_logp = tree_logprobs(sft_model, tree)[None]
+    report = {"kl_toy_ref_to_llm_sft": float(kl_divergence(tree, problem.ref_logp, sft_logp)[0])}
+    del sft_model
+    frames = [
+        run_daa(cfg, task, sft, o, b, llm_dir, device) for o in cfg.objectives for b in cfg.beta
+    ]
+    return pd.concat(frames, ignore_index=True), report
+
+
+# ------------------------------------------------------------------------------- summary
+def compare(toy: pd.DataFrame, llm: pd.DataFrame, margin: float) -> pd.DataFrame:
+    """One row per (objective, β, side): start, peak and final masses, KL and win rate, and
+    whether the side degrades (OOD mass up by ≥ margin, in-distribution mass ≥ margin below its
+    peak at the end)."""
+    llm = llm.rename(columns={"kl_reverse": "kl_reverse_sampled", "win_rate": "win_rate_sampled"})
+    llm = llm.rename(
+        columns={
+            f"exact_{m}": m
+            for m in ("mass_ood", "mass_in_dist", "p_chosen", "win_rate", "kl_reverse")
+        }
+    )
+    both = pd.concat([toy, llm], ignore_index=True)
+    rows = []
+    for (obj, beta, side), g in both.groupby(["objective", "beta", "side"], sort=False):
+        g = g.sort_values("fraction")
+        first, last = g.iloc[0], g.iloc[-1]
+        row = {
+            "objective": obj,
+            "beta": beta,
+            "side": side,
+            "mass_ood_start": first["mass_ood"],
+            "mass_ood_final": last["mass_ood"],
+            "mass_in_dist_start": first["mass_in_dist"],
+            "mass_in_dist_peak": g["mass_in_dist"].max(),
+            "mass_in_dist_final": last["mass_in_dist"],
+            "p_chosen_peak": g["p_chosen"].max(),
+            "kl_reverse_final": last["kl_reverse"],
+            "win_rate_peak": g["win_rate"].max(),
+            "win_rate_final": last["win_rate"],
+        }
+        if side == "llm":
+            row.update(
+                kl_reverse_sampled=last["kl_reverse_sampled"],
+                kl_reverse_sampled_se=last["kl_reverse_se"],
+                win_rate_sampled=last["win_rate_sampled"],
+                win_rate_sampled_se=last["win_rate_se"],
+                ood_fraction_sampled=last["ood_fraction"],
+                off_tree_final=last["exact_off_tree"],
+            )
+        row["degrades"] = bool(
+            row["mass_ood_final"] - row["mass_ood_start"] >= margin
+            and row["mass_in_dist_peak"] - row["mass_in_dist_final"] >= margin
+        )
+        rows.append(row)
+    order = {s: i for i, s in enumerate(SIDES)}
+    out = pd.DataFrame(rows)
+    return out.sort_values(["objective", "beta", "side"], key=lambda c: c.map(order) if c.name ==
+                           "side" else c, kind="stable").reset_index(drop=True)  # fmt: skip
+
+
+def verdict(table: pd.DataFrame) -> list[str]:
+    """One line per (objective, β) and a final line: does the LLM show what the toy predicts?"""
+    lines, shown = [], []
+    for (obj, beta), g in table.groupby(["objective", "beta"], sort=False):
+        by = {r["side"]: r for _, r in g.iterrows()}
+        toy, llm = by["toy-loglinear"], by["llm"]
+        tab = by["toy-tabular"]
+
+        def mass(r):
+            return f"OOD mass {r['mass_ood_start']:.2f} -> {r['mass_ood_final']:.2f}"
+
+        pred = "predicts degradation" if toy["degrades"] else "predicts no degradation"
+        seen = "degrades" if llm["degrades"] else "does not degrade"
+        agree = bool(toy["degrades"]) == bool(llm["degrades"])
+        shown.append((obj, beta, bool(toy["degrades"]), bool(llm["degrades"])))
+        lines.append(
+            f"{obj} β={beta:g}: log-linear toy {pred} ({mass(toy)}; tabular: {mass(tab)}); "
+            f"LLM {seen} ({mass(llm)}, off-tree {llm['off_tree_final']:.2f}): "
+            f"{'agrees' if agree else 'disagrees'}"
+        )
+    predicted = [(o, b) for o, b, t, _ in shown if t]
+    confirmed = [f"{o} β={b:g}" for o, b, t, m in shown if t and m]
+    missed = [f"{o} β={b:g}" for o, b, t, m in shown if t and not m]
+    if not predicted:
+        lines.append(
+            "verdict: the toy predicts no degradation here, so there is nothing to confirm"
+        )
+    elif not missed:
+        lines.append(
+            f"verdict: YES, the LLM shows the predicted degradation ({', '.join(confirmed)})"
+        )
+    elif confirmed:
+        lines.append(
+            f"verdict: PARTLY: the LLM shows the predicted degradation for {', '.join(confirmed)}, "
+            f"not for {', '.join(missed)}"
+        )
+    else:
+        lines.append(
+            f"verdict: NO, the LLM does not show the predicted degradation ({', '.join(missed)})"
+        )
+    return lines
+
+
+def plot(toy: pd.DataFrame, llm: pd.DataFrame, path: Path) -> None:
+    """Row 1: OOD (solid) and in-distribution (dashed) mass over training, toy and LLM (exact;
+    dots: the LLM's sampled OOD share ± 2 SE). Row 2: gold win rate against π_ref."""
+    import matplotlib.pyplot as plt
+
+    plotting.set_style()
+    objs = list(dict.fromkeys(toy["objective"]))
+    fig, axes = plt.subplots(
+        2, len(objs), figsize=(plotting.PANEL_WIDTH * len(objs), 2 * plotting.PANEL_HEIGHT),
+        sharex=True, squeeze=False, constrained_layout=True,
+    )  # fmt: skip
+    colors = dict(zip(SIDES, ("#999999", "#1f77b4", "#d62728"), strict=True))
+    beta0 = toy["beta"].iloc[0]
+    for j, obj in enumerate(objs):
+        top, bottom = axes[0][j], axes[1][j]
+        for side in SIDES[:2]:
+            g = toy[(toy["objective"] == obj) & (toy["side"] == side) & (toy["beta"] == beta0)]
+            top.plot(g["fraction"], g["mass_ood"], color=colors[side], label=f"{side} OOD")
+            top.plot(g["fraction"], g["mass_in_dist"], color=colors[side], ls="--")
+            bottom.plot(g["fraction"], g["win_rate"], color=colors[side], label=side)
+        g = llm[(llm["objective"] == obj) & (llm["beta"] == beta0)]
+        c = colors["llm"]
+        top.plot(g["fraction"], g["exact_mass_ood"], color=c, marker="o", ms=3, label="LLM OOD")
+        top.plot(g["fraction"], g["exact_mass_in_dist"], color=c, ls="--", marker="o", ms=3)
+        top.errorbar(g["fraction"], g["ood_fraction"], yerr=2 * g["ood_fraction_se"], fmt="x",
+                     color="black", ms=4, label="LLM OOD, sampled")  # fmt: skip
+        bottom.plot(g["fraction"], g["exact_win_rate"], color=c, marker="o", ms=3, label="LLM")
+        bottom.errorbar(g["fraction"], g["win_rate"], yerr=2 * g["win_rate_se"], fmt="x",
+                        color="black", ms=4, label="LLM, sampled")  # fmt: skip
+        top.set_title(f"{obj.upper()}, β={beta0:g}")
+        top.set_ylim(-0.02, 1.02)
+        bottom.set_ylim(-0.02, 1.02)
+        bottom.set_xlabel("fraction of training")
+    axes[0][0].set_ylabel("mass (solid OOD, dashed in-dist)")
+    axes[1][0].set_ylabel("gold win rate vs π_ref")
+    axes[0][-1].legend(fontsize=7)
+    axes[1][-1].legend(fontsize=7)
+    plotting.save_figure(fig, path)
+
+
+def main(cfg: Config) -> Path:
+    """Run (or reuse) the bridge experiment; print the side-by-side table and the verdict."""
+    if len(set(cfg.objectives)) != len(cfg.objectives) or len(set(cfg.beta)) != len(cfg.beta):
+        raise ValueError("--objectives and --beta values must be distinct")
+    if cfg.branching**cfg.depth > 100_000:
+        raise ValueError(
+            f"--branching {cfg.branching} --depth {cfg.depth}: over 100,000 leaves to score; "
+            "use a smaller tree"
+        )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars, once per model load
+    device = _device(cfg.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+    folder = run_folder(
+        cfg.out, cfg, prefix=f"b{cfg.branching}-d{cfg.depth}",
+        ignore=("out", "force", "device", "progress"),
+    )  # fmt: skip
+    start = time.perf_counter()
+    if cfg.force and (folder / "llm").exists():
+        shutil.rmtree(folder / "llm")
+    tree = Tree.complete(cfg.branching, cfg.depth)
+
+    def compute() -> dict[str, pd.DataFrame]:
+        tabular, loglinear = toy_problems(cfg, tree)
+        toy = run_toy(cfg, {"tabular": tabular, "loglinear": loglinear})
+        llm, report = run_llm(cfg, loglinear, folder, device)
+        table = compare(toy, llm, cfg.margin)
+        table["kl_toy_ref_to_llm_sft"] = report["kl_toy_ref_to_llm_sft"]
+        return {"comparison": table, "toy": toy, "llm": llm}
+
+    tables, reused = cached_tables(
+        folder, cfg, ["comparison", "toy", "llm"], compute, force=cfg.force
+    )
+    if reused:
+        print(f"reusing finished results in {folder} (--force recomputes)")
+    table = tables["comparison"]
+    plot(tables["toy"], tables["llm"], folder / "confirm.png")
+    lines = verdict(table)
+    text = "\n".join(lines) + "\n"
+    atomic_write(folder / "verdict.txt", lambda p: p.write_text(text))
+    shown = [
+        "objective", "beta", "side", "mass_ood_start", "mass_ood_final", "mass_in_dist_peak",
+        "mass_in_dist_final", "kl_reverse_final", "kl_reverse_sampled", "kl_reverse_sampled_se",
+        "win_rate_peak", "win_rate_final", "win_rate_sampled", "win_rate_sampled_se", "degrades",
+    ]  # fmt: skip
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(table[shown].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"KL(toy π_ref ‖ LLM SFT) = {table['kl_toy_ref_to_llm_sft'].iloc[0]:.4f} (exact)")
+    print(text, end="")
+    print(
+        f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ "
+        "(comparison.csv, toy.csv, llm.csv, verdict.txt, confirm.png)",
+        file=sys.stdout,
+    )
+    return folder
+
+
+if __name__ == "__main__":
+    run(Config, main, description=__doc__)

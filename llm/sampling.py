@@ -1,0 +1,309 @@
+"""Sampling from a causal LM with the KV cache, and the tree language's exact distribution.
+
+``generate`` samples responses for a batch of prompts at a temperature, one forward per new token
+over the cache (prompts are left-padded, positions counted from each row's first real token), and
+returns the summed log-probability of each sample under the distribution it was drawn from.
+
+The tree language (``llm.tree_language``) can be decoded *on the tree*: ``TreeDecoding`` allows at
+each step only the action tokens that lead to a child of the current node and stops a row at a
+leaf, so every sample is a response of the tree. The LLM restricted this way is a tree policy:
+π(a|s) is the softmax of the model's logits over the valid actions of s. ``tree_logprobs`` gives
+its exact log-probability of every leaf (one forward per depth over all internal nodes, then
+``treemdp.policy.response_logprobs``), so Σ_y π(y|x) = 1 for every prompt by construction.
+``tree_off_mass`` is the mass the unrestricted model puts outside the tree's actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from treemdp.policy import response_logprobs
+from treemdp.tree import Tree
+
+__all__ = [
+    "Samples",
+    "TreeDecoding",
+    "generate",
+    "internal_node_tokens",
+    "leaf_of_tokens",
+    "tree_full_logprobs",
+    "tree_logprobs",
+    "tree_off_mass",
+]
+
+
+class DecodingState(Protocol):
+    """Per-batch decoding constraint: which tokens each row may take next, and when it ends."""
+
+    def allowed(self) -> Tensor:
+        """Shape (B, V) bool: tokens a row may sample next."""
+        ...
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Advance by the sampled tokens (shape (B,)); return which rows have ended. Shape (B,)."""
+        ...
+
+
+class Decoding(Protocol):
+    """Builds a ``DecodingState`` for a batch of prompts."""
+
+    def begin(self, prompts: Sequence[tuple[int, ...]], vocab_size: int) -> DecodingState: ...
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Sampled responses.
+
+    Attributes:
+        responses: token ids of each response (with EOS when it ended on EOS).
+        logp: Σ_t log π(y_t | x, y_<t) under the sampling distribution (temperature and any
+            decoding constraint applied), float32. Shape (n,).
+    """
+
+    responses: list[tuple[int, ...]]
+    logp: Tensor
+
+
+def _left_pad(prompts: Sequence[tuple[int, ...]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long, device=device)
+    att = torch.zeros((len(prompts), T), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+        att[i, T - len(p) :] = 1
+    return ids, att
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompts: Sequence[tuple[int, ...]],
+    *,
+    max_new_tokens: int,
+    eos_id: int | None,
+    pad_id: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+    decoding: Decoding | None = None,
+) -> Samples:
+    """Sample one response per prompt, batched, with the KV cache.
+
+    Args:
+        model: a transformers causal LM.
+        prompts: prompt token ids (each non-empty).
+        max_new_tokens: response length limit (>= 1).
+        eos_id: a row ends after sampling this token (kept in the response); None: no EOS.
+        pad_id: id used for left padding (never attended to).
+        generator: the only source of randomness (on the model's device).
+        temperature: > 0; 1.0 samples the model's own distribution.
+        batch_size: prompts per forward.
+        decoding: optional constraint (e.g. ``TreeDecoding``); rows also end when it says so.
+
+    Returns:
+        ``Samples`` in prompt order.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be non-empty token sequences")
+    device = next(model.parameters()).device
+    responses: list[tuple[int, ...]] = []
+    logps: list[Tensor] = []
+    for s in range(0, len(prompts), batch_size):
+        chunk = list(prompts[s : s + batch_size])
+        ids, att = _left_pad(chunk, pad_id, device)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        state = None if decoding is None else decoding.begin(chunk, model.config.vocab_size)
+        cache = DynamicCache(config=model.config)  # filled in place by every forward
+        out = model(
+            input_ids=ids, attention_mask=att, position_ids=pos, cache=cache, use_cache=True
+        )
+        B = len(chunk)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        total = torch.zeros(B, dtype=torch.float32, device=device)
+        new: list[Tensor] = []
+        next_pos = pos[:, -1] + 1
+        for t in range(max_new_tokens):
+            logits = out.logits[:, -1].float() / temperature  # (B, V)
+            if state is not None:
+                logits = logits.masked_fill(~state.allowed().to(device), float("-inf"))
+            logp = torch.log_softmax(logits, dim=-1)
+            tok = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
+            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+            total += torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0])
+            new.append(tok)
+            ended = torch.zeros_like(done)
+            if eos_id is not None:
+                ended |= tok == eos_id
+            if state is not None:
+                ended |= state.step(tok).to(device)
+            done = done | ended
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            att = torch.cat([att, torch.ones_like(att[:, :1])], dim=1)
+            out = model(
+                input_ids=tok[:, None],
+                attention_mask=att,
+                position_ids=next_pos[:, None],
+                cache=cache,
+                use_cache=True,
+            )
+            next_pos = next_pos + 1
+        rows = torch.stack(new, dim=1).tolist()
+        lengths = _lengths(torch.stack(new, dim=1), eos_id, state)
+        responses.extend(tuple(r[:n]) for r, n in zip(rows, lengths, strict=True))
+        logps.append(total.cpu())
+    return Samples(responses, torch.cat(logps) if logps else torch.zeros(0))
+
+
+def _lengths(new: Tensor, eos_id: int | None, state: DecodingState | None) -> list[int]:
+    """Tokens of each row up to and including the one that ended it (EOS or a leaf)."""
+    T = new.shape[1]
+    if state is not None and hasattr(state, "lengths"):
+        return state.lengths.tolist()
+    if eos_id is None:
+        return [T] * new.shape[0]
+    is_eos = new == eos_id
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, T)
+    return first.tolist()
+
+
+# ------------------------------------------------------------------------------ the tree
+def _first_action(tree: Tree) -> int:
+    return 1 + tree.n_prompts  # llm.tree_language's vocabulary: <pad>, <s0>..., a0...
+
+
+class _TreeState:
+    def __init__(self, tree: Tree, roots: Tensor, vocab_size: int) -> None:
+        self.tree, self.node = tree, roots.clone()
+        self.lengths = torch.zeros_like(roots)
+        self.finished = torch.zeros_like(roots, dtype=torch.bool)
+        self.vocab_size = vocab_size
+
+    def allowed(self) -> Tensor:
+        tree, B = self.tree, self.node.shape[0]
+        mask = torch.zeros(B, self.vocab_size, dtype=torch.bool)
+        internal = tree.internal_index[self.node]
+        live = internal >= 0
+        a0 = _first_action(tree)
+        mask[live, a0 : a0 + tree.branching] = tree.valid[internal[live]]
+        mask[~live, 0] = True  # a finished row samples padding, which is discarded
+        return mask
+
+    def step(self, tokens: Tensor) -> Tensor:
+        tree = self.tree
+        tokens = tokens.cpu()
+        internal = tree.internal_index[self.node]
+        live = (internal >= 0) & ~self.finished
+        action = (tokens - _first_action(tree)).clamp(0, tree.branching - 1)
+        child = tree.children[internal.clamp(min=0), action]
+        self.node = torch.where(live, child, self.node)
+        self.lengths = self.lengths + live.long()
+        self.finished = tree.internal_index[self.node] < 0
+        return self.finished
+
+
+@dataclass(frozen=True, eq=False)
+class TreeDecoding:
+    """Decode on the tree: only actions with a child are allowed, and a row ends at a leaf.
+
+    Prompts are ``llm.tree_language`` prompts: one token ``<s{k}>`` for root k.
+    """
+
+    tree: Tree
+
+    def begin(self, prompts: Sequence[tuple[int, ...]], vocab_size: int) -> _TreeState:
+        k = torch.tensor([p[-1] - 1 for p in prompts])
+        if bool(((k < 0) | (k >= self.tree.n_prompts)).any()):
+            raise ValueError("prompts must be tree-language root tokens <s0> ... <sK>")
+        return _TreeState(self.tree, self.tree.roots[k], vocab_size)
+
+
+def internal_node_tokens(tree: Tree) -> list[tuple[int, ...]]:
+    """The token sequence (root token, then one token per action) that reaches each internal
+    node, in the order of ``tree.internal``."""
+    a0 = _first_action(tree)
+    out = []
+    for node in tree.internal.tolist():
+        path = []
+        while int(tree.parent[node]) >= 0:
+            path.append(a0 + int(tree.action[node]))
+            node = int(tree.parent[node])
+        out.append((1 + int(tree.node_prompt[node]), *reversed(path)))
+    return out
+
+
+@torch.no_grad()
+def _node_logits(model: nn.Module, tree: Tree, batch_size: int, *, normalised: bool) -> Tensor:
+    """The model's logits of the b action tokens at every internal node (log-softmaxed over the
+    whole vocabulary when ``normalised``). Shape (M, b), float64."""
+    device = next(model.parameters()).device
+    seqs = internal_node_tokens(tree)
+    a0 = _first_action(tree)
+    table = torch.zeros(tree.n_internal, tree.branching, dtype=torch.float64)
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_len.setdefault(len(s), []).append(i)
+    for idx in by_len.values():  # one length per depth: no padding
+        for s in range(0, len(idx), batch_size):
+            part = idx[s : s + batch_size]
+            ids = torch.tensor([seqs[i] for i in part], device=device)
+            logits = model(input_ids=ids).logits[:, -1].double().cpu()
+            if normalised:
+                logits = torch.log_softmax(logits, dim=-1)
+            table[part] = logits[:, a0 : a0 + tree.branching]
+    return table
+
+
+def tree_logprobs(model: nn.Module, tree: Tree, *, batch_size: int = 256) -> Tensor:
+    """Exact log π(y|x) of every leaf for the LLM decoded on the tree (``TreeDecoding``).
+
+    Args:
+        model: a causal LM over ``llm.tree_language.tree_tokenizer(tree)``'s vocabulary.
+        tree: the tree.
+        batch_size: internal nodes per forward.
+
+    Returns:
+        Shape (L,), float64; logsumexp over each prompt's leaves is 0.
+    """
+    table = _node_logits(model, tree, batch_size, normalised=False)
+    return response_logprobs(tree, table[None])[0]
+
+
+def tree_full_logprobs(model: nn.Module, tree: Tree, *, batch_size: int = 256) -> Tensor:
+    """log-probability of every leaf under the unrestricted model (full-vocabulary softmax at
+    every step). Shape (L,), float64; per prompt the masses sum to at most 1, the rest is the
+    mass of sequences that leave the tree (a non-action token, or an action without a child)."""
+    full = _node_logits(model, tree, batch_size, normalised=True)
+    flat = full.masked_fill(~tree.valid, float("-inf")).reshape(-1)
+    node = torch.zeros(tree.n_nodes, dtype=torch.float64)
+    for lo, hi, _, edge in tree.levels:
+        node[lo:hi] = node[tree.parent[lo:hi]] + flat[edge]
+    return node[tree.leaves]
+
+
+def tree_off_mass(model: nn.Module, tree: Tree, *, batch_size: int = 256) -> float:
+    """Probability that the unrestricted model leaves the tree before reaching a leaf, averaged
+    over prompts."""
+    leaf = tree_full_logprobs(model, tree, batch_size=batch_size)
+    return float(1.0 - torch.exp(leaf).sum() / tree.n_prompts)
+
+
+def leaf_of_tokens(tree: Tree) -> dict[tuple[int, ...], int]:
+    """Map (root token, action tokens...) → leaf index, for every leaf of the tree."""
+    a0 = _first_action(tree)
+    return {
+        (1 + int(tree.leaf_prompt[i]), *(a0 + a for a in tree.response_actions(i))): i
+        for i in range(tree.n_responses)
+    }

@@ -1,0 +1,97 @@
+"""Sampling with the KV cache, the exact leaf distribution of the tree language, and the
+sampled estimators against their exact values."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llm.data import _collate, byte_tokenizer
+from llm.evaluate import EvalSettings, EvalTask, TreeTask, evaluate_model, r_squared
+from llm.evaluate import reference_samples as ref_samples
+from llm.judges import GoldJudge
+from llm.logprobs import response_logps
+from llm.model import build_model
+from llm.sampling import TreeDecoding, generate, leaf_of_tokens, tree_logprobs
+from llm.tree_language import tree_examples, tree_tokenizer
+from tests.llm.helpers_llm import perturbed
+from treemdp.data import normal_rewards
+from treemdp.tree import Tree
+
+
+def test_kv_cache_samples_score_like_a_full_forward():
+    # Left-padded prompts of different lengths, EOS stopping: the log-prob accumulated during
+    # cached generation equals the log-prob of the finished sequence from one plain forward.
+    tok = byte_tokenizer()
+    model = build_model("tiny", seed=1, vocab_size=len(tok))
+    prompts = [tuple(tok(t)["input_ids"]) for t in ("hello there", "a", "abc def ghi jk")]
+    out = generate(
+        model, prompts, max_new_tokens=12, eos_id=0, pad_id=0,
+        generator=torch.Generator().manual_seed(1), batch_size=2,
+    )  # fmt: skip
+    assert all(1 <= len(r) <= 12 for r in out.responses)
+    b = _collate(list(zip(prompts, out.responses, strict=True)), 0)
+    logp, n = response_logps(model, b.input_ids, b.attention_mask, b.response_mask)
+    assert n.tolist() == [len(r) for r in out.responses]
+    torch.testing.assert_close(out.logp, logp.detach(), rtol=1e-5, atol=1e-4)
+
+
+def test_exact_leaf_distribution_sums_to_one_and_matches_sampling():
+    tree = Tree.complete(3, 2, n_prompts=2)  # a forest: two prompts of 9 leaves each
+    tok = tree_tokenizer(tree)
+    model = build_model("tiny", seed=2, vocab_size=len(tok))
+    logp = tree_logprobs(model, tree)
+    for k in range(2):
+        assert math.isclose(float(logp[tree.leaf_prompt == k].exp().sum()), 1.0, rel_tol=1e-9)
+    n = 3000
+    prompts = [(1 + i % 2,) for i in range(n)]
+    out = generate(
+        model, prompts, max_new_tokens=5, eos_id=None, pad_id=0,
+        generator=torch.Generator().manual_seed(0), batch_size=1000,
+        decoding=TreeDecoding(tree),
+    )  # fmt: skip
+    leaf = leaf_of_tokens(tree)
+    idx = torch.tensor([leaf[(*p, *r)] for p, r in zip(prompts, out.responses, strict=True)])
+    # the generation's own log-prob of each sample is the exact table's
+    torch.testing.assert_close(out.logp.double(), logp[idx], rtol=0, atol=1e-5)
+    freq = torch.bincount(idx, minlength=tree.n_responses).double() / (n / 2)
+    p = logp.exp()
+    z = (freq - p).abs() / (p * (1 - p) / (n / 2)).sqrt()
+    assert float(z.max()) < 4.5
+
+
+def test_sampled_kl_and_win_rate_lie_within_4_se_of_exact():
+    tree = Tree.complete(3, 3)
+    tok = tree_tokenizer(tree)
+    reference = build_model("tiny", seed=0, vocab_size=len(tok))
+    policy = perturbed(reference, seed=3, scale=0.3)
+    rewards = normal_rewards(tree, torch.Generator().manual_seed(0))
+    chosen, rejected = torch.tensor([0, 5]), torch.tensor([1, 7])
+    tt = TreeTask(tree, rewards, chosen, rejected)
+    examples, _ = tree_examples(tree, chosen, rejected)
+    task = EvalTask([(1,)] * 256, examples, tok, None, 0, "dpo", 0.1, tree=tt)
+    settings = EvalSettings(samples=256, seed=5)
+    ref = ref_samples(reference, task, settings)
+    row = evaluate_model(policy, reference, ref, task, settings, GoldJudge(tree, rewards), step=1)
+    assert row["exact_kl_reverse"] > 0.05  # the check is not vacuous
+    for sampled, exact in [
+        ("kl_reverse", "exact_kl_reverse"),
+        ("kl_forward", "exact_kl_forward"),
+        ("win_rate", "exact_win_rate"),
+        ("ood_fraction", "exact_mass_ood"),
+    ]:
+        assert abs(row[sampled] - row[exact]) <= 4 * row[f"{sampled}_se"], sampled
+    assert row["length_mean"] == 3 and math.isnan(row["logratio_length_r2"])  # one length
+    # the reference against itself: no KL, accuracy 0 and loss log 2 on the pairs
+    same = evaluate_model(reference, reference, ref, task, settings, None, step=0)
+    assert same["kl_reverse"] == same["kl_forward"] == 0.0
+    assert same["reward_accuracy"] == 0.0 and math.isclose(same["loss"], math.log(2), rel_tol=1e-6)
+
+
+def test_r_squared_of_a_line_is_one_and_of_noise_is_small():
+    x = torch.arange(50.0)
+    assert math.isclose(r_squared(3 * x - 2, x), 1.0, rel_tol=1e-12)
+    # hand value: y = (1, 0, 1, 0), x = (0, 1, 2, 3): corr = -0.4472, R² = 0.2
+    assert math.isclose(r_squared(torch.tensor([1.0, 0, 1, 0]), torch.arange(4.0)), 0.2)
+    assert math.isnan(r_squared(x, torch.ones(50)))
