@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from llm.checkpoint import write_atomic
 from llm.data import (
     TruncationConfig,
     load_tokenizer,
@@ -44,6 +45,7 @@ from llm.train import (
 from llm.tree_language import tree_examples, tree_tokenizer
 from treemdp import objectives
 from treemdp.cli import arg, run
+from treemdp.results import run_lock
 from treemdp.tree import Tree
 
 
@@ -195,9 +197,19 @@ def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
 def main(cfg: Config) -> Path:
     """Run one training stage; returns the final checkpoint folder.
 
+    The run folder is locked while it is written (``treemdp.results.run_lock``; under torchrun
+    rank 0, the only writer, holds it): a second process on the same folder refuses.
+
     Raises ValueError (exit 2 with one line from the command line) for a user mistake: bad flags,
-    bad rows, a missing model folder or an uninstalled optional package.
+    bad rows, a missing model folder or an uninstalled optional package, a busy run folder.
     """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _main(cfg)
+    with run_lock(run_dir(cfg)):
+        return _main(cfg)
+
+
+def _main(cfg: Config) -> Path:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = _device(cfg)
     if distributed and not dist.is_initialized():
@@ -238,9 +250,9 @@ def main(cfg: Config) -> Path:
         for msg in skipped[:10]:
             print(f"  skipped {msg}", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        write_atomic(out_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         report = {"pairs": len(examples), "skipped": len(skipped), "skipped_rows": skipped}
-        (out_dir / "data.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_atomic(out_dir / "data.json", json.dumps(report, indent=2) + "\n")
     policy.to(device)
     pad_id = tokenizer.pad_token_id
     if cfg.stage == "sft":

@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 
 from treemdp import objectives, plotting
-from treemdp.cli import arg, run
+from treemdp.cli import RunDivergedError, arg, run
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import POLICIES, REFERENCES, Problem, build_problem
-from treemdp.results import cached_tables, run_folder
-from treemdp.train import grid, train
+from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
+from treemdp.train import TrainingDivergedError, grid, train
 from treemdp.tree import Tree
 
 
@@ -143,6 +143,13 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     plotting.save_figure(fig, path)
 
 
+def output_folder(config: Config) -> Path:
+    """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
+    return run_folder(
+        config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
+    )
+
+
 def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; return its run folder."""
     if len(set(config.seed)) != len(config.seed):
@@ -152,20 +159,22 @@ def main(config: Config) -> Path:
             f"--responses records every response; {config.branching}^{config.depth} is over "
             f"{MAX_RECORDED_RESPONSES:,}: pass --no-responses"
         )
-    folder = run_folder(
-        config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
-    )
+    folder = output_folder(config)
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame | None]:
-        frame, responses = run_experiment(config)
+        try:
+            frame, responses = run_experiment(config)
+        except TrainingDivergedError as e:
+            raise RunDivergedError(save_diverged(folder, config, e)) from None
         return {"metrics": frame, "responses": responses}
 
-    tables, reused = cached_tables(folder, config, ["metrics"], compute, force=config.force)
-    frame = tables["metrics"]
-    if reused:
-        print(f"reusing finished results in {folder} (--force recomputes)")
-    plot(frame, folder / "ood_mass.png")
+    with run_lock(folder):  # a second process on this folder refuses; a killed one is redone
+        tables, reused = cached_tables(folder, config, ["metrics"], compute, force=config.force)
+        frame = tables["metrics"]
+        if reused:
+            print(f"reusing finished results in {folder} (--force recomputes)")
+        plot(frame, folder / "ood_mass.png")
     final = frame[frame["step"] == frame["step"].max()]
     summary = final.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()
     peak = frame.groupby(["objective", "beta", "run"], sort=False)["p_chosen"].max()
@@ -175,7 +184,7 @@ def main(config: Config) -> Path:
     print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
     print(
         f"{n_runs} runs in {time.perf_counter() - start:.1f} s; results in {folder}/ "
-        f"({', '.join(sorted(p.name for p in folder.iterdir()))})"
+        f"({', '.join(sorted(p.name for p in folder.iterdir() if not p.name.startswith('.')))})"
     )
     return folder
 

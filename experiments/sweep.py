@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import itertools
 import json
+import math
+import re
 import sys
 import time
 import tomllib
@@ -34,11 +37,20 @@ import torch
 from tqdm.auto import tqdm
 
 from treemdp import objectives
-from treemdp.cli import arg, build_parser
+from treemdp.cli import DIVERGED_EXIT, RunDivergedError, arg, build_parser
 from treemdp.metrics import METRICS
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import PAIR_SOURCES, POLICIES, REFERENCES, build_problem
-from treemdp.results import atomic_write, read_table, run_folder, write_config, write_table
+from treemdp.results import (
+    read_table,
+    run_folder,
+    run_lock,
+    save_diverged,
+    verify_file,
+    write_checked,
+    write_config,
+    write_table,
+)
 from treemdp.train import RunSpec, TrainingDivergedError, train
 from treemdp.tree import DEFAULT_MAX_BYTES, Tree, tree_bytes
 
@@ -167,6 +179,8 @@ def check_config(config: Config) -> Config:
             )
             if not ok:
                 raise ValueError(f"{name} must hold {elem.__name__} values; got {v!r}")
+            if elem is float and not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number; got {v!r}")
             meta = f.metadata
             if meta.get("choices") is not None and v not in meta["choices"]:
                 allowed = ", ".join(map(str, meta["choices"]))
@@ -339,12 +353,22 @@ def run_chunk(config: Config, chunk: Chunk, tree: Tree, *, progress: bool = Fals
             log_every=config.log_every,
             progress=progress,
         )
-    except TrainingDivergedError as e:
-        raise ValueError(
-            f"chunk {chunk.index} (b={chunk.branching}, D={chunk.depth}) diverged: {e}; "
-            "lower --lrs or raise the smallest --betas"
-        ) from None
-    frame = history.frame
+    except TrainingDivergedError as e:  # run ids in the message and the partial table: global
+        where = f"chunk {chunk.index} (b={chunk.branching}, D={chunk.depth}, global run ids)"
+        e.args = (f"{where}: {_global_run_ids(str(e), chunk)}",)
+        if not e.history.frame.empty:
+            e.history.frame = _label(e.history.frame, chunk)
+        raise
+    return _label(history.frame, chunk)
+
+
+def _global_run_ids(message: str, chunk: Chunk) -> str:
+    """A training message's ``run r`` with the chunk-local r replaced by the global run id."""
+    return re.sub(r"\brun (\d+)\b", lambda m: f"run {chunk.runs[int(m[1])][0]}", message)
+
+
+def _label(frame: pd.DataFrame, chunk: Chunk) -> pd.DataFrame:
+    """A chunk's training frame with global run ids and the grid columns, sorted."""
     ids = torch.tensor([r[0] for r in chunk.runs]).numpy()
     frame["run"] = ids[frame["run"].to_numpy()]
     frame["branching"] = chunk.branching
@@ -362,8 +386,9 @@ def part_path(folder: Path, chunk: Chunk, n_chunks: int) -> Path:
 
 def read_part(path: Path) -> pd.DataFrame:
     """A finished chunk's frame; ValueError naming the file if it cannot be read."""
+    data = verify_file(path)  # checked against parts/manifest.json
     try:
-        return pd.read_pickle(path)
+        return pd.read_pickle(io.BytesIO(data))
     except Exception as e:  # a part is written atomically, so this means outside tampering
         raise ValueError(
             f"{path} is unreadable ({e}); delete it and rerun to recompute it"
@@ -397,8 +422,14 @@ def run_sweep(config: Config, folder: Path) -> pd.DataFrame:
                 trees.clear()  # one tree in memory at a time
                 trees[key] = Tree.complete(*key)
             inner = config.progress and sys.stderr.isatty() and config.steps >= 200
-            frame = run_chunk(config, chunk, trees[key], progress=inner)
-            atomic_write(path, frame.to_pickle)
+            try:
+                frame = run_chunk(config, chunk, trees[key], progress=inner)
+            except TrainingDivergedError as e:
+                bar.close()
+                raise RunDivergedError(save_diverged(folder, config, e, name=path.stem)) from None
+            buffer = io.BytesIO()
+            frame.to_pickle(buffer)
+            write_checked(path, buffer.getvalue())
             bar.update(len(chunk.runs))
     except KeyboardInterrupt:
         bar.close()
@@ -414,23 +445,30 @@ def run_sweep(config: Config, folder: Path) -> pd.DataFrame:
     return frame
 
 
+def output_folder(config: Config) -> Path:
+    """The sweep folder of ``config`` (named by a hash of its canonical form)."""
+    config = check_config(config)
+    return run_folder(config.out, config, prefix="sweep", ignore=NOT_IN_HASH)
+
+
 def main(config: Config) -> Path:
     """Run (or resume, or reuse) the sweep of ``config``; return its folder."""
     config = check_config(config)
-    folder = run_folder(config.out, config, prefix="sweep", ignore=NOT_IN_HASH)
+    folder = output_folder(config)
     table = folder / "metrics.csv"
     start = time.perf_counter()
-    if config.force:
-        table.unlink(missing_ok=True)
-        for part in (folder / "parts").glob("*.pkl"):
-            part.unlink()
-    if table.exists():
-        frame = read_table(table, columns=COLUMNS)
-        print(f"reusing the finished sweep in {folder} (--force recomputes)")
-    else:
-        write_config(folder, config)
-        frame = run_sweep(config, folder)
-        write_table(table, frame)
+    with run_lock(folder):  # a second sweep of this config refuses; a killed one resumes
+        if config.force:
+            table.unlink(missing_ok=True)
+            for part in (folder / "parts").glob("*.pkl"):
+                part.unlink()
+        if table.exists():
+            frame = read_table(table, columns=COLUMNS)
+            print(f"reusing the finished sweep in {folder} (--force recomputes)")
+        else:
+            write_config(folder, config)
+            frame = run_sweep(config, folder)
+            write_table(table, frame)
     final = frame[frame["step"] == frame["step"].max()]
     keys = [a for a in ("branching", "depth", "pairs", "pair_source") if frame[a].nunique() > 1]
     summary = final.groupby([*keys, "objective", "beta"], sort=False)[SUMMARY].mean()
@@ -451,5 +489,8 @@ if __name__ == "__main__":
     except ValueError as err:
         print(f"sweep.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RunDivergedError as err:
+        print(f"sweep.py: error: {err}", file=sys.stderr)
+        raise SystemExit(DIVERGED_EXIT) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

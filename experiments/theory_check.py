@@ -35,12 +35,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from treemdp import objectives, plotting, theory
-from treemdp.cli import arg, run
+from treemdp.cli import RunDivergedError, arg, run
 from treemdp.data import Pairs
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import POLICIES, REFERENCES, build_problem
-from treemdp.results import cached_tables, run_folder
-from treemdp.train import RunSpec, grid, train
+from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
+from treemdp.train import RunSpec, TrainingDivergedError, grid, train
 from treemdp.tree import Tree
 
 
@@ -186,23 +186,32 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return table.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()
 
 
-def main(config: Config) -> Path:
-    """Run (or reuse) the experiment for ``config``; print the summary; return the run folder."""
-    folder = run_folder(
+def output_folder(config: Config) -> Path:
+    """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
+    return run_folder(
         config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
     )
+
+
+def main(config: Config) -> Path:
+    """Run (or reuse) the experiment for ``config``; print the summary; return the run folder."""
+    folder = output_folder(config)
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame]:
-        table, traj = run_experiment(config)
+        try:
+            table, traj = run_experiment(config)
+        except TrainingDivergedError as e:
+            raise RunDivergedError(save_diverged(folder, config, e, name="trajectory")) from None
         return {"theory_check": table, "trajectory": traj}
 
     names = ["theory_check", "trajectory"]
-    tables, reused = cached_tables(folder, config, names, compute, force=config.force)
-    table, traj = tables["theory_check"], tables["trajectory"]
-    if reused:
-        print(f"reusing finished results in {folder} (--force recomputes)")
-    plot(table, traj, folder / "theory_check.png")
+    with run_lock(folder):
+        tables, reused = cached_tables(folder, config, names, compute, force=config.force)
+        table, traj = tables["theory_check"], tables["trajectory"]
+        if reused:
+            print(f"reusing finished results in {folder} (--force recomputes)")
+        plot(table, traj, folder / "theory_check.png")
     gap = float(np.max(np.abs(table["minimiser_loss_lo"] - table["minimiser_loss_hi"])))
     print(f"means over {len(config.seed)} seeds ({config.steps} steps):")
     print(summarise(table).to_string(float_format=lambda x: f"{x:.4g}"))

@@ -31,13 +31,13 @@ import torch
 from tqdm.auto import tqdm
 
 from treemdp import objectives, plotting, scaling
-from treemdp.cli import arg, run
+from treemdp.cli import RunDivergedError, arg, run
 from treemdp.metrics import logratio_length_r2
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import build_problem
-from treemdp.results import cached_tables, run_folder
+from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
 from treemdp.rewards import REWARDS
-from treemdp.train import grid, train
+from treemdp.train import TrainingDivergedError, grid, train
 from treemdp.tree import Tree
 
 
@@ -159,16 +159,24 @@ def run_experiment(config: Config) -> pd.DataFrame:
         )
         problem, specs = grid(problems, config.objectives, config.beta, config.lr)
         specs = [replace(spec, hyper=hyper.get(spec.objective, ())) for spec in specs]
-        history = train(
-            problem,
-            specs,
-            steps=steps,
-            optimizer=config.optimizer,
-            log_every=log_every,
-            progress=interactive,
-            batch_size=config.batch_size,
-            extra_metrics=length_metrics(tree, problem.ref_logp),
-        )
+        try:
+            history = train(
+                problem,
+                specs,
+                steps=steps,
+                optimizer=config.optimizer,
+                log_every=log_every,
+                progress=interactive,
+                batch_size=config.batch_size,
+                extra_metrics=length_metrics(tree, problem.ref_logp),
+            )
+        except TrainingDivergedError as e:  # keep the finished capacities in the partial table
+            partial = e.history.frame
+            if not partial.empty:
+                partial.insert(0, "capacity", capacity)
+            e.history.frame = pd.concat([*frames, partial], ignore_index=True)
+            e.args = (f"capacity {capacity}: {e}",)
+            raise
         frame = history.frame
         frame.insert(0, "capacity", capacity)
         frame.insert(1, "n_params", math.prod(problem.policy.family.param_shape()))
@@ -288,27 +296,38 @@ def summarise(table: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def output_folder(config: Config) -> Path:
+    """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
+    config = resolve(config)
+    return run_folder(
+        config.out, config, prefix=f"{config.reward}-P{config.pairs}", ignore=("out", "force")
+    )
+
+
 def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; return its run folder."""
     config = resolve(config)
     for c in config.capacities:
         parse_capacity(c)
-    folder = run_folder(
-        config.out, config, prefix=f"{config.reward}-P{config.pairs}", ignore=("out", "force")
-    )
+    folder = output_folder(config)
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame]:
         torch.set_default_dtype(torch.float64)
-        table = run_experiment(config)
+        try:
+            table = run_experiment(config)
+        except TrainingDivergedError as e:
+            raise RunDivergedError(save_diverged(folder, config, e)) from None
         return {"metrics": table, "fits": fit_all(table, n_resamples=config.n_resamples)}
 
-    tables, reused = cached_tables(folder, config, ["fits", "metrics"], compute, force=config.force)
-    table, fits = tables["metrics"], tables["fits"]
-    if reused:
-        print(f"reusing finished results in {folder} (--force recomputes)")
-    for which in ("final", "all"):
-        plot(table, fits, which, folder / f"win_vs_d_{which}.png")
+    with run_lock(folder):
+        names = ["fits", "metrics"]
+        tables, reused = cached_tables(folder, config, names, compute, force=config.force)
+        table, fits = tables["metrics"], tables["fits"]
+        if reused:
+            print(f"reusing finished results in {folder} (--force recomputes)")
+        for which in ("final", "all"):
+            plot(table, fits, which, folder / f"win_vs_d_{which}.png")
     summary = summarise(table, fits)
     n_runs = table.groupby(["capacity", "run"]).ngroups
     print(

@@ -33,8 +33,8 @@ import ood_probs
 import scaling_fits
 import tree_mdp
 
-from treemdp.cli import flags_for
-from treemdp.results import config_matches, find_runs
+from treemdp.cli import OneLineParser, flags_for
+from treemdp.results import RunFolderBusyError, config_matches, find_runs, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"steps": 40, "seed": (0, 1, 2), "sft_steps": 30, "log_every": 10}
@@ -142,10 +142,9 @@ FAMILIES: dict[str, Callable[[Path, Path, bool, bool], list[Path]]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+def build_parser() -> OneLineParser:
+    """The command line (errors: one line, exit status 2)."""
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument(
         "--only",
         nargs="+",
@@ -160,9 +159,22 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument(
         "--llm-runs", nargs="+", default=[], metavar="DIR", help="LLM evaluation run folders"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = build_parser()
     args = parser.parse_args(argv)
     LLM_RUNS[:] = args.llm_runs
     results, out = Path(args.results), Path(args.out)
+    try:
+        with run_lock(out):  # two make_all on one output folder: the second refuses
+            return _make(args, results, out)
+    except RunFolderBusyError as e:
+        raise SystemExit(f"make_all.py: error: {e}") from None
+
+
+def _make(args: argparse.Namespace, results: Path, out: Path) -> list[Path]:
     written: list[Path] = []
     failed: list[str] = []
     for name in args.only:

@@ -7,10 +7,15 @@ Weights are restored through ``from_pretrained``. A checkpoint is written into a
 folder, flushed to disk, and moved into place with ``os.replace``;
 only then is the pointer file ``latest.json`` rewritten (temp file + ``os.replace``). A run killed
 at any moment therefore leaves ``latest.json`` naming a complete checkpoint, or no pointer.
+
+Every checkpoint also holds ``checksums.json`` (sha256 and size of each of its files, written
+before the folder is moved into place); ``load_checkpoint`` verifies them, so a truncated or
+altered checkpoint is reported by file, with what to do, instead of being resumed from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,10 +24,65 @@ from typing import Any
 
 import torch
 
-__all__ = ["LATEST", "latest_checkpoint", "load_checkpoint", "save_checkpoint", "write_atomic"]
+__all__ = [
+    "CHECKSUMS",
+    "LATEST",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "verify_checkpoint",
+    "write_atomic",
+]
 
 LATEST = "latest.json"
 STATE = "trainer_state.pt"
+CHECKSUMS = "checksums.json"
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_checksums(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    table = {
+        str(p.relative_to(folder)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files
+    }
+    (folder / CHECKSUMS).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Check every file of checkpoint ``folder`` against its ``checksums.json`` (size, then
+    sha256); ValueError naming the file and what to do. Checkpoints written before checksums
+    existed (no ``checksums.json``) are only checked for ``trainer_state.pt``."""
+    what_to_do = (
+        f"delete {folder} and point {folder.parent / LATEST} at an earlier checkpoint "
+        "(or rerun without --resume to start afresh)"
+    )
+    listing = folder / CHECKSUMS
+    if not listing.is_file():
+        if not (folder / STATE).is_file():
+            raise ValueError(f"checkpoint {folder} lacks {STATE}; {what_to_do}")
+        return
+    try:
+        table = json.loads(listing.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{listing} is corrupt ({e}); {what_to_do}") from None
+    for name, entry in table.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"checkpoint file {path} is missing; {what_to_do}")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise ValueError(
+                f"checkpoint file {path} is truncated ({size:,} bytes, expected "
+                f"{entry['bytes']:,}); {what_to_do}"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise ValueError(
+                f"checkpoint file {path} is altered (sha256 differs from {CHECKSUMS}); {what_to_do}"
+            )
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -93,6 +153,7 @@ def save_checkpoint(
         },
         tmp / STATE,
     )
+    _write_checksums(tmp)
     _fsync_tree(tmp)
     if final.exists():  # left by a run killed between the move and the pointer update
         shutil.rmtree(final)
@@ -106,7 +167,13 @@ def latest_checkpoint(root: Path) -> Path | None:
     pointer = root / LATEST
     if not pointer.is_file():
         return None
-    folder = root / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+    try:
+        folder = root / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{pointer} is corrupt ({e!r}); delete it to start afresh, or write "
+            '{"checkpoint": "step-NNNNNNN"} naming a complete checkpoint folder to resume from'
+        ) from None
     return folder if (folder / STATE).is_file() else None
 
 
@@ -114,11 +181,13 @@ def load_checkpoint(
     folder: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and the torch RNG from ``folder``; return its state
-    dict (with ``step`` and whatever ``save_checkpoint`` was given)."""
+    dict (with ``step`` and whatever ``save_checkpoint`` was given). ValueError naming the file
+    when the checkpoint is truncated or altered (``verify_checkpoint``)."""
     # from_pretrained maps the saved tensor names (e.g. Pythia's ``embed_out``) to the in-memory
     # ones (``lm_head`` in transformers 5), so the weights go through the real loading code.
     from transformers import AutoModelForCausalLM
 
+    verify_checkpoint(folder)
     dtype = next(model.parameters()).dtype
     saved = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     model.load_state_dict(saved.state_dict(), strict=True)

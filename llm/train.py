@@ -18,6 +18,7 @@ batch whatever the number of processes and micro-batches (up to float summation 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -348,17 +349,21 @@ def train(
     log_path = out_dir / LOG
 
     start = 0
+    # The global torch RNG (saved in every checkpoint, restored on resume) starts from the seed,
+    # so a run's checkpoints are bit-identical across reruns, interrupted or not.
+    torch.manual_seed(cfg.seed)
     ckpt = latest_checkpoint(out_dir) if resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
         _check_resume(state, cfg, len(examples), ckpt)
         start = state["step"]
-    if rank == 0:
-        _trim_log(log_path, start)
+    # log.csv is rewritten whole (temp file + rename) at each log row: a kill never leaves a
+    # half-written row, and a resumed run keeps exactly the rows of the steps it will not redo.
+    log_lines = _kept_log_lines(log_path, start) if rank == 0 else []
+    if rank == 0 and log_path.is_file() and not log_lines:
+        log_path.unlink()
 
     shard = G // world
-    writer_file = log_path.open("a", newline="", encoding="utf-8") if rank == 0 else None
-    writer: csv.DictWriter | None = None
     bar = tqdm(total=n_steps, initial=start, desc="train", disable=not progress or rank != 0)
     final = ckpt
     for step in range(start, n_steps):
@@ -389,12 +394,10 @@ def train(
                 "tokens_per_s": float(sums[-1]) / seconds,
                 "pairs_per_s": G / seconds,
             }
-            if writer is None:
-                writer = csv.DictWriter(writer_file, fieldnames=list(row))
-                if writer_file.tell() == 0:
-                    writer.writeheader()
-            writer.writerow(row)
-            writer_file.flush()
+            if not log_lines:
+                log_lines.append(_csv_line(list(row)))
+            log_lines.append(_csv_line(list(row.values())))
+            write_atomic(log_path, "".join(log_lines))
         every = cfg.checkpoint_every
         if (every and (done * G) // every > (step * G) // every) or done == n_steps:
             final = out_dir / f"step-{done:07d}"
@@ -416,29 +419,48 @@ def train(
         if on_step is not None:
             on_step(done)
     bar.close()
-    if writer_file is not None:
-        writer_file.close()
     if final is None:
         raise RuntimeError(f"no steps to run and no checkpoint in {out_dir}")
     return final
 
 
-def _trim_log(log_path: Path, step: int) -> None:
-    """Keep only the log rows of steps ≤ ``step`` (those a resumed run will not redo)."""
-    if not log_path.is_file():
-        return
-    if step == 0:
-        log_path.unlink()
-        return
+def _csv_line(values: Sequence[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def _kept_log_lines(log_path: Path, step: int) -> list[str]:
+    """The header and the log rows of steps ≤ ``step`` (those a resumed run will not redo), as
+    written; ValueError naming the file if a row is damaged."""
+    if step == 0 or not log_path.is_file():
+        return []
+    rows = read_log(log_path.parent)
     lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
-    write_atomic(log_path, "".join(kept))
+    kept = [line for line, r in zip(lines[1:], rows, strict=True) if r["step"] <= step]
+    return [lines[0], *kept] if kept else []
 
 
 def read_log(run_dir: Path) -> list[dict[str, float]]:
-    """The rows of a run's ``log.csv`` as floats."""
-    with (run_dir / LOG).open(encoding="utf-8") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    """The rows of a run's ``log.csv`` as floats; ValueError naming the file and row if a row is
+    incomplete or not numeric."""
+    path = run_dir / LOG
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = []
+        for i, row in enumerate(reader, 2):
+            if None in row or None in row.values():
+                raise ValueError(
+                    f"{path} line {i} has the wrong number of fields (truncated or edited); "
+                    "delete the file and rerun with --resume from the last checkpoint"
+                )
+            try:
+                rows.append({k: float(v) for k, v in row.items()})
+            except ValueError:
+                raise ValueError(
+                    f"{path} line {i} is not numeric; delete the file and rerun with --resume"
+                ) from None
+    return rows
 
 
 def sample_sft_examples(

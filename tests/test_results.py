@@ -40,7 +40,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, crash)
     assert read_table(path)["a"].tolist() == [1]
-    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "t.csv"]
 
 
 def test_tables_round_trip_floats_exactly(tmp_path):
@@ -92,7 +92,12 @@ def test_cached_tables_compute_once_then_reuse(tmp_path):
 
     first, reused = cached_tables(tmp_path, Cfg(), ["main"], compute)
     assert not reused and first["main"]["a"].tolist() == [1.5]
-    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "main.csv", "extra.csv"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.json",
+        "main.csv",
+        "extra.csv",
+        "manifest.json",
+    }
     again, reused = cached_tables(tmp_path, Cfg(), ["main"], compute)
     assert reused and again["main"].equals(first["main"]) and len(calls) == 1
     cached_tables(tmp_path, Cfg(), ["main"], compute, force=True)

@@ -88,7 +88,10 @@ def test_nonfinite_loss_stops_training_naming_step_and_run():
     node = int(TREE.leaves[bad])
     z[int(TREE.internal_index[TREE.parent[node]]), int(TREE.action[node])] = float("-inf")
     problem = build_problem(TREE, [0], reference="given", reference_logits=z)
-    with pytest.raises(TrainingDivergedError, match="run 0 is not finite at step 0") as err:
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"loss of run 0 \(dpo, β=0.1, lr=0.01\) is not finite at step 0",
+    ) as err:
         train(problem, [RunSpec("dpo", 0.1, 0.01)], steps=5)
     assert err.value.history.frame.empty
 

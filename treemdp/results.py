@@ -5,34 +5,65 @@ config), so running the same config again finds the folder instead of duplicatin
 write goes to a temporary file in the same folder and is then renamed over the target
 (``os.replace`` is atomic on POSIX): a killed process leaves either the old file or the new one,
 never half of one. A folder is complete when its table exists; the table is written last.
+
+Checksums: every table (and ``config.json``) written here is recorded in the folder's
+``manifest.json`` (sha256 and size) *before* it is renamed into place, with the checksum of the
+file it replaces; reading verifies the file against either, so a truncated or altered file is
+named with what to do, while a kill between the two renames still reads as the complete old file.
+
+Locks: ``run_lock(folder)`` holds an exclusive ``flock`` on ``folder/.lock`` while an experiment
+writes the folder; a second process on the same folder gets ``RunFolderBusyError`` (a
+``ValueError``: the command line exits 2 with one line). The kernel drops the lock when its
+process dies, so a SIGKILLed run never leaves a stale lock; on taking the lock, temporaries left
+by a killed writer are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
+import io
 import json
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 __all__ = [
+    "LOCK_NAME",
+    "MANIFEST",
+    "RunFolderBusyError",
     "atomic_write",
     "cached_tables",
     "config_dict",
     "config_matches",
     "find_runs",
+    "is_temporary",
+    "read_checked",
     "read_config",
     "read_table",
+    "remove_temporaries",
     "run_folder",
+    "run_lock",
+    "save_diverged",
+    "verify_file",
+    "write_checked",
     "write_config",
     "write_table",
 ]
+
+LOCK_NAME = ".lock"
+"""The lock file inside a run folder (``run_lock``)."""
+MANIFEST = "manifest.json"
+"""Checksums of the files written with ``write_checked`` in a folder."""
 
 
 def _read_umask() -> int:
@@ -75,23 +106,109 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+# ------------------------------------------------------------------ checksums (manifest.json)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path} is corrupt ({e}); delete the run folder and rerun the experiment"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is corrupt (not a JSON object); delete the run folder and rerun")
+    return manifest
+
+
+def write_checked(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and record its sha256 and size in the folder's
+    ``manifest.json`` (first, with the checksum of the file it replaces, so a kill between the
+    two renames leaves a file that still verifies)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = _read_manifest(path.parent)
+    entry = {"sha256": _digest(data), "bytes": len(data)}
+    old = manifest.get(path.name, {})
+    previous = _file_digest(path)
+    if previous is not None and previous != entry["sha256"]:
+        entry["previous"] = previous
+    elif previous == entry["sha256"] and "previous" in old:
+        entry["previous"] = old["previous"]
+    manifest[path.name] = entry
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    atomic_write(path.parent / MANIFEST, lambda p: p.write_text(text))
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def verify_file(path: str | Path, data: bytes | None = None) -> bytes:
+    """The bytes of ``path`` after checking them against the folder's manifest (files the
+    manifest does not list are returned unchecked). ValueError naming the file and what to do."""
+    path = Path(path)
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ValueError(
+                f"{path} does not exist: run the experiment that writes it first"
+            ) from None
+    entry = _read_manifest(path.parent).get(path.name)
+    if entry is None:
+        return data
+    digest = _digest(data)
+    if digest not in (entry.get("sha256"), entry.get("previous")):
+        expected = entry.get("bytes", 0)
+        what = (
+            f"{len(data):,} bytes, expected {expected:,}: truncated"
+            if len(data) < expected
+            else "its sha256 differs from manifest.json: altered"
+        )
+        raise ValueError(
+            f"{path} is corrupt ({what}); delete the run folder {path.parent} and rerun "
+            "the experiment (or rerun it with --force)"
+        )
+    return data
+
+
+def read_checked(path: str | Path) -> bytes:
+    """``verify_file(path)``: the checked bytes of a file written by ``write_checked``."""
+    return verify_file(path)
+
+
 def write_config(folder: str | Path, config: Any) -> Path:
-    """Write ``folder/config.json`` atomically."""
+    """Write ``folder/config.json`` atomically (checksummed in ``manifest.json``)."""
     text = json.dumps(config_dict(config), indent=2, sort_keys=True) + "\n"
-    return atomic_write(Path(folder) / "config.json", lambda p: p.write_text(text))
+    return write_checked(Path(folder) / "config.json", text.encode())
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
     """Read ``folder/config.json``; ValueError naming the file if it is missing or corrupt."""
     path = Path(folder) / "config.json"
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(
-            f"{path} is missing: the run folder is incomplete; rerun the experiment"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is corrupt ({e}); delete the folder and rerun") from None
+        return json.loads(verify_file(path))
+    except ValueError as e:
+        if not path.exists():
+            raise ValueError(
+                f"{path} is missing: the run folder is incomplete; rerun the experiment"
+            ) from None
+        if isinstance(e, json.JSONDecodeError | UnicodeDecodeError):
+            raise ValueError(f"{path} is corrupt ({e}); delete the folder and rerun") from None
+        raise
 
 
 _SPECIAL = re.compile(r'[,"\r\n]|^\s|\s$|^$')
@@ -131,17 +248,17 @@ def write_table(path: str | Path, frame: pd.DataFrame) -> Path:
     bit for bit)."""
     text = _fast_csv(frame)
     if text is None:
-        return atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.17g"))
-    return atomic_write(path, lambda p: p.write_text(text))
+        text = frame.to_csv(index=False, float_format="%.17g", lineterminator="\n")
+    return write_checked(path, text.encode())
 
 
 def read_table(path: str | Path, *, columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a tidy CSV table; ValueError naming the file or the missing columns."""
+    """Read a tidy CSV table, checked against the folder's ``manifest.json``; ValueError naming
+    the file (missing, truncated, altered, unparsable) or the missing columns."""
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path} does not exist: run the experiment that writes it first")
+    data = verify_file(path)
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(io.BytesIO(data))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is corrupt ({e}); delete it and rerun") from None
     missing = [c for c in columns if c not in frame.columns]
@@ -195,6 +312,125 @@ def cached_tables(
         if tables[name] is not None:
             write_table(folder / f"{name}.csv", tables[name])
     return {name: tables[name] for name in names}, False
+
+
+def save_diverged(folder: str | Path, config: Any, error: Any, *, name: str = "metrics") -> str:
+    """Save what a diverged training run logged (``error.history.frame``, a
+    ``TrainingDivergedError``) as ``folder/<name>.diverged.csv`` beside ``config.json``; the
+    complete-folder marker is never written, so a rerun starts afresh.
+
+    Returns:
+        One line for the user: what went wrong, at which step, and where the partial table is.
+    """
+    folder = Path(folder)
+    write_config(folder, config)
+    frame = error.history.frame
+    path = write_table(folder / f"{name}.diverged.csv", frame)
+    steps = frame["step"].nunique() if "step" in frame else 0
+    return (
+        f"training diverged: {error}; the {steps} logged steps before it are saved in {path} "
+        "(lower the learning rate or raise the smallest β, then rerun)"
+    )
+
+
+# ------------------------------------------------------------------------------ locking
+
+_TEMPORARY = re.compile(r"^\..+\.tmp(-\d+)?$")
+_HELD: dict[Path, int] = {}  # folders this process has locked, with their nesting depth
+
+
+class RunFolderBusyError(ValueError):
+    """Another live process holds the run folder's lock."""
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary of an interrupted atomic write: ``.<name>.<random>.tmp``
+    (``atomic_write``) or ``.<name>.tmp-<pid>`` (``llm.checkpoint``)."""
+    return bool(_TEMPORARY.match(name))
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries of interrupted writes anywhere under ``folder``; call it only while
+    holding ``folder``'s lock (no one else is writing there). Returns what was removed."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*"), reverse=True):  # deepest first
+        if not is_temporary(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    except OSError:
+        return "unknown"
+    return text if text.isdigit() else "unknown"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder``'s exclusive lock (``folder/.lock``, created with the folder if missing).
+
+    Refuses at once, with ``RunFolderBusyError`` naming the folder and the holder's pid, when
+    another process holds it; re-entrant within one process. On entry, temporaries left by a
+    killed writer are removed (``remove_temporaries``). The lock file is removed on exit (and the
+    folder too if this call created it and it is still empty); the kernel releases the lock of a
+    killed process, and a leftover lock file is simply reused.
+
+    Yields:
+        The folder.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key] -= 1
+        return
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise
+            pid = _holder(fd)
+            os.close(fd)
+            raise RunFolderBusyError(
+                f"{folder} is in use by another process (pid {pid}); wait for it to finish "
+                "(or stop it), then run the command again"
+            ) from None
+        try:  # the previous holder may have unlinked the file between our open and flock
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = 1
+    try:
+        remove_temporaries(folder)
+        yield folder
+    finally:
+        del _HELD[key]
+        path.unlink(missing_ok=True)  # still locked: no one can have taken this inode meanwhile
+        os.close(fd)
+        if created:  # a run that failed before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def config_matches(config: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:

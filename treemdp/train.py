@@ -128,6 +128,27 @@ def _check_specs(specs: Sequence[RunSpec], n_runs: int) -> None:
 _threads_for = threads_for  # the old private name, kept for callers that used it
 
 
+def _run_label(specs: Sequence[RunSpec], r: int) -> str:
+    s = specs[r]
+    hyper = "".join(f", {k}={v:g}" for k, v in s.hyper)
+    return f"run {r} ({s.objective}, β={s.beta:g}, lr={s.lr:g}{hyper})"
+
+
+def _check_finite(
+    log: dict[str, Tensor], specs: Sequence[RunSpec], step: int, history: Callable[[], History]
+) -> None:
+    """TrainingDivergedError naming the first metric of ``METRICS`` that is NaN or infinite
+    (every one is finite for finite logits: log-space throughout), its run and the step."""
+    for name in METRICS:
+        value = log[name]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            r = int(torch.nonzero(~torch.isfinite(value))[0])
+            raise TrainingDivergedError(
+                f"metric {name} of {_run_label(specs, r)} is {float(value[r])} at step {step}",
+                history(),
+            )
+
+
 def _frame(
     specs: Sequence[RunSpec], seeds: Tensor, steps: list[int], logs: list[dict]
 ) -> pd.DataFrame:
@@ -183,8 +204,8 @@ def train(
         A ``History`` with (number of logged steps) × R rows.
 
     Raises:
-        TrainingDivergedError: a loss or gradient became non-finite (the message names the step and
-            the quantity; ``.history`` holds what was logged before).
+        TrainingDivergedError: a loss, gradient or logged metric became non-finite (the message
+            names the step, the quantity and the run; ``.history`` holds what was logged before).
     """
     # Threads per phase: the step (loss on the pairs' paths, gradient, update) is small unless
     # the family must compute every logit; a logged step's exact metrics touch every node.
@@ -306,16 +327,16 @@ def _train(
         else:  # each run's gradient is its own minibatch mean; metrics stay whole-dataset
             total = per_pair[:, schedule.batch(step)].mean(-1).sum()
         if not bool(torch.isfinite(total)):
-            bad = int(torch.nonzero(~torch.isfinite(per_pair.mean(-1)))[0])
             bar.close()
-            raise TrainingDivergedError(
-                f"loss of run {bad} is not finite at step {step}", history()
-            )
+            bad = torch.nonzero(~torch.isfinite(per_pair.detach().mean(-1)))
+            where = _run_label(specs, int(bad[0])) if len(bad) else "the sum over runs"
+            raise TrainingDivergedError(f"loss of {where} is not finite at step {step}", history())
         if step % log_every == 0 or step == steps:
             with torch.no_grad(), threads(log_threads):
                 h = (lc - ref_c) - (lr - ref_r)
                 logp = policy.response_logprobs(theta)
                 log = metrics(ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=ref_weights)
+                _check_finite(log, specs, step, history)
                 logs.append(log if extra_metrics is None else {**log, **extra_metrics(logp)})
             if record_responses:
                 snapshots.append(logp.clone())
@@ -325,7 +346,10 @@ def _train(
         (grad,) = torch.autograd.grad(total, theta)
         if not bool(torch.isfinite(grad).all()):
             bar.close()
-            raise TrainingDivergedError(f"gradient is not finite at step {step}", history())
+            bad = int(torch.nonzero(~torch.isfinite(grad.reshape(len(specs), -1)).all(-1))[0])
+            raise TrainingDivergedError(
+                f"gradient of {_run_label(specs, bad)} is not finite at step {step}", history()
+            )
         opt.step(theta, grad)
         bar.update(1)
     bar.close()

@@ -1,0 +1,166 @@
+"""Invalid inputs, as data: the public functions' argument checks (``API_CASES``) and a generator
+of invalid values for every constrained CLI flag (``invalid_flag_values``).
+
+docs/reference.md is generated from this table and the config dataclasses
+(``python scripts/make_reference.py``); tests/test_bad_input.py runs every case and checks that
+the doc is in sync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from treemdp import objectives, scaling
+from treemdp.batching import EpochSchedule
+from treemdp.data import random_pairs, validate_pairs
+from treemdp.metrics import weighted_r2
+from treemdp.optim import make_optimizer
+from treemdp.problem import build_problem
+from treemdp.results import read_table
+from treemdp.train import RunSpec, train
+from treemdp.tree import Tree
+
+
+@dataclass(frozen=True)
+class ApiCase:
+    """One invalid call: ``call()`` must raise ValueError matching ``message`` (the argument's
+    name and its allowed range)."""
+
+    function: str
+    argument: str
+    valid: str
+    call: Callable[[], Any]
+    message: str
+
+
+_T = Tree.complete(2, 2)
+_Z = torch.zeros(2)
+
+
+def _problem():
+    return build_problem(_T, [0], sft_steps=0)
+
+
+def _loss(name: str, **kw: Any) -> Callable[[], Any]:
+    return lambda: objectives.loss(name, _Z, _Z, _Z, _Z, **kw)
+
+
+API_CASES: list[ApiCase] = [
+    ApiCase("treemdp.tree.Tree.complete", "branching", ">= 2", lambda: Tree.complete(1, 2),
+            "branching must be >= 2"),
+    ApiCase("treemdp.tree.Tree.complete", "depth", ">= 1", lambda: Tree.complete(2, 0),
+            "depth must be >= 1"),
+    ApiCase("treemdp.tree.Tree.complete", "n_prompts", ">= 1",
+            lambda: Tree.complete(2, 2, n_prompts=0), "n_prompts must be >= 1"),
+    ApiCase("treemdp.tree.Tree.with_stop", "max_length", ">= 1", lambda: Tree.with_stop(2, 0),
+            "max_length must be >= 1"),
+    ApiCase("treemdp.tree.Tree.from_sequences", "sequences", "distinct, prefix-free, actions "
+            "in [0, b-1]", lambda: Tree.from_sequences([(0,), (0, 1)], branching=2),
+            "is a prefix of another"),
+    ApiCase("treemdp.data.validate_pairs", "chosen/rejected", "indices in [0, L-1], "
+            "chosen ≠ rejected", lambda: validate_pairs(_T, torch.tensor([0]), torch.tensor([0])),
+            "chosen == rejected"),
+    ApiCase("treemdp.data.validate_pairs", "chosen/rejected", "indices in [0, L-1], "
+            "chosen ≠ rejected", lambda: validate_pairs(_T, torch.tensor([0]), torch.tensor([9])),
+            r"must hold response indices in \[0, 3\]"),
+    ApiCase("treemdp.data.random_pairs", "n_pairs", ">= 1",
+            lambda: random_pairs(_T, torch.zeros(4), 0, torch.Generator()),
+            "n_pairs must be >= 1"),
+    ApiCase("treemdp.objectives.loss", "name", "a registry name",
+            _loss("ppo", beta=0.1), "objective must be one of dpo"),
+    ApiCase("treemdp.objectives.loss", "beta", "finite, > 0", _loss("dpo", beta=0.0),
+            "beta must be finite and > 0"),
+    ApiCase("treemdp.objectives.loss", "beta", "finite, > 0", _loss("dpo", beta=float("inf")),
+            "beta must be finite and > 0"),
+    ApiCase("treemdp.objectives.loss", "epsilon (cdpo)", "[0, 0.5]",
+            _loss("cdpo", beta=0.1, epsilon=0.7), r"epsilon must lie in \[0.0, 0.5\]"),
+    ApiCase("treemdp.objectives.loss", "epsilon (robust_dpo)", "[0, 0.5)",
+            _loss("robust_dpo", beta=0.1, epsilon=0.5), r"epsilon must lie in \[0.0, 0.5\)"),
+    ApiCase("treemdp.objectives.loss", "epsilon (exo)", "(0, 1)",
+            _loss("exo", beta=0.1, epsilon=1.0), r"epsilon must lie in \(0, 1\)"),
+    ApiCase("treemdp.objectives.loss", "r_max (chipo)", "> 0", _loss("chipo", beta=0.1, r_max=0),
+            "r_max must be > 0"),
+    ApiCase("treemdp.objectives.loss", "tau (discopop)", "> 0",
+            _loss("discopop", beta=0.1, tau=0), "tau must be > 0"),
+    ApiCase("treemdp.objectives.loss", "len_chosen/len_rejected", "> 0",
+            _loss("ln_dpo", beta=0.1, len_chosen=0, len_rejected=1), "len_chosen must be > 0"),
+    ApiCase("treemdp.objectives.loss", "**hyper", "the entry's hyperparameters",
+            _loss("dpo", beta=0.1, gamma=1.0), "takes hyperparameters"),
+    ApiCase("treemdp.optim.make_optimizer", "name", "sgd, adam, rmsprop",
+            lambda: make_optimizer("lion", 0.1, 1), "optimizer must be one of"),
+    ApiCase("treemdp.optim.make_optimizer", "lr", "finite, > 0",
+            lambda: make_optimizer("adam", -1.0, 1), "lr must be finite and > 0"),
+    ApiCase("treemdp.batching.EpochSchedule", "batch_size", ">= 1",
+            lambda: EpochSchedule(4, 0, seed=0), "batch_size must be >= 1"),
+    ApiCase("treemdp.problem.build_problem", "policy", "loglinear, tabular, mlp",
+            lambda: build_problem(_T, [0], policy="cnn"), "policy must be one of"),
+    ApiCase("treemdp.problem.build_problem", "sft_steps", ">= 0",
+            lambda: build_problem(_T, [0], sft_steps=-1), "sft_steps must be >= 0"),
+    ApiCase("treemdp.problem.build_problem", "seeds", "at least one",
+            lambda: build_problem(_T, []), "seeds must hold at least one seed"),
+    ApiCase("treemdp.train.train", "steps", ">= 0",
+            lambda: train(_problem(), [RunSpec("dpo", 0.1, 0.1)], steps=-1),
+            "steps must be >= 0"),
+    ApiCase("treemdp.train.train", "log_every", ">= 1",
+            lambda: train(_problem(), [RunSpec("dpo", 0.1, 0.1)], steps=1, log_every=0),
+            "log_every must be >= 1"),
+    ApiCase("treemdp.train.train", "specs", "one RunSpec per run",
+            lambda: train(_problem(), [], steps=1), "specs must hold one RunSpec per run"),
+    ApiCase("treemdp.train.train", "RunSpec.lr", "> 0",
+            lambda: train(_problem(), [RunSpec("dpo", 0.1, 0.0)], steps=1), "lr must be > 0"),
+    ApiCase("treemdp.metrics.weighted_r2", "weights", ">= 0, positive sum per run",
+            lambda: weighted_r2(torch.ones(1, 3), torch.ones(1, 3), -torch.ones(1, 3)),
+            "weights must be >= 0"),
+    ApiCase("treemdp.scaling.fit", "form", "a scaling form", lambda: scaling.fit(
+            "cubic", [0.0, 1.0, 2.0], [0.0, 1.0, 2.0]), "form must be one of"),
+    ApiCase("treemdp.results.read_table", "path", "an existing, intact table",
+            lambda: read_table("/nonexistent/metrics.csv"), "does not exist: run the experiment"),
+    ApiCase("llm.train.TrainConfig", "lr", "> 0", lambda: _llm_config(lr=0.0),
+            "lr must be > 0"),
+    ApiCase("llm.train.TrainConfig", "batch_size", "multiple of micro_batch_size",
+            lambda: _llm_config(batch_size=3, micro_batch_size=2), "must be a multiple"),
+    ApiCase("llm.train.TrainConfig", "warmup_steps", ">= 0", lambda: _llm_config(warmup_steps=-1),
+            "warmup_steps must be >= 0"),
+]  # fmt: skip
+
+
+def _llm_config(**kw: Any) -> Any:
+    from llm.train import TrainConfig
+
+    return TrainConfig(**kw)
+
+
+# ------------------------------------------------------------------ invalid CLI values
+
+
+def invalid_flag_values(cls: type) -> list[tuple[str, str, str]]:
+    """(flag, invalid value, text the one-line error must contain) for every constrained field
+    of config dataclass ``cls``: a value outside its choices, below its minimum, not a number,
+    not finite."""
+    hints = typing.get_type_hints(cls)
+    cases: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        elem = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        if meta.get("choices") is not None:
+            cases.append((flag, "not-a-choice", f"argument {flag}: invalid choice"))
+        if meta.get("min") is not None:
+            low = meta["min"] - 1
+            cases.append((flag, str(elem(low)), f"{flag} must be >= {meta['min']}"))
+        if meta.get("xmin") is not None:
+            cases.append((flag, str(elem(meta["xmin"])), f"{flag} must be > {meta['xmin']}"))
+        if elem is int:
+            cases.append((flag, "1.5", f"argument {flag}: invalid int value"))
+        if elem is float:
+            cases.append((flag, "x", f"argument {flag}: invalid float value"))
+            cases.append((flag, "nan", f"{flag} must be a finite number"))
+            cases.append((flag, "inf", f"{flag} must be a finite number"))
+    return cases
