@@ -28,6 +28,7 @@ settings is refused. The reference's samples are kept in ``eval_reference.pt``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -586,7 +587,11 @@ def _evaluate_run(
         ref = ReferenceSamples(saved["responses"], saved["logp"])
     else:
         ref = reference_samples(reference, task, settings)
-        atomic_write(ref_path, lambda p: torch.save(asdict(ref), p))
+        # Serialised in memory first: torch.save names its archive after the file, and the
+        # temporary file's random name would make the bytes differ from run to run.
+        buffer = io.BytesIO()
+        torch.save(asdict(ref), buffer)
+        atomic_write(ref_path, lambda p: p.write_bytes(buffer.getvalue()))
     for step, folder in tqdm(todo, desc="evaluate", disable=not progress):
         policy = reference if folder is None else load(folder).to(device).eval()
         row = {

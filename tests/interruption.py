@@ -59,12 +59,16 @@ class Command:
         loose: glob patterns of files compared by content rather than bytes: images (PDF
             dates, renderer details) are only checked to be complete, ``log.csv`` of llm runs
             is compared without its wall-clock columns.
+        setup: (script, args) commands run to completion into the output folder before the
+            command's first start (and before the reference run): what it reads, e.g. the
+            trained run that llm_eval evaluates. Never killed.
     """
 
     name: str
     script: str
     args: tuple[str, ...]
     loose: tuple[str, ...] = field(default=("*.png", "*.pdf"))
+    setup: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def argv(self, out: Path) -> list[str]:
         return [sys.executable, str(ROOT / self.script), *(a.format(out=out) for a in self.args)]
@@ -107,7 +111,27 @@ COMMANDS: dict[str, Command] = {
             "figures/make_all.py",
             ("--only", "tree", "--quick", "--results", "{out}/results", "--out", "{out}/figures"),
         ),
-        # experiments/llm_eval.py: add its entry here (tiny model, a few checkpoints).
+        Command(
+            "llm_eval",
+            "experiments/llm_eval.py",
+            (
+                *("--run", "{out}/run", "--samples", "64", "--batch-size", "16"),
+                *("--device", "cpu", "--no-progress"),
+            ),
+            loose=("log.csv",),
+            setup=(
+                (
+                    "experiments/llm_train.py",
+                    (
+                        *("--model", "tiny", "--source", "tree", "--tree-pairs", "0>1,5>7"),
+                        *("--batch-size", "2", "--micro-batch-size", "2", "--lr", "1e-2"),
+                        *("--warmup-steps", "0", "--epochs", "6", "--reference-dtype", "fp32"),
+                        *("--checkpoint-every", "4", "--no-progress"),
+                        *("--out", "{out}", "--run-name", "run"),
+                    ),
+                ),
+            ),
+        ),
     ]
 }
 
@@ -245,6 +269,14 @@ def _start(command: Command, out: Path) -> subprocess.Popen:
     )
 
 
+def _prepare(command: Command, out: Path) -> None:
+    """Run the command's setup steps to completion into ``out``."""
+    for script, args in command.setup:
+        argv = [sys.executable, str(ROOT / script), *(a.format(out=out) for a in args)]
+        done = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, f"{command.name} setup {script} failed:\n{done.stderr}"
+
+
 def _finish(proc: subprocess.Popen, command: Command) -> None:
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, f"{command.name} failed ({proc.returncode}):\n{err.decode()}"
@@ -262,10 +294,12 @@ def run_harness(
     run; assert everything the module docstring promises. Returns the counts."""
     report = Report(command.name)
     out, reference = work / "out", work / "reference"
+    _prepare(command, out)
     start = time.perf_counter()
     _finish(_start(command, out), command)
     report.reference_seconds = time.perf_counter() - start
     out.rename(reference)
+    _prepare(command, out)
     rng = random.Random(f"{command.name}-{seed}")
     for _ in range(kills):
         proc = _start(command, out)
