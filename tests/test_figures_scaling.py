@@ -115,7 +115,9 @@ def test_evolution_plot_one_line_per_beta(metric):
     fig = evolution.plot(synthetic_table(), "slic", "large", metric)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["0.03", "0.3"]
-    assert ax.get_xlabel() == "fraction of the epoch" and "SLiC" in ax.get_title()
+    assert (
+        ax.get_xlabel() == "epochs (passes over the preference data)" and "SLiC" in ax.get_title()
+    )
     assert len(ax.collections) == len(BETAS)  # one ±SE band per β (two seeds)
 
 
