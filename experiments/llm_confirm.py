@@ -47,7 +47,7 @@ from treemdp.cli import arg, run
 from treemdp.metrics import kl_divergence
 from treemdp.policy import Policy, Tabular
 from treemdp.problem import Problem, build_problem
-from treemdp.results import atomic_write, cached_tables, run_folder
+from treemdp.results import atomic_write, cached_tables, run_folder, run_lock
 from treemdp.train import grid
 from treemdp.train import train as train_toy
 from treemdp.tree import Tree
@@ -382,6 +382,14 @@ def plot(toy: pd.DataFrame, llm: pd.DataFrame, path: Path) -> None:
     plotting.save_figure(fig, path)
 
 
+def output_folder(cfg: Config) -> Path:
+    """The run folder of ``cfg`` (named from every field that changes the results)."""
+    return run_folder(
+        cfg.out, cfg, prefix=f"b{cfg.branching}-d{cfg.depth}",
+        ignore=("out", "force", "device", "progress"),
+    )  # fmt: skip
+
+
 def main(cfg: Config) -> Path:
     """Run (or reuse) the bridge experiment; print the side-by-side table and the verdict."""
     if len(set(cfg.objectives)) != len(cfg.objectives) or len(set(cfg.beta)) != len(cfg.beta):
@@ -397,33 +405,31 @@ def main(cfg: Config) -> Path:
     device = _device(cfg.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
-    folder = run_folder(
-        cfg.out, cfg, prefix=f"b{cfg.branching}-d{cfg.depth}",
-        ignore=("out", "force", "device", "progress"),
-    )  # fmt: skip
-    start = time.perf_counter()
-    if cfg.force and (folder / "llm").exists():
-        shutil.rmtree(folder / "llm")
-    tree = Tree.complete(cfg.branching, cfg.depth)
+    folder = output_folder(cfg)
+    with run_lock(folder):  # a second process on this folder refuses; a killed one resumes
+        start = time.perf_counter()
+        if cfg.force and (folder / "llm").exists():
+            shutil.rmtree(folder / "llm")
+        tree = Tree.complete(cfg.branching, cfg.depth)
 
-    def compute() -> dict[str, pd.DataFrame]:
-        tabular, loglinear = toy_problems(cfg, tree)
-        toy = run_toy(cfg, {"tabular": tabular, "loglinear": loglinear})
-        llm, report = run_llm(cfg, loglinear, folder, device)
-        table = compare(toy, llm, cfg.margin)
-        table["kl_toy_ref_to_llm_sft"] = report["kl_toy_ref_to_llm_sft"]
-        return {"comparison": table, "toy": toy, "llm": llm}
+        def compute() -> dict[str, pd.DataFrame]:
+            tabular, loglinear = toy_problems(cfg, tree)
+            toy = run_toy(cfg, {"tabular": tabular, "loglinear": loglinear})
+            llm, report = run_llm(cfg, loglinear, folder, device)
+            table = compare(toy, llm, cfg.margin)
+            table["kl_toy_ref_to_llm_sft"] = report["kl_toy_ref_to_llm_sft"]
+            return {"comparison": table, "toy": toy, "llm": llm}
 
-    tables, reused = cached_tables(
-        folder, cfg, ["comparison", "toy", "llm"], compute, force=cfg.force
-    )
-    if reused:
-        print(f"reusing finished results in {folder} (--force recomputes)")
-    table = tables["comparison"]
-    plot(tables["toy"], tables["llm"], folder / "confirm.png")
-    lines = verdict(table)
-    text = "\n".join(lines) + "\n"
-    atomic_write(folder / "verdict.txt", lambda p: p.write_text(text))
+        tables, reused = cached_tables(
+            folder, cfg, ["comparison", "toy", "llm"], compute, force=cfg.force
+        )
+        if reused:
+            print(f"reusing finished results in {folder} (--force recomputes)")
+        table = tables["comparison"]
+        plot(tables["toy"], tables["llm"], folder / "confirm.png")
+        lines = verdict(table)
+        text = "\n".join(lines) + "\n"
+        atomic_write(folder / "verdict.txt", lambda p: p.write_text(text))
     shown = [
         "objective", "beta", "side", "mass_ood_start", "mass_ood_final", "mass_in_dist_peak",
         "mass_in_dist_final", "kl_reverse_final", "kl_reverse_sampled", "kl_reverse_sampled_se",

@@ -32,7 +32,7 @@ from llm.tree_language import tree_examples, tree_tokenizer
 from treemdp import objectives
 from treemdp.cli import arg, run
 from treemdp.data import normal_rewards
-from treemdp.results import read_config
+from treemdp.results import read_config, run_lock
 from treemdp.tree import Tree
 
 SHOWN = [
@@ -186,6 +186,11 @@ def main(cfg: Config) -> Path:
     run_dir = Path(cfg.run)
     if not run_dir.is_dir():
         raise ValueError(f"--run {run_dir} is not a folder")
+    with run_lock(run_dir):  # refuses while llm_train or another evaluation writes this run
+        return _evaluate(cfg, run_dir)
+
+
+def _evaluate(cfg: Config, run_dir: Path) -> Path:
     run_config = read_config(run_dir)
     device = cfg.device
     if device == "auto":

@@ -81,12 +81,18 @@ def _configs(tmp_path: Path) -> dict[str, tuple[object, object, Path]]:
     ts = load_script("experiments/toy_scaling.py")
     tc = load_script("experiments/theory_check.py")
     lt = load_script("experiments/llm_train.py")
+    lc = load_script("experiments/llm_confirm.py")
+    le = load_script("experiments/llm_eval.py")
+    (tmp_path / "evaluated").mkdir()
+    (tmp_path / "evaluated" / "config.json").write_text("{}")
     configs = {
         "ood_mass": (om, om.Config(out=out)),
         "sweep": (sw, sw.Config(out=out)),
         "toy_scaling": (ts, ts.Config(out=out, quick=True)),
         "theory_check": (tc, tc.Config(out=out)),
         "llm_train": (lt, parse_config(lt.Config, ["--out", out, "--no-progress"])),
+        "llm_confirm": (lc, lc.Config(out=out)),
+        "llm_eval": (le, le.Config(run=str(tmp_path / "evaluated"))),
     }
     folders = {
         "ood_mass": om.output_folder(configs["ood_mass"][1]),
@@ -94,6 +100,8 @@ def _configs(tmp_path: Path) -> dict[str, tuple[object, object, Path]]:
         "toy_scaling": ts.output_folder(configs["toy_scaling"][1]),
         "theory_check": tc.output_folder(configs["theory_check"][1]),
         "llm_train": lt.run_dir(configs["llm_train"][1]),
+        "llm_confirm": lc.output_folder(configs["llm_confirm"][1]),
+        "llm_eval": tmp_path / "evaluated",
     }
     return {k: (m, c, folders[k]) for k, (m, c) in configs.items()}
 
@@ -106,7 +114,8 @@ def test_every_experiment_refuses_a_busy_run_folder_before_computing(tmp_path):
         for name, (module, config, folder) in experiments.items():
             with pytest.raises(RunFolderBusyError, match="in use by another process"):
                 module.main(config)
-            assert not any(p.name != LOCK_NAME for p in folder.iterdir()), name
+            written = {p.name for p in folder.iterdir()} - {LOCK_NAME}
+            assert written <= ({"config.json"} if name == "llm_eval" else set()), name
         done = run_script("figures/make_all.py", "--only", "llm", "--out", str(figures))
         assert done.returncode != 0
         assert done.stderr.strip().splitlines() == [
