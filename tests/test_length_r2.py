@@ -91,3 +91,16 @@ def test_logratio_length_r2_nan_at_reference_and_matches_oracle_on_a_tree():
     # A log-ratio that is exactly a linear function of length gives R² = 1.
     tilted = torch.log_softmax(ref + 0.3 * tree.response_length.double(), -1)
     torch.testing.assert_close(logratio_length_r2(tree, tilted, ref), torch.ones(2).double())
+
+
+def test_uniform_weights_give_the_ordinary_r_squared():
+    """The LLM evaluation's R² of log-ratio on length over samples (every sample weighted alike)."""
+
+    def r2(y, x):
+        return float(weighted_r2(y[None].double(), x[None].double(), torch.ones(1, len(y)))[0])
+
+    x = torch.arange(50.0)
+    assert math.isclose(r2(3 * x - 2, x), 1.0, rel_tol=1e-12)
+    # hand value: y = (1, 0, 1, 0), x = (0, 1, 2, 3): corr = -0.4472, R² = 0.2
+    assert math.isclose(r2(torch.tensor([1.0, 0, 1, 0]), torch.arange(4.0)), 0.2)
+    assert math.isnan(r2(x, torch.ones(50)))

@@ -256,6 +256,10 @@ def weighted_r2(y: Tensor, x: Tensor, weights: Tensor) -> Tensor:
         )
     if bool((~(weights >= 0)).any()):
         raise ValueError("weights must be >= 0 and not NaN")
+    # One dtype for all three: float32 weights would shift the means of float64 data by ~1e-8
+    # and turn a constant x into a tiny but "defined" variance.
+    dtype = torch.promote_types(torch.promote_types(y.dtype, x.dtype), weights.dtype)
+    y, x, weights = y.to(dtype), x.to(dtype), weights.to(dtype)
     total = weights.sum(-1, keepdim=True)
     if bool((total <= 0).any()):
         raise ValueError("weights must have a positive sum in every run")
