@@ -7,7 +7,7 @@ reference π_ref):
    as fixed offset) and with the log-linear policy (``treemdp.train``);
 2. the LLM: a Pythia-shaped GPT-NeoX is SFT'd on samples of π_ref in the tree language (one
    token per action), then trained with DPO, IPO and SLiC on the same pairs (``llm.train``), and
-   every checkpoint is evaluated (``llm.evaluate``): the exact distribution over all leaves of
+   every checkpoint is evaluated (``llm.eval_run``): the exact distribution over all leaves of
    the model decoded on the tree (every leaf scored) next to estimates from samples.
 
 Reported for toy and LLM: OOD mass, in-distribution mass, exact (and, for the LLM, sampled) KL and
@@ -36,7 +36,8 @@ import pandas as pd
 import torch
 
 from llm.data import Example
-from llm.evaluate import EvalSettings, EvalTask, TreeTask, evaluate_run
+from llm.eval_run import evaluate_run
+from llm.evaluate import EvalSettings, EvalTask, TreeTask
 from llm.judges import GoldJudge
 from llm.model import PYTHIA_SHAPES, build_model, load_model
 from llm.sampling import tree_logprobs

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from llm.data import TruncationConfig, load_tokenizer, read_jsonl, read_tldr, tokenize_rows
-from llm.evaluate import EvalSettings, EvalTask, TreeTask, evaluate_run
+from llm.eval_run import evaluate_run
+from llm.evaluate import EvalSettings, EvalTask, TreeTask
 from llm.judges import TLDR_TEMPLATE, ApiJudge, GoldJudge, Judge, RewardModelJudge
 from llm.model import PYTHIA_SHAPES, parse_dtype
 from llm.tree_language import tree_examples, tree_tokenizer

@@ -10,7 +10,8 @@ Modules:
     checkpoint atomic checkpoints and resume
     sampling   batched sampling with the KV cache; the tree language decoded on the tree, exactly
     judges     gold, reward-model and API (OpenAI-compatible) judges behind one interface
-    evaluate   every checkpoint of a run: KL, lengths, held-out accuracy/loss, win rate (eval.csv)
+    evaluate   one model against the reference: KL, lengths, held-out accuracy/loss, win rate
+    eval_run   every checkpoint of a run → eval.csv, resumable
 
 The package never imports ``experiments``; ``experiments/llm_train.py``, ``llm_eval.py`` and
 ``llm_confirm.py`` are its command lines.

@@ -375,7 +375,7 @@ def test_make_all_llm_failure_names_the_problem(tmp_path):
 
 
 def test_the_llm_table_contract_matches_what_the_evaluation_writes():
-    from llm.evaluate import COLUMNS
+    from llm.eval_run import COLUMNS
 
     checkpoints = load_script("figures/checkpoints.py")
     assert tuple(COLUMNS[: len(checkpoints.LLM_EVAL_COLUMNS)]) == checkpoints.LLM_EVAL_COLUMNS

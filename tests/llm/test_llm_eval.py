@@ -12,7 +12,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from llm.evaluate import COLUMNS, evaluate_run
+from llm.eval_run import COLUMNS, evaluate_run
 from llm.model import load_model
 from tests.llm.helpers_llm import ROOT, load_cli, subprocess_env
 from tests.scripts import load_script
@@ -64,7 +64,8 @@ KILL = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from llm.evaluate import EvalSettings, evaluate_run
+    from llm.eval_run import evaluate_run
+    from llm.evaluate import EvalSettings
     from tests.scripts import load_script
     from treemdp.cli import parse_config
     from treemdp.results import read_config
