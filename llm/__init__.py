@@ -1,6 +1,7 @@
 """llm: the treemdp objectives on GPT-NeoX / Pythia language models through transformers.
 
 Modules:
+    compat     the supported torch/transformers range; the one place that bridges their APIs
     model      load or build policy and reference models (dtype policy, Pythia-shaped configs)
     logprobs   response-token log-probabilities through one concatenated forward
     data       preference data (TL;DR via ``datasets``, local JSONL), truncation, bad-row handling,
@@ -16,3 +17,7 @@ Modules:
 The package never imports ``experiments``; ``experiments/llm_train.py``, ``llm_eval.py`` and
 ``llm_confirm.py`` are its command lines.
 """
+
+from llm.compat import warn_if_unsupported
+
+warn_if_unsupported()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +56,14 @@ from treemdp.results import atomic_write
 from treemdp.tree import Tree
 
 __all__ = [
+    "SAMPLED_EXACT_MAX_Z",
     "EvalSettings",
     "EvalTask",
+    "SampledExactWarning",
     "TreeTask",
     "evaluate_model",
     "mean_se",
+    "sampled_vs_exact",
     "sequence_logps",
 ]
 
@@ -394,7 +398,74 @@ def evaluate_model(
         row.update(win_rate=math.nan, win_rate_se=math.nan, judged=0, judge="none")
     if task.tree is not None:
         row.update(_exact(policy, task, responses, pol_score.table, ref_score.table))
+        gold_vs_reference = judge is not None and judge.name == "gold"
+        gold_vs_reference &= settings.baseline == "reference"
+        row.update(sampled_vs_exact(row, task, with_win_rate=gold_vs_reference))
+        if row["sampled_exact_flag"]:
+            warnings.warn(
+                f"step {step}: sampled estimates off their exact values by more than "
+                f"{SAMPLED_EXACT_MAX_Z:g} standard errors: {row['sampled_exact_flag']} "
+                f"(largest |z| = {row['sampled_exact_z']:.1f})",
+                SampledExactWarning,
+                stacklevel=2,
+            )
     return row
+
+
+SAMPLED_EXACT_MAX_Z = 5.0
+"""A sampled estimate further than this many standard errors from its exact value is flagged."""
+
+SAMPLED_EXACT = (
+    ("kl_reverse", "exact_kl_reverse"),
+    ("kl_forward", "exact_kl_forward"),
+    ("ood_fraction", "exact_mass_ood"),
+    ("win_rate", "exact_win_rate"),
+)
+"""(sampled column, exact column) pairs that estimate the same quantity on tree tasks."""
+
+SHARES = ("ood_fraction", "win_rate")
+"""Sampled estimates that are means of values in [0, 1]."""
+
+
+class SampledExactWarning(UserWarning):
+    """A sampled estimate disagrees with its exact value (``sampled_exact_flag``)."""
+
+
+def sampled_vs_exact(
+    row: dict[str, Any], task: EvalTask, *, with_win_rate: bool
+) -> dict[str, float | str]:
+    """Each sampled estimate against its exact value, in standard errors.
+
+    Returns ``sampled_exact_z`` (the largest |sampled − exact| / SE; NaN when the prompts do not
+    weight every root alike, so the estimates target another average than the exact values) and
+    ``sampled_exact_flag`` (the estimates beyond ``SAMPLED_EXACT_MAX_Z``, comma-separated; ""
+    when none). The share-valued estimates (OOD fraction, win rate) use the larger of their
+    sample SE and the binomial SE √(p(1−p)/n) at the exact value p, so n samples that all agree
+    (sample SE 0) are judged by how likely that is; a KL estimate with SE 0 counts as off when it
+    differs from the exact value by more than 1e-6. The win rate is compared only for the gold
+    judge against reference samples.
+    """
+    tree = task.tree.tree
+    roots = torch.tensor([p[-1] - 1 for p in task.prompts])
+    per_root = torch.bincount(roots, minlength=tree.n_prompts)
+    if bool((per_root != per_root[0]).any()):
+        return {"sampled_exact_z": math.nan, "sampled_exact_flag": ""}
+    worst, flagged = 0.0, []
+    for sampled, exact in SAMPLED_EXACT:
+        if sampled == "win_rate" and not with_win_rate:
+            continue
+        gap = abs(row[sampled] - row[exact])
+        se = row[f"{sampled}_se"]
+        if sampled in SHARES:
+            p = min(max(row[exact], 0.0), 1.0)
+            se = max(se, math.sqrt(p * (1 - p) / row["n_samples"]))
+        z = gap / se if se > 0 else (0.0 if gap <= 1e-6 else math.inf)
+        if not math.isfinite(gap):
+            z = math.inf
+        worst = max(worst, z)
+        if z > SAMPLED_EXACT_MAX_Z:
+            flagged.append(sampled)
+    return {"sampled_exact_z": worst, "sampled_exact_flag": ",".join(flagged)}
 
 
 def _exact(

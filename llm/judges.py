@@ -219,25 +219,35 @@ class RewardModelJudge:
 
     @torch.no_grad()
     def scores(self, texts: Sequence[str]) -> Tensor:
-        """The reward of each text. Shape (n,), float64."""
-        out = []
-        for s in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                list(texts[s : s + self.batch_size]),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-            ).to(self.device)
-            logits = self.model(
-                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
-            ).logits
-            out.append(logits[:, 0].double().cpu())
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        """The reward of each text. Shape (n,), float64.
+
+        Each distinct text is scored once, so identical texts get identical scores, and texts
+        are batched only with texts of the same token length: no padding ever enters a
+        forward, and a score depends on the batch composition only through the float
+        rounding of the batched matmuls.
+        """
+        unique = list(dict.fromkeys(texts))
+        ids = self.tokenizer(unique, truncation=True, max_length=self.max_length)["input_ids"]
+        if any(len(t) == 0 for t in ids):
+            raise ValueError("the reward model cannot score an empty text")
+        by_length: dict[int, list[int]] = {}
+        for i, t in enumerate(ids):
+            by_length.setdefault(len(t), []).append(i)
+        values = torch.empty(len(unique), dtype=torch.float64)
+        for group in by_length.values():
+            for s in range(0, len(group), self.batch_size):
+                part = group[s : s + self.batch_size]
+                batch = torch.tensor([ids[i] for i in part], device=self.device)
+                logits = self.model(input_ids=batch, attention_mask=torch.ones_like(batch)).logits
+                values[part] = logits[:, 0].double().cpu()
+        index = {t: i for i, t in enumerate(unique)}
+        return values[[index[t] for t in texts]]
 
     def judge(self, comparisons: Sequence[Comparison]) -> Verdicts:
-        a = self.scores([c.prompt + c.response for c in comparisons])
-        b = self.scores([c.prompt + c.baseline for c in comparisons])
+        n = len(comparisons)
+        texts = [c.prompt + c.response for c in comparisons]
+        both = self.scores(texts + [c.prompt + c.baseline for c in comparisons])
+        a, b = both[:n], both[n:]
         scores = torch.tensor([_score(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True)])
         return Verdicts(scores.double(), ties=int((scores == 0.5).sum()))
 

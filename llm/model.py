@@ -133,6 +133,11 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32) 
     if str(name_or_path).startswith((".", "/")) and not path.is_dir():
         raise ValueError(f"model folder {name_or_path} does not exist")
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+    loaded = {p.dtype for p in model.parameters()}
+    if loaded != {dtype}:  # a dtype keyword that some transformers version ignores
+        raise RuntimeError(
+            f"{name_or_path} loaded with parameter dtypes {sorted(map(str, loaded))}, not {dtype}"
+        )
     return model.eval()
 
 

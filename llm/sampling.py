@@ -23,11 +23,13 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
+from llm.compat import cache_kwargs, check_cache_filled
 from treemdp.policy import response_logprobs
 from treemdp.tree import Tree
 
 __all__ = [
     "Samples",
+    "SamplingCheckError",
     "TreeDecoding",
     "generate",
     "internal_node_tokens",
@@ -80,6 +82,23 @@ def _left_pad(prompts: Sequence[tuple[int, ...]], pad_id: int, device) -> tuple[
     return ids, att
 
 
+class SamplingCheckError(RuntimeError):
+    """Sampled log-probabilities disagree with a plain forward over the same tokens."""
+
+
+TOKEN_TOLERANCE: dict[torch.dtype, float] = {
+    torch.float64: 1e-6,
+    torch.float32: 1e-3,
+    torch.float16: 0.1,
+    torch.bfloat16: 0.25,
+}
+"""Largest |Δ log π(y_t)| per token allowed between cached decoding and a plain forward, by the
+model's parameter dtype (the two paths round differently; context lost costs whole nats)."""
+
+SELF_CHECK_ROWS = 16
+"""Rows of the first batch that ``generate`` recomputes with a plain forward."""
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -92,6 +111,7 @@ def generate(
     temperature: float = 1.0,
     batch_size: int = 64,
     decoding: Decoding | None = None,
+    self_check: bool = True,
 ) -> Samples:
     """Sample one response per prompt, batched, with the KV cache.
 
@@ -105,6 +125,9 @@ def generate(
         temperature: > 0; 1.0 samples the model's own distribution.
         batch_size: prompts per forward.
         decoding: optional constraint (e.g. ``TreeDecoding``); rows also end when it says so.
+        self_check: recompute the per-token log-probs of the first ``SELF_CHECK_ROWS`` samples
+            with a plain forward (no cache) and raise ``SamplingCheckError`` if any differs by
+            more than ``TOKEN_TOLERANCE`` of the model's dtype. The cache is checked always.
 
     Returns:
         ``Samples`` in prompt order.
@@ -127,12 +150,13 @@ def generate(
         state = None if decoding is None else decoding.begin(chunk, model.config.vocab_size)
         cache = DynamicCache(config=model.config)  # filled in place by every forward
         out = model(
-            input_ids=ids, attention_mask=att, position_ids=pos, cache=cache, use_cache=True
+            input_ids=ids, attention_mask=att, position_ids=pos, **cache_kwargs(model, cache)
         )
+        check_cache_filled(cache, ids.shape[1])
         B = len(chunk)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        total = torch.zeros(B, dtype=torch.float32, device=device)
         new: list[Tensor] = []
+        token_logps: list[Tensor] = []
         next_pos = pos[:, -1] + 1
         for t in range(max_new_tokens):
             logits = out.logits[:, -1].float() / temperature  # (B, V)
@@ -141,7 +165,7 @@ def generate(
             logp = torch.log_softmax(logits, dim=-1)
             tok = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-            total += torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0])
+            token_logps.append(torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0]))
             new.append(tok)
             ended = torch.zeros_like(done)
             if eos_id is not None:
@@ -156,15 +180,74 @@ def generate(
                 input_ids=tok[:, None],
                 attention_mask=att,
                 position_ids=next_pos[:, None],
-                cache=cache,
-                use_cache=True,
+                **cache_kwargs(model, cache),
             )
             next_pos = next_pos + 1
-        rows = torch.stack(new, dim=1).tolist()
-        lengths = _lengths(torch.stack(new, dim=1), eos_id, state)
+        new_ids = torch.stack(new, dim=1)  # (B, n)
+        per_token = torch.stack(token_logps, dim=1)  # (B, n)
+        lengths = _lengths(new_ids, eos_id, state)
+        if self_check and s == 0:
+            _check_against_plain_forward(
+                model, chunk, new_ids, per_token, lengths,
+                pad_id=pad_id, temperature=temperature, decoding=decoding,
+            )  # fmt: skip
+        rows = new_ids.tolist()
         responses.extend(tuple(r[:n]) for r, n in zip(rows, lengths, strict=True))
-        logps.append(total.cpu())
+        logps.append(per_token.sum(1).cpu())
     return Samples(responses, torch.cat(logps) if logps else torch.zeros(0))
+
+
+def _check_against_plain_forward(
+    model: nn.Module,
+    prompts: Sequence[tuple[int, ...]],
+    new_ids: Tensor,
+    per_token: Tensor,
+    lengths: Sequence[int],
+    *,
+    pad_id: int,
+    temperature: float,
+    decoding: Decoding | None,
+) -> None:
+    """Recompute the sampled tokens' log-probs without the cache; raise if they disagree.
+
+    Args:
+        new_ids: sampled tokens, padded after each row's end. Shape (B, n).
+        per_token: their log-probs as ``generate`` accumulated them. Shape (B, n).
+        lengths: tokens of each row that count.
+    """
+    k = min(len(prompts), SELF_CHECK_ROWS)
+    prompts, new_ids, per_token = list(prompts[:k]), new_ids[:k], per_token[:k]
+    device = new_ids.device
+    ids, att = _left_pad(prompts, pad_id, device)
+    T, n = ids.shape[1], new_ids.shape[1]
+    counted = (
+        torch.arange(n, device=device)[None] < torch.tensor(lengths[:k], device=device)[:, None]
+    )
+    full_att = torch.cat([att, counted.long()], dim=1)
+    pos = (full_att.cumsum(-1) - 1).clamp(min=0)
+    hidden = model.base_model(
+        input_ids=torch.cat([ids, new_ids], dim=1), attention_mask=full_att, position_ids=pos
+    ).last_hidden_state[:, T - 1 : T - 1 + n]  # position T-1+t predicts response token t
+    logits = model.get_output_embeddings()(hidden).float() / temperature  # (k, n, V)
+    if decoding is not None:
+        state = decoding.begin(prompts, model.config.vocab_size)
+        for t in range(n):
+            logits[:, t] = logits[:, t].masked_fill(~state.allowed().to(device), float("-inf"))
+            state.step(new_ids[:, t])
+    replay = torch.log_softmax(logits, dim=-1).gather(2, new_ids[..., None])[..., 0]
+    replay = torch.where(counted, replay, 0.0)
+    gap = (replay - per_token).abs()
+    dtype = next(model.parameters()).dtype
+    tolerance = TOKEN_TOLERANCE.get(dtype, 0.25)
+    if not bool(gap.max() <= tolerance):  # also catches NaN
+        worst = int(gap.flatten().argmax())
+        raise SamplingCheckError(
+            f"sampled log-probs disagree with a plain forward over the same tokens: max "
+            f"|Δ log π(token)| = {float(gap.max()):.3g} > {tolerance:g} allowed for {dtype} "
+            f"(row {worst // n}, token {worst % n}; summed over the row: "
+            f"{float((replay - per_token).sum(1).abs().max()):.3g}). The KV-cache path of this "
+            "transformers/torch version computes something else than the model; not sampling."
+        )
 
 
 def _lengths(new: Tensor, eos_id: int | None, state: DecodingState | None) -> list[int]:

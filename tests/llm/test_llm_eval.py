@@ -206,7 +206,9 @@ def test_smoke_gpu_check_cpu_dry_run_writes_the_results_table(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     table = pd.read_csv(tmp_path / "results.csv")
-    assert set(table["check"]) == {"confirm", "benchmark"}
+    assert set(table["check"]) == {
+        "versions", "confirm", "sampled_vs_exact", "numerics", "benchmark"
+    }  # fmt: skip
     bench = table[table["check"] == "benchmark"].set_index("metric")["value"]
     assert float(bench["tokens_per_s"]) > 0 and float(bench["mfu"]) > 0
     assert (table["metric"] == "verdict").sum() == 1

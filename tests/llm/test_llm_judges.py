@@ -206,9 +206,20 @@ def test_reward_model_judge_scores_prompt_plus_response(tmp_path):
     b = rm.scores([c.prompt + c.baseline for c in cs])
     want = [1.0 if x > y else 0.0 if x < y else 0.5 for x, y in zip(a, b, strict=True)]
     assert v.scores.tolist() == want and v.scores[-1] == 0.5 and v.ties >= 1
-    # batching and padding do not change a text's score
-    one = torch.cat([rm.scores([c.prompt + c.response]) for c in cs])
-    torch.testing.assert_close(one, a, rtol=1e-4, atol=1e-5)
+    # identical texts tie exactly, whatever the batch size and whatever else shares the batch
+    texts = [c.prompt + c.response for c in cs] + [c.prompt + c.baseline for c in cs]
+    for batch_size in (1, 2, 5, 64):
+        rm.batch_size = batch_size
+        for extra in ([], ["x" * 40, "yy"], ["same text", "a much longer text than the others"]):
+            got = rm.scores([*extra, "same text", *texts, "same text"])
+            assert got[len(extra)] == got[-1], (batch_size, extra)
+            # batching and batch composition change a text's score only by float rounding
+            torch.testing.assert_close(
+                got[len(extra) + 1 : -1], torch.cat([a, b]), rtol=1e-4, atol=1e-5
+            )
+        assert rm.judge([Comparison("p", " q", " q")] * 3).ties == 3
+    with pytest.raises(ValueError, match="empty text"):
+        rm.scores([""])
     with pytest.raises(ValueError, match="does not exist"):
         RewardModelJudge(str(tmp_path / "missing"))
 

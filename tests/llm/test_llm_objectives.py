@@ -90,10 +90,20 @@ def test_precomputed_reference_and_accumulation_give_the_same_run(
     assert len(log_a) == 3  # ceil(1.5 * 8 / 4)
     for ra, rb in zip(log_a, log_b, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
-    # RMSProp divides by the gradient's RMS, so weights whose gradient is ~0 move by up to ~lr
-    # on float-rounding noise; compare the weights at the scale of the learning rate.
-    for p, q in zip(pol_a.parameters(), pol_b.parameters(), strict=True):
-        torch.testing.assert_close(p, q, atol=3e-4, rtol=0)
+    # RMSProp divides by the gradient's RMS: a weight whose gradient is rounding noise moves by
+    # up to ~10·lr per step in a direction set by that noise, which differs between CPUs and
+    # library versions (seen: 3.05e-4 on torch 2.11 against 3e-4 allowed). Such weights barely
+    # change the function, so the two runs are compared by what the policies compute.
+    b = collate_pairs(text_examples, 0)
+    with torch.no_grad():
+        la = concatenated_logps(pol_a, b.input_ids, b.attention_mask, b.response_mask)
+        lb = concatenated_logps(pol_b, b.input_ids, b.attention_mask, b.response_mask)
+        l0 = concatenated_logps(start, b.input_ids, b.attention_mask, b.response_mask)
+    moved = (la.chosen - l0.chosen).abs().max()
+    assert moved > 1e-2  # training changed the policy: the comparison below is not vacuous
+    # measured: 1.5e-5 apart after moving 5.2 nats (torch 2.11 and 2.13 alike)
+    torch.testing.assert_close(la.chosen, lb.chosen, atol=1e-3, rtol=0)
+    torch.testing.assert_close(la.rejected, lb.rejected, atol=1e-3, rtol=0)
 
 
 def test_sft_lowers_the_nll_of_the_chosen_responses(tmp_path, tiny_model, text_examples):

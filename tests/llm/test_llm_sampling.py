@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from llm.data import _collate, byte_tokenizer
-from llm.evaluate import EvalSettings, EvalTask, TreeTask, evaluate_model
+from llm.evaluate import EvalSettings, EvalTask, TreeTask, evaluate_model, sampled_vs_exact
 from llm.evaluate import reference_samples as ref_samples
 from llm.judges import GoldJudge
 from llm.logprobs import response_logps
@@ -82,8 +83,44 @@ def test_sampled_kl_and_win_rate_lie_within_4_se_of_exact():
         ("ood_fraction", "exact_mass_ood"),
     ]:
         assert abs(row[sampled] - row[exact]) <= 4 * row[f"{sampled}_se"], sampled
+    assert row["sampled_exact_flag"] == "" and row["sampled_exact_z"] <= 4
     assert row["length_mean"] == 3 and math.isnan(row["logratio_length_r2"])  # one length
     # the reference against itself: no KL, accuracy 0 and loss log 2 on the pairs
     same = evaluate_model(reference, reference, ref, task, settings, None, step=0)
     assert same["kl_reverse"] == same["kl_forward"] == 0.0
     assert same["reward_accuracy"] == 0.0 and math.isclose(same["loss"], math.log(2), rel_tol=1e-6)
+
+
+def test_sampled_vs_exact_flags_estimates_beyond_5_se():
+    tree = Tree.complete(2, 2, n_prompts=2)
+    z = torch.zeros(tree.n_responses, dtype=torch.float64)
+    task = EvalTask(
+        [(1,), (2,)] * 4, [], None, None, 0, "dpo", 0.1, tree=TreeTask(tree, z, [0], [1])
+    )
+    row = {
+        "n_samples": 10_000,
+        "kl_reverse": 1.0, "kl_reverse_se": 0.1, "exact_kl_reverse": 1.45,  # 4.5 SE: fine
+        "kl_forward": 0.5, "kl_forward_se": 0.0, "exact_kl_forward": 0.5,  # exact, SE 0: fine
+        "ood_fraction": 0.9, "ood_fraction_se": 0.01, "exact_mass_ood": 0.2,  # 70 SE: flagged
+        "win_rate": 0.2, "win_rate_se": 0.01, "exact_win_rate": 0.8,  # 60 SE, if compared
+    }  # fmt: skip
+    out = sampled_vs_exact(row, task, with_win_rate=False)
+    assert out["sampled_exact_flag"] == "ood_fraction"
+    assert out["sampled_exact_z"] == pytest.approx(70)
+    both = sampled_vs_exact(row, task, with_win_rate=True)
+    assert both["sampled_exact_flag"] == "ood_fraction,win_rate"
+    # SE 0 and a real gap: off; NaN estimate: off
+    row.update(kl_forward=0.6, kl_reverse=math.nan)
+    out = sampled_vs_exact(row, task, with_win_rate=False)
+    assert out["sampled_exact_flag"] == "kl_reverse,kl_forward,ood_fraction"
+    # 16 samples all in distribution (sample SE 0) where the exact OOD mass is 0.03: likely
+    # (0.97^16 = 0.61), so not flagged; 0.5 exact OOD mass: binomial SE 0.125, 4 SE: not flagged
+    # either; with 400 samples the same gap is 20 SE
+    row.update(kl_forward=0.5, kl_reverse=1.0, ood_fraction=0.0, ood_fraction_se=0.0)
+    for n, exact, flag in [(16, 0.03, ""), (16, 0.5, ""), (400, 0.5, "ood_fraction")]:
+        row.update(n_samples=n, exact_mass_ood=exact)
+        assert sampled_vs_exact(row, task, with_win_rate=False)["sampled_exact_flag"] == flag
+    # prompts that weight the roots unequally estimate another average: not compared
+    skewed = EvalTask([(1,), (1,), (2,)], [], None, None, 0, "dpo", 0.1, tree=task.tree)
+    out = sampled_vs_exact(row, skewed, with_win_rate=True)
+    assert out["sampled_exact_flag"] == "" and math.isnan(out["sampled_exact_z"])
