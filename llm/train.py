@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
 from llm.data import Batch, Example, collate_pairs, collate_sft
+from llm.fsdp import clip_grad_norm, is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 from llm.logprobs import PairLogps, concatenated_logps, response_logps
 from treemdp import objectives
 
@@ -353,8 +354,10 @@ def train(
     # so a run's checkpoints are bit-identical across reruns, interrupted or not.
     torch.manual_seed(cfg.seed)
     ckpt = latest_checkpoint(out_dir) if resume else None
+    sharded = is_sharded(policy)  # FSDP (llm.fsdp.shard_model): sharded checkpoints, no all-reduce
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
+        load = load_sharded_checkpoint if sharded else load_checkpoint
+        state = load(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
         _check_resume(state, cfg, len(examples), ckpt)
         start = state["step"]
     # log.csv is rewritten whole (temp file + rename) at each log row: a kill never leaves a
@@ -374,11 +377,12 @@ def train(
             policy, step_loss, examples, mine, micro=m, scale=G, pad_id=pad_id
         )
         if world > 1:
-            _all_reduce_grads(params)
+            if not sharded:
+                _all_reduce_grads(params)
             sums = sums.to(params[0].device)
             dist.all_reduce(sums)
             sums = sums.cpu()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -401,9 +405,12 @@ def train(
         every = cfg.checkpoint_every
         if (every and (done * G) // every > (step * G) // every) or done == n_steps:
             final = out_dir / f"step-{done:07d}"
-            if rank == 0:
-                state = {"examples_seen": done * G, "n_examples": len(examples),
-                         "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
+            state = {"examples_seen": done * G, "n_examples": len(examples),
+                     "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
+            if sharded:  # every rank writes its shards
+                save_sharded_checkpoint(out_dir, step=done, model=policy, optimizer=optimizer,
+                                        scheduler=scheduler, state=state, tokenizer=tokenizer)  # fmt: skip
+            elif rank == 0:
                 save_checkpoint(
                     out_dir,
                     step=done,
