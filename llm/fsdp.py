@@ -67,6 +67,8 @@ def init_distributed(device: torch.device) -> None:
     if dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if "MASTER_ADDR" in os.environ:
         dist.init_process_group(backend)
         return
@@ -242,9 +244,7 @@ def load_sharded_checkpoint(
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(sd, checkpoint_id=str(folder / DCP))
-    set_state_dict(
-        model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"]
-    )
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
     state = torch.load(folder / STATE, map_location="cpu", weights_only=False)
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])

@@ -408,8 +408,15 @@ def train(
             state = {"examples_seen": done * G, "n_examples": len(examples),
                      "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
             if sharded:  # every rank writes its shards
-                save_sharded_checkpoint(out_dir, step=done, model=policy, optimizer=optimizer,
-                                        scheduler=scheduler, state=state, tokenizer=tokenizer)  # fmt: skip
+                save_sharded_checkpoint(
+                    out_dir,
+                    step=done,
+                    model=policy,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state=state,
+                    tokenizer=tokenizer,
+                )
             elif rank == 0:
                 save_checkpoint(
                     out_dir,
