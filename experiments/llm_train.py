@@ -33,7 +33,6 @@ from llm.data import (
     read_tldr,
     tokenize_rows,
 )
-from llm.fsdp import init_distributed, shard_model
 from llm.model import PYTHIA_SHAPES, load_model, load_policy_and_reference, parse_dtype
 from llm.train import (
     DAALoss,
@@ -226,6 +225,8 @@ def _main(cfg: Config) -> Path:
         raise ValueError("--mixed-precision needs FSDP: add --fsdp on (or run under torchrun)")
     device = _device(cfg)
     if distributed or fsdp:
+        from llm.fsdp import init_distributed, shard_model  # imported when used: it is slow
+
         init_distributed(device)
     distributed = dist.is_initialized()
     rank = dist.get_rank() if distributed else 0

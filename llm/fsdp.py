@@ -45,7 +45,6 @@ from llm.checkpoint import LATEST, STATE, verify_checkpoint, write_atomic
 
 __all__ = [
     "DCP",
-    "clip_grad_norm",
     "export_weights",
     "init_distributed",
     "is_sharded",
@@ -136,13 +135,6 @@ def shard_model(
             if device.type != "cuda":  # gloo has no PREMUL_SUM (NCCL's scaled sum)
                 m.set_force_sum_reduction_for_comms(True)
     return model
-
-
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> Tensor:
-    """``torch.nn.utils.clip_grad_norm_`` for plain or DTensor (sharded) gradients; returns the
-    total norm before clipping as a plain scalar tensor."""
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def export_weights(model: nn.Module) -> dict[str, Tensor]:

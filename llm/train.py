@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,6 @@ from tqdm import tqdm
 
 from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
 from llm.data import Batch, Example, collate_pairs, collate_sft
-from llm.fsdp import clip_grad_norm, is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 from llm.logprobs import PairLogps, concatenated_logps, response_logps
 from treemdp import objectives
 
@@ -255,6 +255,18 @@ def _all_reduce_grads(params: list[nn.Parameter]) -> None:
         w.wait()
 
 
+def _is_sharded(policy: nn.Module) -> bool:
+    # No FSDP module can exist before torch.distributed.fsdp is imported; importing it (and
+    # llm.fsdp) only when used keeps `import llm.train` fast.
+    return "torch.distributed.fsdp" in sys.modules and _fsdp().is_sharded(policy)
+
+
+def _fsdp() -> Any:
+    import llm.fsdp
+
+    return llm.fsdp
+
+
 def _warmup(warmup_steps: int) -> Callable[[int], float]:
     # The DPO code's LambdaLR: min(1, (step + 1) / (warmup_steps + 1)).
     return lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
@@ -354,9 +366,9 @@ def train(
     # so a run's checkpoints are bit-identical across reruns, interrupted or not.
     torch.manual_seed(cfg.seed)
     ckpt = latest_checkpoint(out_dir) if resume else None
-    sharded = is_sharded(policy)  # FSDP (llm.fsdp.shard_model): sharded checkpoints, no all-reduce
+    sharded = _is_sharded(policy)  # FSDP (llm.fsdp.shard_model): sharded checkpoints, no all-reduce
     if ckpt is not None:
-        load = load_sharded_checkpoint if sharded else load_checkpoint
+        load = _fsdp().load_sharded_checkpoint if sharded else load_checkpoint
         state = load(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
         _check_resume(state, cfg, len(examples), ckpt)
         start = state["step"]
@@ -382,7 +394,9 @@ def train(
             sums = sums.to(params[0].device)
             dist.all_reduce(sums)
             sums = sums.cpu()
-        grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if sharded:  # a DTensor: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -408,7 +422,7 @@ def train(
             state = {"examples_seen": done * G, "n_examples": len(examples),
                      "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
             if sharded:  # every rank writes its shards
-                save_sharded_checkpoint(
+                _fsdp().save_sharded_checkpoint(
                     out_dir,
                     step=done,
                     model=policy,
