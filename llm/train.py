@@ -290,14 +290,15 @@ def _accumulate(
     for i in range(0, len(index), micro):
         part = index[i : i + micro]
         b = step_loss.collate([examples[j] for j in part.tolist()], pad_id)
+        n_tokens += b.n_tokens  # counted on the host: no device sync
         b = Batch(b.input_ids.to(device), b.attention_mask.to(device), b.response_mask.to(device))
         loss_sum, metrics = step_loss(policy, b, part)
         (loss_sum / scale).backward()
-        n_tokens += b.n_tokens
-        for k, v in {"loss": loss_sum, **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float().cpu()
+        for k, v in {"loss": loss_sum, **metrics}.items():  # summed on the device
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
     names = list(sums)
-    return names, torch.stack([sums[k] for k in names] + [torch.tensor(float(n_tokens))])
+    values = torch.stack([sums[k] for k in names]).cpu()  # one device-to-host copy per step
+    return names, torch.cat([values, torch.tensor([float(n_tokens)])])
 
 
 def _check_resume(state: dict[str, Any], cfg: TrainConfig, n_examples: int, folder: Path) -> None:
