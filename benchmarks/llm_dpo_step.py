@@ -38,7 +38,7 @@ from llm.model import build_model, compile_blocks, n_params
 from llm.train import DAALoss, TrainConfig, read_log, train
 
 
-def make_rows(n: int, seed: int) -> list[dict[str, str]]:
+def make_rows(n: int, seed: int, prompt: tuple[int, int] = (64, 256)) -> list[dict[str, str]]:
     g = torch.Generator().manual_seed(seed)
     letters = "abcdefghijklmnopqrstuvwxyz "
 
@@ -47,7 +47,7 @@ def make_rows(n: int, seed: int) -> list[dict[str, str]]:
         return "".join(letters[i] for i in torch.randint(0, 27, (k,), generator=g).tolist())
 
     return [
-        {"prompt": text(64, 256), "chosen": text(8, 48), "rejected": text(8, 48)} for _ in range(n)
+        {"prompt": text(*prompt), "chosen": text(8, 48), "rejected": text(8, 48)} for _ in range(n)
     ]
 
 
@@ -216,8 +216,8 @@ def _run_variant(name, reference, examples, args, dtype) -> dict[str, float]:
     for m in (policy, ref):
         m.config._attn_implementation = attn  # read by every attention forward
     if v.get("compile"):
-        compile_blocks(policy)
-        compile_blocks(ref)
+        compile_blocks(policy, backend=args.compile_backend)
+        compile_blocks(ref, backend=args.compile_backend)
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(args.device)
@@ -255,6 +255,17 @@ def main() -> None:
         "(base: --dtype, sdpa, one forward; fp32: the first-loss reference)",
     )
     parser.add_argument("--attn", default="sdpa", help="attention of base (sdpa or eager)")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compile variant (eager: dynamo only, for CPU tests)",
+    )
+    parser.add_argument(
+        "--prompt-tokens", default="64,256", help="prompt length range LO,HI (TL;DR-like)"
+    )
+    parser.add_argument(
+        "--matmul-n", type=int, default=1024, help="size of the matmul-rate probe (CPU)"
+    )
     parser.add_argument("--micro-batch", type=int, default=0, help="pairs per forward (0: all)")
     parser.add_argument(
         "--peak-tflops",
@@ -273,11 +284,12 @@ def main() -> None:
         parser.error("--device other than cpu needs --no-trl")
     torch.set_num_threads(args.threads)
     tokenizer = byte_tokenizer()
-    rows = make_rows(args.batch, seed=0)
+    lo, hi = (int(x) for x in args.prompt_tokens.split(","))
+    rows = make_rows(args.batch, seed=0, prompt=(lo, hi))
     examples, _ = tokenize_rows(
         enumerate(rows, 1), tokenizer, TruncationConfig(max_length=1024, max_prompt_length=512)
     )
-    rate = matmul_rate(device=args.device, dtype=dtype)
+    rate = matmul_rate(n=args.matmul_n, device=args.device, dtype=dtype)
     machine = platform.processor() or platform.machine()
     if args.device.startswith("cuda"):
         machine = torch.cuda.get_device_name(args.device)
@@ -317,7 +329,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name in impls:
                 # the best rate seen: other sessions share the CPU
-                rate = max(rate, matmul_rate(device=args.device, dtype=dtype))
+                rate = max(rate, matmul_rate(n=args.matmul_n, device=args.device, dtype=dtype))
                 try:
                     if name.startswith("llm.train"):
                         variant = name.partition(":")[2] or "base"
