@@ -11,7 +11,8 @@ into one stream and step s takes its positions [s·G, (s+1)·G), G = batch_size,
 step fixes the data position. ``ceil(epochs · N / G)`` steps are run.
 
 Loss scaling: every rank and micro-batch adds Σ_pairs loss / G to the gradient, and ranks sum
-their gradients (all-reduce), so one step's gradient is that of the mean loss over the global
+their gradients (all-reduce, or FSDP's reduce-scatter when the policy is sharded with
+``llm.fsdp.shard_model``), so one step's gradient is that of the mean loss over the global
 batch whatever the number of processes and micro-batches (up to float summation order).
 """
 

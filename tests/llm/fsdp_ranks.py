@@ -20,17 +20,24 @@ from llm.train import DAALoss, TrainConfig, train
 
 
 def sharded_run(
-    rows: list[dict[str, str]], cfg: dict[str, Any], out: Path, *, kill_at: int, resume: bool
+    rows: list[dict[str, str]],
+    cfg: dict[str, Any],
+    out: Path,
+    *,
+    kill_at: int,
+    resume: bool,
+    shard: bool = True,
 ) -> None:
-    """DPO (β 0.2) on ``rows`` with a sharded tiny policy and reference; SIGKILL after step
-    ``kill_at`` (-1: never)."""
+    """DPO (β 0.2) on ``rows`` with a sharded tiny policy and reference (full replicas with
+    all-reduced gradients when ``shard`` is False); SIGKILL after step ``kill_at`` (-1: never)."""
     tok = byte_tokenizer()
     examples, _ = tokenize_rows(enumerate(rows, 1), tok, TruncationConfig())
     policy, reference = load_policy_and_reference(
         "tiny", vocab_size=len(tok), reference_dtype=torch.float32, seed=0
     )
-    shard_model(policy)
-    shard_model(reference)
+    if shard:
+        shard_model(policy)
+        shard_model(reference)
 
     def on_step(step: int) -> None:
         if step == kill_at:
@@ -45,8 +52,8 @@ def _rank(rank: int, world: int, port: int, runs: list[tuple[Any, ...]]) -> None
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
     init_distributed(torch.device("cpu"))
-    for rows, cfg, out, kill_at, resume in runs:
-        sharded_run(rows, cfg, out, kill_at=kill_at, resume=resume)
+    for rows, cfg, out, kill_at, resume, *shard in runs:
+        sharded_run(rows, cfg, out, kill_at=kill_at, resume=resume, shard=shard != [False])
     torch.distributed.destroy_process_group()
 
 

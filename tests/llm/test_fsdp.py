@@ -46,26 +46,31 @@ def test_two_sharded_processes_give_the_one_process_run_and_resume_after_sigkill
           one, pad_id=0, tokenizer=tokenizer, progress=False)  # fmt: skip
 
     # Two ranks: the uninterrupted run, then one killed after step 3 (checkpoint: step 2).
-    first = run_ranks([(TEXT_ROWS, CFG, whole, -1, False), (TEXT_ROWS, CFG, killed, 3, False)])
+    replicas = tmp_path / "replicas"  # --fsdp off: full replicas, all-reduced gradients
+    first = run_ranks([(TEXT_ROWS, CFG, whole, -1, False), (TEXT_ROWS, CFG, replicas, -1, False,
+                        False), (TEXT_ROWS, CFG, killed, 3, False)])  # fmt: skip
     assert first == [-signal.SIGKILL] * 2
     assert latest_checkpoint(killed).name == "step-0000002"
     assert (killed / "step-0000002" / "dcp").is_dir()
     assert run_ranks([(TEXT_ROWS, CFG, killed, -1, True)]) == [0, 0]
 
     # Sharded = one process: every logged metric and every exported weight.
-    log1, log2 = read_log(one), read_log(whole)
-    assert len(log1) == len(log2) == 4
-    for r1, r2 in zip(log1, log2, strict=True):
+    log1, log2, log3 = read_log(one), read_log(whole), read_log(replicas)
+    assert len(log1) == len(log2) == len(log3) == 4
+    for r1, r2, r3 in zip(log1, log2, log3, strict=True):
         for k in ("loss", "margins", "logps_chosen", "logps_rejected", "grad_norm", "lr"):
             assert r2[k] == pytest.approx(r1[k], rel=1e-5, abs=1e-6), k
+            assert r3[k] == pytest.approx(r1[k], rel=1e-5, abs=1e-6), k
     a = load_file(str(one / "step-0000004" / "model.safetensors"))
     b = load_file(str(whole / "step-0000004" / "model.safetensors"))
     assert a.keys() == b.keys()
     init, _ = load_policy_and_reference("tiny", vocab_size=len(tokenizer), seed=0)
     moved = a["embed_out.weight"] - init.get_output_embeddings().weight.detach()
     assert float(moved.abs().max()) > 1e-4  # the tolerance below is well under the change
+    r = load_file(str(replicas / "step-0000004" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+        torch.testing.assert_close(r[k], a[k], atol=1e-5, rtol=0)
     # Resumed after SIGKILL = uninterrupted, bit for bit (weights, log).
     c = load_file(str(killed / "step-0000004" / "model.safetensors"))
     assert all(torch.equal(b[k], c[k]) for k in b)
