@@ -132,8 +132,8 @@ def shard_model(
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # sum over ranks, as llm.train's loss scaling wants
-            if device.type != "cuda":  # gloo has no PREMUL_SUM (NCCL's scaled sum)
-                m.set_force_sum_reduction_for_comms(True)
+            if device.type != "cuda" and hasattr(m, "set_force_sum_reduction_for_comms"):
+                m.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM (scaled sum)
     return model
 
 
