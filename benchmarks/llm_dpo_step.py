@@ -21,6 +21,7 @@ only the FLOPs a step needs (blocks on all tokens, output projection on response
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -33,11 +34,11 @@ from pathlib import Path
 import torch
 
 from llm.data import Example, TruncationConfig, byte_tokenizer, tokenize_rows
-from llm.model import build_model, n_params
+from llm.model import build_model, compile_blocks, n_params
 from llm.train import DAALoss, TrainConfig, read_log, train
 
 
-def make_rows(n: int, seed: int) -> list[dict[str, str]]:
+def make_rows(n: int, seed: int, prompt: tuple[int, int] = (64, 256)) -> list[dict[str, str]]:
     g = torch.Generator().manual_seed(seed)
     letters = "abcdefghijklmnopqrstuvwxyz "
 
@@ -46,7 +47,7 @@ def make_rows(n: int, seed: int) -> list[dict[str, str]]:
         return "".join(letters[i] for i in torch.randint(0, 27, (k,), generator=g).tolist())
 
     return [
-        {"prompt": text(64, 256), "chosen": text(8, 48), "rejected": text(8, 48)} for _ in range(n)
+        {"prompt": text(*prompt), "chosen": text(8, 48), "rejected": text(8, 48)} for _ in range(n)
     ]
 
 
@@ -74,38 +75,75 @@ def matmul_rate(
     return 2 * n**3 / best
 
 
-def perturbed_policy(reference: torch.nn.Module, seed: int) -> torch.nn.Module:
-    policy = copy.deepcopy(reference)
-    g = torch.Generator().manual_seed(seed)
+def perturbed_policy(
+    reference: torch.nn.Module, seed: int, dtype: torch.dtype | None = None
+) -> torch.nn.Module:
+    """A copy of ``reference`` (cast to ``dtype``) moved by N(0, 0.02²) noise, drawn on the CPU
+    for a CPU model and on the device otherwise (no host round trip for large models)."""
+    policy = copy.deepcopy(reference).to(dtype or next(reference.parameters()).dtype)
+    device = next(policy.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for p in policy.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
+            noise = torch.randn(p.shape, generator=g, device=device, dtype=torch.float32)
+            p.add_((0.02 * noise).to(p.dtype))
     return policy.requires_grad_(True).train(False)
 
 
-def bench_ours(policy, reference, examples, steps, lr) -> dict[str, float]:
+class _StopError(Exception):
+    """Raised after the last timed step, so ``train`` never writes its final checkpoint."""
+
+
+def bench_ours(
+    policy, reference, examples, steps, lr, *, micro_batch: int = 0, autocast: bool = False
+) -> dict[str, float]:
+    """``steps`` optimizer steps of ``llm.train`` on all ``examples``; median seconds per step
+    after the first, and the first step's loss.
+
+    Args:
+        micro_batch: pairs per forward (0: all of them, no accumulation).
+        autocast: run the step under bf16 autocast (fp32 master weights in the policy).
+    """
     cfg = TrainConfig(
         lr=lr,
         warmup_steps=0,
         batch_size=len(examples),
-        micro_batch_size=len(examples),
+        micro_batch_size=micro_batch or len(examples),
         max_grad_norm=10.0,
-        epochs=steps,
+        epochs=steps + 1,  # stopped after `steps`: the final checkpoint is not timed nor written
         checkpoint_every=0,
     )
+
+    def stop(step: int) -> None:
+        if step == steps:
+            raise _StopError
+
+    device = next(policy.parameters()).device
+    context = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        train(
-            policy,
-            examples,
-            DAALoss("dpo", 0.1, reference=reference),
-            cfg,
-            Path(tmp),
-            pad_id=0,
-            progress=False,
-        )
+        try:
+            with context:
+                train(policy, examples, DAALoss("dpo", 0.1, reference=reference), cfg,
+                      Path(tmp), pad_id=0, progress=False, on_step=stop)  # fmt: skip
+        except _StopError:
+            pass
         log = read_log(Path(tmp))
     secs = [len(examples) / row["pairs_per_s"] for row in log[1:]]
     return {"first_loss": log[0]["loss"], "seconds_per_step": statistics.median(secs)}
+
+
+# A lever is one change to the step, measured against "base" (policy and reference in --dtype,
+# sdpa attention, all pairs in one forward). Values: overrides of those settings.
+VARIANTS: dict[str, dict[str, object]] = {
+    "base": {},
+    "eager": {"attn": "eager"},  # transformers' plain attention instead of SDPA
+    "autocast": {"policy_dtype": torch.float32, "autocast": True},  # fp32 master, bf16 compute
+    "compile": {"compile": True},  # torch.compile of each decoder block
+    "micro8": {"micro_batch": 8},  # gradient accumulation over 8-pair forwards
+    "fp32": {"policy_dtype": torch.float32, "reference_dtype": torch.float32},  # loss reference
+}
 
 
 def bench_trl(policy, reference, rows, tokenizer, steps, lr) -> dict[str, float]:
@@ -169,6 +207,32 @@ def tokens_of(examples: list[Example]) -> int:
     return sum(e.n_tokens for e in examples)
 
 
+def _run_variant(name, reference, examples, args, dtype) -> dict[str, float]:
+    """One lever setting: a fresh policy and reference from ``reference``, timed steps."""
+    v = VARIANTS[name]
+    policy = perturbed_policy(reference, seed=1, dtype=v.get("policy_dtype", dtype))
+    ref = copy.deepcopy(reference).to(v.get("reference_dtype", dtype)).requires_grad_(False)
+    attn = v.get("attn", args.attn)
+    for m in (policy, ref):
+        m.config._attn_implementation = attn  # read by every attention forward
+    if v.get("compile"):
+        compile_blocks(policy, backend=args.compile_backend)
+        compile_blocks(ref, backend=args.compile_backend)
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(args.device)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    r = bench_ours(policy, ref, examples, args.steps, lr=1e-6,
+                   micro_batch=int(v.get("micro_batch", args.micro_batch)),
+                   autocast=bool(v.get("autocast")))  # fmt: skip
+    r["wall_s"] = time.perf_counter() - t0
+    if args.device.startswith("cuda"):
+        r["peak_memory_gib"] = torch.cuda.max_memory_allocated(args.device) / 2**30
+    del policy, ref
+    return r
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="tiny,14m", help="model shapes, comma-separated")
@@ -185,23 +249,47 @@ def main() -> None:
         "--dtype", default="fp32", choices=("fp32", "bf16"), help="policy and reference dtype"
     )
     parser.add_argument(
+        "--variants",
+        default="base",
+        help=f"levers of llm.train to measure, comma-separated, of: {', '.join(VARIANTS)} "
+        "(base: --dtype, sdpa, one forward; fp32: the first-loss reference)",
+    )
+    parser.add_argument("--attn", default="sdpa", help="attention of base (sdpa or eager)")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compile variant (eager: dynamo only, for CPU tests)",
+    )
+    parser.add_argument(
+        "--prompt-tokens", default="64,256", help="prompt length range LO,HI (TL;DR-like)"
+    )
+    parser.add_argument(
+        "--matmul-n", type=int, default=1024, help="size of the matmul-rate probe (CPU)"
+    )
+    parser.add_argument("--micro-batch", type=int, default=0, help="pairs per forward (0: all)")
+    parser.add_argument(
         "--peak-tflops",
         type=float,
         default=0.0,
-        help="the device's peak dense TFLOP/s for model FLOP utilisation (H100 SXM bf16: 989); "
-        "0: report fractions of the measured matmul rate only",
+        help="the device's peak dense TFLOP/s for model FLOP utilisation (H100/H200 SXM bf16: "
+        "989); 0: report fractions of the measured matmul rate only",
     )
     args = parser.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     if args.device != "cpu" and not args.no_trl:
         parser.error("--device other than cpu needs --no-trl")
     torch.set_num_threads(args.threads)
     tokenizer = byte_tokenizer()
-    rows = make_rows(args.batch, seed=0)
+    lo, hi = (int(x) for x in args.prompt_tokens.split(","))
+    rows = make_rows(args.batch, seed=0, prompt=(lo, hi))
     examples, _ = tokenize_rows(
         enumerate(rows, 1), tokenizer, TruncationConfig(max_length=1024, max_prompt_length=512)
     )
-    rate = matmul_rate(device=args.device, dtype=dtype)
+    rate = matmul_rate(n=args.matmul_n, device=args.device, dtype=dtype)
     machine = platform.processor() or platform.machine()
     if args.device.startswith("cuda"):
         machine = torch.cuda.get_device_name(args.device)
@@ -211,30 +299,45 @@ def main() -> None:
     )
     n_tok = tokens_of(examples)
     n_resp = sum(len(e.chosen) + len(e.rejected) for e in examples)
-    print(f"data: {args.batch} pairs, {n_tok} tokens per step (chosen + rejected sequences)")
+    padded = (
+        2
+        * len(examples)
+        * max(max(len(e.prompt) + len(e.chosen), len(e.prompt) + len(e.rejected)) for e in examples)
+    )
+    print(
+        f"data: {args.batch} pairs, {n_tok} tokens per step (chosen + rejected sequences); "
+        f"{padded} with padding in one forward ({100 * (1 - n_tok / padded):.0f}% padding)"
+    )
     results = []
     for shape in args.shapes.split(","):
-        reference = build_model(shape, seed=0).to(args.device, dtype).requires_grad_(False)
+        t_build = time.perf_counter()
+        # Built on the device in its dtype (no float32 host copy); on the CPU as before.
+        on = None if args.device == "cpu" else args.device
+        reference = build_model(shape, seed=0, device=on, dtype=dtype)
+        reference = reference.to(args.device, dtype).requires_grad_(False)
+        print(f"{shape:>5} built in {time.perf_counter() - t_build:.1f} s")
         N = n_params(reference)
         head = reference.get_output_embeddings().weight.numel()  # V·H, as is the input embedding
         # FLOPs a step cannot avoid: the blocks on every token, the output projection on response
         # tokens only, no input-embedding matmul (a lookup); attention scores left out.
         needed = 8 * (N - 2 * head) * n_tok + 8 * head * n_resp
-        impls = ["llm.train"] + ([] if args.no_trl else ["trl.DPOTrainer"])
+        impls = [f"llm.train:{v}" if v != "base" else "llm.train" for v in variants]
+        impls += [] if args.no_trl else ["trl.DPOTrainer"]
         best: dict[str, dict[str, float]] = {}
         # Alternate the implementations and keep each one's fastest run: the machine is shared,
         # and other load only ever slows a run down.
         for _ in range(args.repeats):
             for name in impls:
                 # the best rate seen: other sessions share the CPU
-                rate = max(rate, matmul_rate(device=args.device, dtype=dtype))
-                torch.manual_seed(0)
-                policy = perturbed_policy(reference, seed=1)
-                ref = copy.deepcopy(reference)
+                rate = max(rate, matmul_rate(n=args.matmul_n, device=args.device, dtype=dtype))
                 try:
-                    if name == "llm.train":
-                        r = bench_ours(policy, ref, examples, args.steps, lr=1e-6)
+                    if name.startswith("llm.train"):
+                        variant = name.partition(":")[2] or "base"
+                        r = _run_variant(variant, reference, examples, args, dtype)
                     else:
+                        torch.manual_seed(0)
+                        policy = perturbed_policy(reference, seed=1)
+                        ref = copy.deepcopy(reference)
                         r = bench_trl(policy, ref, rows, tokenizer, args.steps, lr=1e-6)
                 except Exception as err:  # report, keep the other numbers
                     print(f"{shape} {name}: failed: {type(err).__name__}: {err}")
@@ -249,21 +352,27 @@ def main() -> None:
                 "shape": shape,
                 "params": N,
                 "impl": name,
+                "pairs": args.batch,
                 "seconds_per_step": t,
                 "pairs_per_s": args.batch / t,
                 "tokens_per_s": n_tok / t,
                 "first_loss": r["first_loss"],
                 "flops_counted": flops,
                 "flops_needed": needed,
+                **{k: r[k] for k in ("peak_memory_gib", "wall_s") if k in r},
             }
             results.append(row)
         by = {r["impl"]: r for r in results if r["shape"] == shape}
-        if len(by) == 2:
+        if "llm.train" in by and "trl.DPOTrainer" in by:
             ours, trl = by["llm.train"], by["trl.DPOTrainer"]
             print(
                 f"{shape:>5} speed-up {trl['seconds_per_step'] / ours['seconds_per_step']:.2f}x, "
                 f"first-loss difference {abs(ours['first_loss'] - trl['first_loss']):.2e}"
             )
+        if "llm.train:fp32" in by:  # every lever's first loss against the fp32 step's
+            for row in (r for r in results if r["shape"] == shape):
+                row["first_loss_vs_fp32"] = row["first_loss"] - by["llm.train:fp32"]["first_loss"]
+        del reference
     print(f"best measured {args.dtype} matmul rate over the run: {rate / 1e9:.1f} GFLOP/s")
     for row in results:
         row["matmul_fraction"] = row["flops_counted"] / row["seconds_per_step"] / rate
@@ -282,6 +391,12 @@ def main() -> None:
             + (
                 f"; MFU {100 * row['mfu']:.1f}% of {args.peak_tflops:g} TFLOP/s"
                 if "mfu" in row
+                else ""
+            )
+            + (f"; peak {row['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in row else "")
+            + (
+                f"; first loss - fp32 {row['first_loss_vs_fp32']:+.1e}"
+                if "first_loss_vs_fp32" in row
                 else ""
             )
         )

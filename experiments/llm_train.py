@@ -6,7 +6,7 @@ Examples (CPU, random tiny model, the toy's tree problem as a language)::
         --source tree --tree-pairs 0>1,5>7 --batch-size 4 --micro-batch-size 2 --lr 1e-3 \\
         --warmup-steps 0 --epochs 8 --reference-dtype fp32
 
-    torchrun --nproc-per-node 2 experiments/llm_train.py ...   # data parallel (gloo on CPU)
+    torchrun --nproc-per-node 2 experiments/llm_train.py ...   # sharded (FSDP2; gloo on CPU)
 
 On GPUs with real weights, the paper's run is ``--model <SFT folder> --source tldr`` with the
 defaults (RMSProp, lr 5e-7, 150 warm-up steps, batch 128, clip 10, one epoch, fp16 reference).
@@ -76,6 +76,15 @@ class Config:
         "fp16",
         "dtype of the frozen reference: fp16, bf16 or fp32",
         choices=("fp16", "bf16", "fp32"),
+    )
+    fsdp: str = arg(
+        "auto",
+        "shard policy and reference with FSDP2: auto (when torchrun starts several processes), "
+        "on (also on one process), off (full replicas, gradients all-reduced)",
+        choices=("auto", "on", "off"),
+    )
+    mixed_precision: bool = arg(
+        False, "with FSDP: bf16 compute on fp32 master weights, fp32 gradient reductions"
     )
     device: str = arg(
         "auto", "cpu, cuda, or auto (cuda when available; cuda:LOCAL_RANK under torchrun)"
@@ -211,9 +220,15 @@ def main(cfg: Config) -> Path:
 
 def _main(cfg: Config) -> Path:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    fsdp = cfg.fsdp == "on" or (cfg.fsdp == "auto" and distributed)
+    if cfg.mixed_precision and not fsdp:
+        raise ValueError("--mixed-precision needs FSDP: add --fsdp on (or run under torchrun)")
     device = _device(cfg)
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if distributed or fsdp:
+        from llm.fsdp import init_distributed, shard_model  # imported when used: it is slow
+
+        init_distributed(device)
+    distributed = dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     try:
         train_cfg = TrainConfig(
@@ -254,6 +269,8 @@ def _main(cfg: Config) -> Path:
         report = {"pairs": len(examples), "skipped": len(skipped), "skipped_rows": skipped}
         write_atomic(out_dir / "data.json", json.dumps(report, indent=2) + "\n")
     policy.to(device)
+    if fsdp:
+        shard_model(policy, mixed_precision=cfg.mixed_precision)
     pad_id = tokenizer.pad_token_id
     if cfg.stage == "sft":
         step_loss = sft_loss
@@ -272,6 +289,8 @@ def _main(cfg: Config) -> Path:
         entry = objectives.get(cfg.objective)
         hyper = {"alpha": cfg.alpha} if "alpha" in entry.hyper else {}
         reference.to(device)
+        if fsdp:
+            shard_model(reference)
         table = None
         if cfg.precompute_reference and entry.needs_reference:
             table = precompute_reference(

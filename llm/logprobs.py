@@ -44,9 +44,13 @@ def response_logps(
             f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(response_mask.shape)}"
         )
     response_mask = response_mask.bool()
-    if bool(response_mask[:, 0].any()):
+    # Both checks in one device-to-host copy (each bool() of a GPU tensor waits for the GPU).
+    at_start, on_pad = torch.stack(
+        [response_mask[:, 0].any(), (response_mask & (attention_mask == 0)).any()]
+    ).tolist()
+    if at_start:
         raise ValueError("response_mask must be False at position 0: each row needs a prompt token")
-    if bool((response_mask & (attention_mask == 0)).any()):
+    if on_pad:
         raise ValueError("response_mask must be False on padding (attention_mask 0)")
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     scored = response_mask[:, 1:]  # (N, T-1): token t+1 is scored from position t

@@ -19,10 +19,12 @@ import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel
 
 __all__ = [
+    "ATTENTION",
     "DTYPES",
     "PYTHIA_SHAPES",
     "PythiaShape",
     "build_model",
+    "compile_blocks",
     "load_model",
     "load_policy_and_reference",
     "n_params",
@@ -72,9 +74,21 @@ def parse_dtype(name: str) -> torch.dtype:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {name!r}") from None
 
 
-def pythia_config(size: str, *, vocab_size: int | None = None) -> GPTNeoXConfig:
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+"""Attention implementations ``build_model`` accepts (transformers' names; sdpa is its default)."""
+
+
+def pythia_config(
+    size: str, *, vocab_size: int | None = None, attn_implementation: str | None = None
+) -> GPTNeoXConfig:
     """A GPT-NeoX config of a named Pythia shape (rotary on 25% of each head, parallel residual,
-    untied input and output embeddings, no dropout, as in the Pythia checkpoints)."""
+    untied input and output embeddings, no dropout, as in the Pythia checkpoints);
+    ``attn_implementation`` picks the attention kernel (None: transformers' default, sdpa)."""
+    if attn_implementation is not None and attn_implementation not in ATTENTION:
+        raise ValueError(
+            f"attn_implementation must be one of {', '.join(ATTENTION)}; "
+            f"got {attn_implementation!r}"
+        )
     if size not in PYTHIA_SHAPES:
         raise ValueError(f"size must be one of {', '.join(PYTHIA_SHAPES)}; got {size!r}")
     if vocab_size is not None and vocab_size < 2:
@@ -98,6 +112,7 @@ def pythia_config(size: str, *, vocab_size: int | None = None) -> GPTNeoXConfig:
         hidden_dropout=0.0,
         bos_token_id=0,
         eos_token_id=0,
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
     )
 
 
@@ -107,6 +122,8 @@ def build_model(
     seed: int = 0,
     vocab_size: int | None = None,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """A randomly initialised GPT-NeoX model of a named Pythia shape, in eval mode.
 
@@ -115,11 +132,27 @@ def build_model(
         seed: seeds the initialisation (the global torch RNG is left as it was).
         vocab_size: overrides the shape's vocabulary (e.g. the tree language's few tokens).
         dtype: parameter dtype.
+        device: None builds in float32 on the CPU and then casts (the same weights on every
+            machine); a device builds there directly, in ``dtype`` (fast for large shapes on a
+            GPU: no float32 copy on the host; the weights then come from that device's RNG).
+        attn_implementation: attention kernel (``ATTENTION``; None: transformers' default).
     """
-    config = pythia_config(size, vocab_size=vocab_size)
-    with torch.random.fork_rng(devices=[]):
+    config = pythia_config(size, vocab_size=vocab_size, attn_implementation=attn_implementation)
+    if device is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = GPTNeoXForCausalLM(config)
+        return model.to(dtype).eval()
+    device = torch.device(device)
+    on_gpu = [device] if device.type == "cuda" else []
+    old = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=on_gpu), device:
         torch.manual_seed(seed)
-        model = GPTNeoXForCausalLM(config)
+        torch.set_default_dtype(dtype)
+        try:
+            model = GPTNeoXForCausalLM(config)
+        finally:
+            torch.set_default_dtype(old)
     return model.to(dtype).eval()
 
 
@@ -168,6 +201,19 @@ def load_policy_and_reference(
     reference = copy.deepcopy(policy).to(reference_dtype).eval()
     reference.requires_grad_(False)
     return policy, reference
+
+
+def compile_blocks(model: torch.nn.Module, **options: object) -> torch.nn.Module:
+    """``torch.compile`` each decoder block of ``model`` in place (``nn.Module.compile``: the
+    module tree, parameter names and checkpoints stay as they are); ``options`` go to
+    ``torch.compile`` (e.g. ``backend="eager"`` in tests). Returns ``model``."""
+    kinds = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in kinds]
+    if not blocks:
+        raise ValueError(f"no decoder blocks ({kinds or 'no _no_split_modules'}) to compile")
+    for block in blocks:
+        block.compile(**options)
+    return model
 
 
 def n_params(model: torch.nn.Module, *, non_embedding: bool = False) -> int:

@@ -11,7 +11,8 @@ into one stream and step s takes its positions [s·G, (s+1)·G), G = batch_size,
 step fixes the data position. ``ceil(epochs · N / G)`` steps are run.
 
 Loss scaling: every rank and micro-batch adds Σ_pairs loss / G to the gradient, and ranks sum
-their gradients (all-reduce), so one step's gradient is that of the mean loss over the global
+their gradients (all-reduce, or FSDP's reduce-scatter when the policy is sharded with
+``llm.fsdp.shard_model``), so one step's gradient is that of the mean loss over the global
 batch whatever the number of processes and micro-batches (up to float summation order).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -254,6 +256,18 @@ def _all_reduce_grads(params: list[nn.Parameter]) -> None:
         w.wait()
 
 
+def _is_sharded(policy: nn.Module) -> bool:
+    # No FSDP module can exist before torch.distributed.fsdp is imported; importing it (and
+    # llm.fsdp) only when used keeps `import llm.train` fast.
+    return "torch.distributed.fsdp" in sys.modules and _fsdp().is_sharded(policy)
+
+
+def _fsdp() -> Any:
+    import llm.fsdp
+
+    return llm.fsdp
+
+
 def _warmup(warmup_steps: int) -> Callable[[int], float]:
     # The DPO code's LambdaLR: min(1, (step + 1) / (warmup_steps + 1)).
     return lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
@@ -277,14 +291,15 @@ def _accumulate(
     for i in range(0, len(index), micro):
         part = index[i : i + micro]
         b = step_loss.collate([examples[j] for j in part.tolist()], pad_id)
+        n_tokens += b.n_tokens  # counted on the host: no device sync
         b = Batch(b.input_ids.to(device), b.attention_mask.to(device), b.response_mask.to(device))
         loss_sum, metrics = step_loss(policy, b, part)
         (loss_sum / scale).backward()
-        n_tokens += b.n_tokens
-        for k, v in {"loss": loss_sum, **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float().cpu()
+        for k, v in {"loss": loss_sum, **metrics}.items():  # summed on the device
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
     names = list(sums)
-    return names, torch.stack([sums[k] for k in names] + [torch.tensor(float(n_tokens))])
+    values = torch.stack([sums[k] for k in names]).cpu()  # one device-to-host copy per step
+    return names, torch.cat([values, torch.tensor([float(n_tokens)])])
 
 
 def _check_resume(state: dict[str, Any], cfg: TrainConfig, n_examples: int, folder: Path) -> None:
@@ -353,8 +368,10 @@ def train(
     # so a run's checkpoints are bit-identical across reruns, interrupted or not.
     torch.manual_seed(cfg.seed)
     ckpt = latest_checkpoint(out_dir) if resume else None
+    sharded = _is_sharded(policy)  # FSDP (llm.fsdp.shard_model): sharded checkpoints, no all-reduce
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
+        load = _fsdp().load_sharded_checkpoint if sharded else load_checkpoint
+        state = load(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
         _check_resume(state, cfg, len(examples), ckpt)
         start = state["step"]
     # log.csv is rewritten whole (temp file + rename) at each log row: a kill never leaves a
@@ -374,11 +391,14 @@ def train(
             policy, step_loss, examples, mine, micro=m, scale=G, pad_id=pad_id
         )
         if world > 1:
-            _all_reduce_grads(params)
+            if not sharded:
+                _all_reduce_grads(params)
             sums = sums.to(params[0].device)
             dist.all_reduce(sums)
             sums = sums.cpu()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if sharded:  # a DTensor: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -401,9 +421,19 @@ def train(
         every = cfg.checkpoint_every
         if (every and (done * G) // every > (step * G) // every) or done == n_steps:
             final = out_dir / f"step-{done:07d}"
-            if rank == 0:
-                state = {"examples_seen": done * G, "n_examples": len(examples),
-                         "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
+            state = {"examples_seen": done * G, "n_examples": len(examples),
+                     "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
+            if sharded:  # every rank writes its shards
+                _fsdp().save_sharded_checkpoint(
+                    out_dir,
+                    step=done,
+                    model=policy,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state=state,
+                    tokenizer=tokenizer,
+                )
+            elif rank == 0:
                 save_checkpoint(
                     out_dir,
                     step=done,

@@ -1,0 +1,92 @@
+"""The DPO step's speed levers give the same step (CPU), and scripts/gpu_speed.sh's dry run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from llm.data import collate_pairs
+from llm.logprobs import concatenated_logps
+from llm.model import build_model, compile_blocks
+from llm.train import DAALoss
+from tests.llm.helpers_llm import ROOT, perturbed, subprocess_env
+
+
+def _logps(model, batch):
+    return concatenated_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+
+
+def test_build_on_a_device_in_its_dtype(tokenizer):
+    model = build_model("tiny", vocab_size=len(tokenizer), dtype=torch.bfloat16, device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    # The default build (device None) is untouched by the option: same weights as before.
+    a, b = build_model("tiny", seed=3), build_model("tiny", seed=3, device=None)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    with pytest.raises(ValueError, match="attn_implementation must be one of"):
+        build_model("tiny", attn_implementation="fast")
+
+
+def test_eager_attention_and_compiled_blocks_give_the_sdpa_log_probs(tiny_model, text_examples):
+    b = collate_pairs(text_examples[:4], 0)  # rows of different lengths: padding is exercised
+    sdpa = perturbed(tiny_model)
+    assert sdpa.config._attn_implementation == "sdpa"
+    want = _logps(sdpa, b)
+    sdpa.config._attn_implementation = "eager"
+    got = _logps(sdpa, b)
+    torch.testing.assert_close(got.chosen, want.chosen, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.rejected, want.rejected, rtol=1e-5, atol=1e-5)
+    sdpa.config._attn_implementation = "sdpa"
+    names = list(sdpa.state_dict())
+    compile_blocks(sdpa, backend="eager")  # dynamo only: the C++ build takes minutes on a CPU
+    assert list(sdpa.state_dict()) == names  # checkpoints keep their tensor names
+    got = _logps(sdpa, b)
+    torch.testing.assert_close(got.chosen, want.chosen, rtol=1e-6, atol=1e-5)
+
+
+def test_bf16_autocast_on_fp32_master_weights_keeps_the_first_loss(tiny_model, text_examples):
+    b = collate_pairs(text_examples, 0)
+    policy, reference = perturbed(tiny_model, scale=0.2), tiny_model.requires_grad_(False)
+    index = torch.arange(len(text_examples))
+    loss = DAALoss("dpo", 0.1, reference=reference)
+    fp32, _ = loss(policy, b, index)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = loss(policy, b, index)
+    mixed.backward()
+    assert {p.grad.dtype for p in policy.parameters()} == {torch.float32}  # master gradients
+    n = len(index)
+    assert float(fp32.detach()) / n != pytest.approx(0.6931, abs=1e-3)  # not the trivial log 2
+    # bf16 rounds each matmul to ~3 significant digits; the summed log-probs of a ~10-token
+    # response stay within ~0.1 nats, the mean DPO loss within ~1e-2.
+    diff = abs(float(mixed.detach()) - float(fp32.detach())) / n
+    assert 0 < diff < 1e-2
+
+
+@pytest.mark.slow
+def test_smoke_gpu_speed_cpu_dry_run_writes_the_results_table(tmp_path):
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_speed.sh"), "--cpu-dry-run"],
+        env={**subprocess_env(), "OUT": str(tmp_path), "PYTHON": sys.executable},
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert set(table["stage"]) == {"benchmark", "fsdp", "timing"}
+    bench = table[table["stage"] == "benchmark"]
+    levers = {item.split()[1] for item in bench["item"]}
+    want = ("eager", "autocast", "micro8", "fp32", "compile")
+    assert levers == {"llm.train", *(f"llm.train:{v}" for v in want)}
+    assert "tiny llm.train 8 pairs fp32" in set(bench["item"])  # the base row
+    mfu = bench[bench["metric"] == "mfu"]["value"]
+    assert len(mfu) == 6 and (mfu > 0).all()
+    vs_fp32 = bench[bench["metric"] == "first_loss_vs_fp32"].set_index("item")["value"]
+    assert abs(vs_fp32["tiny llm.train 8 pairs fp32"]) == 0  # base is fp32 in the dry run
+    assert abs(vs_fp32["tiny llm.train:autocast 8 pairs fp32"]) < 1e-2
+    fsdp = table[table["stage"] == "fsdp"].set_index(["item", "metric"])["value"]
+    assert fsdp[("resume from step 2", "max |resumed - first run| (steps 3-4)")] == 0
+    assert fsdp[("sharded checkpoint", "dcp files")] >= 1
+    assert fsdp[("export", "from_pretrained parameters")] > 0
