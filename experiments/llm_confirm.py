@@ -25,7 +25,6 @@ confirm.png, llm/<sft and one folder per objective and β, each with eval.csv>}.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -35,14 +34,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from llm.data import Example
-from llm.eval_run import evaluate_run
-from llm.evaluate import EvalSettings, EvalTask, TreeTask
-from llm.judges import GoldJudge
-from llm.model import PYTHIA_SHAPES, build_model, load_model
+from llm.confirm import daa_llm, sft_llm
+from llm.evaluate import TreeTask
+from llm.model import load_model
 from llm.sampling import tree_logprobs
-from llm.train import DAALoss, TrainConfig, sft_loss, train
-from llm.tree_language import tree_examples, tree_tokenizer
 from treemdp import plotting
 from treemdp.cli import arg, run
 from treemdp.metrics import kl_divergence
@@ -127,51 +122,12 @@ def _device(name: str) -> str:
     return name
 
 
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda p: p.write_text(text))
-
-
 def run_sft(cfg: Config, problem: Problem, folder: Path, device: str) -> Path:
     """SFT the LLM on samples of π_ref; returns the final checkpoint folder."""
-    tree = problem.tree
-    tok = tree_tokenizer(tree)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    probs = torch.exp(problem.ref_logp[0])
-    leaves = torch.multinomial(probs, cfg.sft_samples, replacement=True, generator=gen).tolist()
-    a0 = 1 + tree.n_prompts
-    examples = []
-    for i, y in enumerate(leaves):
-        tokens = tuple(a0 + a for a in tree.response_actions(y))
-        k = 1 + int(tree.leaf_prompt[y])
-        examples.append(Example((k,), tokens, tokens, i + 1))  # SFT reads only ``chosen``
-    if cfg.model in PYTHIA_SHAPES:
-        policy = build_model(cfg.model, seed=cfg.seed, vocab_size=len(tok))
-    else:
-        policy = load_model(cfg.model)
-        if policy.config.vocab_size < len(tok):
-            raise ValueError(f"--model {cfg.model} has fewer tokens than the tree language")
-    out = folder / "sft"
-    batch = min(cfg.sft_batch_size, len(examples))
-    tcfg = TrainConfig(
-        lr=cfg.sft_lr,
-        warmup_steps=0,
-        batch_size=batch,
-        micro_batch_size=batch,
-        epochs=cfg.sft_epochs,
-        checkpoint_every=0,
-        seed=cfg.seed,
-    )
-    _write_json(
-        out / "config.json",
-        {"stage": "sft", "model": cfg.model, "seed": cfg.seed, "source": "tree",
-         "batch_size": batch, "lr": cfg.sft_lr},
-    )  # fmt: skip
-    _write_json(out / "data.json", {"pairs": len(examples), "skipped": 0})
-    policy.to(device)
-    return train(
-        policy, examples, sft_loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
-        resume=True, progress=cfg.progress,
+    return sft_llm(
+        problem, folder / "sft", model=cfg.model, seed=cfg.seed, samples=cfg.sft_samples,
+        epochs=cfg.sft_epochs, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, device=device,
+        progress=cfg.progress,
     )  # fmt: skip
 
 
@@ -179,55 +135,11 @@ def run_daa(
     cfg: Config, task: TreeTask, sft: Path, objective: str, beta: float, folder: Path, device: str
 ) -> pd.DataFrame:
     """Train one objective from the SFT model and evaluate every checkpoint; its eval table."""
-    tree = task.tree
-    tok = tree_tokenizer(tree)
-    examples, _ = tree_examples(tree, task.chosen, task.rejected)
-    P = len(examples)
-    every = max(1, cfg.steps // cfg.checkpoints)
-    out = folder / f"{objective}-beta{beta:g}"
-    policy = load_model(sft).to(device)
-    run_config = {
-        "stage": "daa", "objective": objective, "beta": beta, "model": str(sft),
-        "size": cfg.model, "n_params": sum(p.numel() for p in policy.parameters()),
-        "seed": cfg.seed, "source": "tree", "tree_branching": cfg.branching,
-        "tree_depth": cfg.depth, "batch_size": P, "lr": cfg.lr, "reference": "",
-    }  # fmt: skip
-    _write_json(out / "config.json", run_config)
-    _write_json(out / "data.json", {"pairs": P, "skipped": 0})
-    task.write(out)
-    reference = load_model(sft).to(device).requires_grad_(False)
-    tcfg = TrainConfig(
-        lr=cfg.lr,
-        warmup_steps=0,
-        batch_size=P,
-        micro_batch_size=P,
-        epochs=cfg.steps,  # one step per epoch: every step sees every pair, as the toy's
-        checkpoint_every=every * P,
-        seed=cfg.seed,
-    )
-    train(
-        policy, examples, DAALoss(objective, beta, reference=reference), tcfg, out,
-        pad_id=tok.pad_token_id, tokenizer=tok, resume=True, progress=cfg.progress,
-    )  # fmt: skip
-    del policy, reference
-    eval_task = EvalTask(
-        prompts=[(1 + i % tree.n_prompts,) for i in range(cfg.eval_samples)],
-        pairs=examples,
-        tokenizer=tok,
-        eos_id=None,
-        pad_id=tok.pad_token_id,
-        objective=objective,
-        beta=beta,
-        tree=task,
-    )
-    settings = EvalSettings(samples=cfg.eval_samples, max_new_tokens=tree.max_depth, seed=cfg.seed)
-    frame = evaluate_run(
-        out, eval_task, settings, GoldJudge(tree, task.rewards), device=device,
-        progress=cfg.progress,
-    )  # fmt: skip
-    return frame.assign(
-        objective=objective, beta=beta, side="llm", step=frame["checkpoint"],
-        fraction=frame["checkpoint"] / cfg.steps,
+    P = len(task.chosen)
+    return daa_llm(
+        task, sft, objective, beta, folder / f"{objective}-beta{beta:g}", lr=cfg.lr,
+        batch_size=P, epochs=cfg.steps, checkpoints=cfg.checkpoints, seed=cfg.seed,
+        size=cfg.model, eval_samples=cfg.eval_samples, device=device, progress=cfg.progress,
     )  # fmt: skip
 
 
