@@ -6,6 +6,7 @@ Used by ``experiments/llm_confirm.py`` (one setting) and ``experiments/confirm_g
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -60,7 +61,9 @@ def sft_llm(
         k = 1 + int(tree.leaf_prompt[y])
         examples.append(Example((k,), tokens, tokens, i + 1))  # SFT reads only ``chosen``
     if model in PYTHIA_SHAPES:
-        policy = build_model(model, seed=seed, vocab_size=len(tok))
+        # built on the device where the builder can (another session may add ``device=``)
+        on = {"device": device} if "device" in inspect.signature(build_model).parameters else {}
+        policy = build_model(model, seed=seed, vocab_size=len(tok), **on)
     else:
         policy = load_model(model)
         if policy.config.vocab_size < len(tok):
@@ -104,11 +107,15 @@ def daa_llm(
     eval_samples: int,
     device: str,
     progress: bool,
+    data_seed: int | None = None,
 ) -> pd.DataFrame:
     """Train ``objective`` at ``beta`` from the SFT folder (a frozen copy as reference) on the
     task's pairs into ``out``, with ``checkpoints`` evenly spaced checkpoints, and evaluate every
     checkpoint (exact and sampled, gold judge). Full batch (``batch_size`` = P, ``epochs`` =
     steps) is the toy's regime; ``batch_size`` < P with one epoch is the paper's.
+    ``data_seed`` (default ``seed``) fixes the pair order: epoch e visits ``randperm(P,
+    data_seed + e)`` (``llm.train``), the order ``treemdp.batching.EpochSchedule(P, batch,
+    seed=data_seed)`` gives the toy in its first epoch.
 
     Returns:
         The eval table with ``objective``, ``beta``, ``side`` ("llm"), ``step`` and ``fraction``
@@ -139,7 +146,7 @@ def daa_llm(
         micro_batch_size=batch,
         epochs=epochs,
         checkpoint_every=every * batch,
-        seed=seed,
+        seed=seed if data_seed is None else data_seed,
     )
     train(
         policy, examples, DAALoss(objective, beta, reference=reference), tcfg, out,
