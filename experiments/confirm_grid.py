@@ -453,8 +453,9 @@ def agreement(cells: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per (toy, regime) and group: the finest groups (objective, size, lr, beta),
         then by objective and size, by objective, by size, by lr, and over all cells ("all"
-        where a key is pooled); columns toy, regime, objective, size, lr, beta, cells, agree, rate, ci_low, ci_high (95% Wilson
-        score interval), toy_degrades and llm_degrades (cells where each side degrades).
+        where a key is pooled); columns toy, regime, objective, size, lr, beta, cells, agree,
+        rate, ci_low, ci_high (95% Wilson score interval), toy_degrades and llm_degrades (cells
+        where each side degrades).
     """
     toy = cells[cells["side"] != "llm"]
     rows = []
