@@ -18,6 +18,7 @@ degradation when the same holds for it.
 
     python experiments/llm_confirm.py                       # CPU: tiny model, 3x3 tree
     python experiments/llm_confirm.py --model 70m --device cuda --depth 4
+    python experiments/llm_confirm.py --grid [--quick] ...  # the grid: experiments/confirm_grid.py
 
 writes results/llm_confirm/<run>/{config.json, toy.csv, llm.csv, comparison.csv, verdict.txt,
 confirm.png, llm/<sft and one folder per objective and β, each with eval.csv>}.
@@ -25,11 +26,13 @@ confirm.png, llm/<sft and one folder per objective and β, each with eval.csv>}.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import torch
@@ -360,5 +363,29 @@ def main(cfg: Config) -> Path:
     return folder
 
 
+def grid_module() -> ModuleType:
+    """``experiments/confirm_grid.py`` (the grid behind ``--grid``), imported from beside this
+    file (experiments are scripts, not a package)."""
+    name = "confirm_grid"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    """The command line: ``--grid`` anywhere runs the grid (``confirm_grid``, its own flags:
+    ``--grid --help``); otherwise one setting."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--grid" in argv:
+        grid_ = grid_module()
+        rest = [a for a in argv if a != "--grid"]
+        return run(grid_.Config, grid_.main, rest, description=grid_.__doc__)
+    return run(Config, main, argv, description=__doc__)
+
+
 if __name__ == "__main__":
-    run(Config, main, description=__doc__)
+    cli()
