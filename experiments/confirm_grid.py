@@ -31,7 +31,8 @@ Writes <out>/grid-<hash>/: config.json; parts/ (one file per finished toy regime
 rerun, e.g. after a kill, skips them); trajectories.csv (every logged step of every side);
 cells.csv (a row per cell and side); agreement.csv (per toy capacity and group: cells, agree,
 rate, 95% Wilson interval); closest_toy.csv (per LLM run, the capacity with the closest
-trajectory) and closest_toy_by_size.csv; agreement.png; llm/ (the LLM runs' eval.csv and logs).
+trajectory) and closest_toy_by_size.csv; agreement.png; timings.csv (wall seconds of the
+stages this invocation computed); llm/ (the LLM runs' eval.csv and logs).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from treemdp.data import Pairs, sampled_bt_pairs
 from treemdp.metrics import kl_divergence
 from treemdp.problem import Problem, build_problem
 from treemdp.results import (
+    atomic_write,
     remove_temporaries,
     run_folder,
     run_lock,
@@ -149,7 +151,7 @@ QUICK = {
     "toy_steps": 300,
     "sft_samples": 128,
     "sft_epochs": 2.0,
-    "steps": 30,
+    "steps": 24,
     "checkpoints": 3,
     "eval_samples": 4,
 }
@@ -560,6 +562,10 @@ def closest_by_size(closest: pd.DataFrame, capacities: Sequence[str]) -> pd.Data
 
 
 # ------------------------------------------------------------------------------ main
+def _since(t0: float) -> float:
+    return round(time.perf_counter() - t0, 2)
+
+
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -571,9 +577,12 @@ def output_folder(cfg: Config) -> Path:
     return run_folder(cfg.out, resolve(cfg), prefix="grid", ignore=NOT_IN_HASH)
 
 
-def run_grid(cfg: Config, folder: Path, device: str, start: float) -> tuple[pd.DataFrame, int]:
+def run_grid(
+    cfg: Config, folder: Path, device: str, start: float, timings: list[dict]
+) -> tuple[pd.DataFrame, int]:
     """Every unfinished part (toy per regime, then the LLM runs in plan order); returns the
-    merged trajectories of the finished parts and the number of LLM runs left undone."""
+    merged trajectories of the finished parts and the number of LLM runs left undone. Appends
+    to ``timings`` the wall seconds of each stage computed by this call."""
     tree = Tree.complete(cfg.branching, cfg.depth)
     parts = folder / "parts"
     if parts.exists():
@@ -583,7 +592,9 @@ def run_grid(cfg: Config, folder: Path, device: str, start: float) -> tuple[pd.D
     for regime in cfg.regimes:
         path = parts / f"toy-{regime}.pkl"
         if not path.exists():
+            t0 = time.perf_counter()
             _write_part(path, run_toy(cfg, problems[regime], regime))
+            timings.append({"stage": f"toy {regime}", "size": "", "seconds": _since(t0)})
         frames.append(_read_part(path))
     runs = plan(cfg)
     remaining: dict[tuple, int] = {}
@@ -603,6 +614,7 @@ def run_grid(cfg: Config, folder: Path, device: str, start: float) -> tuple[pd.D
             bar.set_postfix_str(item.name)
             problem, r = problems[item.regime], cfg.seeds.index(item.seed)
             if item.sft_key not in sft_done:
+                t0 = time.perf_counter()
                 sft = sft_llm(
                     problem,
                     _sft_dir(folder, item.sft_key),
@@ -617,8 +629,12 @@ def run_grid(cfg: Config, folder: Path, device: str, start: float) -> tuple[pd.D
                     run=r,
                 )
                 sft_done[item.sft_key] = (sft, _sft_report(problem, r, sft, device))
+                stage = f"sft {item.regime} seed {item.seed}"
+                timings.append({"stage": stage, "size": item.size, "seconds": _since(t0)})
             sft, kl = sft_done[item.sft_key]
+            t0 = time.perf_counter()
             _write_part(path, run_llm(cfg, problem, r, item, sft, folder, device, kl))
+            timings.append({"stage": item.name, "size": item.size, "seconds": _since(t0)})
             remaining[item.sft_key] -= 1
         if not cfg.keep_checkpoints:
             _drop_checkpoints(run_dir)
@@ -645,7 +661,8 @@ def main(cfg: Config) -> Path:
             for sub in ("parts", "llm"):
                 shutil.rmtree(folder / sub, ignore_errors=True)
         write_config(folder, cfg)
-        trajectories, skipped = run_grid(cfg, folder, device, start)
+        timings: list[dict] = []
+        trajectories, skipped = run_grid(cfg, folder, device, start, timings)
         write_table(folder / "trajectories.csv", trajectories)
         cells = cells_table(summarise(trajectories, cfg.margin))
         agree = agreement(cells)
@@ -657,8 +674,29 @@ def main(cfg: Config) -> Path:
         write_table(folder / "closest_toy.csv", closest)
         write_table(folder / "closest_toy_by_size.csv", by_size)
         plot_agreement(agree, by_size, folder / "agreement.png")
+        # wall seconds of what this invocation computed (not part of the results: a resumed
+        # run times only what it redid)
+        timing = pd.DataFrame(timings, columns=["stage", "size", "seconds"])
+        atomic_write(folder / "timings.csv", lambda p: timing.to_csv(p, index=False))
+    _report_timings(timing)
     _report(cfg, agree, by_size, closest, skipped, folder, time.perf_counter() - start)
     return folder
+
+
+def _report_timings(timing: pd.DataFrame) -> None:
+    if timing.empty:
+        print("timings: nothing computed (every part was finished)")
+        return
+    first = timing["stage"].str.split(" ").str[0]
+    kind = first.where(first.isin(["toy", "sft"]), "daa+eval")
+    summary = (
+        timing.assign(kind=kind)
+        .groupby(["kind", "size"], sort=False)["seconds"]
+        .agg(["count", "mean", "sum"])
+        .reset_index()
+    )
+    print("timings (wall seconds computed by this run):")
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
 
 
 def _report(
