@@ -19,9 +19,9 @@ export HF_HUB_OFFLINE=1 PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 if [[ "${1:-}" == "--cpu-dry-run" ]]; then
   OUT=${OUT:-results/gpu_confirm-dry}
   DEVICE=cpu
-  GRID=(--sizes tiny --objectives dpo ipo --lrs 1e-3 --seeds 0 --regimes 1pref
-        --toy-ks 2 8 --toy-widths 4 --toy-steps 100 --toy-sft-steps 50 --depth 2
-        --sft-samples 64 --sft-epochs 1 --sft-batch-size 32 --steps 6 --checkpoints 2
+  GRID=(--sizes tiny --objectives dpo --lrs 1e-3 --seeds 0 --regimes 1pref
+        --toy-ks 2 --toy-widths 4 --toy-steps 50 --toy-sft-steps 20 --depth 2
+        --sft-samples 32 --sft-epochs 1 --sft-batch-size 32 --steps 4 --checkpoints 2
         --eval-samples 4)
   BUDGET=200 LIMIT=280
 elif [[ $# -eq 0 ]]; then
