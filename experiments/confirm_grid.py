@@ -72,6 +72,7 @@ from treemdp.results import (
     write_config,
     write_table,
 )
+from treemdp.threads import thread_count, threads
 from treemdp.train import grid
 from treemdp.train import train as train_toy
 from treemdp.tree import Tree
@@ -359,6 +360,13 @@ def _sft_report(problem: Problem, r: int, sft: Path, device: str) -> float:
     return float(kl_divergence(problem.tree, problem.ref_logp[r : r + 1], logp)[0])
 
 
+def _largest_op(size: str) -> int:
+    """Entries of the largest per-step tensor of a shape's training step on the tree language
+    (a weight gradient: hidden × 4·hidden); decides its CPU thread count."""
+    hidden = PYTHIA_SHAPES[size].hidden_size
+    return 4 * hidden * hidden
+
+
 def _drop_checkpoints(run_dir: Path) -> None:
     for step in run_dir.glob("step-*"):
         shutil.rmtree(step, ignore_errors=True)
@@ -613,28 +621,25 @@ def run_grid(
                 continue
             bar.set_postfix_str(item.name)
             problem, r = problems[item.regime], cfg.seeds.index(item.seed)
-            if item.sft_key not in sft_done:
+            # a small model on a CPU runs on one intra-op thread: two that wait on each other
+            # on a busy machine made a 14m run ~5x slower (measured)
+            n = thread_count(_largest_op(item.size)) if device == "cpu" else None
+            with threads(n or torch.get_num_threads()):
+                if item.sft_key not in sft_done:
+                    t0 = time.perf_counter()
+                    sft = sft_llm(
+                        problem, _sft_dir(folder, item.sft_key), model=item.size,
+                        seed=item.seed, samples=cfg.sft_samples, epochs=cfg.sft_epochs,
+                        lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, device=device,
+                        progress=False, run=r,
+                    )  # fmt: skip
+                    sft_done[item.sft_key] = (sft, _sft_report(problem, r, sft, device))
+                    stage = f"sft {item.regime} seed {item.seed}"
+                    timings.append({"stage": stage, "size": item.size, "seconds": _since(t0)})
+                sft, kl = sft_done[item.sft_key]
                 t0 = time.perf_counter()
-                sft = sft_llm(
-                    problem,
-                    _sft_dir(folder, item.sft_key),
-                    model=item.size,
-                    seed=item.seed,
-                    samples=cfg.sft_samples,
-                    epochs=cfg.sft_epochs,
-                    lr=cfg.sft_lr,
-                    batch_size=cfg.sft_batch_size,
-                    device=device,
-                    progress=False,
-                    run=r,
-                )
-                sft_done[item.sft_key] = (sft, _sft_report(problem, r, sft, device))
-                stage = f"sft {item.regime} seed {item.seed}"
-                timings.append({"stage": stage, "size": item.size, "seconds": _since(t0)})
-            sft, kl = sft_done[item.sft_key]
-            t0 = time.perf_counter()
-            _write_part(path, run_llm(cfg, problem, r, item, sft, folder, device, kl))
-            timings.append({"stage": item.name, "size": item.size, "seconds": _since(t0)})
+                _write_part(path, run_llm(cfg, problem, r, item, sft, folder, device, kl))
+                timings.append({"stage": item.name, "size": item.size, "seconds": _since(t0)})
             remaining[item.sft_key] -= 1
         if not cfg.keep_checkpoints:
             _drop_checkpoints(run_dir)
