@@ -59,6 +59,7 @@ def plot_agreement(agreement: pd.DataFrame, by_size: pd.DataFrame, path: str | P
                 x, y, f"{int(r['agree'])}/{int(r['cells'])}", ha="center", va="center", fontsize=7
             )
         image = ax.imshow(rate, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.grid(False)
         ax.set_xticks(range(len(columns)), [f"{o.upper()}\n{s}" for o, s in columns], fontsize=7)
         ax.set_yticks(range(len(toys)), toys, fontsize=7)
         ax.set_title(f"{regime}: toy agrees with LLM (degrades or not)", fontsize=9)
