@@ -18,6 +18,7 @@ degradation when the same holds for it.
 
     python experiments/llm_confirm.py                       # CPU: tiny model, 3x3 tree
     python experiments/llm_confirm.py --model 70m --device cuda --depth 4
+    python experiments/llm_confirm.py --grid [--quick] ...  # the grid: experiments/confirm_grid.py
 
 writes results/llm_confirm/<run>/{config.json, toy.csv, llm.csv, comparison.csv, verdict.txt,
 confirm.png, llm/<sft and one folder per objective and β, each with eval.csv>}.
@@ -25,24 +26,21 @@ confirm.png, llm/<sft and one folder per objective and β, each with eval.csv>}.
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import torch
 
-from llm.data import Example
-from llm.eval_run import evaluate_run
-from llm.evaluate import EvalSettings, EvalTask, TreeTask
-from llm.judges import GoldJudge
-from llm.model import PYTHIA_SHAPES, build_model, load_model
+from llm.confirm import daa_llm, sft_llm
+from llm.evaluate import TreeTask
+from llm.model import load_model
 from llm.sampling import tree_logprobs
-from llm.train import DAALoss, TrainConfig, sft_loss, train
-from llm.tree_language import tree_examples, tree_tokenizer
 from treemdp import plotting
 from treemdp.cli import arg, run
 from treemdp.metrics import kl_divergence
@@ -127,51 +125,12 @@ def _device(name: str) -> str:
     return name
 
 
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda p: p.write_text(text))
-
-
 def run_sft(cfg: Config, problem: Problem, folder: Path, device: str) -> Path:
     """SFT the LLM on samples of π_ref; returns the final checkpoint folder."""
-    tree = problem.tree
-    tok = tree_tokenizer(tree)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    probs = torch.exp(problem.ref_logp[0])
-    leaves = torch.multinomial(probs, cfg.sft_samples, replacement=True, generator=gen).tolist()
-    a0 = 1 + tree.n_prompts
-    examples = []
-    for i, y in enumerate(leaves):
-        tokens = tuple(a0 + a for a in tree.response_actions(y))
-        k = 1 + int(tree.leaf_prompt[y])
-        examples.append(Example((k,), tokens, tokens, i + 1))  # SFT reads only ``chosen``
-    if cfg.model in PYTHIA_SHAPES:
-        policy = build_model(cfg.model, seed=cfg.seed, vocab_size=len(tok))
-    else:
-        policy = load_model(cfg.model)
-        if policy.config.vocab_size < len(tok):
-            raise ValueError(f"--model {cfg.model} has fewer tokens than the tree language")
-    out = folder / "sft"
-    batch = min(cfg.sft_batch_size, len(examples))
-    tcfg = TrainConfig(
-        lr=cfg.sft_lr,
-        warmup_steps=0,
-        batch_size=batch,
-        micro_batch_size=batch,
-        epochs=cfg.sft_epochs,
-        checkpoint_every=0,
-        seed=cfg.seed,
-    )
-    _write_json(
-        out / "config.json",
-        {"stage": "sft", "model": cfg.model, "seed": cfg.seed, "source": "tree",
-         "batch_size": batch, "lr": cfg.sft_lr},
-    )  # fmt: skip
-    _write_json(out / "data.json", {"pairs": len(examples), "skipped": 0})
-    policy.to(device)
-    return train(
-        policy, examples, sft_loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
-        resume=True, progress=cfg.progress,
+    return sft_llm(
+        problem, folder / "sft", model=cfg.model, seed=cfg.seed, samples=cfg.sft_samples,
+        epochs=cfg.sft_epochs, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, device=device,
+        progress=cfg.progress,
     )  # fmt: skip
 
 
@@ -179,55 +138,11 @@ def run_daa(
     cfg: Config, task: TreeTask, sft: Path, objective: str, beta: float, folder: Path, device: str
 ) -> pd.DataFrame:
     """Train one objective from the SFT model and evaluate every checkpoint; its eval table."""
-    tree = task.tree
-    tok = tree_tokenizer(tree)
-    examples, _ = tree_examples(tree, task.chosen, task.rejected)
-    P = len(examples)
-    every = max(1, cfg.steps // cfg.checkpoints)
-    out = folder / f"{objective}-beta{beta:g}"
-    policy = load_model(sft).to(device)
-    run_config = {
-        "stage": "daa", "objective": objective, "beta": beta, "model": str(sft),
-        "size": cfg.model, "n_params": sum(p.numel() for p in policy.parameters()),
-        "seed": cfg.seed, "source": "tree", "tree_branching": cfg.branching,
-        "tree_depth": cfg.depth, "batch_size": P, "lr": cfg.lr, "reference": "",
-    }  # fmt: skip
-    _write_json(out / "config.json", run_config)
-    _write_json(out / "data.json", {"pairs": P, "skipped": 0})
-    task.write(out)
-    reference = load_model(sft).to(device).requires_grad_(False)
-    tcfg = TrainConfig(
-        lr=cfg.lr,
-        warmup_steps=0,
-        batch_size=P,
-        micro_batch_size=P,
-        epochs=cfg.steps,  # one step per epoch: every step sees every pair, as the toy's
-        checkpoint_every=every * P,
-        seed=cfg.seed,
-    )
-    train(
-        policy, examples, DAALoss(objective, beta, reference=reference), tcfg, out,
-        pad_id=tok.pad_token_id, tokenizer=tok, resume=True, progress=cfg.progress,
-    )  # fmt: skip
-    del policy, reference
-    eval_task = EvalTask(
-        prompts=[(1 + i % tree.n_prompts,) for i in range(cfg.eval_samples)],
-        pairs=examples,
-        tokenizer=tok,
-        eos_id=None,
-        pad_id=tok.pad_token_id,
-        objective=objective,
-        beta=beta,
-        tree=task,
-    )
-    settings = EvalSettings(samples=cfg.eval_samples, max_new_tokens=tree.max_depth, seed=cfg.seed)
-    frame = evaluate_run(
-        out, eval_task, settings, GoldJudge(tree, task.rewards), device=device,
-        progress=cfg.progress,
-    )  # fmt: skip
-    return frame.assign(
-        objective=objective, beta=beta, side="llm", step=frame["checkpoint"],
-        fraction=frame["checkpoint"] / cfg.steps,
+    P = len(task.chosen)
+    return daa_llm(
+        task, sft, objective, beta, folder / f"{objective}-beta{beta:g}", lr=cfg.lr,
+        batch_size=P, epochs=cfg.steps, checkpoints=cfg.checkpoints, seed=cfg.seed,
+        size=cfg.model, eval_samples=cfg.eval_samples, device=device, progress=cfg.progress,
     )  # fmt: skip
 
 
@@ -448,5 +363,29 @@ def main(cfg: Config) -> Path:
     return folder
 
 
+def grid_module() -> ModuleType:
+    """``experiments/confirm_grid.py`` (the grid behind ``--grid``), imported from beside this
+    file (experiments are scripts, not a package)."""
+    name = "confirm_grid"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    """The command line: ``--grid`` anywhere runs the grid (``confirm_grid``, its own flags:
+    ``--grid --help``); otherwise one setting."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--grid" in argv:
+        grid_ = grid_module()
+        rest = [a for a in argv if a != "--grid"]
+        return run(grid_.Config, grid_.main, rest, description=grid_.__doc__)
+    return run(Config, main, argv, description=__doc__)
+
+
 if __name__ == "__main__":
-    run(Config, main, description=__doc__)
+    cli()

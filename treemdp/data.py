@@ -24,6 +24,7 @@ __all__ = [
     "normal_rewards",
     "pairs_from_nodes",
     "random_pairs",
+    "sampled_bt_pairs",
     "validate_pairs",
 ]
 
@@ -178,6 +179,73 @@ def bradley_terry_pairs(
         chosen.append(y if y_wins else y2)
         rejected.append(y2 if y_wins else y)
     return validate_pairs(tree, torch.tensor(chosen), torch.tensor(rejected))
+
+
+def sampled_bt_pairs(
+    tree: Tree,
+    rewards: Tensor,
+    sampler_logp: Tensor,
+    n_pairs: int,
+    *,
+    seed: int,
+    temperature: float = 1.0,
+) -> Pairs:
+    """Many pairs drawn from samples of a policy (e.g. the SFT policy), labelled by Bradley–Terry
+    on the gold reward: the paper's data regime (Rafailov et al. 2024, §3: preference pairs of
+    sampled responses, one epoch) in place of "1pref".
+
+    Pair i asks prompt x = i mod n_prompts; its two responses are two independent samples of
+    π(·|x) conditioned on differing, i.e. the unordered pair {y, y'} is drawn with probability
+    2 π(y|x) π(y'|x) / (1 − Σ_z π(z|x)²); then y is chosen with probability
+    σ((r(y) − r(y')) / temperature). The pair is drawn exactly from that joint law (one
+    multinomial over the L_x² ordered pairs of each prompt, diagonal removed), so a
+    concentrated policy costs no rejection loop. Pure: the randomness is ``seed``'s alone.
+
+    Args:
+        tree: the tree.
+        rewards: gold reward per response. Shape (L,).
+        sampler_logp: log π(y|x) of the sampling policy per response. Shape (L,).
+        n_pairs: P >= 1.
+        seed: seed of the draw (an int; the same seed gives the same pairs).
+        temperature: Bradley–Terry temperature > 0 (→ 0 gives noiseless labels).
+
+    Returns:
+        ``Pairs`` with shape (P,).
+    """
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1; got {n_pairs}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    L = tree.n_responses
+    if tuple(rewards.shape) != (L,) or tuple(sampler_logp.shape) != (L,):
+        raise ValueError(
+            f"rewards and sampler_logp must have shape ({L},); got {tuple(rewards.shape)} and "
+            f"{tuple(sampler_logp.shape)}"
+        )
+    gen = torch.Generator().manual_seed(int(seed))
+    probs = torch.exp(sampler_logp.double())
+    prompt_of = torch.arange(n_pairs) % tree.n_prompts
+    first = torch.empty(n_pairs, dtype=torch.long)
+    second = torch.empty(n_pairs, dtype=torch.long)
+    for prompt in range(min(n_pairs, tree.n_prompts)):
+        leaves = torch.nonzero(tree.leaf_prompt == prompt).squeeze(1)
+        p = probs[leaves]
+        if int((p > 0).sum()) < 2:
+            raise ValueError(
+                f"the sampling policy puts mass on fewer than 2 responses of prompt {prompt}"
+            )
+        joint = torch.outer(p, p)
+        joint.fill_diagonal_(0.0)
+        rows = torch.nonzero(prompt_of == prompt).squeeze(1)
+        flat = torch.multinomial(joint.reshape(-1), len(rows), replacement=True, generator=gen)
+        n = len(leaves)
+        first[rows], second[rows] = leaves[flat // n], leaves[flat % n]
+    margin = (rewards[first] - rewards[second]).double() / temperature
+    u = torch.rand(n_pairs, generator=gen, dtype=torch.float64)
+    first_wins = u < torch.sigmoid(margin)
+    return validate_pairs(
+        tree, torch.where(first_wins, first, second), torch.where(first_wins, second, first)
+    )
 
 
 def comparison_graph(tree: Tree, pairs: Pairs) -> nx.Graph:

@@ -1,0 +1,753 @@
+"""The confirm grid: over which settings does a GPT-NeoX degrade as the Tree-MDP toy predicts, and
+which toy capacity predicts it best? (``experiments/llm_confirm.py`` runs one setting.)
+
+    python experiments/llm_confirm.py --grid                    # the documented CPU grid
+    python experiments/llm_confirm.py --grid --quick --out DIR  # a test-sized grid
+    python experiments/confirm_grid.py ...                      # the same, without the dispatch
+
+A cell is (regime, objective, β, lr, seed, size). Per cell:
+
+* the toy's prediction for every capacity (``treemdp.capacity``: tabular, log-linear with each
+  ``--toy-ks``, MLP with each ``--toy-widths``), all starting at the seed's log-linear SFT π_ref
+  and trained exactly (one tensor program per capacity kind, over seeds, objectives and β); the
+  toy does not depend on the LLM's lr or size, so it is computed once per (regime, seed,
+  objective, β) and repeated in each cell's rows;
+* the LLM's exact outcome: a GPT-NeoX of the size's shape SFT'd on samples of the same π_ref
+  (one SFT per regime, size and seed, shared by the cell's lrs, objectives and β), then trained
+  with the objective (``llm.confirm``), every checkpoint decoded on the tree and scored exactly.
+
+Regimes: ``1pref`` (the toy's: one random pair, full batch, ``--steps`` steps; the toy runs
+``--toy-steps``) and ``bt`` (the paper's: a π_ref fitted to the responses of ``--bt-support``
+random pairs, then ``--bt-pairs`` pairs drawn from samples of π_ref and labelled by
+Bradley–Terry on the gold reward (``treemdp.data.sampled_bt_pairs``), one epoch of
+``--bt-batch``-pair steps, checkpoints inside the epoch; toy and LLM see the same batches in the
+same order).
+
+A side *degrades* when its OOD mass rises by at least ``--margin`` and its in-distribution mass
+ends at least ``--margin`` below its peak (as in ``llm_confirm``); a toy capacity *agrees* with
+the LLM on a cell when both degrade or neither does.
+
+Writes <out>/grid-<hash>/: config.json; parts/ (one file per finished toy regime and LLM run: a
+rerun, e.g. after a kill, skips them); trajectories.csv (every logged step of every side);
+cells.csv (a row per cell and side); agreement.csv (per toy capacity and group: cells, agree,
+rate, 95% Wilson interval); closest_toy.csv (per LLM run, the capacity with the closest
+trajectory) and closest_toy_by_size.csv; agreement.png; timings.csv (wall seconds of the
+stages this invocation computed); llm/ (the LLM runs' eval.csv and logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from figures.confirm_grid import plot_agreement
+from llm.confirm import daa_llm, sft_llm
+from llm.evaluate import TreeTask
+from llm.model import PYTHIA_SHAPES, load_model
+from llm.sampling import tree_logprobs
+from treemdp.capacity import capacity_batches, capacity_names
+from treemdp.cli import arg, run
+from treemdp.data import Pairs, sampled_bt_pairs
+from treemdp.metrics import kl_divergence
+from treemdp.problem import Problem, build_problem
+from treemdp.results import (
+    atomic_write,
+    remove_temporaries,
+    run_folder,
+    run_lock,
+    verify_file,
+    write_checked,
+    write_config,
+    write_table,
+)
+from treemdp.threads import thread_count, threads
+from treemdp.train import grid
+from treemdp.train import train as train_toy
+from treemdp.tree import Tree
+
+PAPER_OBJECTIVES = ("dpo", "ipo", "slic")
+REGIMES = ("1pref", "bt")
+CELL = ["regime", "objective", "beta", "lr", "seed", "size"]
+METRIC_COLUMNS = ["mass_ood", "mass_in_dist", "kl_reverse", "win_rate", "p_chosen"]
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+@dataclass(frozen=True)
+class Config:
+    """The confirm grid: toy capacities vs GPT-NeoX sizes over objectives, β, lr, seeds."""
+
+    objectives: tuple[str, ...] = arg(PAPER_OBJECTIVES, "objectives", choices=PAPER_OBJECTIVES)
+    betas: tuple[float, ...] = arg((0.1,), "β values", exclusive_minimum=0)
+    lrs: tuple[float, ...] = arg(
+        (1e-3, 3e-3), "LLM DAA learning rates (RMSProp)", exclusive_minimum=0
+    )
+    seeds: tuple[int, ...] = arg((0, 1, 2), "seeds (problem: features, rewards, pairs; LLM)")
+    sizes: tuple[str, ...] = arg(("tiny", "14m"), "Pythia shapes (random init), smallest first")
+    regimes: tuple[str, ...] = arg(
+        REGIMES,
+        "pairs regimes (1pref; bt: many BT-labelled pairs of π_ref samples, one epoch)",
+        choices=REGIMES,
+    )
+    branching: int = arg(3, "actions per state (b)", minimum=2)
+    depth: int = arg(3, "tree depth (b^depth responses, all scored exactly)", minimum=1)
+    features: int = arg(8, "feature dimension k of the log-linear π_ref", minimum=1)
+    toy_ks: tuple[int, ...] = arg(
+        (2, 4, 8, 16), "log-linear toy capacities (features k)", minimum=1
+    )
+    toy_widths: tuple[int, ...] = arg((4, 16, 64), "MLP toy capacities (hidden width)", minimum=1)
+    toy_sft_steps: int = arg(300, "Adam steps of the toy's SFT reference fit", minimum=0)
+    toy_steps: int = arg(2000, "toy steps in the 1pref regime (Adam, full batch)", minimum=1)
+    toy_lr: float = arg(0.01, "toy learning rate (Adam)", exclusive_minimum=0)
+    bt_support: int = arg(4, "bt: random pairs whose responses π_ref is fitted to", minimum=1)
+    bt_pairs: int = arg(128, "bt: preference pairs sampled from π_ref", minimum=2)
+    bt_batch: int = arg(2, "bt: pairs per step (toy and LLM; one epoch)", minimum=1)
+    bt_temperature: float = arg(1.0, "bt: Bradley–Terry temperature", exclusive_minimum=0)
+    sft_samples: int = arg(256, "samples of π_ref the LLM is SFT'd on", minimum=1)
+    sft_epochs: float = arg(4.0, "LLM SFT epochs", exclusive_minimum=0)
+    sft_lr: float = arg(3e-3, "LLM SFT learning rate (RMSProp)", exclusive_minimum=0)
+    sft_batch_size: int = arg(32, "LLM SFT batch size", minimum=1)
+    steps: int = arg(100, "LLM DAA steps in the 1pref regime (full batch)", minimum=1)
+    checkpoints: int = arg(4, "LLM checkpoints per run, evenly spaced", minimum=1)
+    eval_samples: int = arg(8, "samples per checkpoint for the sampled estimates", minimum=2)
+    margin: float = arg(0.1, "mass change that counts as degradation", exclusive_minimum=0)
+    device: str = arg("auto", "cpu, cuda, or auto")
+    budget_s: float = arg(
+        0.0,
+        "start no LLM run after this many seconds (0: no limit); the "
+        "tables then cover the finished runs; a rerun continues",
+        minimum=0,
+    )
+    keep_checkpoints: bool = arg(
+        False,
+        "keep LLM checkpoint folders (else removed once a run "
+        "is summarised: eval.csv and log.csv stay)",
+    )
+    quick: bool = arg(False, "test-sized grid (overrides the sizes left at their defaults)")
+    out: str = arg("results/confirm_grid", "root folder for run folders")
+    force: bool = arg(False, "recompute everything even if finished parts exist")
+    progress: bool = arg(True, "show a progress bar over the LLM runs")
+
+
+QUICK = {
+    "objectives": ("dpo", "ipo"),
+    "lrs": (1e-3, 3e-3),
+    "seeds": (0, 1),
+    "sizes": ("tiny", "14m"),
+    "regimes": ("1pref",),
+    "toy_ks": (2, 8),
+    "toy_widths": (8,),
+    "toy_sft_steps": 100,
+    "toy_steps": 300,
+    "sft_samples": 128,
+    "sft_epochs": 2.0,
+    "steps": 24,
+    "checkpoints": 3,
+    "eval_samples": 4,
+}
+"""What ``--quick`` overrides (where the flag is left at its default)."""
+
+NOT_IN_HASH = ("out", "force", "device", "progress", "budget_s", "keep_checkpoints", "quick")
+
+
+def resolve(cfg: Config) -> Config:
+    """The config that runs: ``--quick`` replaces the fields left at their defaults; checks."""
+    if cfg.quick:
+        defaults = {f.name: f.default for f in fields(Config)}
+        cfg = replace(cfg, **{k: v for k, v in QUICK.items() if getattr(cfg, k) == defaults[k]})
+    for name in ("objectives", "betas", "lrs", "seeds", "sizes", "regimes", "toy_ks", "toy_widths"):
+        values = getattr(cfg, name)
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"--{name.replace('_', '-')} values must be distinct (at least one)")
+    unknown = [s for s in cfg.sizes if s not in PYTHIA_SHAPES]
+    if unknown:
+        raise ValueError(
+            f"--sizes must be Pythia shapes ({', '.join(PYTHIA_SHAPES)}); got {unknown[0]!r}"
+        )
+    if cfg.branching**cfg.depth > 100_000:
+        raise ValueError(f"--branching {cfg.branching} --depth {cfg.depth}: over 100,000 leaves")
+    return cfg
+
+
+# ------------------------------------------------------------------------------ problems
+def _derived_seed(tag: str, seed: int) -> int:
+    digest = hashlib.sha256(f"confirm-grid-{tag}-{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def regime_problem(cfg: Config, tree: Tree, regime: str) -> Problem:
+    """One problem per seed (R = |seeds|) with its log-linear SFT π_ref.
+
+    1pref: one random pair, π_ref fitted to its two responses. bt: π_ref fitted to the
+    responses of ``bt_support`` random pairs; the dataset is then ``bt_pairs`` pairs of π_ref's
+    samples labelled by Bradley–Terry (``sampled_bt_pairs``, seeded from the seed)."""
+    n = 1 if regime == "1pref" else cfg.bt_support
+    problem = build_problem(
+        tree, list(cfg.seeds), features=cfg.features, n_pairs=n, sft_steps=cfg.toy_sft_steps
+    )
+    if regime == "1pref":
+        return problem
+    drawn = [
+        sampled_bt_pairs(
+            tree,
+            problem.rewards[r],
+            problem.ref_logp[r],
+            cfg.bt_pairs,
+            seed=_derived_seed("bt-pairs", s),
+            temperature=cfg.bt_temperature,
+        )
+        for r, s in enumerate(cfg.seeds)
+    ]
+    pairs = Pairs(torch.stack([p.chosen for p in drawn]), torch.stack([p.rejected for p in drawn]))
+    return replace(problem, pairs=pairs)
+
+
+def _schedule(cfg: Config, regime: str, n_pairs: int, *, llm: bool) -> tuple[int, int | None]:
+    """(steps, batch size or None for full batch) of a side in a regime."""
+    if regime == "bt":
+        return math.ceil(n_pairs / min(cfg.bt_batch, n_pairs)), cfg.bt_batch
+    return (cfg.steps if llm else cfg.toy_steps), None
+
+
+# ------------------------------------------------------------------------------ the toy
+def run_toy(cfg: Config, problem: Problem, regime: str) -> pd.DataFrame:
+    """Exact trajectories of every toy capacity × objective × β × seed of one regime."""
+    steps, batch = _schedule(cfg, regime, problem.pairs.n_pairs, llm=False)
+    frames = []
+    for capacity_problem, labels in capacity_batches(problem, ks=cfg.toy_ks, widths=cfg.toy_widths):
+        runs, specs = grid(capacity_problem, cfg.objectives, cfg.betas, cfg.toy_lr)
+        hist = train_toy(
+            runs,
+            specs,
+            steps=steps,
+            log_every=max(1, steps // 100),
+            batch_size=batch,
+            batch_seed=0,
+        )
+        f = hist.frame
+        side = np.array(labels, dtype=object)[f["run"].to_numpy() % capacity_problem.n_runs]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "regime": regime,
+                    "objective": f["objective"],
+                    "beta": f["beta"],
+                    "lr": np.nan,
+                    "seed": f["seed"],
+                    "size": "",
+                    "side": side,
+                    "step": f["step"],
+                    "fraction": f["step"] / steps,
+                    **{m: f[m] for m in METRIC_COLUMNS},
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------ the LLM
+@dataclass(frozen=True)
+class LLMRun:
+    """One LLM run of the plan (its folder and part file are named from it)."""
+
+    regime: str
+    size: str
+    seed: int
+    lr: float
+    objective: str
+    beta: float
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.regime}-{self.size}-seed{self.seed}-lr{self.lr:g}-{self.objective}-"
+            f"beta{self.beta:g}"
+        )
+
+    @property
+    def sft_key(self) -> tuple[str, str, int]:
+        return (self.regime, self.size, self.seed)
+
+
+def plan(cfg: Config) -> list[LLMRun]:
+    """Every LLM run, smallest size first, then regime, seed (one SFT), lr, objective, β."""
+    return [
+        LLMRun(regime, size, seed, lr, objective, beta)
+        for size in cfg.sizes
+        for regime in cfg.regimes
+        for seed in cfg.seeds
+        for lr in cfg.lrs
+        for objective in cfg.objectives
+        for beta in cfg.betas
+    ]
+
+
+def _sft_dir(folder: Path, key: tuple[str, str, int]) -> Path:
+    regime, size, seed = key
+    return folder / "llm" / f"sft-{regime}-{size}-seed{seed}"
+
+
+def run_llm(
+    cfg: Config,
+    problem: Problem,
+    r: int,
+    item: LLMRun,
+    sft: Path,
+    folder: Path,
+    device: str,
+    kl_ref_sft: float,
+) -> pd.DataFrame:
+    """Train and evaluate one LLM run; its trajectory rows (exact metrics, sampled beside)."""
+    task = TreeTask(
+        problem.tree, problem.rewards[r], problem.pairs.chosen[r], problem.pairs.rejected[r]
+    )
+    _, batch = _schedule(cfg, item.regime, problem.pairs.n_pairs, llm=True)
+    P = problem.pairs.n_pairs
+    batch_size, epochs = (P, float(cfg.steps)) if batch is None else (batch, 1.0)
+    frame = daa_llm(
+        task,
+        sft,
+        item.objective,
+        item.beta,
+        folder / "llm" / item.name,
+        lr=item.lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        checkpoints=cfg.checkpoints,
+        seed=item.seed,
+        size=item.size,
+        eval_samples=cfg.eval_samples,
+        device=device,
+        progress=False,
+        data_seed=0,
+    )
+    out = pd.DataFrame(
+        {
+            "regime": item.regime,
+            "objective": item.objective,
+            "beta": item.beta,
+            "lr": item.lr,
+            "seed": item.seed,
+            "size": item.size,
+            "side": "llm",
+            "step": frame["step"],
+            "fraction": frame["fraction"],
+            **{m: frame[f"exact_{m}"] for m in METRIC_COLUMNS},
+        }
+    )
+    out["kl_reverse_sampled"] = frame["kl_reverse"]
+    out["ood_fraction_sampled"] = frame["ood_fraction"]
+    out["off_tree"] = frame["exact_off_tree"]
+    out["kl_ref_sft"] = kl_ref_sft
+    return out
+
+
+def _sft_report(problem: Problem, r: int, sft: Path, device: str) -> float:
+    """KL(toy π_ref ‖ the LLM's SFT model decoded on the tree), exact."""
+    model = load_model(sft).to(device)
+    logp = tree_logprobs(model, problem.tree)[None].to(problem.ref_logp.dtype).cpu()
+    return float(kl_divergence(problem.tree, problem.ref_logp[r : r + 1], logp)[0])
+
+
+def _largest_op(size: str) -> int:
+    """Entries of the largest per-step tensor of a shape's training step on the tree language
+    (a weight gradient: hidden × 4·hidden); decides its CPU thread count."""
+    hidden = PYTHIA_SHAPES[size].hidden_size
+    return 4 * hidden * hidden
+
+
+def _drop_checkpoints(run_dir: Path) -> None:
+    for step in run_dir.glob("step-*"):
+        shutil.rmtree(step, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ parts
+def _write_part(path: Path, frame: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    frame.to_pickle(buf)
+    write_checked(path, buf.getvalue())
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    return pd.read_pickle(io.BytesIO(verify_file(path)))
+
+
+# ------------------------------------------------------------------------------ analysis
+def summarise(trajectories: pd.DataFrame, margin: float) -> pd.DataFrame:
+    """One row per run (regime, objective, β, lr, seed, size, side): OOD mass at start and end,
+    in-distribution mass at start, peak and end, final KL and win rate, and ``degrades`` (OOD
+    mass up by >= margin and in-distribution mass >= margin below its peak at the end).
+
+    Args:
+        trajectories: rows of ``CELL`` + side, fraction and the metrics (toy rows: lr NaN,
+            size "").
+        margin: > 0.
+    """
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0; got {margin}")
+    t = trajectories.sort_values("fraction", kind="stable")
+    keys = [*CELL, "side"]
+    g = t.groupby(keys, sort=False, dropna=False)
+    out = pd.DataFrame(
+        {
+            "mass_ood_start": g["mass_ood"].first(),
+            "mass_ood_final": g["mass_ood"].last(),
+            "mass_in_dist_start": g["mass_in_dist"].first(),
+            "mass_in_dist_peak": g["mass_in_dist"].max(),
+            "mass_in_dist_final": g["mass_in_dist"].last(),
+            "kl_reverse_final": g["kl_reverse"].last(),
+            "win_rate_final": g["win_rate"].last(),
+        }
+    ).reset_index()
+    out["degrades"] = (out["mass_ood_final"] - out["mass_ood_start"] >= margin) & (
+        out["mass_in_dist_peak"] - out["mass_in_dist_final"] >= margin
+    )
+    return out
+
+
+def cells_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """A row per cell and side: the LLM runs' rows, and for each the toy capacities' rows of the
+    same (regime, seed, objective, β) with the cell's lr and size filled in, ``llm_degrades``
+    and ``agrees`` (both degrade, or neither)."""
+    llm = summary[summary["side"] == "llm"]
+    toy = summary[summary["side"] != "llm"].drop(columns=["lr", "size"])
+    shared = ["regime", "objective", "beta", "seed"]
+    toy = llm[CELL].merge(toy, on=shared, how="inner")
+    toy = toy.merge(llm[[*CELL, "degrades"]].rename(columns={"degrades": "llm_degrades"}), on=CELL)
+    toy["agrees"] = toy["degrades"] == toy["llm_degrades"]
+    both = pd.concat([llm.assign(llm_degrades=llm["degrades"], agrees=np.nan), toy])
+    order = {s: i for i, s in enumerate(dict.fromkeys(["llm", *summary["side"]]))}
+    both = both.sort_values(
+        [*CELL, "side"], key=lambda c: c.map(order) if c.name == "side" else c, kind="stable"
+    )
+    return both[[*CELL, "side", *[c for c in both.columns if c not in (*CELL, "side")]]]
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k/n (95% by default); (nan, nan) if n=0."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+GROUPINGS = (
+    ("objective", "size", "lr", "beta"),
+    ("objective", "size"),
+    ("objective",),
+    ("size",),
+    ("lr",),
+    (),
+)
+
+
+def agreement(cells: pd.DataFrame) -> pd.DataFrame:
+    """Agreement of each toy capacity with the LLM, per group of cells.
+
+    Args:
+        cells: ``cells_table`` rows (toy rows carry ``degrades``, ``llm_degrades``, ``agrees``).
+
+    Returns:
+        One row per (toy, regime) and group: the finest groups (objective, size, lr, beta),
+        then by objective and size, by objective, by size, by lr, and over all cells ("all"
+        where a key is pooled); columns toy, regime, objective, size, lr, beta, cells, agree,
+        rate, ci_low, ci_high (95% Wilson score interval), toy_degrades and llm_degrades (cells
+        where each side degrades).
+    """
+    toy = cells[cells["side"] != "llm"]
+    rows = []
+    for keys in GROUPINGS:
+        by = ["side", "regime", *keys]
+        for values, g in toy.groupby(by, sort=False):
+            named = dict(zip(by, values, strict=True))
+            n, k = len(g), int(g["agrees"].sum())
+            lo, hi = wilson(k, n)
+            row = {"toy": named["side"], "regime": named["regime"]}
+            row.update({key: named.get(key, "all") for key in ("objective", "size", "lr", "beta")})
+            row.update(
+                cells=n,
+                agree=k,
+                rate=k / n,
+                ci_low=lo,
+                ci_high=hi,
+                toy_degrades=int(g["degrades"].sum()),
+                llm_degrades=int(g["llm_degrades"].sum()),
+            )
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def trajectory_distance(llm: pd.DataFrame, toy: pd.DataFrame) -> float:
+    """Distance between an LLM run's trajectory and a toy run's: the root mean square, over the
+    LLM's checkpoints and three quantities, of the differences in OOD mass, in-distribution
+    mass and 1 − exp(−KL(π‖π_ref)) (KL mapped to [0, 1) like the masses), the toy's values
+    interpolated linearly in the fraction of training at the LLM's checkpoints.
+
+    Args:
+        llm: one run's rows with fraction, mass_ood, mass_in_dist, kl_reverse.
+        toy: the same columns for one toy run.
+    """
+    x = toy.sort_values("fraction")
+    at = llm["fraction"].to_numpy(dtype=float)
+    diffs = []
+    for m in ("mass_ood", "mass_in_dist", "kl_reverse"):
+        theirs = np.interp(at, x["fraction"].to_numpy(dtype=float), x[m].to_numpy(dtype=float))
+        ours = llm[m].to_numpy(dtype=float)
+        if m == "kl_reverse":
+            theirs, ours = -np.expm1(-theirs), -np.expm1(-ours)
+        diffs.append(ours - theirs)
+    return float(np.sqrt(np.mean(np.square(np.concatenate(diffs)))))
+
+
+def closest_toy(trajectories: pd.DataFrame) -> pd.DataFrame:
+    """For each LLM run, the toy capacity whose trajectory (same regime, seed, objective, β) is
+    closest (``trajectory_distance``), its distance, and the runner-up's.
+
+    Returns:
+        One row per LLM run: regime, objective, beta, lr, seed, size, closest, distance,
+        runner_up, runner_up_distance (ties go to the capacity listed first).
+    """
+    toys = trajectories[trajectories["side"] != "llm"]
+    toy_groups = {
+        k: g for k, g in toys.groupby(["regime", "seed", "objective", "beta"], sort=False)
+    }
+    rows = []
+    for key, run_rows in trajectories[trajectories["side"] == "llm"].groupby(CELL, sort=False):
+        cell = dict(zip(CELL, key, strict=True))
+        group = toy_groups.get((cell["regime"], cell["seed"], cell["objective"], cell["beta"]))
+        if group is None:
+            continue
+        dist = [
+            (trajectory_distance(run_rows, g), side)
+            for side, g in group.groupby("side", sort=False)
+        ]
+        ranked = sorted(dist, key=lambda d: d[0])  # stable: ties keep the capacity order
+        best = ranked[0]
+        second = ranked[1] if len(ranked) > 1 else (math.nan, "")
+        rows.append(
+            {
+                **cell,
+                "closest": best[1],
+                "distance": best[0],
+                "runner_up": second[1],
+                "runner_up_distance": second[0],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def closest_by_size(closest: pd.DataFrame, capacities: Sequence[str]) -> pd.DataFrame:
+    """Per size and regime, per toy capacity: how many LLM runs it is closest to (share of the
+    size's runs) and the mean distance over those runs (NaN where it is closest to none)."""
+    rows = []
+    for (size, regime), g in closest.groupby(["size", "regime"], sort=False):
+        for cap in capacities:
+            mine = g[g["closest"] == cap]
+            rows.append(
+                {
+                    "size": size,
+                    "regime": regime,
+                    "toy": cap,
+                    "runs": len(mine),
+                    "share": len(mine) / len(g),
+                    "mean_distance": mine["distance"].mean() if len(mine) else math.nan,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ main
+def _since(t0: float) -> float:
+    return round(time.perf_counter() - t0, 2)
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def output_folder(cfg: Config) -> Path:
+    """The run folder of the resolved config."""
+    return run_folder(cfg.out, resolve(cfg), prefix="grid", ignore=NOT_IN_HASH)
+
+
+def run_grid(
+    cfg: Config, folder: Path, device: str, start: float, timings: list[dict]
+) -> tuple[pd.DataFrame, int]:
+    """Every unfinished part (toy per regime, then the LLM runs in plan order); returns the
+    merged trajectories of the finished parts and the number of LLM runs left undone. Appends
+    to ``timings`` the wall seconds of each stage computed by this call."""
+    tree = Tree.complete(cfg.branching, cfg.depth)
+    parts = folder / "parts"
+    if parts.exists():
+        remove_temporaries(parts)  # left by a killed write; never a part
+    problems = {regime: regime_problem(cfg, tree, regime) for regime in cfg.regimes}
+    frames = []
+    for regime in cfg.regimes:
+        path = parts / f"toy-{regime}.pkl"
+        if not path.exists():
+            t0 = time.perf_counter()
+            _write_part(path, run_toy(cfg, problems[regime], regime))
+            timings.append({"stage": f"toy {regime}", "size": "", "seconds": _since(t0)})
+        frames.append(_read_part(path))
+    runs = plan(cfg)
+    remaining: dict[tuple, int] = {}
+    for item in runs:
+        if not (parts / f"llm-{item.name}.pkl").exists():
+            remaining[item.sft_key] = remaining.get(item.sft_key, 0) + 1
+    sft_done: dict[tuple, tuple[Path, float]] = {}
+    skipped = 0
+    bar = tqdm(runs, desc="LLM runs", unit="run", disable=not cfg.progress)
+    for item in bar:
+        path = parts / f"llm-{item.name}.pkl"
+        run_dir = folder / "llm" / item.name
+        if not path.exists():
+            if cfg.budget_s and time.perf_counter() - start > cfg.budget_s:
+                skipped += 1
+                continue
+            bar.set_postfix_str(item.name)
+            problem, r = problems[item.regime], cfg.seeds.index(item.seed)
+            # a small model on a CPU runs on one intra-op thread: two that wait on each other
+            # on a busy machine made a 14m run ~5x slower (measured)
+            n = thread_count(_largest_op(item.size)) if device == "cpu" else None
+            with threads(n or torch.get_num_threads()):
+                if item.sft_key not in sft_done:
+                    t0 = time.perf_counter()
+                    sft = sft_llm(
+                        problem, _sft_dir(folder, item.sft_key), model=item.size,
+                        seed=item.seed, samples=cfg.sft_samples, epochs=cfg.sft_epochs,
+                        lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, device=device,
+                        progress=False, run=r,
+                    )  # fmt: skip
+                    sft_done[item.sft_key] = (sft, _sft_report(problem, r, sft, device))
+                    stage = f"sft {item.regime} seed {item.seed}"
+                    timings.append({"stage": stage, "size": item.size, "seconds": _since(t0)})
+                sft, kl = sft_done[item.sft_key]
+                t0 = time.perf_counter()
+                _write_part(path, run_llm(cfg, problem, r, item, sft, folder, device, kl))
+                timings.append({"stage": item.name, "size": item.size, "seconds": _since(t0)})
+            remaining[item.sft_key] -= 1
+        if not cfg.keep_checkpoints:
+            _drop_checkpoints(run_dir)
+            if remaining.get(item.sft_key, 0) == 0:
+                _drop_checkpoints(_sft_dir(folder, item.sft_key))
+        frames.append(_read_part(path))
+    bar.close()
+    return pd.concat(frames, ignore_index=True), skipped
+
+
+def main(cfg: Config) -> Path:
+    """Run (or resume) the grid; write the tables and the figure; print the summary."""
+    start = time.perf_counter()
+    cfg = resolve(cfg)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    device = _device(cfg.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+    folder = output_folder(cfg)
+    with run_lock(folder):
+        if cfg.force:
+            for sub in ("parts", "llm"):
+                shutil.rmtree(folder / sub, ignore_errors=True)
+        write_config(folder, cfg)
+        timings: list[dict] = []
+        trajectories, skipped = run_grid(cfg, folder, device, start, timings)
+        write_table(folder / "trajectories.csv", trajectories)
+        cells = cells_table(summarise(trajectories, cfg.margin))
+        agree = agreement(cells)
+        closest = closest_toy(trajectories)
+        capacities = capacity_names(cfg.toy_ks, cfg.toy_widths)
+        by_size = closest_by_size(closest, capacities)
+        write_table(folder / "cells.csv", cells)
+        write_table(folder / "agreement.csv", agree)
+        write_table(folder / "closest_toy.csv", closest)
+        write_table(folder / "closest_toy_by_size.csv", by_size)
+        plot_agreement(agree, by_size, folder / "agreement.png")
+        # wall seconds of what this invocation computed (not part of the results: a resumed
+        # run times only what it redid)
+        timing = pd.DataFrame(timings, columns=["stage", "size", "seconds"])
+        atomic_write(folder / "timings.csv", lambda p: timing.to_csv(p, index=False))
+    _report_timings(timing)
+    _report(cfg, agree, by_size, closest, skipped, folder, time.perf_counter() - start)
+    return folder
+
+
+def _report_timings(timing: pd.DataFrame) -> None:
+    if timing.empty:
+        print("timings: nothing computed (every part was finished)")
+        return
+    first = timing["stage"].str.split(" ").str[0]
+    kind = first.where(first.isin(["toy", "sft"]), "daa+eval")
+    summary = (
+        timing.assign(kind=kind)
+        .groupby(["kind", "size"], sort=False)["seconds"]
+        .agg(["count", "mean", "sum"])
+        .reset_index()
+    )
+    print("timings (wall seconds computed by this run):")
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+
+
+def _report(
+    cfg: Config,
+    agree: pd.DataFrame,
+    by_size: pd.DataFrame,
+    closest: pd.DataFrame,
+    skipped: int,
+    folder: Path,
+    seconds: float,
+) -> None:
+    overall = agree[
+        (agree["objective"] == "all") & (agree["size"] == "all") & (agree["lr"] == "all")
+    ]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print("agreement with the LLM over all cells (95% Wilson interval):")
+        print(
+            overall[
+                [
+                    "toy",
+                    "regime",
+                    "cells",
+                    "agree",
+                    "rate",
+                    "ci_low",
+                    "ci_high",
+                    "toy_degrades",
+                    "llm_degrades",
+                ]
+            ].to_string(index=False, float_format=lambda x: f"{x:.2f}")
+        )
+        print("closest toy per size (share of the size's LLM runs):")
+        best = by_size.sort_values("share", ascending=False, kind="stable")
+        best = best.groupby(["size", "regime"], sort=False).head(2)
+        print(best.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    if skipped:
+        print(
+            f"budget of {cfg.budget_s:g} s reached: {skipped} LLM runs not started; "
+            "rerun the same command to continue"
+        )
+    print(
+        f"grid: {len(closest)} LLM runs in {seconds:.1f} s; results in {folder}/ "
+        "(cells.csv, agreement.csv, closest_toy.csv, agreement.png)",
+        file=sys.stdout,
+    )
+
+
+if __name__ == "__main__":
+    run(Config, main, description=__doc__)

@@ -1,0 +1,254 @@
+"""The confirm grid (``experiments/confirm_grid.py``, ``llm_confirm.py --grid``): the agreement
+summary from a hand-made table, the closest-toy choice on constructed trajectories, the
+degradation rule, resume after SIGKILL, the CLI dispatch and the GPU script's dry run."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.scripts import ROOT, load_script
+
+grid = load_script("experiments/confirm_grid.py")
+
+
+def _cells(rows: list[tuple]) -> pd.DataFrame:
+    """Cells from (objective, size, lr, seed, toy, toy_degrades, llm_degrades) tuples."""
+    out = []
+    for objective, size, lr, seed, toy, t, m in rows:
+        cell = {
+            "regime": "1pref",
+            "objective": objective,
+            "beta": 0.1,
+            "lr": lr,
+            "seed": seed,
+            "size": size,
+        }
+        out.append({**cell, "side": "llm", "degrades": m, "llm_degrades": m, "agrees": np.nan})
+        out.append({**cell, "side": toy, "degrades": t, "llm_degrades": m, "agrees": t == m})
+    return pd.DataFrame(out)
+
+
+def test_agreement_summary_from_a_hand_made_table():
+    rows = [
+        # dpo on tiny, lr 1e-3: the toy agrees on 3 of 4 seeds
+        ("dpo", "tiny", 1e-3, 0, "loglinear-k8", True, True),
+        ("dpo", "tiny", 1e-3, 1, "loglinear-k8", True, False),
+        ("dpo", "tiny", 1e-3, 2, "loglinear-k8", False, False),
+        ("dpo", "tiny", 1e-3, 3, "loglinear-k8", True, True),
+        # ipo on 14m, lr 3e-3: 0 of 2
+        ("ipo", "14m", 3e-3, 0, "loglinear-k8", True, False),
+        ("ipo", "14m", 3e-3, 1, "loglinear-k8", False, True),
+    ]
+    table = grid.agreement(_cells(rows))
+    fine = table[
+        (table["objective"] == "dpo") & (table["size"] == "tiny") & (table["lr"] != "all")
+    ].iloc[0]
+    assert (fine["cells"], fine["agree"], fine["rate"]) == (4, 3, 0.75)
+    assert (fine["toy_degrades"], fine["llm_degrades"]) == (3, 2)
+    # Wilson 95%, k = 3, n = 4, z² = 3.841459, denominator 1 + z²/4 = 1.960365:
+    # centre (0.75 + z²/8) / 1.960365 = 1.230182 / 1.960365 = 0.627527; half-width
+    # z·sqrt(0.75·0.25/4 + z²/64) / 1.960365 = 1.959964 · 0.326953 / 1.960365 = 0.326884
+    assert fine["ci_low"] == pytest.approx(0.627527 - 0.326884, abs=2e-6)
+    assert fine["ci_high"] == pytest.approx(0.627527 + 0.326884, abs=2e-6)
+    ipo = table[(table["objective"] == "ipo") & (table["size"] == "all")].iloc[0]
+    assert (ipo["cells"], ipo["agree"], ipo["ci_low"]) == (2, 0, 0.0)
+    # 0 of 2: the upper end is z²/(n + z²) = 3.8415 / 5.8415
+    assert ipo["ci_high"] == pytest.approx(3.841459 / 5.841459, abs=1e-6)
+    overall = table[
+        (table["objective"] == "all") & (table["size"] == "all") & (table["lr"] == "all")
+    ].iloc[0]
+    assert (overall["cells"], overall["agree"]) == (6, 3)
+    by_lr = table[(table["lr"] != "all") & (table["objective"] == "all")]
+    assert sorted(by_lr["cells"]) == [2, 4]
+    assert set(table.columns) >= {
+        "objective",
+        "size",
+        "lr",
+        "beta",
+        "cells",
+        "agree",
+        "rate",
+        "ci_low",
+        "ci_high",
+    }
+
+
+def test_wilson_interval_edge_values():
+    assert grid.wilson(0, 1) == pytest.approx((0.0, 3.841459 / 4.841459), abs=1e-6)
+    assert all(math.isnan(x) for x in grid.wilson(0, 0))
+    lo, hi = grid.wilson(50, 100)
+    assert lo == pytest.approx(1 - hi) and lo == pytest.approx(0.4038, abs=1e-4)
+
+
+def _trajectory(side: str, ood, in_dist, kl, *, llm=False) -> pd.DataFrame:
+    n = len(ood)
+    return pd.DataFrame(
+        {
+            "regime": "1pref",
+            "objective": "dpo",
+            "beta": 0.1,
+            "lr": 1e-3 if llm else np.nan,
+            "seed": 0,
+            "size": "tiny" if llm else "",
+            "side": side,
+            "fraction": np.linspace(0, 1, n),
+            "mass_ood": ood,
+            "mass_in_dist": in_dist,
+            "kl_reverse": kl,
+            "win_rate": 0.5,
+            "p_chosen": 0.5,
+        }
+    )
+
+
+def test_closest_toy_on_constructed_trajectories():
+    x = np.linspace(0, 1, 11)
+    toys = [
+        _trajectory("tabular", 0.1 * (1 - x), 0.9 + 0.1 * x, x),  # OOD mass falls
+        _trajectory("loglinear-k8", 0.1 + 0.8 * x, 0.9 - 0.8 * x, 5 * x),  # degrades
+        _trajectory("mlp-w4", 0.1 + 0.3 * x, 0.9 - 0.3 * x, 2 * x),
+    ]
+    # the LLM: the log-linear toy's path at 5 checkpoints, OOD mass 0.1 higher throughout
+    at = np.linspace(0, 1, 5)
+    llm = _trajectory("llm", 0.2 + 0.8 * at, 0.9 - 0.8 * at, 5 * at, llm=True)
+    table = grid.closest_toy(pd.concat([*toys, llm], ignore_index=True))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["closest"] == "loglinear-k8" and row["runner_up"] == "mlp-w4"
+    # one of three quantities off by 0.1 at every checkpoint: RMS = sqrt(0.01 / 3)
+    assert row["distance"] == pytest.approx(math.sqrt(0.01 / 3), rel=1e-12)
+    # the toy's values are interpolated at the LLM's fractions: a toy logged only at the ends
+    # of the same straight lines is as far
+    coarse = _trajectory("loglinear-k8", [0.1, 0.9], [0.9, 0.1], [0.0, 5.0])
+    assert grid.trajectory_distance(llm, coarse) == pytest.approx(math.sqrt(0.01 / 3))
+    # KL enters as 1 − exp(−KL): the LLM against itself with KL + 1 everywhere
+    shifted = llm.assign(kl_reverse=llm["kl_reverse"] + 1.0)
+    gap = np.exp(-llm["kl_reverse"].to_numpy()) * (1 - np.exp(-1.0))
+    expected = math.sqrt(np.mean(np.concatenate([np.zeros(10), gap**2])))
+    assert grid.trajectory_distance(llm, shifted) == pytest.approx(expected, rel=1e-12)
+    summary = grid.closest_by_size(table, ["tabular", "loglinear-k8", "mlp-w4"])
+    assert list(summary["runs"]) == [0, 1, 0] and list(summary["share"]) == [0.0, 1.0, 0.0]
+
+
+def test_degradation_rule_and_cells_table():
+    x = np.linspace(0, 1, 6)
+    frames = [
+        _trajectory("loglinear-k8", 0.1 + 0.5 * x, 0.9 - 0.5 * x, x),  # +0.5 OOD: degrades
+        _trajectory("tabular", 0.1 + 0.05 * x, 0.9 - 0.05 * x, x),  # +0.05 < margin 0.1
+        _trajectory("llm", 0.1 + 0.2 * x, 0.9 - 0.2 * x, x, llm=True),  # degrades
+    ]
+    summary = grid.summarise(pd.concat(frames, ignore_index=True), 0.1)
+    by = summary.set_index("side")["degrades"]
+    assert bool(by["loglinear-k8"]) and not bool(by["tabular"]) and bool(by["llm"])
+    cells = grid.cells_table(summary)
+    assert list(cells["side"]) == ["llm", "loglinear-k8", "tabular"]
+    assert list(cells["lr"]) == [1e-3] * 3 and list(cells["size"]) == ["tiny"] * 3
+    assert list(cells["agrees"].iloc[1:]) == [True, False]
+
+
+TINY = [
+    *("--sizes", "tiny", "--objectives", "dpo", "--lrs", "1e-3", "--seeds", "0"),
+    *("--regimes", "1pref", "bt", "--toy-ks", "2", "--toy-widths", "4", "--toy-steps", "40"),
+    *("--toy-sft-steps", "20", "--bt-support", "2", "--bt-pairs", "8", "--bt-batch", "4"),
+    *("--sft-samples", "32", "--sft-epochs", "1", "--steps", "4", "--checkpoints", "2"),
+    *("--eval-samples", "2", "--depth", "2", "--no-progress"),
+]
+TABLES = (
+    "trajectories.csv",
+    "cells.csv",
+    "agreement.csv",
+    "closest_toy.csv",
+    "closest_toy_by_size.csv",
+)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_tables(tmp_path):
+    """Kill the grid (SIGKILL, whole process group) once its first LLM part is saved and the
+    next run is under way, rerun it: every table equals an uninterrupted run's."""
+    from treemdp.cli import parse_config
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    killed = tmp_path / "killed"
+    argv = [
+        sys.executable,
+        str(ROOT / "experiments/llm_confirm.py"),
+        "--grid",
+        *TINY,
+        "--out",
+        str(killed),
+    ]
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(killed.glob("*/parts/llm-*.pkl")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # into the next run (its SFT or training)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    (folder,) = killed.iterdir()
+    assert not (folder / "cells.csv").exists()
+    done_before = sorted(p.name for p in (folder / "parts").glob("llm-*.pkl"))
+    assert len(done_before) == 1  # of 2 LLM runs (1pref, then bt)
+    resumed = grid.main(parse_config(grid.Config, [*TINY, "--out", str(killed)]))
+    fresh = grid.main(parse_config(grid.Config, [*TINY, "--out", str(tmp_path / "fresh")]))
+    assert resumed.name == fresh.name
+    for name in TABLES:
+        assert (resumed / name).read_bytes() == (fresh / name).read_bytes(), name
+    cells = pd.read_csv(fresh / "cells.csv")
+    assert set(cells["regime"]) == {"1pref", "bt"} and set(cells["lr"]) == {1e-3}
+    assert set(cells["side"]) == {"llm", "tabular", "loglinear-k2", "mlp-w4"}
+    assert len(cells) == 2 * 4  # regimes × sides
+    bt = pd.read_csv(fresh / "trajectories.csv").query("regime == 'bt' and side == 'llm'")
+    assert sorted(bt["step"].unique()) == [0, 1, 2]  # 8 pairs / 4 per step: one epoch
+    assert not list(fresh.glob("llm/*/step-*"))  # checkpoints dropped once summarised
+
+
+def test_grid_flag_dispatch_and_help(capsys):
+    confirm = load_script("experiments/llm_confirm.py")
+    with pytest.raises(SystemExit) as e:
+        confirm.cli(["--grid", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--toy-ks" in text and "--regimes" in text and "--quick" in text
+    with pytest.raises(SystemExit) as e:
+        confirm.cli(["--grid", "--sizes", "huge", "--out", "/nonexistent/x"])
+    assert e.value.code == 2
+    assert "--sizes must be Pythia shapes" in capsys.readouterr().err
+
+
+def test_gpu_confirm_script_cpu_dry_run(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts/gpu_confirm.sh"), "--cpu-dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    (folder,) = (out / "grid").iterdir()
+    for name in ("agreement.csv", "closest_toy.csv", "cells.csv", "agreement.png"):
+        assert (folder / name).is_file(), name
+    assert "timings" in done.stdout and (out / "timings.txt").is_file()
