@@ -172,11 +172,14 @@ def parse_pairs(text: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _device(cfg: Config) -> torch.device:
-    if cfg.device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    """The training device; a CUDA device without an index is this process's LOCAL_RANK GPU
+    (NCCL and ``torch.cuda.set_device`` need the index)."""
+    if cfg.device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device(cfg.device)
+    device = torch.device("cuda" if cfg.device == "auto" else cfg.device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 def load_data(cfg: Config) -> tuple[list, Any, list[str]]:

@@ -66,8 +66,9 @@ def init_distributed(device: torch.device) -> None:
     if dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if device.type == "cuda":  # "cuda" without an index: this process's LOCAL_RANK GPU
+        index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(index)
     if "MASTER_ADDR" in os.environ:
         dist.init_process_group(backend)
         return

@@ -115,3 +115,14 @@ def test_response_logps_and_gradients_under_fsdp_hooks(group_of_one, tiny_model,
     assert float(norm_sharded) == pytest.approx(float(norm_plain), rel=3e-2 if mixed else 1e-5)
     head = sharded.get_output_embeddings().weight
     assert head.grad is not None and head.grad.dtype == torch.float32  # fp32 master gradients
+
+
+def test_a_cuda_device_without_an_index_is_the_local_rank_gpu(monkeypatch):
+    # `--device cuda` under torchrun: NCCL and torch.cuda.set_device need cuda:LOCAL_RANK (the
+    # first GPU run of the FSDP smoke test failed on a bare "cuda")
+    from experiments.llm_train import Config, _device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert _device(Config(device="cuda")) == torch.device("cuda", 3)
+    assert _device(Config(device="cuda:1")) == torch.device("cuda", 1)
+    assert _device(Config(device="cpu")) == torch.device("cpu")
