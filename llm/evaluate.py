@@ -441,9 +441,10 @@ def sampled_vs_exact(
     ``sampled_exact_flag`` (the estimates beyond ``SAMPLED_EXACT_MAX_Z``, comma-separated; ""
     when none). The share-valued estimates (OOD fraction, win rate) use the larger of their
     sample SE and the binomial SE √(p(1−p)/n) at the exact value p, so n samples that all agree
-    (sample SE 0) are judged by how likely that is; a KL estimate with SE 0 counts as off when it
-    differs from the exact value by more than 1e-6. The win rate is compared only for the gold
-    judge against reference samples.
+    (sample SE 0) are judged by how likely that is; likewise the KL estimates use at least the
+    exact SE (``exact_kl_*_sd`` / √n) where the row has it, and an estimate whose SE is still 0
+    counts as off when it differs from the exact value by more than 1e-6. The win rate is
+    compared only for the gold judge against reference samples.
     """
     tree = task.tree.tree
     roots = torch.tensor([p[-1] - 1 for p in task.prompts])
@@ -459,6 +460,8 @@ def sampled_vs_exact(
         if sampled in SHARES:
             p = min(max(row[exact], 0.0), 1.0)
             se = max(se, math.sqrt(p * (1 - p) / row["n_samples"]))
+        elif f"{exact}_sd" in row:  # the estimator's exact spread
+            se = max(se, row[f"{exact}_sd"] / math.sqrt(row["n_samples"]))
         z = gap / se if se > 0 else (0.0 if gap <= 1e-6 else math.inf)
         if not math.isfinite(gap):
             z = math.inf
@@ -466,6 +469,12 @@ def sampled_vs_exact(
         if z > SAMPLED_EXACT_MAX_Z:
             flagged.append(sampled)
     return {"sampled_exact_z": worst, "sampled_exact_flag": ",".join(flagged)}
+
+
+def _weighted_sd(x: Tensor, w: Tensor) -> float:
+    """Standard deviation of x under the probability weights w (summing to 1). Shapes (L,)."""
+    mean = (w * x).sum()
+    return float(torch.sqrt((w * (x - mean) ** 2).sum().clamp(min=0)))
 
 
 def _exact(
@@ -487,6 +496,11 @@ def _exact(
     h = (lc - rc) - (lr - rr)
     exact = metrics(ctx, logp[None], ref_logp[None], h[None], loss[None])
     out = {f"exact_{k}": float(v[0]) for k, v in exact.items()}
+    # The exact per-sample spread of the two KL estimators (prompts drawn uniformly), which the
+    # sampled-vs-exact check uses when the samples' own SE is 0 (all samples one response).
+    n_prompts = tt.tree.n_prompts
+    out["exact_kl_reverse_sd"] = _weighted_sd(logp - ref_logp, torch.exp(logp) / n_prompts)
+    out["exact_kl_forward_sd"] = _weighted_sd(ref_logp - logp, torch.exp(ref_logp) / n_prompts)
     # The unrestricted model: mass that leaves the tree, and in-distribution mass without the
     # decoding constraint (its OOD mass is 1 minus it: off-tree sequences mention no pair).
     full = torch.exp(tree_full_logprobs(policy, tt.tree))

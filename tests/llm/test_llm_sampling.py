@@ -84,6 +84,8 @@ def test_sampled_kl_and_win_rate_lie_within_4_se_of_exact():
     ]:
         assert abs(row[sampled] - row[exact]) <= 4 * row[f"{sampled}_se"], sampled
     assert row["sampled_exact_flag"] == "" and row["sampled_exact_z"] <= 4
+    # the exact spread of the estimator: its SE at 256 samples is what the samples say, roughly
+    assert row["exact_kl_reverse_sd"] / 16 == pytest.approx(row["kl_reverse_se"], rel=0.3)
     assert row["length_mean"] == 3 and math.isnan(row["logratio_length_r2"])  # one length
     # the reference against itself: no KL, accuracy 0 and loss log 2 on the pairs
     same = evaluate_model(reference, reference, ref, task, settings, None, step=0)
@@ -120,6 +122,14 @@ def test_sampled_vs_exact_flags_estimates_beyond_5_se():
     for n, exact, flag in [(16, 0.03, ""), (16, 0.5, ""), (400, 0.5, "ood_fraction")]:
         row.update(n_samples=n, exact_mass_ood=exact)
         assert sampled_vs_exact(row, task, with_win_rate=False)["sampled_exact_flag"] == flag
+    # a policy with nearly all mass on one response: 64 samples of it (SE 0) estimate its log
+    # ratio, 1e-3 from the exact KL; the exact SD (0.05) says that is 0.16 SE, not a miss
+    row.update(n_samples=64, exact_mass_ood=0.0, kl_forward=0.5, exact_kl_forward=0.5)
+    row.update(kl_reverse=3.0, kl_reverse_se=0.0, exact_kl_reverse=3.001)
+    assert sampled_vs_exact(row, task, with_win_rate=False)["sampled_exact_flag"] == "kl_reverse"
+    row["exact_kl_reverse_sd"] = 0.05
+    out = sampled_vs_exact(row, task, with_win_rate=False)
+    assert out["sampled_exact_flag"] == "" and out["sampled_exact_z"] == pytest.approx(0.16)
     # prompts that weight the roots unequally estimate another average: not compared
     skewed = EvalTask([(1,), (1,), (2,)], [], None, None, 0, "dpo", 0.1, tree=task.tree)
     out = sampled_vs_exact(row, skewed, with_win_rate=True)
