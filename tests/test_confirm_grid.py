@@ -195,7 +195,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_tables(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600  # a busy machine: imports alone can take a minute
         while not list(killed.glob("*/parts/llm-*.pkl")):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline
@@ -206,9 +206,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_tables(tmp_path):
         proc.wait()
         proc.stderr.close()
     (folder,) = killed.iterdir()
-    assert not (folder / "cells.csv").exists()
+    assert not (folder / "cells.csv").exists(), "the grid finished before the kill"
     done_before = sorted(p.name for p in (folder / "parts").glob("llm-*.pkl"))
-    assert len(done_before) == 1  # of 2 LLM runs (1pref, then bt)
+    assert 1 <= len(done_before) <= 2, done_before  # of 2 LLM runs (1pref, then bt)
     resumed = grid.main(parse_config(grid.Config, [*TINY, "--out", str(killed)]))
     fresh = grid.main(parse_config(grid.Config, [*TINY, "--out", str(tmp_path / "fresh")]))
     assert resumed.name == fresh.name
