@@ -31,7 +31,7 @@ from llm.judges import TLDR_TEMPLATE, ApiJudge, GoldJudge, Judge, RewardModelJud
 from llm.model import PYTHIA_SHAPES, parse_dtype
 from llm.tree_language import tree_examples, tree_tokenizer
 from treemdp import objectives
-from treemdp.cli import SEED_MAX, arg, run
+from treemdp.cli import SEED_MAX, arg, check_device, run
 from treemdp.data import normal_rewards
 from treemdp.results import read_config, run_lock
 from treemdp.tree import Tree
@@ -192,6 +192,8 @@ def main(cfg: Config) -> Path:
     run_dir = Path(cfg.run)
     if not run_dir.is_dir():
         raise ValueError(f"--run {run_dir} is not a folder")
+    if cfg.device != "auto":
+        check_device(cfg.device)  # before the lock: a typo writes nothing
     with run_lock(run_dir):  # refuses while llm_train or another evaluation writes this run
         return _evaluate(cfg, run_dir)
 
@@ -201,6 +203,8 @@ def _evaluate(cfg: Config, run_dir: Path) -> Path:
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = str(check_device(device))
     settings = EvalSettings(
         samples=cfg.samples,
         max_new_tokens=cfg.max_new_tokens,

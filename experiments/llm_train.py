@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from llm.checkpoint import write_atomic
 from llm.data import (
+    BadRowError,
     TruncationConfig,
     load_tokenizer,
     read_jsonl,
@@ -263,7 +264,11 @@ def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
     if cfg.limit:
         rows = rows[: cfg.limit]
     trunc = TruncationConfig(cfg.max_length, cfg.max_prompt_length, cfg.truncation_mode)
-    examples, skipped = tokenize_rows(rows, tokenizer, trunc, on_bad_row=cfg.on_bad_row)
+    try:
+        examples, skipped = tokenize_rows(rows, tokenizer, trunc, on_bad_row=cfg.on_bad_row)
+    except BadRowError as e:  # name the file the row is in
+        where = cfg.data if cfg.source == "jsonl" else f"{cfg.tldr_dataset} ({cfg.split})"
+        raise ValueError(f"{where}: {e} (--on-bad-row skip drops bad rows)") from None
     return examples, tokenizer, skipped
 
 
