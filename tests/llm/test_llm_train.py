@@ -247,6 +247,7 @@ def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path, tiny_model, t
     # A pointer to a folder without trainer state (impossible with os.replace) is not trusted,
     # nor silently replaced by a fresh start: the message names the checkpoint to point at.
     write_atomic(tmp_path / "latest.json", json.dumps({"checkpoint": ".step-0000003.tmp-99"}))
-    with pytest.raises(ValueError, match=r'names .step-0000003.tmp-99, which is missing .*"step-0000002"'):
+    dangling = r'names .step-0000003.tmp-99, which is missing .*"step-0000002"'
+    with pytest.raises(ValueError, match=dangling):
         latest_checkpoint(tmp_path)
     assert not list(tmp_path.glob(".latest.json.tmp-*"))
