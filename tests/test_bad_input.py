@@ -117,7 +117,7 @@ def test_truncated_and_altered_tables_are_named_with_what_to_do(tmp_path):
     path = write_table(tmp_path / "metrics.csv", pd.DataFrame({"a": [1.5, 2.5], "b": [1, 2]}))
     good = path.read_bytes()
     path.write_bytes(good[:-4])
-    with pytest.raises(ValueError, match=rf"{path} is corrupt \(.* truncated\); delete the run"):
+    with pytest.raises(ValueError, match=rf"{path} is corrupt \(.* truncated\); delete {path} and"):
         read_table(path)
     path.write_bytes(good.replace(b"1.5", b"1.6"))
     with pytest.raises(ValueError, match=rf"{path} is corrupt \(.*altered\)"):
@@ -147,7 +147,9 @@ def test_corrupt_config_and_manifest_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"config.json is corrupt .*altered"):
         read_config(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
-    with pytest.raises(ValueError, match=r"manifest.json is corrupt .*delete the run folder"):
+    with pytest.raises(
+        ValueError, match=r"manifest.json is corrupt .*rerun the experiment with --force"
+    ):
         read_config(tmp_path)
 
 
