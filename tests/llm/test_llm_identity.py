@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from llm.checkpoint import checkpoint_digest
-from llm.eval_run import DIGEST, evaluate_run
+from llm.eval_run import evaluate_run
 from llm.model import load_model
 from tests.llm.helpers_llm import load_cli
 from tests.scripts import load_script
@@ -164,6 +163,9 @@ def test_divergence_stops_with_exit_3_and_saves_nothing_non_finite(lt, tmp_path,
 
 def test_eval_rows_are_tied_to_the_weights_they_measured(trained, tmp_path):
     # Issue 18.2: eval rows were reused by step number, so a retrained folder kept old KL rows.
+    from llm.checkpoint import checkpoint_digest
+    from llm.eval_run import DIGEST
+
     le = load_script("experiments/llm_eval.py")
     _, folder = trained
     run_dir = tmp_path / "run"
