@@ -320,7 +320,7 @@ def _diverged(what: str, value: float, step: int, out_dir: Path, final: Path | N
     raise RunDivergedError(
         f"training diverged: {what} is not finite ({value}) at step {step}; nothing of that step "
         f"was saved ({out_dir / LOG} holds the steps before it, {kept}); lower the learning rate "
-        "(with fp16/bf16 policy weights, or try fp32) and rerun into a fresh run folder"
+        "(or train fp16/bf16 weights in fp32) and rerun into a fresh run folder"
     )
 
 
