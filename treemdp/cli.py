@@ -4,7 +4,9 @@ Each field becomes a flag (``sft_steps`` → ``--sft-steps``) with its default, 
 where given, its allowed choices or lower bound, all taken from the field's metadata (``arg``).
 Tuple fields take one or more values. User mistakes exit with status 2 and one line on stderr
 (``prog: error: ...``), never a traceback and never a usage dump: argparse's own errors, range
-checks here, and any ValueError that ``main`` raises. A run whose training produced a NaN or an
+checks here (integers also within int64), any ValueError that ``main`` raises, and an OSError a
+user fixes by choosing another path (permission denied, read-only, a file where a folder must be:
+``os_error_line``; other OS errors keep their traceback). A run whose training produced a NaN or an
 infinity raises ``RunDivergedError`` and exits with status 3 and one line (what it saved, where).
 """
 
