@@ -232,8 +232,13 @@ def check_run_folder(out_dir: Path, identity: dict[str, Any]) -> None:
     if old.get("data_fingerprint") is None:
         differ.append("data_fingerprint")  # written before fingerprints: cannot be matched
     if differ:
-        shown = ", ".join(
+        data = (
             "data (another file, rows or tokenizer)"
+            if old.get("data_fingerprint") is not None
+            else "data (no fingerprint in its data.json: written by an older version)"
+        )
+        shown = ", ".join(
+            data
             if k == "data_fingerprint"
             else f"--{k.replace('_', '-')} {old.get(k)!r} there, {identity.get(k)!r} now"
             for k in dict.fromkeys(differ)
