@@ -210,13 +210,16 @@ def check_run_folder(out_dir: Path, identity: dict[str, Any]) -> None:
     """Refuse (ValueError, one line) a run folder written for another configuration or other
     data: a folder belongs to exactly one run, so its checkpoints, log and evaluation never mix."""
     path = out_dir / "config.json"
-    if not path.is_file():
-        if any(out_dir.glob("step-*")) or (out_dir / "latest.json").exists():
-            raise ValueError(
-                f"{out_dir} holds checkpoints but no config.json, so they cannot be matched to "
-                "this configuration; use another --run-name or --out (or delete the folder)"
-            )
+    trained = any(out_dir.glob("step-*")) or any(
+        (out_dir / name).exists() for name in ("latest.json", "log.csv", "eval.csv")
+    )
+    if not trained:  # nothing that could mix (e.g. a run killed before its first step)
         return
+    if not path.is_file():
+        raise ValueError(
+            f"{out_dir} holds a run but no config.json, so it cannot be matched to this "
+            "configuration; use another --run-name or --out (or delete the folder)"
+        )
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
         data = json.loads((out_dir / "data.json").read_text(encoding="utf-8"))
@@ -335,10 +338,11 @@ def _main(cfg: Config) -> Path:
         for msg in skipped[:10]:
             print(f"  skipped {msg}", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         report = {"pairs": len(examples), "skipped": len(skipped), "skipped_rows": skipped,
                   "fingerprint": identity["data_fingerprint"]}  # fmt: skip
+        # data.json first: a config.json never exists without the fingerprint it was run with
         write_atomic(out_dir / "data.json", json.dumps(report, indent=2) + "\n")
+        write_atomic(out_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     policy.to(device)
     pad_id = tokenizer.pad_token_id
     if cfg.stage == "sft":
