@@ -144,7 +144,7 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         policy=config.policy, features=config.features, memory_mb=config.memory_mb,
         what=f"--branching {config.branching} --depth {config.depth} with {n_runs} runs",
     )  # fmt: skip
-    tree = Tree.complete(config.branching, config.depth)
+    tree = Tree.complete(config.branching, config.depth, max_bytes=config.memory_mb * 2**20)
     problems = build_problem(
         tree,
         config.seed,

@@ -162,7 +162,7 @@ def run_experiment(config: Config) -> pd.DataFrame:
         raise ValueError(f"--explained must lie in [0, 1]; got {config.explained}")
     kinds = {c: parse_capacity(c) for c in config.capacities}
     check_sizes(config, kinds)
-    tree = Tree.with_stop(config.branching, config.max_length)
+    tree = Tree.with_stop(config.branching, config.max_length, max_bytes=config.memory_mb * 2**20)
     options = {k: getattr(config, k) for k in REWARDS[config.reward].options}
     steps_per_epoch = math.ceil(config.pairs / min(config.batch_size, config.pairs))
     steps = max(1, math.ceil(config.epochs * steps_per_epoch))
