@@ -39,7 +39,7 @@ import torch
 
 from llm.confirm import daa_llm, sft_llm
 from llm.evaluate import TreeTask
-from llm.model import load_model
+from llm.model import PYTHIA_SHAPES, load_model
 from llm.sampling import tree_logprobs
 from treemdp import plotting
 from treemdp.cli import arg, run
@@ -321,6 +321,16 @@ def main(cfg: Config) -> Path:
     device = _device(cfg.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+    if cfg.model not in PYTHIA_SHAPES:  # fail before the toy trains, in one line
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(cfg.model)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"--model {cfg.model!r} is not a Pythia shape ({', '.join(PYTHIA_SHAPES)}), a "
+                f"model folder, or a hub model in the local cache ({str(err).splitlines()[0]})"
+            ) from None
     folder = output_folder(cfg)
     with run_lock(folder):  # a second process on this folder refuses; a killed one resumes
         start = time.perf_counter()

@@ -31,7 +31,7 @@ from llm.judges import TLDR_TEMPLATE, ApiJudge, GoldJudge, Judge, RewardModelJud
 from llm.model import PYTHIA_SHAPES, parse_dtype
 from llm.tree_language import tree_examples, tree_tokenizer
 from treemdp import objectives
-from treemdp.cli import arg, run
+from treemdp.cli import SEED_MAX, arg, check_device, run
 from treemdp.data import normal_rewards
 from treemdp.results import read_config, run_lock
 from treemdp.tree import Tree
@@ -51,7 +51,7 @@ class Config:
     max_new_tokens: int = arg(64, "sample length limit (tree runs stop at a leaf)", minimum=1)
     temperature: float = arg(1.0, "sampling temperature", exclusive_minimum=0)
     batch_size: int = arg(64, "sequences per forward (generation and scoring)", minimum=1)
-    seed: int = arg(0, "sampling seed (and the API judge's A/B order)")
+    seed: int = arg(0, "sampling seed (and the API judge's A/B order)", minimum=0, maximum=SEED_MAX)
     baseline: str = arg(
         "reference",
         "win-rate opponent: a reference sample, or the held-out pair's chosen response",
@@ -76,7 +76,12 @@ class Config:
     api_cache: str = arg("", "answer cache (JSONL); empty: <run>/judge_cache.jsonl")
     eval_data: str = arg("", "held-out pairs as JSONL (prompt/chosen/rejected) for text runs")
     tldr_split: str = arg("validation", "held-out split for --source tldr runs")
-    tree_reward_seed: int = arg(0, "gold rewards N(0,1) for tree runs without tree_problem.json")
+    tree_reward_seed: int = arg(
+        0,
+        "gold rewards N(0,1) for tree runs without tree_problem.json",
+        minimum=0,
+        maximum=SEED_MAX,
+    )
     device: str = arg("auto", "cpu, cuda, or auto")
     dtype: str = arg("fp32", "model dtype: fp32, bf16 or fp16", choices=("fp32", "bf16", "fp16"))
     force: bool = arg(False, "start over even if eval.csv has other settings")
@@ -187,6 +192,8 @@ def main(cfg: Config) -> Path:
     run_dir = Path(cfg.run)
     if not run_dir.is_dir():
         raise ValueError(f"--run {run_dir} is not a folder")
+    if cfg.device != "auto":
+        check_device(cfg.device)  # before the lock: a typo writes nothing
     with run_lock(run_dir):  # refuses while llm_train or another evaluation writes this run
         return _evaluate(cfg, run_dir)
 
@@ -196,6 +203,8 @@ def _evaluate(cfg: Config, run_dir: Path) -> Path:
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = str(check_device(device))
     settings = EvalSettings(
         samples=cfg.samples,
         max_new_tokens=cfg.max_new_tokens,

@@ -15,6 +15,7 @@ defaults (RMSProp, lr 5e-7, 150 warm-up steps, batch 128, clip 10, one epoch, fp
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ import torch.distributed as dist
 
 from llm.checkpoint import write_atomic
 from llm.data import (
+    BadRowError,
     TruncationConfig,
     load_tokenizer,
     read_jsonl,
@@ -44,7 +46,7 @@ from llm.train import (
 )
 from llm.tree_language import tree_examples, tree_tokenizer
 from treemdp import objectives
-from treemdp.cli import arg, run
+from treemdp.cli import SEED_MAX, arg, check_device, run
 from treemdp.results import run_lock
 from treemdp.tree import Tree
 
@@ -89,7 +91,12 @@ class Config:
     device: str = arg(
         "auto", "cpu, cuda, or auto (cuda when available; cuda:LOCAL_RANK under torchrun)"
     )
-    seed: int = arg(0, "model initialisation (named shapes), data order and sampling")
+    seed: int = arg(
+        0,
+        "model initialisation (named shapes), data order and sampling",
+        minimum=0,
+        maximum=SEED_MAX,
+    )
     source: str = arg(
         "tree",
         "preference data: tree (treemdp problem), jsonl (local file), tldr (hub)",
@@ -148,11 +155,25 @@ class Config:
     progress: bool = arg(True, "show progress bars")
 
 
+NOT_IN_IDENTITY = ("out", "run_name", "resume", "progress", "device", "log_every")
+"""Fields that do not change what a run computes: the rest (and the data) must match to share a
+run folder."""
+
+
 # ---------------------------------------------------------------------------------- setup
 def run_dir(cfg: Config) -> Path:
-    """The run folder: ``out/run_name``, or a name derived from the config."""
+    """The run folder: ``out/run_name``, or a name derived from the config. ValueError when
+    ``run_name`` would leave ``out`` (``..``, an absolute path)."""
     if cfg.run_name:
-        return Path(cfg.out) / cfg.run_name
+        out = Path(cfg.out)
+        folder = out / cfg.run_name
+        inside = os.path.normpath(folder).startswith(os.path.normpath(out) + os.sep)
+        if Path(cfg.run_name).is_absolute() or ".." in Path(cfg.run_name).parts or not inside:
+            raise ValueError(
+                f"--run-name {cfg.run_name!r} leaves --out {cfg.out}; give a folder name "
+                "(no '..', not absolute)"
+            )
+        return folder
     model = Path(cfg.model).name if cfg.model not in PYTHIA_SHAPES else cfg.model
     what = f"sft-{cfg.sft_source}" if cfg.stage == "sft" else f"{cfg.objective}-beta{cfg.beta:g}"
     return Path(cfg.out) / f"{what}-{model}-{cfg.source}-seed{cfg.seed}"
@@ -172,14 +193,80 @@ def parse_pairs(text: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _device(cfg: Config) -> torch.device:
-    """The training device; a CUDA device without an index is this process's LOCAL_RANK GPU
-    (NCCL and ``torch.cuda.set_device`` need the index)."""
+    """The training device (``--device`` checked); CUDA without an index: ``with_local_rank``."""
     if cfg.device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
-    device = torch.device("cuda" if cfg.device == "auto" else cfg.device)
+    device = torch.device("cuda") if cfg.device == "auto" else check_device(cfg.device)
+    return with_local_rank(device)
+
+
+def with_local_rank(device: torch.device) -> torch.device:
+    """A CUDA device without an index is this process's LOCAL_RANK GPU (NCCL and
+    ``torch.cuda.set_device`` need the index)."""
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
+
+
+def data_fingerprint(examples: list) -> str:
+    """sha256 of the tokenized examples (prompt, chosen, rejected token ids, in order): two runs
+    on other data never share a run folder, even with the same flags and pair count."""
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([list(e.prompt), list(e.chosen), list(e.rejected)]).encode())
+    return digest.hexdigest()
+
+
+def run_identity(cfg: Config, examples: list) -> dict[str, Any]:
+    """What a run folder belongs to: every config field that changes the results, and the data."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_IDENTITY}
+    return {**fields, "data_fingerprint": data_fingerprint(examples)}
+
+
+def check_run_folder(out_dir: Path, identity: dict[str, Any]) -> None:
+    """Refuse (ValueError, one line) a run folder written for another configuration or other
+    data: a folder belongs to exactly one run, so its checkpoints, log and evaluation never mix."""
+    path = out_dir / "config.json"
+    trained = any(out_dir.glob("step-*")) or any(
+        (out_dir / name).exists() for name in ("latest.json", "log.csv", "eval.csv")
+    )
+    if not trained:  # nothing that could mix (e.g. a run killed before its first step)
+        return
+    if not path.is_file():
+        raise ValueError(
+            f"{out_dir} holds a run but no config.json, so it cannot be matched to this "
+            "configuration; use another --run-name or --out (or delete the folder)"
+        )
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads((out_dir / "data.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{out_dir} is not a readable llm_train run folder ({e.__class__.__name__} reading "
+            "config.json or data.json); use another --run-name or --out (or delete the folder)"
+        ) from None
+    old = {k: v for k, v in old.items() if k not in NOT_IN_IDENTITY}
+    old["data_fingerprint"] = data.get("fingerprint")
+    differ = [k for k in identity if old.get(k, identity[k]) != identity[k]]
+    differ += [k for k in old if k not in identity]
+    if old.get("data_fingerprint") is None:
+        differ.append("data_fingerprint")  # written before fingerprints: cannot be matched
+    if differ:
+        data = (
+            "data (another file, rows or tokenizer)"
+            if old.get("data_fingerprint") is not None
+            else "data (no fingerprint in its data.json: written by an older version)"
+        )
+        shown = ", ".join(
+            data
+            if k == "data_fingerprint"
+            else f"--{k.replace('_', '-')} {old.get(k)!r} there, {identity.get(k)!r} now"
+            for k in dict.fromkeys(differ)
+        )
+        raise ValueError(
+            f"{out_dir} belongs to another run ({shown}); use another --run-name or --out, "
+            f"the flags in {path}, or delete the folder to start it over"
+        )
 
 
 def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
@@ -202,7 +289,11 @@ def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
     if cfg.limit:
         rows = rows[: cfg.limit]
     trunc = TruncationConfig(cfg.max_length, cfg.max_prompt_length, cfg.truncation_mode)
-    examples, skipped = tokenize_rows(rows, tokenizer, trunc, on_bad_row=cfg.on_bad_row)
+    try:
+        examples, skipped = tokenize_rows(rows, tokenizer, trunc, on_bad_row=cfg.on_bad_row)
+    except BadRowError as e:  # name the file the row is in
+        where = cfg.data if cfg.source == "jsonl" else f"{cfg.tldr_dataset} ({cfg.split})"
+        raise ValueError(f"{where}: {e} (--on-bad-row skip drops bad rows)") from None
     return examples, tokenizer, skipped
 
 
@@ -263,14 +354,18 @@ def _main(cfg: Config) -> Path:
     except (ModuleNotFoundError, OSError) as err:
         raise ValueError(str(err).splitlines()[0]) from None
     out_dir = run_dir(cfg)
+    identity = run_identity(cfg, examples)
     if rank == 0:
+        check_run_folder(out_dir, identity)
         print(f"data: {len(examples)} pairs; skipped {len(skipped)} bad rows", file=sys.stderr)
         for msg in skipped[:10]:
             print(f"  skipped {msg}", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-        report = {"pairs": len(examples), "skipped": len(skipped), "skipped_rows": skipped}
+        report = {"pairs": len(examples), "skipped": len(skipped), "skipped_rows": skipped,
+                  "fingerprint": identity["data_fingerprint"]}  # fmt: skip
+        # data.json first: a config.json never exists without the fingerprint it was run with
         write_atomic(out_dir / "data.json", json.dumps(report, indent=2) + "\n")
+        write_atomic(out_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     policy.to(device)
     if fsdp:
         shard_model(policy, mixed_precision=cfg.mixed_precision)
@@ -312,7 +407,11 @@ def _main(cfg: Config) -> Path:
         pad_id=pad_id,
         tokenizer=tokenizer,
         resume=cfg.resume,
-        run_info={"config": dataclasses.asdict(cfg), "skipped_rows": len(skipped)},
+        run_info={
+            "config": dataclasses.asdict(cfg),
+            "skipped_rows": len(skipped),
+            "identity": identity,
+        },
         progress=cfg.progress,
     )
     if rank == 0:

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from treemdp import objectives, plotting
-from treemdp.cli import RunDivergedError, arg, run
+from treemdp.cli import SEED_MAX, RunDivergedError, arg, run
+from treemdp.memory import DEFAULT_MEMORY_MB, check_batch, complete_size
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import POLICIES, REFERENCES, Problem, build_problem
 from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
@@ -51,9 +52,17 @@ class Config:
     lr: float = arg(0.01, "learning rate", exclusive_minimum=0)
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
     log_every: int = arg(10, "log exact metrics every this many steps", minimum=1)
-    seed: tuple[int, ...] = arg(tuple(range(10)), "seeds (each draws features, rewards, pair)")
+    seed: tuple[int, ...] = arg(
+        tuple(range(10)),
+        "seeds (each draws features, rewards, pair)",
+        minimum=0,
+        maximum=SEED_MAX,
+    )
     responses: bool = arg(
         True, "also write responses.csv: π(y) of every response at every logged step"
+    )
+    memory_mb: int = arg(
+        DEFAULT_MEMORY_MB, "memory budget in MiB (estimate, checked before allocating)", minimum=1
     )
     out: str = arg("results/ood_mass", "root folder for run folders")
     force: bool = arg(False, "recompute even if this config's results exist")
@@ -72,7 +81,13 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         The tidy metrics table and, with ``config.responses``, the per-response table (run, step,
         response, logp, role).
     """
-    tree = Tree.complete(config.branching, config.depth)
+    n_runs = len(config.objectives) * len(config.beta) * len(config.seed)
+    check_batch(
+        complete_size(config.branching, config.depth), branching=config.branching, n_runs=n_runs,
+        policy=config.policy, features=config.features, memory_mb=config.memory_mb,
+        what=f"--branching {config.branching} --depth {config.depth} with {n_runs} runs",
+    )  # fmt: skip
+    tree = Tree.complete(config.branching, config.depth, max_bytes=config.memory_mb * 2**20)
     problems = build_problem(
         tree,
         config.seed,
@@ -146,7 +161,10 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
 def output_folder(config: Config) -> Path:
     """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
     return run_folder(
-        config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
+        config.out,
+        config,
+        prefix=f"b{config.branching}-d{config.depth}",
+        ignore=("out", "force", "memory_mb"),
     )
 
 

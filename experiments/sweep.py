@@ -17,6 +17,7 @@ Writes results/sweep/sweep-<hash>/{config.json, parts/, metrics.csv}; see docs/s
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import io
 import itertools
@@ -37,16 +38,25 @@ import torch
 from tqdm.auto import tqdm
 
 from treemdp import objectives
-from treemdp.cli import DIVERGED_EXIT, RunDivergedError, arg, build_parser
+from treemdp.cli import (
+    DIVERGED_EXIT,
+    SEED_MAX,
+    RunDivergedError,
+    arg,
+    build_parser,
+    os_error_line,
+)
 from treemdp.metrics import METRICS
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import PAIR_SOURCES, POLICIES, REFERENCES, build_problem
 from treemdp.results import (
+    missing_files,
     read_table,
     run_folder,
     run_lock,
     save_diverged,
     verify_file,
+    verify_folder,
     write_checked,
     write_config,
     write_table,
@@ -127,10 +137,13 @@ def parse_seeds(specs: Sequence[str | int]) -> list[int]:
             raise ValueError(f"seeds must be >= 0; got {spec!r}")
         if b < a:
             raise ValueError(f"seeds: the range {spec!r} is empty (its end is below its start)")
+        if b > SEED_MAX:
+            raise ValueError(f"seeds must be <= {SEED_MAX}; got {spec!r}")
         seeds.extend(range(a, b + 1))
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    counts = collections.Counter(seeds)  # linear: a million seeds are checked in a blink
+    repeated = sorted(s for s, n in counts.items() if n > 1)
     if repeated:
         raise ValueError(f"seeds must be distinct; repeated: {repeated[:10]}")
     return seeds
@@ -300,6 +313,10 @@ def chunk_size(config: Config, branching: int, depth: int) -> int:
     return max(1, config.memory_mb * 2**20 // run_bytes(config, branching, depth))
 
 
+GRID_AXES = ("branching", "depth", "pairs", "pair_source", "objectives", "betas", "lrs")
+"""The grid's axes besides the seeds (their product times the seeds is the number of runs)."""
+
+
 def plan(config: Config) -> list[Chunk]:
     """Every run of the grid with its global id, split into chunks; a pure function of config.
 
@@ -312,12 +329,9 @@ def plan(config: Config) -> list[Chunk]:
     for b, d, p, src in itertools.product(
         config.branching, config.depth, config.pairs, config.pair_source
     ):
-        runs = []
-        for o, beta, lr, seed in itertools.product(
-            config.objectives, config.betas, config.lrs, seeds
-        ):
-            runs.append((run_id, o, beta, lr, seed))
-            run_id += 1
+        axes = itertools.product(config.objectives, config.betas, config.lrs, seeds)
+        runs = [(run_id + i, *run) for i, run in enumerate(axes)]
+        run_id += len(runs)
         size = chunk_size(config, b, d)
         for i in range(0, len(runs), size):
             chunks.append(Chunk(len(chunks), b, d, p, src, tuple(runs[i : i + size])))
@@ -397,6 +411,9 @@ def read_part(path: Path) -> pd.DataFrame:
 
 def run_sweep(config: Config, folder: Path) -> pd.DataFrame:
     """Run every unfinished chunk of the plan, then merge all parts in plan order."""
+    n_runs = math.prod(len(getattr(config, a)) for a in GRID_AXES) * len(parse_seeds(config.seeds))
+    if n_runs >= 100_000:  # planning and checking finished parts takes seconds: say so
+        print(f"sweep: planning {n_runs:,} runs ...", file=sys.stderr, flush=True)
     chunks = plan(config)
     parts = [part_path(folder, c, len(chunks)) for c in chunks]
     for stale in (folder / "parts").glob(".*.tmp"):  # left by a killed write; never a part
@@ -462,7 +479,8 @@ def main(config: Config) -> Path:
             table.unlink(missing_ok=True)
             for part in (folder / "parts").glob("*.pkl"):
                 part.unlink()
-        if table.exists():
+        if table.exists() and not missing_files(folder):
+            verify_folder(folder)  # config.json too, not only the table
             frame = read_table(table, columns=COLUMNS)
             print(f"reusing the finished sweep in {folder} (--force recomputes)")
         else:
@@ -488,6 +506,11 @@ if __name__ == "__main__":
         main(cfg)
     except ValueError as err:
         print(f"sweep.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as err:  # --out is a file, read-only, ...: one line; other OS errors: raised
+        if (line := os_error_line(err)) is None:
+            raise
+        print(f"sweep.py: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunDivergedError as err:
         print(f"sweep.py: error: {err}", file=sys.stderr)

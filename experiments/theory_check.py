@@ -35,8 +35,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from treemdp import objectives, plotting, theory
-from treemdp.cli import RunDivergedError, arg, run
+from treemdp.cli import SEED_MAX, RunDivergedError, arg, run
 from treemdp.data import Pairs
+from treemdp.memory import DEFAULT_MEMORY_MB, check_batch, complete_size
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import POLICIES, REFERENCES, build_problem
 from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
@@ -66,7 +67,15 @@ class Config:
     lr: float = arg(0.01, "learning rate", exclusive_minimum=0)
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
     log_every: int = arg(20, "log exact metrics every this many steps", minimum=1)
-    seed: tuple[int, ...] = arg(tuple(range(5)), "seeds (each draws features, rewards, pairs)")
+    seed: tuple[int, ...] = arg(
+        tuple(range(5)),
+        "seeds (each draws features, rewards, pairs)",
+        minimum=0,
+        maximum=SEED_MAX,
+    )
+    memory_mb: int = arg(
+        DEFAULT_MEMORY_MB, "memory budget in MiB (estimate, checked before allocating)", minimum=1
+    )
     out: str = arg("results/theory_check", "root folder for run folders")
     force: bool = arg(False, "recompute even if this config's results exist")
 
@@ -129,7 +138,13 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train every (objective, β, seed) run as one batch; return (per-run table, trajectories)."""
     if len(set(config.seed)) != len(config.seed):
         raise ValueError("--seed values must be distinct")
-    tree = Tree.complete(config.branching, config.depth)
+    n_runs = len(config.objectives) * len(config.beta) * len(config.seed)
+    check_batch(
+        complete_size(config.branching, config.depth), branching=config.branching, n_runs=n_runs,
+        policy=config.policy, features=config.features, memory_mb=config.memory_mb,
+        what=f"--branching {config.branching} --depth {config.depth} with {n_runs} runs",
+    )  # fmt: skip
+    tree = Tree.complete(config.branching, config.depth, max_bytes=config.memory_mb * 2**20)
     problems = build_problem(
         tree,
         config.seed,
@@ -189,7 +204,10 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 def output_folder(config: Config) -> Path:
     """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
     return run_folder(
-        config.out, config, prefix=f"b{config.branching}-d{config.depth}", ignore=("out", "force")
+        config.out,
+        config,
+        prefix=f"b{config.branching}-d{config.depth}",
+        ignore=("out", "force", "memory_mb"),
     )
 
 

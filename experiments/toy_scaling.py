@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from treemdp import objectives, plotting, scaling
-from treemdp.cli import RunDivergedError, arg, run
+from treemdp.cli import SEED_MAX, RunDivergedError, arg, run
+from treemdp.memory import DEFAULT_MEMORY_MB, check_batch, with_stop_size
 from treemdp.metrics import logratio_length_r2
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import build_problem
@@ -70,9 +71,17 @@ class Config:
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
     sft_steps: int = arg(100, "Adam steps of the SFT reference fit", minimum=0)
     sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
-    seed: tuple[int, ...] = arg((0, 1, 2), "seeds (each draws features, rewards and pairs)")
+    seed: tuple[int, ...] = arg(
+        (0, 1, 2),
+        "seeds (each draws features, rewards and pairs)",
+        minimum=0,
+        maximum=SEED_MAX,
+    )
     n_resamples: int = arg(200, "bootstrap resamples per fit (0: no intervals)", minimum=0)
     quick: bool = arg(False, "tiny config for tests and a first look (overrides the sizes)")
+    memory_mb: int = arg(
+        DEFAULT_MEMORY_MB, "memory budget in MiB (estimate, checked before allocating)", minimum=1
+    )
     out: str = arg("results/toy_scaling", "root folder for run folders")
     force: bool = arg(False, "recompute even if this config's results exist")
 
@@ -113,6 +122,21 @@ def parse_capacity(name: str) -> dict[str, object]:
     return {"policy": "mlp", "width": int(match.group(1)), "layers": int(match.group(2) or 1)}
 
 
+def check_sizes(config: Config, kinds: dict[str, dict[str, object]]) -> None:
+    """Refuse (ValueError naming the flag) a tree or a capacity whose batch of runs would not fit
+    in --memory-mb, before anything is allocated (capacities train one after another)."""
+    size = with_stop_size(config.branching, config.max_length)
+    n_runs = len(config.objectives) * len(config.beta) * len(config.seed)
+    for capacity, kind in kinds.items():
+        check_batch(
+            size, branching=config.branching, n_runs=n_runs, policy=str(kind["policy"]),
+            features=config.features, memory_mb=config.memory_mb,
+            width=int(kind.get("width", 0)), layers=int(kind.get("layers", 1)),
+            what=f"--capacities {capacity} with --branching {config.branching} --max-length "
+            f"{config.max_length} ({size[1]:,} responses) and {n_runs} runs",
+        )  # fmt: skip
+
+
 def length_metrics(tree: Tree, ref_logp: torch.Tensor):
     """An ``extra_metrics`` hook: E_π[response length] per run (averaged over prompts) and
     ``length_r2``, the R² of the π-weighted regression of log π/π_ref on length
@@ -137,7 +161,8 @@ def run_experiment(config: Config) -> pd.DataFrame:
     if not config.explained <= 1:
         raise ValueError(f"--explained must lie in [0, 1]; got {config.explained}")
     kinds = {c: parse_capacity(c) for c in config.capacities}
-    tree = Tree.with_stop(config.branching, config.max_length)
+    check_sizes(config, kinds)
+    tree = Tree.with_stop(config.branching, config.max_length, max_bytes=config.memory_mb * 2**20)
     options = {k: getattr(config, k) for k in REWARDS[config.reward].options}
     steps_per_epoch = math.ceil(config.pairs / min(config.batch_size, config.pairs))
     steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -300,7 +325,10 @@ def output_folder(config: Config) -> Path:
     """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
     config = resolve(config)
     return run_folder(
-        config.out, config, prefix=f"{config.reward}-P{config.pairs}", ignore=("out", "force")
+        config.out,
+        config,
+        prefix=f"{config.reward}-P{config.pairs}",
+        ignore=("out", "force", "memory_mb"),
     )
 
 

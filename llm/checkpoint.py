@@ -27,6 +27,8 @@ import torch
 __all__ = [
     "CHECKSUMS",
     "LATEST",
+    "checkpoint_digest",
+    "complete_checkpoints",
     "latest_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
@@ -37,6 +39,7 @@ __all__ = [
 LATEST = "latest.json"
 STATE = "trainer_state.pt"
 CHECKSUMS = "checksums.json"
+WEIGHTS = "model.safetensors"
 
 
 def _sha256(path: Path) -> str:
@@ -163,7 +166,9 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The folder ``root/latest.json`` points at, or None when there is no complete checkpoint."""
+    """The folder ``root/latest.json`` points at, or None when there is no pointer (no checkpoint
+    was completed). ValueError when the pointer is corrupt or names a missing or incomplete folder
+    (with the latest complete checkpoint to point it at)."""
     pointer = root / LATEST
     if not pointer.is_file():
         return None
@@ -174,7 +179,39 @@ def latest_checkpoint(root: Path) -> Path | None:
             f"{pointer} is corrupt ({e!r}); delete it to start afresh, or write "
             '{"checkpoint": "step-NNNNNNN"} naming a complete checkpoint folder to resume from'
         ) from None
-    return folder if (folder / STATE).is_file() else None
+    if (folder / STATE).is_file():
+        return folder
+    # A pointer never names an incomplete folder (it is rewritten after the move); a user or a
+    # tool removed it. Starting from step 0 would silently redo (and overwrite) the run.
+    complete = complete_checkpoints(root)
+    hint = (
+        f'write {{"checkpoint": "{complete[-1].name}"}} into it to resume from the latest '
+        "complete checkpoint"
+        if complete
+        else "no complete checkpoint is left: delete it (and the run folder's log.csv) to start "
+        "afresh"
+    )
+    raise ValueError(f"{pointer} names {folder.name}, which is missing or incomplete; {hint}")
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint folders ``root/step-NNNNNNN`` that hold a trainer state, by step."""
+    found = [p for p in Path(root).glob("step-*") if (p / STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """The sha256 of checkpoint ``folder``'s weights (``model.safetensors``), as recorded in its
+    ``checksums.json`` (computed when the checkpoint has none): what an evaluation row measured."""
+    listing = folder / CHECKSUMS
+    if listing.is_file():
+        try:
+            entry = json.loads(listing.read_text(encoding="utf-8")).get(WEIGHTS)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+    return _sha256(folder / WEIGHTS)
 
 
 def load_checkpoint(

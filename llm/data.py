@@ -22,6 +22,7 @@ to its first 256 tokens.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "BadRow",
     "BadRowError",
     "Batch",
     "Example",
@@ -111,7 +113,16 @@ def truncate(
     return p, c, r
 
 
+@dataclass(frozen=True)
+class BadRow:
+    """A row ``read_jsonl`` could not parse, with the reason (reported by ``tokenize_rows``)."""
+
+    reason: str
+
+
 def _check_text(row: Any, n: int) -> tuple[str, str, str]:
+    if isinstance(row, BadRow):
+        raise BadRowError(f"row {n}: {row.reason}")
     if not isinstance(row, Mapping):
         raise BadRowError(f"row {n}: expected a JSON object with {', '.join(FIELDS)}")
     missing = [f for f in FIELDS if not isinstance(row.get(f), str)]
@@ -187,20 +198,31 @@ def tokenize_rows(
 
 # ---------------------------------------------------------------------------------- sources
 def read_jsonl(path: str | Path) -> list[tuple[int, Any]]:
-    """Numbered rows of a JSONL file (row n = line n); a line that is not JSON becomes a row
-    that ``tokenize_rows`` reports as bad; blank lines are skipped."""
+    """Numbered rows of a JSONL file (row n = line n); blank lines are skipped. A line that is
+    not UTF-8 text or not JSON becomes a ``BadRow`` saying why, which ``tokenize_rows`` reports
+    (or skips) like any bad row. A UTF-8 byte-order mark at the start is ignored."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"data file {path} is a folder; name a JSONL file")
     if not path.is_file():
         raise ValueError(f"data file {path} does not exist")
     rows: list[tuple[int, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):  # written by some editors
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                rows.append((n, BadRow(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                       f"{e.start + 1})")))  # fmt: skip
+                continue
             if not line.strip():
                 continue
             try:
                 rows.append((n, json.loads(line)))
-            except json.JSONDecodeError:
-                rows.append((n, None))  # reported as "expected a JSON object"
+            except json.JSONDecodeError as e:
+                rows.append((n, BadRow(f"not JSON ({e.msg} at column {e.colno})")))
     return rows
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from llm.checkpoint import checkpoint_digest
 from llm.evaluate import (
     EvalSettings,
     EvalTask,
@@ -38,6 +39,9 @@ EVAL_TABLE = "eval.csv"
 EVAL_SETTINGS = "eval.json"
 REFERENCE_SAMPLES = "eval_reference.pt"
 TREE_PROBLEM = "tree_problem.json"
+DIGEST = "checkpoint_sha256"
+"""The column tying each row to the weights it measured (``llm.checkpoint.checkpoint_digest``;
+``reference`` for step 0)."""
 
 COLUMNS = (
     "checkpoint",
@@ -72,6 +76,10 @@ def load_reference(run_config: dict[str, Any], *, vocab_size: int, dtype: torch.
             name, seed=int(run_config.get("seed", 0)), vocab_size=vocab_size, dtype=dtype
         )
     return load_model(name, dtype=dtype)
+
+
+def _digest(folder: Path | None) -> str:
+    return "reference" if folder is None else checkpoint_digest(folder)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -162,9 +170,14 @@ def _evaluate_run(
         (run_dir / REFERENCE_SAMPLES).unlink(missing_ok=True)
     text = json.dumps(meta, indent=2) + "\n"
     atomic_write(run_dir / EVAL_SETTINGS, lambda p: p.write_text(text))
-    done = {int(r["checkpoint"]) for r in rows}
+    # A row is reused only for the very weights it measured (their sha256): a checkpoint that
+    # was rewritten since (the run retrained) is evaluated again and its row replaced.
+    done = {int(r["checkpoint"]): r.get(DIGEST) for r in rows}
     todo = [(0, None)] + [(int(c.name.split("-")[1]), c) for c in checkpoints(run_dir)]
-    todo = [(s, c) for s, c in todo if s not in done]
+    todo = [(s, c, _digest(c)) for s, c in todo]
+    todo = [(s, c, d) for s, c, d in todo if done.get(s, "") != d]
+    stale = {s for s, _, _ in todo}
+    rows = [r for r in rows if int(r["checkpoint"]) not in stale]
     if not todo:
         return pd.DataFrame(rows)
 
@@ -172,8 +185,15 @@ def _evaluate_run(
     reference = load_reference(config, vocab_size=vocab, dtype=dtype).to(device).eval()
     ref_path = run_dir / REFERENCE_SAMPLES
     if ref_path.is_file():
-        saved = torch.load(ref_path, weights_only=False)
-        ref = ReferenceSamples(saved["responses"], saved["logp"])
+        try:
+            saved = torch.load(ref_path, weights_only=False)
+            ref = ReferenceSamples(saved["responses"], saved["logp"])
+        except Exception as e:  # written atomically, so damaged from outside
+            raise ValueError(
+                f"{ref_path} is corrupt ({e.__class__.__name__}); delete it and rerun (the "
+                "reference samples are drawn again, and rows already in eval.csv that compared "
+                "against them are kept: pass --force to redo those too)"
+            ) from None
     else:
         ref = reference_samples(reference, task, settings)
         # Serialised in memory first: torch.save names its archive after the file, and the
@@ -181,13 +201,14 @@ def _evaluate_run(
         buffer = io.BytesIO()
         torch.save(asdict(ref), buffer)
         atomic_write(ref_path, lambda p: p.write_bytes(buffer.getvalue()))
-    for step, folder in tqdm(todo, desc="evaluate", disable=not progress):
+    for step, folder, digest in tqdm(todo, desc="evaluate", disable=not progress):
         policy = reference if folder is None else load(folder).to(device).eval()
         row = {
             "checkpoint": step,
             "examples_seen": step * batch if batch else math.nan,
             "fraction_of_epoch": step * batch / n_examples if batch and n_examples else math.nan,
             "checkpoint_path": str(folder) if folder is not None else "reference",
+            DIGEST: digest,
             **evaluate_model(policy, reference, ref, task, settings, judge, step=step),
         }
         rows.append(row)

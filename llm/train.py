@@ -33,7 +33,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from llm.checkpoint import (
+    LATEST,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
 from llm.data import Batch, Example, collate_pairs, collate_sft
 from llm.logprobs import PairLogps, concatenated_logps, response_logps
 from treemdp import objectives
@@ -302,14 +308,45 @@ def _accumulate(
     return names, torch.cat([values, torch.tensor([float(n_tokens)])])
 
 
-def _check_resume(state: dict[str, Any], cfg: TrainConfig, n_examples: int, folder: Path) -> None:
+def _check_resume(
+    state: dict[str, Any],
+    cfg: TrainConfig,
+    n_examples: int,
+    folder: Path,
+    identity: dict[str, Any] | None = None,
+) -> None:
     saved = state.get("train_config", {})
     changed = [k for k, v in asdict(cfg).items() if k != "log_every" and saved.get(k) != v]
+    if identity is not None:  # the caller's whole run identity (config and data fingerprint)
+        old = state.get("identity") or {}
+        changed += sorted(k for k in identity.keys() | old.keys() if old.get(k) != identity.get(k))
     if changed or state.get("n_examples", n_examples) != n_examples:
         raise ValueError(
             f"cannot resume from {folder}: the run's settings changed "
             f"({changed or 'dataset size'}); use the same flags and data, or a new run folder"
         )
+
+
+def _weights_finite(params: list[nn.Parameter], sharded: bool) -> bool:
+    """Whether every weight is finite (on every rank's shard when the policy is sharded)."""
+    local = [p.to_local() if sharded else p for p in params]
+    ok = torch.tensor(float(all(bool(torch.isfinite(p).all()) for p in local)))
+    if sharded:
+        ok = ok.to(local[0].device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() == 1.0)
+
+
+def _diverged(what: str, value: float, step: int, out_dir: Path, final: Path | None) -> None:
+    """Stop the run: ``what`` (loss, grad_norm, weights) is not finite at ``step``."""
+    from treemdp.cli import RunDivergedError  # the command line's exit status 3
+
+    kept = f"the last checkpoint is {final}" if final is not None else "no checkpoint was saved"
+    raise RunDivergedError(
+        f"training diverged: {what} is not finite ({value}) at step {step}; nothing of that step "
+        f"was saved ({out_dir / LOG} holds the steps before it, {kept}); lower the learning rate "
+        "(or train fp16/bf16 weights in fp32) and rerun into a fresh run folder"
+    )
 
 
 def train(
@@ -337,13 +374,20 @@ def train(
         pad_id: padding token id.
         tokenizer: saved into each checkpoint so the folder is a loadable model.
         resume: continue from ``out_dir``'s latest checkpoint (fresh start when there is none);
-            ValueError if it was written with other settings or another dataset size.
-        run_info: extra state stored in each checkpoint (e.g. the CLI config).
+            ValueError if it was written with other settings or another dataset size, or (when
+            ``run_info`` has an ``identity``) another identity.
+        run_info: extra state stored in each checkpoint (e.g. the CLI config); its
+            ``identity`` (a JSON-able dict: the whole config and a data fingerprint) must equal
+            the checkpoint's to resume.
         on_step: called with the step number after each optimizer step (tests use it).
         progress: show a tqdm bar on rank 0.
 
     Returns:
         The path of the final checkpoint folder.
+
+    Raises:
+        treemdp.cli.RunDivergedError: at the first step whose loss or gradient norm (or, before
+            a checkpoint, whose weights) is not finite; that step is neither logged nor saved.
     """
     rank, world = _world()
     G, m = cfg.batch_size, cfg.micro_batch_size
@@ -372,8 +416,12 @@ def train(
     if ckpt is not None:
         load = _fsdp().load_sharded_checkpoint if sharded else load_checkpoint
         state = load(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
-        _check_resume(state, cfg, len(examples), ckpt)
+        _check_resume(state, cfg, len(examples), ckpt, (run_info or {}).get("identity"))
         start = state["step"]
+    elif rank == 0 and not resume:
+        # A fresh start rewrites the step folders: a pointer to an old one must not survive a
+        # kill that lands while that folder is being replaced.
+        (out_dir / LATEST).unlink(missing_ok=True)
     # log.csv is rewritten whole (temp file + rename) at each log row: a kill never leaves a
     # half-written row, and a resumed run keeps exactly the rows of the steps it will not redo.
     log_lines = _kept_log_lines(log_path, start) if rank == 0 else []
@@ -399,6 +447,10 @@ def train(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if sharded:  # a DTensor: the norm over all shards
             grad_norm = grad_norm.full_tensor()
+        for what, value in (("the loss", float(sums[0]) / G), ("the gradient norm", grad_norm)):
+            if not math.isfinite(float(value)):  # stop before the update spreads it
+                bar.close()
+                _diverged(what, float(value), step + 1, out_dir, final)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -420,6 +472,9 @@ def train(
             write_atomic(log_path, "".join(log_lines))
         every = cfg.checkpoint_every
         if (every and (done * G) // every > (step * G) // every) or done == n_steps:
+            if not _weights_finite(params, sharded):  # e.g. fp16 overflow
+                bar.close()
+                _diverged("the weights", math.nan, done, out_dir, final)
             final = out_dir / f"step-{done:07d}"
             state = {"examples_seen": done * G, "n_examples": len(examples),
                      "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "figures")]
 
-from tests.bad_inputs import API_CASES  # noqa: E402
+from tests.bad_inputs import API_CASES, RUN_CASES  # noqa: E402
 from tests.scripts import load_script  # noqa: E402
 from treemdp.cli import flag_table  # noqa: E402
 from treemdp.results import atomic_write  # noqa: E402
@@ -28,6 +28,7 @@ CONFIG_SCRIPTS = (
     "experiments/toy_scaling.py",
     "experiments/theory_check.py",
     "experiments/llm_train.py",
+    "experiments/llm_eval.py",
 )
 
 HEADER = """# Reference: valid inputs
@@ -85,6 +86,14 @@ def api_table() -> str:
     return "\n".join(rows)
 
 
+def run_table() -> str:
+    rows = ["| command | given | outcome | test |", "|---|---|---|---|"]
+    for c in RUN_CASES:
+        name = c.test.split("::")[1]
+        rows.append(f"| {c.command} | {c.given} | {c.outcome} | `{name}` |".replace("\\", ""))
+    return "\n".join(rows)
+
+
 def render() -> str:
     parts = [HEADER, "## Command lines\n"]
     for script in CONFIG_SCRIPTS:
@@ -99,6 +108,12 @@ def render() -> str:
     parts.append(
         "## Public functions\n\nThe checked arguments of the public API (each row has a test "
         "calling it with an invalid value).\n\n" + api_table() + "\n"
+    )
+    parts.append(
+        "## Bad states and bytes\n\nInputs that only a run meets (a run folder's state, a "
+        "file's bytes, the machine); each row names the test that checks it.\n\n"
+        + run_table()
+        + "\n"
     )
     return "\n".join(parts)
 

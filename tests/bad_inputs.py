@@ -127,6 +127,126 @@ API_CASES: list[ApiCase] = [
             lambda: _llm_config(batch_size=3, micro_batch_size=2), "must be a multiple"),
     ApiCase("llm.train.TrainConfig", "warmup_steps", ">= 0", lambda: _llm_config(warmup_steps=-1),
             "warmup_steps must be >= 0"),
+    ApiCase("treemdp.tree.Tree.with_stop", "max_length", "node arrays within max_bytes",
+            lambda: Tree.with_stop(3, 40), "needs 245760.00 GiB .*use a smaller tree"),
+    ApiCase("treemdp.memory.check_memory", "need", "<= memory_mb MiB",
+            lambda: _memory().check_memory(2**31, 1024, "x"),
+            "x needs about 2,048 MiB \\(estimate\\), over --memory-mb 1024"),
+    ApiCase("treemdp.memory.check_memory", "memory_mb", ">= 1",
+            lambda: _memory().check_memory(1, 0, "x"), "memory_mb must be >= 1"),
+    ApiCase("treemdp.memory.policy_params", "policy", "tabular, loglinear, mlp",
+            lambda: _memory().policy_params("cnn", n_internal=1, branching=2, features=1),
+            "policy must be one of"),
+    ApiCase("treemdp.cli.check_device", "name", "cpu, cuda[:N] (if present), mps (if present)",
+            lambda: _check_device("tpu"), "--device 'tpu' is not a device torch knows"),
+    ApiCase("treemdp.results.verify_folder", "folder", "a run folder with its manifest.json",
+            lambda: _verify_folder("/nonexistent"), "manifest.json is missing"),
+    ApiCase("llm.data.read_jsonl", "path", "an existing JSONL file", lambda: _read_jsonl("/"),
+            "data file / is a folder"),
+    ApiCase("llm.checkpoint.latest_checkpoint", "root", "latest.json naming a complete checkpoint",
+            lambda: _dangling_pointer(), "names step-0000009, which is missing or incomplete"),
+]  # fmt: skip
+
+
+def _memory() -> Any:
+    from treemdp import memory
+
+    return memory
+
+
+def _check_device(name: str) -> Any:
+    from treemdp.cli import check_device
+
+    return check_device(name)
+
+
+def _verify_folder(folder: str) -> None:
+    from treemdp.results import verify_folder
+
+    verify_folder(folder)
+
+
+def _read_jsonl(path: str) -> Any:
+    from llm.data import read_jsonl
+
+    return read_jsonl(path)
+
+
+def _dangling_pointer() -> Any:
+    import tempfile
+    from pathlib import Path
+
+    from llm.checkpoint import latest_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "latest.json").write_text('{"checkpoint": "step-0000009"}')
+        return latest_checkpoint(Path(tmp))
+
+
+@dataclass(frozen=True)
+class RunCase:
+    """A bad input that only a run meets (a folder's state, a file's bytes, a device): refused
+    with one line and exit 2 (3: diverged), nothing lost. ``test`` names the test that runs it."""
+
+    command: str
+    given: str
+    outcome: str
+    test: str
+
+
+RUN_CASES: list[RunCase] = [
+    RunCase("llm_train", "a run folder of another config (e.g. other --lr, --epochs), no --resume",
+            "refused, naming each differing flag; nothing rewritten",
+            "tests/llm/test_llm_identity.py::test_a_second_config_never_mixes_into_a_run_folder"),
+    RunCase("llm_train", "--resume with other pairs, tree depth, reference dtype, objective, β",
+            "refused, naming the flag", "tests/llm/test_llm_identity.py::"
+            "test_resume_refuses_another_config_or_data"),
+    RunCase("llm_train", "same flags, other JSONL rows (data fingerprint)", "refused: other data",
+            "tests/llm/test_llm_identity.py::test_a_jsonl_file_with_other_rows_is_another_run"),
+    RunCase("llm.train.train", "--resume from a checkpoint of another identity",
+            "refused, naming the keys", "tests/llm/test_llm_identity.py::"
+            "test_resume_checks_the_checkpoints_identity_too"),
+    RunCase("llm_train", "--resume, latest.json names a deleted checkpoint",
+            "refused, naming the latest complete checkpoint to point at", "tests/llm/"
+            "test_llm_identity.py::test_resume_with_a_missing_checkpoint_names_the_latest_complete_one"),
+    RunCase("llm_train", "--lr 1e6 (loss or gradient norm NaN/inf)",
+            "exit 3 naming step and quantity; no NaN logged or checkpointed", "tests/llm/"
+            "test_llm_identity.py::test_divergence_stops_with_exit_3_and_saves_nothing_non_finite"),
+    RunCase("llm_eval", "a checkpoint rewritten since its row was written",
+            "its row is evaluated again (rows carry checkpoint_sha256)", "tests/llm/"
+            "test_llm_identity.py::test_eval_rows_are_tied_to_the_weights_they_measured"),
+    RunCase("llm_eval", "a corrupt eval.csv or eval_reference.pt",
+            "refused, naming the file to delete (not the run folder) or --force", "tests/llm/"
+            "test_llm_identity.py::test_corrupt_eval_files_name_the_file_to_delete_not_the_run_folder"),
+    RunCase("llm_train", "--device tpu, --seed 2**63, --run-name ../../x or an absolute path",
+            "refused, naming the flag; nothing written outside --out",
+            "tests/llm/test_llm_identity.py::test_llm_train_bad_inputs_are_one_line"),
+    RunCase("llm_train, llm_eval", "--device cuda on a CPU-only torch", "refused: use --device cpu",
+            "tests/llm/test_llm_identity.py::test_device_cuda_on_a_cpu_only_torch_is_one_line"),
+    RunCase("llm_train", "JSONL with binary garbage or a bad UTF-8 byte",
+            "refused naming file and row; --on-bad-row skip skips it", "tests/llm/"
+            "test_llm_identity.py::test_a_jsonl_with_bad_bytes_names_the_file_and_row_and_skip_skips_it"),
+    RunCase("llm_train", "JSONL with a UTF-8 BOM; --data naming a folder",
+            "read; refused as a folder",
+            "tests/llm/test_llm_identity.py::test_a_jsonl_with_a_bom_is_read_and_a_folder_is_named"),
+    RunCase("ood_mass, theory_check, toy_scaling", "--depth 14, --max-length 40, mlp100000000",
+            "refused before allocating, with the MiB needed and --memory-mb",
+            "tests/test_run_folders.py::"
+            "test_an_experiment_too_big_for_memory_is_refused_before_allocating"),
+    RunCase("sweep", "--seeds 0-1000000", "checked in one pass; set-up says what it is doing",
+            "tests/test_run_folders.py::test_a_million_seeds_are_checked_in_linear_time"),
+    RunCase("all five writers", "--out that is a file", "refused: a file is in the way",
+            "tests/test_run_folders.py::test_out_that_is_a_file_is_one_line"),
+    RunCase("ood_mass", "a read-only --out; a finished run in a read-only folder",
+            "refused: permission denied", "tests/test_run_folders.py::"
+            "test_a_read_only_out_and_a_finished_run_in_it_are_one_line"),
+    RunCase("ood_mass", "--seed 9223372036854775808", "refused, naming --seed",
+            "tests/test_run_folders.py::test_a_seed_too_large_for_torch_names_the_flag"),
+    RunCase("llm_confirm", "--model nosuch", "one line, before the toy trains",
+            "tests/test_run_folders.py::test_llm_confirm_unknown_model_is_one_line"),
+    RunCase("ood_mass (any cached run)", "a finished run with a 0-byte responses.csv, a "
+            "truncated config.json, no manifest.json", "refused, naming the file; --force",
+            "tests/test_run_folders.py::test_reuse_checks_every_file_of_the_finished_run"),
 ]  # fmt: skip
 
 
@@ -141,8 +261,8 @@ def _llm_config(**kw: Any) -> Any:
 
 def invalid_flag_values(cls: type) -> list[tuple[str, str, str]]:
     """(flag, invalid value, text the one-line error must contain) for every constrained field
-    of config dataclass ``cls``: a value outside its choices, below its minimum, not a number,
-    not finite."""
+    of config dataclass ``cls``: a value outside its choices, below its minimum, above its
+    maximum, not a number, not finite."""
     hints = typing.get_type_hints(cls)
     cases: list[tuple[str, str, str]] = []
     for f in dataclasses.fields(cls):
@@ -155,6 +275,9 @@ def invalid_flag_values(cls: type) -> list[tuple[str, str, str]]:
         if meta.get("min") is not None:
             low = meta["min"] - 1
             cases.append((flag, str(elem(low)), f"{flag} must be >= {meta['min']}"))
+        if meta.get("max") is not None:
+            high = meta["max"] + 1
+            cases.append((flag, str(elem(high)), f"{flag} must be <= {meta['max']}"))
         if meta.get("xmin") is not None:
             cases.append((flag, str(elem(meta["xmin"])), f"{flag} must be > {meta['xmin']}"))
         if elem is int:

@@ -41,6 +41,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = ("tokens_per_s", "pairs_per_s")
 
 
+def suite_kill_points(command: Command) -> int:
+    """Kill points of ``command`` in the test suite: ``kill_points_per_command()``, capped by
+    ``Command.suite_kills`` unless $TREEMDP_KILL_POINTS or the thorough profile asks for more."""
+    n = kill_points_per_command()
+    overridden = os.environ.get("TREEMDP_KILL_POINTS") or (
+        os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+    )
+    return n if overridden or not command.suite_kills else min(n, command.suite_kills)
+
+
 def kill_points_per_command() -> int:
     """Kill points per command: $TREEMDP_KILL_POINTS, else 10 (thorough profile) or 3."""
     if os.environ.get("TREEMDP_KILL_POINTS"):
@@ -62,6 +72,9 @@ class Command:
         setup: (script, args) commands run to completion into the output folder before the
             command's first start (and before the reference run): what it reads, e.g. the
             trained run that llm_eval evaluates. Never killed.
+        suite_kills: kill points in the default test suite when fewer than
+            ``kill_points_per_command()`` (0: that number); $TREEMDP_KILL_POINTS and the
+            thorough profile override it.
     """
 
     name: str
@@ -69,6 +82,7 @@ class Command:
     args: tuple[str, ...]
     loose: tuple[str, ...] = field(default=("*.png", "*.pdf"))
     setup: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    suite_kills: int = 0
 
     def argv(self, out: Path) -> list[str]:
         return [sys.executable, str(ROOT / self.script), *(a.format(out=out) for a in self.args)]
@@ -131,6 +145,24 @@ COMMANDS: dict[str, Command] = {
                     ),
                 ),
             ),
+        ),
+        Command(
+            "toy_scaling",
+            "experiments/toy_scaling.py",
+            ("--quick", "--objectives", "dpo", "ipo", "--n-resamples", "10", "--out", "{out}"),
+            suite_kills=1,
+        ),
+        Command(
+            "llm_confirm",
+            "experiments/llm_confirm.py",
+            (
+                *("--toy-steps", "30", "--toy-sft-steps", "30", "--sft-samples", "32"),
+                *("--sft-epochs", "1", "--steps", "4", "--checkpoints", "2"),
+                *("--objectives", "dpo", "--eval-samples", "16", "--device", "cpu"),
+                *("--no-progress", "--out", "{out}"),
+            ),
+            loose=("*.png", "*.pdf", "log.csv"),
+            suite_kills=2,
         ),
     ]
 }

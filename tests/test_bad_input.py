@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.bad_inputs import API_CASES, invalid_flag_values
+from tests.bad_inputs import API_CASES, RUN_CASES, invalid_flag_values
 from tests.scripts import ROOT, load_script, run_script
 from treemdp.cli import parse_config
 from treemdp.results import cached_tables, read_config, read_table, write_config, write_table
@@ -24,6 +24,7 @@ CONFIG_SCRIPTS = {
     "toy_scaling": "experiments/toy_scaling.py",
     "theory_check": "experiments/theory_check.py",
     "llm_train": "experiments/llm_train.py",
+    "llm_eval": "experiments/llm_eval.py",
 }
 MODULES = {name: load_script(path) for name, path in CONFIG_SCRIPTS.items()}
 FLAG_CASES = [
@@ -38,6 +39,16 @@ def test_reference_doc_is_in_sync_with_the_configs_and_the_cases():
     assert reference.TARGET.read_text() == reference.render(), (
         "docs/reference.md is out of date: run python scripts/make_reference.py"
     )
+
+
+def test_every_listed_run_case_names_a_test_that_exists():
+    import ast
+
+    for case in RUN_CASES:
+        path, name = case.test.split("::")
+        tree = ast.parse((ROOT / path).read_text())
+        names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert name in names, case.test
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=lambda c: f"{c.function}-{c.argument}")
@@ -106,7 +117,7 @@ def test_truncated_and_altered_tables_are_named_with_what_to_do(tmp_path):
     path = write_table(tmp_path / "metrics.csv", pd.DataFrame({"a": [1.5, 2.5], "b": [1, 2]}))
     good = path.read_bytes()
     path.write_bytes(good[:-4])
-    with pytest.raises(ValueError, match=rf"{path} is corrupt \(.* truncated\); delete the run"):
+    with pytest.raises(ValueError, match=rf"{path} is corrupt \(.* truncated\); delete {path} and"):
         read_table(path)
     path.write_bytes(good.replace(b"1.5", b"1.6"))
     with pytest.raises(ValueError, match=rf"{path} is corrupt \(.*altered\)"):
@@ -136,7 +147,9 @@ def test_corrupt_config_and_manifest_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"config.json is corrupt .*altered"):
         read_config(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
-    with pytest.raises(ValueError, match=r"manifest.json is corrupt .*delete the run folder"):
+    with pytest.raises(
+        ValueError, match=r"manifest.json is corrupt .*rerun the experiment with --force"
+    ):
         read_config(tmp_path)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interruption import COMMANDS, ROOT, check_files, kill_points_per_command, run_harness
+from tests.interruption import COMMANDS, ROOT, check_files, run_harness, suite_kill_points
 from tests.scripts import load_script, run_script
 from treemdp.cli import parse_config
 from treemdp.results import LOCK_NAME, RunFolderBusyError, run_lock, write_table
@@ -51,8 +51,9 @@ class Holder:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_sigkill_at_random_points_then_restart_loses_nothing(name, tmp_path):
-    report = run_harness(COMMANDS[name], tmp_path, kills=kill_points_per_command())
-    assert report.kills == kill_points_per_command()
+    kills = suite_kill_points(COMMANDS[name])
+    report = run_harness(COMMANDS[name], tmp_path, kills=kills)
+    assert report.kills == kills
     assert report.outputs_compared > 0
 
 

@@ -4,7 +4,9 @@ Each field becomes a flag (``sft_steps`` → ``--sft-steps``) with its default, 
 where given, its allowed choices or lower bound, all taken from the field's metadata (``arg``).
 Tuple fields take one or more values. User mistakes exit with status 2 and one line on stderr
 (``prog: error: ...``), never a traceback and never a usage dump: argparse's own errors, range
-checks here, and any ValueError that ``main`` raises. A run whose training produced a NaN or an
+checks here (integers also within int64), any ValueError that ``main`` raises, and an OSError a
+user fixes by choosing another path (permission denied, read-only, a file where a folder must be:
+``os_error_line``; other OS errors keep their traceback). A run whose training produced a NaN or an
 infinity raises ``RunDivergedError`` and exits with status 3 and one line (what it saved, where).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
 import sys
 import typing
@@ -20,22 +23,80 @@ from typing import Any, TypeVar
 
 __all__ = [
     "DIVERGED_EXIT",
+    "INT64",
+    "SEED_MAX",
     "OneLineParser",
     "RunDivergedError",
     "arg",
     "build_parser",
+    "check_device",
     "flag_table",
     "flags_for",
+    "os_error_line",
     "parse_config",
     "run",
 ]
 
 DIVERGED_EXIT = 3
 """Exit status of a run stopped by a NaN or an infinity (``RunDivergedError``)."""
+INT64 = 2**63
+"""Integer flags must lie in [-INT64, INT64): the range torch and numpy accept."""
+SEED_MAX = 2**32 - 1
+"""The largest seed a CLI accepts (seeds are offset by epochs and run indices, and numpy's
+generators take 32-bit seeds)."""
+_PATH_ERRORS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a file is in the way (not a folder)",
+    errno.EEXIST: "a file is in the way (not a folder)",
+    errno.EISDIR: "is a folder, not a file",
+}
 
 
 class RunDivergedError(RuntimeError):
     """Training stopped on a non-finite quantity; the message says where and what was saved."""
+
+
+def os_error_line(error: OSError) -> str | None:
+    """One line for an OSError a user can fix by choosing another path (permission denied,
+    read-only, a file where a folder is needed): what and where, and what to do. None for other
+    OS errors (disk full, I/O errors), which keep their traceback."""
+    what = _PATH_ERRORS.get(error.errno)
+    if what is None:
+        return None
+    where = error.filename if error.filename is not None else "a path"
+    return (
+        f"cannot write {where}: {what}; choose a writable --out (or fix the permissions), "
+        "then run the command again"
+    )
+
+
+def check_device(name: str) -> Any:
+    """``torch.device(name)`` for a ``--device`` value, after checking that this torch can use
+    it; ValueError naming the flag otherwise (``tpu``, ``cuda`` on a CPU-only torch, ...)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"--device {name!r} is not a device torch knows; use cpu, cuda, cuda:N or auto"
+        ) from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(
+                f"--device {name}: this torch sees no CUDA device (a CPU-only build, or no GPU "
+                "visible); use --device cpu"
+            )
+        if device.index is not None and device.index >= n:
+            raise ValueError(f"--device {name}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    elif device.type not in ("cpu", "mps") or (
+        device.type == "mps" and not torch.backends.mps.is_available()
+    ):
+        raise ValueError(f"--device {name}: not available here; use cpu, cuda or auto")
+    return device
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,9 +116,16 @@ def arg(
     choices: Sequence[Any] | None = None,
     minimum: float | None = None,
     exclusive_minimum: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
-    """A dataclass field carrying its CLI help, allowed choices and lower bound."""
-    meta = {"help": help, "choices": choices, "min": minimum, "xmin": exclusive_minimum}
+    """A dataclass field carrying its CLI help, allowed choices and bounds."""
+    meta = {
+        "help": help,
+        "choices": choices,
+        "min": minimum,
+        "xmin": exclusive_minimum,
+        "max": maximum,
+    }
     if isinstance(default, list):
         raise TypeError("use a tuple default for multi-valued flags")
     return dataclasses.field(default=default, metadata=meta)
@@ -73,6 +141,8 @@ def _describe(meta: dict[str, Any]) -> str:
         parts.append(f"(>= {meta['min']})")
     if meta.get("xmin") is not None:
         parts.append(f"(> {meta['xmin']})")
+    if meta.get("max") is not None:
+        parts.append(f"(<= {meta['max']})")
     return " ".join(parts) + " [default: %(default)s]"
 
 
@@ -101,7 +171,7 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
 
 def _check_ranges(cls: type, values: dict[str, Any]) -> None:
     for f in dataclasses.fields(cls):
-        lo, xlo = f.metadata.get("min"), f.metadata.get("xmin")
+        lo, xlo, hi = f.metadata.get("min"), f.metadata.get("xmin"), f.metadata.get("max")
         vals = values[f.name] if isinstance(values[f.name], tuple) else (values[f.name],)
         for v in vals:
             if isinstance(v, float) and not math.isfinite(v):
@@ -110,6 +180,11 @@ def _check_ranges(cls: type, values: dict[str, Any]) -> None:
                 raise ValueError(f"{_flag(f.name)} must be >= {lo}; got {v}")
             if xlo is not None and not v > xlo:
                 raise ValueError(f"{_flag(f.name)} must be > {xlo}; got {v}")
+            if hi is not None and not v <= hi:
+                raise ValueError(f"{_flag(f.name)} must be <= {hi}; got {v}")
+            if isinstance(v, int) and not isinstance(v, bool) and not -INT64 <= v < INT64:
+                # torch and numpy take 64-bit integers; a larger one fails far from its flag
+                raise ValueError(f"{_flag(f.name)} must lie in [-2**63, 2**63 - 1]; got {v}")
 
 
 def flags_for(settings: dict[str, Any]) -> list[str]:
@@ -150,6 +225,13 @@ def run(
         prog = build_parser(cls, description).prog
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:
+        message = os_error_line(e)
+        if message is None:
+            raise
+        prog = build_parser(cls, description).prog
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
     except RunDivergedError as e:
         prog = build_parser(cls, description).prog
         print(f"{prog}: error: {e}", file=sys.stderr)
@@ -165,6 +247,8 @@ def _range(f: dataclasses.Field, kind: Any) -> str:
         parts.append(f">= {meta['min']}")
     if meta.get("xmin") is not None:
         parts.append(f"> {meta['xmin']}")
+    if meta.get("max") is not None:
+        parts.append(f"<= {meta['max']}")
     if not parts:
         elem = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
         name = _flag(f.name)

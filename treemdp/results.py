@@ -47,6 +47,7 @@ __all__ = [
     "config_matches",
     "find_runs",
     "is_temporary",
+    "missing_files",
     "read_checked",
     "read_config",
     "read_table",
@@ -55,6 +56,7 @@ __all__ = [
     "run_lock",
     "save_diverged",
     "verify_file",
+    "verify_folder",
     "write_checked",
     "write_config",
     "write_table",
@@ -123,16 +125,18 @@ def _file_digest(path: Path) -> str | None:
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
+    what_to_do = (
+        "rerun the experiment with --force to recompute the files it lists (or delete "
+        f"{folder} and rerun)"
+    )
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(
-            f"{path} is corrupt ({e}); delete the run folder and rerun the experiment"
-        ) from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path} is corrupt (not a JSON object); delete the run folder and rerun")
+        raise ValueError(f"{path} is corrupt ({e}); {what_to_do}") from None
+    if not isinstance(manifest, dict) or not all(isinstance(v, dict) for v in manifest.values()):
+        raise ValueError(f"{path} is corrupt (not a JSON object of file entries); {what_to_do}")
     return manifest
 
 
@@ -179,10 +183,31 @@ def verify_file(path: str | Path, data: bytes | None = None) -> bytes:
             else "its sha256 differs from manifest.json: altered"
         )
         raise ValueError(
-            f"{path} is corrupt ({what}); delete the run folder {path.parent} and rerun "
-            "the experiment (or rerun it with --force)"
+            f"{path} is corrupt ({what}); delete {path} and rerun the command to recompute it "
+            "(or rerun it with --force)"
         )
     return data
+
+
+def missing_files(folder: str | Path) -> list[Path]:
+    """The files ``folder/manifest.json`` lists that are not there (a folder without a manifest:
+    none); ValueError if the manifest is corrupt."""
+    folder = Path(folder)
+    return [folder / name for name in _read_manifest(folder) if not (folder / name).is_file()]
+
+
+def verify_folder(folder: str | Path) -> None:
+    """Check every file ``folder/manifest.json`` lists against it (what a finished run is reused
+    from: its config and every table, not only the one read first). ValueError naming the file
+    and what to do, and when the manifest itself is missing or corrupt."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise ValueError(
+            f"{folder / MANIFEST} is missing, so the finished results in {folder} cannot be "
+            "checked (written by an older version, or damaged); rerun with --force to recompute"
+        )
+    for path in [folder / name for name in _read_manifest(folder)]:
+        verify_file(path)
 
 
 def read_checked(path: str | Path) -> bytes:
@@ -207,7 +232,9 @@ def read_config(folder: str | Path) -> dict[str, Any]:
                 f"{path} is missing: the run folder is incomplete; rerun the experiment"
             ) from None
         if isinstance(e, json.JSONDecodeError | UnicodeDecodeError):
-            raise ValueError(f"{path} is corrupt ({e}); delete the folder and rerun") from None
+            raise ValueError(
+                f"{path} is corrupt ({e}); delete it and rerun (or rerun with --force)"
+            ) from None
         raise
 
 
@@ -294,14 +321,18 @@ def cached_tables(
 
     On a miss (or with ``force``), ``compute()`` returns name → table (None: not written); then
     ``config.json`` and every table are written atomically, ``names[0]`` last, so its presence
-    marks the folder complete and a killed run is simply recomputed.
+    marks the folder complete and a killed run is simply recomputed. Reuse checks every file the
+    folder's manifest lists (``verify_folder``): a corrupt one, or a missing manifest, is a
+    ValueError naming it; a listed file that was deleted makes the folder incomplete
+    (recomputed).
 
     Returns:
         The tables of ``names`` and whether they were reused.
     """
     folder = Path(folder)
     paths = {name: folder / f"{name}.csv" for name in names}
-    if not force and all(p.exists() for p in paths.values()):
+    if not force and all(p.exists() for p in paths.values()) and not missing_files(folder):
+        verify_folder(folder)
         return {name: read_table(p) for name, p in paths.items()}, True
     tables = dict(compute())
     missing = [name for name in names if tables.get(name) is None]
@@ -329,7 +360,8 @@ def save_diverged(folder: str | Path, config: Any, error: Any, *, name: str = "m
     steps = frame["step"].nunique() if "step" in frame else 0
     return (
         f"training diverged: {error}; the {steps} logged steps before it are saved in {path} "
-        "(lower the learning rate or raise the smallest β, then rerun)"
+        "(lower the learning rate, or keep β away from the extreme value that diverged, then "
+        "rerun)"
     )
 
 

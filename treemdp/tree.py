@@ -41,8 +41,8 @@ def _check_budget(n_nodes: int, branching: int, max_bytes: int, what: str) -> No
     if need > max_bytes:
         raise ValueError(
             f"{what} has {n_nodes:,} nodes and needs {need / 2**30:.2f} GiB for its node arrays, "
-            f"over the budget max_bytes={max_bytes / 2**30:.2f} GiB; use a smaller tree or pass a "
-            "larger max_bytes"
+            f"over the budget of {max_bytes / 2**30:.2f} GiB (the max_bytes argument); use a "
+            "smaller tree"
         )
 
 
@@ -283,7 +283,14 @@ class Tree:
         return cls(parent, action, depth, b)
 
     @classmethod
-    def with_stop(cls, branching: int = 3, max_length: int = 5, *, n_prompts: int = 1) -> Tree:
+    def with_stop(
+        cls,
+        branching: int = 3,
+        max_length: int = 5,
+        *,
+        n_prompts: int = 1,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> Tree:
         """A tree of responses with lengths 1 … max_length: action 0 is an end-of-sequence token.
 
         At every node of depth < max_length − 1, action 0 ends the response (a leaf) and actions
@@ -291,7 +298,8 @@ class Tree:
         length of its response as a language model does, and responses of every length exist:
         (b−1)^t responses of length t + 1 that stop early and b·(b−1)^(D−1) of full length D.
 
-        Raises ValueError for branching < 2, max_length < 1 or n_prompts < 1.
+        Raises ValueError for branching < 2, max_length < 1 or n_prompts < 1, and (before
+        building anything) when the node arrays would exceed ``max_bytes``.
         """
         if branching < 2:
             raise ValueError(f"branching must be >= 2; got {branching}")
@@ -299,6 +307,11 @@ class Tree:
             raise ValueError(f"max_length must be >= 1; got {max_length}")
         if n_prompts < 1:
             raise ValueError(f"n_prompts must be >= 1; got {n_prompts}")
+        c = branching - 1  # (c^D − 1)/(c − 1) internal nodes, one stopping leaf each but the last
+        internal = max_length if c == 1 else (c**max_length - 1) // (c - 1)
+        leaves = internal + (branching - 1) * c ** (max_length - 1)
+        what = f"a tree with stop actions (branching={branching}, max_length={max_length})"
+        _check_budget(n_prompts * (internal + leaves), branching, max_bytes, what)
         seqs: list[tuple[int, ...]] = []
         prefixes: list[tuple[int, ...]] = [()]
         for t in range(max_length):

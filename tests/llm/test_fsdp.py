@@ -120,9 +120,10 @@ def test_response_logps_and_gradients_under_fsdp_hooks(group_of_one, tiny_model,
 def test_a_cuda_device_without_an_index_is_the_local_rank_gpu(monkeypatch):
     # `--device cuda` under torchrun: NCCL and torch.cuda.set_device need cuda:LOCAL_RANK (the
     # first GPU run of the FSDP smoke test failed on a bare "cuda")
-    from experiments.llm_train import Config, _device
+    from experiments.llm_train import Config, _device, with_local_rank
 
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert _device(Config(device="cuda")) == torch.device("cuda", 3)
-    assert _device(Config(device="cuda:1")) == torch.device("cuda", 1)
+    assert with_local_rank(torch.device("cuda")) == torch.device("cuda", 3)
+    assert with_local_rank(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert with_local_rank(torch.device("cpu")) == torch.device("cpu")
     assert _device(Config(device="cpu")) == torch.device("cpu")

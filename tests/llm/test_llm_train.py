@@ -244,7 +244,10 @@ def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path, tiny_model, t
     (tmp_path / ".step-0000003.tmp-99").mkdir()
     (tmp_path / ".step-0000003.tmp-99" / "model.safetensors").write_bytes(b"partial")
     assert latest_checkpoint(tmp_path).name == "step-0000002"
-    # A pointer to a folder without trainer state (impossible with os.replace) is not trusted.
+    # A pointer to a folder without trainer state (impossible with os.replace) is not trusted,
+    # nor silently replaced by a fresh start: the message names the checkpoint to point at.
     write_atomic(tmp_path / "latest.json", json.dumps({"checkpoint": ".step-0000003.tmp-99"}))
-    assert latest_checkpoint(tmp_path) is None
+    dangling = r'names .step-0000003.tmp-99, which is missing .*"step-0000002"'
+    with pytest.raises(ValueError, match=dangling):
+        latest_checkpoint(tmp_path)
     assert not list(tmp_path.glob(".latest.json.tmp-*"))
