@@ -140,7 +140,7 @@ def save_checkpoint(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Writing model shards" would break the training bar
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp)  # safetensors: the only format of transformers 5
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -216,7 +216,7 @@ def _save_pretrained(model: nn.Module, state_dict: dict[str, Tensor], folder: Pa
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        twin.save_pretrained(folder, safe_serialization=True)
+        twin.save_pretrained(folder)  # safetensors: the only format of transformers 5
     finally:
         if bars:
             hf_logging.enable_progress_bar()
