@@ -97,7 +97,17 @@ RULE = {
 }
 """Claim id → its decision rule (``rules.describe`` text; "halves" is read as ≤ 0.6)."""
 
-FACTORS = ("source", "policy", "objective", "comparator", "matched", "size", "kl", "checkpoints", "beta")
+FACTORS = (
+    "source",
+    "policy",
+    "objective",
+    "comparator",
+    "matched",
+    "size",
+    "kl",
+    "checkpoints",
+    "beta",
+)
 """Setting factor columns, most telling first (``rules.depends_on`` tries them in this order)."""
 COLUMNS = ("claim", "statistic", "value", "ci_low", "ci_high", "setting", "verdict", "rule")
 """claims.csv's leading columns (the factor columns and ``depends_on`` follow)."""
@@ -142,78 +152,105 @@ def _per_seed(values: pd.Series) -> tuple[float, float, float]:
 
 
 def evaluate_checkpoints(
-    table: pd.DataFrame, *, source: str = "toy", n_resamples: int = 200
+    table: pd.DataFrame,
+    *,
+    source: str = "toy",
+    n_resamples: int = 200,
+    only: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Setting rows of claims 3–9 on a checkpoint table (figures/checkpoints.py COLUMNS).
 
     Claims needing what the table lacks are left out (5 without IPO, 9 without R-DPO, 8 where
     ``length_r2`` is all NaN, 6b and 8a with fewer than three model sizes of one family).
+    ``only``: evaluate just these claim ids (default: all).
     """
     runs = st.run_table(table)
     rows: list[dict] = []
+
+    def want(claim: str) -> bool:
+        return only is None or claim in only
+
     paper = [o for o in ("dpo", "ipo", "slic") if o in set(table["objective"])]
     sizes = list(table.drop_duplicates("size").sort_values("size_rank")["size"])
     family = [s for s in sizes if s not in SINGLE_FAMILY]
     lowest = table["beta"].min()
     for objective in paper:
         for size in sizes:
-            sub = table[(table["objective"] == objective) & (table["size"] == size)]
-            r = runs[(runs["objective"] == objective) & (runs["size"] == size)]
-            cell = {"source": source, "objective": objective, "size": size}
-            rows.append(make_row("3a", *_per_seed(r.groupby("seed")["drop"].mean()), **cell))
-            rows.append(
-                make_row("3b", *st.bootstrap_seeds(sub, st.seed_mean_drop, n_resamples=n_resamples), **cell)
-            )
-            rows.append(
-                make_row("3c", *st.bootstrap_seeds(sub, st.fitted_peak_ratio, n_resamples=n_resamples), **cell)
-            )
-            for kl, x in (("reverse", "d"), ("forward", "d_forward")):
-                for which in ("final", "all"):
-
-                    def ratio(t, x=x, which=which):
-                        return st.fit_rmse_ratio(t, x=x, final=which == "final")
-
-                    v = st.bootstrap_seeds(sub, ratio, n_resamples=n_resamples)
-                    rows.append(make_row("4", *v, **cell, kl=kl, checkpoints=which))
-            low = r[r["beta"] == lowest]
-            rows.append(make_row("6a", *_per_seed(low.groupby("seed")["peak_fraction"].mean()), **cell))
-            pts = sub[sub["step"] > 0]
-            acc = pts.groupby("seed").apply(
-                lambda g: st.spearman(g["reward_accuracy"], g["win_rate"]), include_groups=False
-            )
-            rows.append(make_row("7a", *_per_seed(acc), **cell))
-            loss = pts.groupby("seed").apply(
-                lambda g: np.nanmean(
-                    [st.spearman(b["loss"], b["win_rate"]) for _, b in g.groupby("beta")]
-                ),
-                include_groups=False,
-            )
-            rows.append(make_row("7b", *_per_seed(loss), **cell))
-            if r["length_r2_final"].notna().any():
-                rho = r.groupby("seed").apply(
-                    lambda g: st.spearman(g["kl_final"], g["length_r2_final"]),
-                    include_groups=False,
+            rows += [
+                make_row(claim, *value, source=source, objective=objective, size=size, **extra)
+                for claim, value, extra in _cell_claims(
+                    table[(table["objective"] == objective) & (table["size"] == size)],
+                    runs[(runs["objective"] == objective) & (runs["size"] == size)],
+                    lowest=lowest,
+                    n_resamples=n_resamples,
+                    want=want,
                 )
-                rows.append(make_row("8b", *_per_seed(rho), **cell))
-        if len(family) >= 3:
+            ]
+        if len(family) >= 3 and (want("6b") or want("8a")):
             r = runs[(runs["objective"] == objective) & runs["size"].isin(family)]
             per = r.groupby(["seed", "size_rank"])[["drop", "length_r2_final"]].mean().reset_index()
             cell = {"source": source, "objective": objective, "size": "/".join(family)}
-            rho = per.groupby("seed").apply(
-                lambda g: st.spearman(g["size_rank"], g["drop"]), include_groups=False
-            )
-            rows.append(make_row("6b", *_per_seed(rho), **cell))
-            if per["length_r2_final"].notna().any():
+            if want("6b"):
+                rho = per.groupby("seed").apply(
+                    lambda g: st.spearman(g["size_rank"], g["drop"]), include_groups=False
+                )
+                rows.append(make_row("6b", *_per_seed(rho), **cell))
+            if want("8a") and per["length_r2_final"].notna().any():
                 rho = per.groupby("seed").apply(
                     lambda g: st.spearman(g["size_rank"], g["length_r2_final"]),
                     include_groups=False,
                 )
                 rows.append(make_row("8a", *_per_seed(rho), **cell))
-    if "ipo" in paper:
-        rows += _ipo_rows(runs, sizes, source)
-    if "rdpo" in set(table["objective"]) and "dpo" in paper:
-        rows += _rdpo_rows(runs, sizes, source)
+    if "ipo" in paper and (want("5a") or want("5b")):
+        rows += [r for r in _ipo_rows(runs, sizes, source) if want(r["claim"])]
+    if "rdpo" in set(table["objective"]) and "dpo" in paper and any(map(want, ("9a", "9b", "9c"))):
+        rows += [r for r in _rdpo_rows(runs, sizes, source) if want(r["claim"])]
     return pd.DataFrame(rows)
+
+
+def _cell_claims(sub: pd.DataFrame, r: pd.DataFrame, *, lowest: float, n_resamples: int, want):
+    """(claim, (value, low, high), extra factors) of claims 3, 4, 6a, 7, 8b for one (objective,
+    size): ``sub`` its checkpoints, ``r`` its runs (``statistics.run_table``)."""
+    out = []
+    if want("3a"):
+        out.append(("3a", _per_seed(r.groupby("seed")["drop"].mean()), {}))
+    if want("3b"):
+        out.append(("3b", st.bootstrap_seeds(sub, st.seed_mean_drop, n_resamples=n_resamples), {}))
+    if want("3c"):
+        v = st.bootstrap_seeds(sub, st.fitted_peak_ratio, n_resamples=n_resamples)
+        out.append(("3c", v, {}))
+    if want("4"):
+        for kl, x in (("reverse", "d"), ("forward", "d_forward")):
+            for which in ("final", "all"):
+
+                def ratio(t, x=x, which=which):
+                    return st.fit_rmse_ratio(t, x=x, final=which == "final")
+
+                v = st.bootstrap_seeds(sub, ratio, n_resamples=n_resamples)
+                out.append(("4", v, {"kl": kl, "checkpoints": which}))
+    if want("6a"):
+        low = r[r["beta"] == lowest]
+        out.append(("6a", _per_seed(low.groupby("seed")["peak_fraction"].mean()), {}))
+    pts = sub[sub["step"] > 0]
+    if want("7a"):
+        acc = pts.groupby("seed").apply(
+            lambda g: st.spearman(g["reward_accuracy"], g["win_rate"]), include_groups=False
+        )
+        out.append(("7a", _per_seed(acc), {}))
+    if want("7b"):  # per β: the loss's scale changes with β (IPO's by ~10⁴ over the grid)
+        loss = pts.groupby("seed").apply(
+            lambda g: np.nanmean(
+                [st.spearman(b["loss"], b["win_rate"]) for _, b in g.groupby("beta")]
+            ),
+            include_groups=False,
+        )
+        out.append(("7b", _per_seed(loss), {}))
+    if want("8b") and r["length_r2_final"].notna().any():
+        rho = r.groupby("seed").apply(
+            lambda g: st.spearman(g["kl_final"], g["length_r2_final"]), include_groups=False
+        )
+        out.append(("8b", _per_seed(rho), {}))
+    return out
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, matched: str) -> pd.DataFrame:
@@ -237,7 +274,11 @@ def _ipo_rows(runs: pd.DataFrame, sizes: Sequence[str], source: str) -> list[dic
             cell = {"source": source, "comparator": other, "size": size}
             for matched in ("beta", "final win rate"):
                 p = _paired(ipo, b, matched)
-                v = (p["kl_final_b"] - p["kl_final_a"]).groupby(p["seed"]).mean() if len(p) else pd.Series()
+                v = (
+                    (p["kl_final_b"] - p["kl_final_a"]).groupby(p["seed"]).mean()
+                    if len(p)
+                    else pd.Series()
+                )
                 rows.append(make_row("5a", *_per_seed(v), **cell, matched=matched))
             for matched in ("beta", "KL"):
                 p = _paired(ipo, b, matched)
@@ -257,9 +298,17 @@ def _rdpo_rows(runs: pd.DataFrame, sizes: Sequence[str], source: str) -> list[di
         cell = {"source": source, "size": size}
         rows.append(make_row("9a", *_per_seed(a.groupby("seed")["drop"].mean()), **cell))
         p = _paired(a, b, "KL")
-        win = (p["win_final_a"] - p["win_final_b"]).groupby(p["seed"]).mean() if len(p) else pd.Series()
+        win = (
+            (p["win_final_a"] - p["win_final_b"]).groupby(p["seed"]).mean()
+            if len(p)
+            else pd.Series()
+        )
         rows.append(make_row("9b", *_per_seed(win), **cell, matched="KL"))
-        length = (p["length_final_b"] - p["length_final_a"]).groupby(p["seed"]).mean() if len(p) else pd.Series()
+        length = (
+            (p["length_final_b"] - p["length_final_a"]).groupby(p["seed"]).mean()
+            if len(p)
+            else pd.Series()
+        )
         rows.append(make_row("9c", *_per_seed(length), **cell, matched="KL"))
     return rows
 
@@ -280,10 +329,14 @@ def evaluate_ood(metrics: pd.DataFrame, responses: pd.DataFrame | None) -> pd.Da
         rows.append(make_row("1b", *_per_seed(g.groupby("seed")["in_dist_fall"].mean()), **cell))
     if responses is not None and len(responses):
         n_eff = st.effective_ood_number(responses)
-        keys = metrics.drop_duplicates("run").set_index("run")[["policy", "objective", "beta", "seed"]]
+        keys = metrics.drop_duplicates("run").set_index("run")[
+            ["policy", "objective", "beta", "seed"]
+        ]
         table = keys.join(n_eff, how="inner")
         table = table[(table["policy"] != "tabular") & (table["beta"] == table["beta"].min())]
-        for (policy, objective, beta), g in table.groupby(["policy", "objective", "beta"], sort=False):
+        for (policy, objective, beta), g in table.groupby(
+            ["policy", "objective", "beta"], sort=False
+        ):
             cell = {"source": "toy", "policy": policy, "objective": objective, "beta": float(beta)}
             rows.append(make_row("2", *_per_seed(g.groupby("seed")["n_eff"].mean()), **cell))
     return pd.DataFrame(rows)
@@ -331,4 +384,6 @@ def summarise(settings: pd.DataFrame) -> pd.DataFrame:
 def order(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows in claim order (as in ``CLAIMS``), stable within a claim."""
     rank = {c: i for i, c in enumerate(CLAIMS)}
-    return frame.sort_values("claim", key=lambda s: s.map(rank), kind="stable").reset_index(drop=True)
+    return frame.sort_values("claim", key=lambda s: s.map(rank), kind="stable").reset_index(
+        drop=True
+    )

@@ -133,30 +133,54 @@ def combine(verdicts: Sequence[str]) -> str:
     return DEPENDS
 
 
-def depends_on(rows: pd.DataFrame, factors: Sequence[str]) -> str:
-    """The factor(s) that separate the verdicts of one claim's setting rows.
+def depends_on(rows: pd.DataFrame, factors: Sequence[str], *, depth: int = 3) -> str:
+    """What the verdicts of one claim's setting rows depend on, as text.
 
-    A factor separates when every one of its levels has a single verdict and not all levels
-    agree. Returns the first single factor that does (in ``factors`` order), else the first pair
-    ("beta and size"), else "seed" when every row straddles its line (all depend), else
-    "setting (see the rows)". Empty string when all rows agree.
+    A factor *separates* when each of its levels has a single verdict. The answer is the first
+    factor (in ``factors`` order) that separates, with its levels grouped by verdict, e.g.
+    "size (tabular: refuted; mlp4, mlp16: reproduced)"; else the first factor with some levels
+    of a single verdict, its other levels explained recursively (``depth`` levels deep), e.g.
+    "policy (tabular: refuted; loglinear: beta (0.01: reproduced; 0.1, 0.5: depends))"; else
+    "seed (the intervals straddle)" when every row depends, else "setting (see the rows)".
+    Empty string when all rows agree on reproduced or refuted.
 
     Args:
         rows: one row per setting, with a ``verdict`` column and the ``factors`` columns.
         factors: candidate factor columns, most telling first.
+        depth: how many factors deep to explain.
     """
-    if rows["verdict"].nunique() <= 1:
-        return "" if rows["verdict"].iloc[0] != DEPENDS else "seed (the intervals straddle)"
-    usable = [f for f in factors if f in rows.columns and rows[f].nunique() > 1]
-
-    def separates(cols: list[str]) -> bool:
-        return bool((rows.groupby(cols)["verdict"].nunique() == 1).all())
-
+    verdicts = set(rows["verdict"])
+    if verdicts == {DEPENDS}:
+        return "seed (the intervals straddle)"
+    if len(verdicts) == 1:
+        return ""
+    usable = [f for f in factors if f in rows.columns and rows[f].nunique(dropna=True) > 1]
+    pure = {}
     for f in usable:
-        if separates([f]):
-            return f
-    for i, f in enumerate(usable):
-        for g in usable[i + 1 :]:
-            if separates([f, g]):
-                return f"{f} and {g}"
+        per_level = rows.groupby(f, sort=False)["verdict"].agg(lambda v: sorted(set(v)))
+        pure[f] = per_level
+        if all(len(v) == 1 for v in per_level):
+            return f"{f} ({_levels(per_level)})"
+    if depth > 1:
+        for f in usable:
+            per_level = pure[f]
+            single = per_level[per_level.map(len) == 1]
+            if 0 < len(single) < len(per_level):
+                parts = [_levels(single)] if len(single) else []
+                for level, v in per_level[per_level.map(len) > 1].items():
+                    inner = depends_on(rows[rows[f] == level], factors, depth=depth - 1)
+                    parts.append(f"{_fmt(level)}: {inner or v[0]}")
+                return f"{f} ({'; '.join(parts)})"
     return "setting (see the rows)"
+
+
+def _fmt(level) -> str:
+    return f"{level:g}" if isinstance(level, float) else str(level)
+
+
+def _levels(per_level: pd.Series) -> str:
+    """ "a, b: reproduced; c: refuted" from level → [verdict]."""
+    groups: dict[str, list[str]] = {}
+    for level, v in per_level.items():
+        groups.setdefault(v[0], []).append(_fmt(level))
+    return "; ".join(f"{', '.join(levels)}: {verdict}" for verdict, levels in groups.items())
