@@ -98,8 +98,6 @@ SEARCH = {
     "noise ρ=0.5": ("preference noise", {"explained": 0.5}),
     "noise ρ=0.25": ("preference noise", {"explained": 0.25}),
     "P=128": ("data size", {"pairs": 128}),
-    "P=2048": ("data size", {"pairs": 2048}),
-    "capacity +mlp256": ("capacity", {"capacities": ("mlp4", "mlp16", "mlp64", "mlp256")}),
     "reference uniform (0 SFT steps)": ("reference quality", {"sft_steps": 0}),
     "reference 20 SFT steps": ("reference quality", {"sft_steps": 20}),
     "reference 400 SFT steps": ("reference quality", {"sft_steps": 400}),
@@ -108,6 +106,8 @@ SEARCH = {
     "RMSProp lr 0.01": ("optimizer", {"optimizer": "rmsprop", "lr": 0.01}),
     "SGD lr 1": ("optimizer", {"optimizer": "sgd", "lr": 1.0}),
     "Adam lr 0.1": ("optimizer", {"lr": 0.1}),
+    "P=2048": ("data size", {"pairs": 2048}),
+    "capacity +mlp256": ("capacity", {"capacities": ("mlp4", "mlp16", "mlp64", "mlp256")}),
     "3 epochs": ("training length", {"epochs": 3.0}),
 }
 """Variant → (factor, toy_scaling settings changed from ``SEARCH_DEFAULTS``)."""
@@ -226,10 +226,17 @@ def search(config: Config, results: Path) -> pd.DataFrame:
             table = toy_table(config, results, settings)
         except ValueError as e:  # e.g. a diverged optimiser: a result of the search, say so
             reason = str(e).strip().splitlines()[-1][:200]
-            rows.append(pd.DataFrame([{"claim": c, "variant": name, "factor": factor,
-                                       "statistic": catalog.STATISTIC[c], "verdict": "depends",
-                                       "depends_on": f"(no data: {reason})",
-                                       "rule": catalog.RULE[c]} for c in SEARCH_CLAIMS]))  # fmt: skip
+            failed = {"variant": name, "factor": factor, "verdict": "depends"}
+            failed["depends_on"] = f"(no data: {reason})"
+            rows.append(
+                pd.DataFrame(
+                    [
+                        {"claim": c, "statistic": catalog.STATISTIC[c], "rule": catalog.RULE[c]}
+                        | failed
+                        for c in SEARCH_CLAIMS
+                    ]
+                )
+            )
             continue
         found = catalog.evaluate_checkpoints(
             table, source="toy", n_resamples=config.n_resamples, only=SEARCH_CLAIMS

@@ -110,7 +110,8 @@ def what_moved(search: pd.DataFrame, *, base: str = "base") -> str:
         moved_text = ", ".join(f"{r['variant']} → {verdict_text(r)}" for _, r in moved.iterrows())
         base_text = f"{verdict_text(ref.iloc[0])}, median {number(ref['value'].iloc[0])}"
         out.append(
-            f"- **{claim}** (base: {base_text}): verdict changed under {moved_text or 'no variant'}; "
+            f"- **{claim}** (base: {base_text}): verdict changed under "
+            f"{moved_text or 'no variant'}; "
             f"unchanged under {', '.join(same['variant']) or 'no variant'}."
         )
     return "\n".join(out)
