@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy.special import stdtrit  # the Student-t quantile (lighter than scipy.stats)
 
 from treemdp import scaling
 
@@ -43,7 +43,7 @@ def t_interval(values: Sequence[float], *, level: float = 0.95) -> tuple[float, 
     mean = float(x.mean())
     if len(x) < 2:
         return mean, math.nan, math.nan
-    half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    half = float(stdtrit(len(x) - 1, 0.5 + level / 2) * x.std(ddof=1) / math.sqrt(len(x)))
     return mean, mean - half, mean + half
 
 
@@ -125,7 +125,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     x, y = x[ok], y[ok]
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
-    rx, ry = sps.rankdata(x), sps.rankdata(y)
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
