@@ -298,6 +298,13 @@ def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
     for policy in claims.OOD_POLICIES:
         settings = {**claims.OOD_SETTINGS, "policy": policy, **claims.OOD_QUICK}
         ood.main(ood.Config(**settings, out=str(results / "ood_mass")))
+    from tests.test_figures_scaling import write_llm_run
+
+    for model in ("pythia-1b", "pythia-2.8b", "pythia-6.9b"):  # LLM evaluation runs: one seed
+        for objective in ("dpo", "ipo"):
+            for beta in (0.1, 0.5):
+                folder = results / "llm_eval" / f"{model}-{objective}-{beta}"
+                write_llm_run(folder, model, objective=objective, beta=beta)
     config = claims.Config(
         out=str(tmp_path / "claims"), results=str(results), quick=True, n_resamples=10,
         docs=str(tmp_path / "docs" / "claims.md"), progress=False,
@@ -310,7 +317,10 @@ def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
     ]  # fmt: skip
     assert set(table["verdict"]) <= set(rules.VERDICTS)
     assert {"1", "2", "3a", "4", "5b", "9b", "P1"} <= set(table["claim"])
-    assert "LLM side skipped" in out and f"results in {folder}" in out
+    assert "LLM side: 12 runs from 12 folders" in out and f"results in {folder}" in out
+    llm = table[table["source"] == "llm"]
+    assert {"3a", "5a", "6b", "7a"} <= set(llm["claim"])
+    assert llm.loc[llm["kind"] == "setting", "ci_low"].isna().all()  # one seed: no interval
     page = Path(config.docs).read_text()
     assert report.generated_part(page) == report.page(tmp_path / "docs" / "claims_data")
 

@@ -35,6 +35,7 @@ CLAIMS = {
     "5b": "IPO over-optimizes least",
     "6a": "wide-KL (lowest-β) runs peak after about 25% of the epoch",
     "6b": "larger models degrade less",
+    "6c": "degradation starts before one epoch ends (the win rate peaks inside the epoch)",
     "7a": "implicit-reward accuracy does not predict win rate (within a size)",
     "7b": "training loss does not predict win rate (within a size)",
     "8a": "smaller models lean more on length (R² of log-ratio on length)",
@@ -58,6 +59,7 @@ STATISTIC = {
     "5b": "drop(other) − drop(IPO) (drop: peak − final win rate)",
     "6a": "fraction of the epoch at the win-rate peak, lowest β",
     "6b": "Spearman ρ(size rank, drop) over model sizes",
+    "6c": "fraction of the epoch at the win-rate peak, mean over β",
     "7a": "Spearman ρ(accuracy, win rate), checkpoints of all β",
     "7b": "Spearman ρ(loss, win rate) within each β, mean over β",
     "8a": "Spearman ρ(size rank, final length R²) over model sizes",
@@ -86,6 +88,7 @@ RULE = {
     "5b": rules.describe("above", threshold=0.0),
     "6a": rules.describe("inside", low=0.1, high=0.4),
     "6b": rules.describe("below", threshold=0.0),
+    "6c": rules.describe("below", threshold=1.0),
     "7a": rules.describe("inside", low=-NO_PREDICTION, high=NO_PREDICTION),
     "7b": rules.describe("inside", low=-NO_PREDICTION, high=NO_PREDICTION),
     "8a": rules.describe("below", threshold=0.0),
@@ -231,6 +234,8 @@ def _cell_claims(sub: pd.DataFrame, r: pd.DataFrame, *, lowest: float, n_resampl
     if want("6a"):
         low = r[r["beta"] == lowest]
         out.append(("6a", _per_seed(low.groupby("seed")["peak_fraction"].mean()), {}))
+    if want("6c"):
+        out.append(("6c", _per_seed(r.groupby("seed")["peak_fraction"].mean()), {}))
     pts = sub[sub["step"] > 0]
     if want("7a"):
         acc = pts.groupby("seed").apply(
