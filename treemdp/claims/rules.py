@@ -141,7 +141,8 @@ def depends_on(rows: pd.DataFrame, factors: Sequence[str], *, depth: int = 3) ->
     "size (tabular: refuted; mlp4, mlp16: reproduced)"; else the first factor with some levels
     of a single verdict, its other levels explained recursively (``depth`` levels deep), e.g.
     "policy (tabular: refuted; loglinear: beta (0.01: reproduced; 0.1, 0.5: depends))"; else
-    "seed (the intervals straddle)" when every row depends, else "setting (see the rows)".
+    "seed (the intervals straddle)" when every row depends, else "setting (n reproduced, m
+    refuted, k depends; see the rows)".
     Empty string when all rows agree on reproduced or refuted.
 
     Args:
@@ -171,7 +172,9 @@ def depends_on(rows: pd.DataFrame, factors: Sequence[str], *, depth: int = 3) ->
                     inner = depends_on(rows[rows[f] == level], factors, depth=depth - 1)
                     parts.append(f"{_fmt(level)}: {inner or v[0]}")
                 return f"{f} ({'; '.join(parts)})"
-    return "setting (see the rows)"
+    counts = rows["verdict"].value_counts()
+    tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
+    return f"setting ({tally}; see the rows)"
 
 
 def _fmt(level) -> str:
