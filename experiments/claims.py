@@ -104,7 +104,7 @@ SEARCH = {
     "β up to 10": ("β", {"beta": (0.1, 0.3, 1.0, 3.0, 10.0)}),
     "β down to 0.001": ("β", {"beta": (0.001, 0.003, 0.01, 0.03, 0.1)}),
     "RMSProp lr 0.01": ("optimizer", {"optimizer": "rmsprop", "lr": 0.01}),
-    "SGD lr 1": ("optimizer", {"optimizer": "sgd", "lr": 1.0}),
+    "SGD lr 0.1": ("optimizer", {"optimizer": "sgd", "lr": 0.1}),
     "Adam lr 0.1": ("optimizer", {"lr": 0.1}),
     "P=2048": ("data size", {"pairs": 2048}),
     "capacity +mlp256": ("capacity", {"capacities": ("mlp4", "mlp16", "mlp64", "mlp256")}),
@@ -245,7 +245,8 @@ def search(config: Config, results: Path) -> pd.DataFrame:
         rows.append(summary)
     out = catalog.order(pd.concat(rows, ignore_index=True))
     return out[["claim", "variant", "factor", "statistic", "value", "ci_low", "ci_high",
-                "verdict", "depends_on", "rule"]]  # fmt: skip
+                "verdict", "depends_on", "rule", "n_settings", "n_reproduced", "n_refuted",
+                "n_depends"]]  # fmt: skip
 
 
 def load_average() -> str:

@@ -381,6 +381,8 @@ def summarise(settings: pd.DataFrame) -> pd.DataFrame:
                 "rule": RULE[claim],
                 "source": source,
                 "depends_on": rules.depends_on(g, FACTORS) if verdict == rules.DEPENDS else "",
+                "n_settings": len(g),
+                **{f"n_{v}": int((g["verdict"] == v).sum()) for v in rules.VERDICTS},
             }
         )
     return pd.DataFrame(rows)

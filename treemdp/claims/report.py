@@ -86,33 +86,58 @@ def markdown_search(search: pd.DataFrame) -> str:
             f"**{claim}**: {CLAIMS[claim]}; {g['statistic'].iloc[0].split(';')[0]}; "
             f"rule `{g['rule'].iloc[0]}`\n"
         )
-        out.append("| variant | factor | median over settings (range) | verdict |")
-        out.append("|---|---|---|---|")
+        out.append(
+            "| variant | factor | median over settings (range) | settings reproduced / refuted"
+            " / depend | verdict |"
+        )
+        out.append("|---|---|---|---|---|")
         for _, r in g.iterrows():
+            counts = (
+                f"{int(r['n_reproduced'])} / {int(r['n_refuted'])} / {int(r['n_depends'])}"
+                if r["n_settings"] == r["n_settings"] and r["n_settings"] > 0
+                else "–"
+            )
             out.append(
                 f"| {r['variant']} | {r['factor']} | {number(r['value'])} "
-                f"({number(r['ci_low'])} … {number(r['ci_high'])}) | {verdict_text(r)} |"
+                f"({number(r['ci_low'])} … {number(r['ci_high'])}) | {counts} | {verdict_text(r)} |"
             )
         out.append("")
     return "\n".join(out)
 
 
 def what_moved(search: pd.DataFrame, *, base: str = "base") -> str:
-    """Per claim: the variants whose verdict differs from the base's, and those that do not."""
+    """Per claim: how the share of settings that reproduce (refute) it moves across variants.
+
+    The summary verdict of a claim is coarse (it depends as soon as one setting differs), so this
+    compares the tallies: the base's, the variants with the largest share of reproducing and of
+    refuting settings, and whether any variant reproduces the claim in every setting.
+    """
     out = []
     for claim, g in search.groupby("claim", sort=False):
+        g = g[g["n_settings"].fillna(0) > 0]
         ref = g[g["variant"] == base]
         if ref.empty:
             continue
-        v0 = ref["verdict"].iloc[0]
-        moved = g[(g["variant"] != base) & (g["verdict"] != v0)]
-        same = g[(g["variant"] != base) & (g["verdict"] == v0)]
-        moved_text = ", ".join(f"{r['variant']} → {verdict_text(r)}" for _, r in moved.iterrows())
-        base_text = f"{verdict_text(ref.iloc[0])}, median {number(ref['value'].iloc[0])}"
+        share = g.assign(
+            rep=g["n_reproduced"] / g["n_settings"], ref=g["n_refuted"] / g["n_settings"]
+        )
+
+        def tally(r) -> str:
+            return (
+                f"{r['variant']} ({int(r['n_reproduced'])} reproduced, {int(r['n_refuted'])} "
+                f"refuted of {int(r['n_settings'])}; median {number(r['value'])})"
+            )
+
+        b = share[share["variant"] == base].iloc[0]
+        others = share[share["variant"] != base]
+        most_rep = others.sort_values("rep", ascending=False, kind="stable").head(3)
+        most_ref = others.sort_values("ref", ascending=False, kind="stable").head(3)
+        every = list(share.loc[share["verdict"] == "reproduced", "variant"])
         out.append(
-            f"- **{claim}** (base: {base_text}): verdict changed under "
-            f"{moved_text or 'no variant'}; "
-            f"unchanged under {', '.join(same['variant']) or 'no variant'}."
+            f"- **{claim}**: base {tally(b)}. Most reproducing: "
+            f"{'; '.join(tally(r) for _, r in most_rep.iterrows())}. Most refuting: "
+            f"{'; '.join(tally(r) for _, r in most_ref.iterrows())}. Reproduced in every "
+            f"setting under: {', '.join(every) or 'no variant'}."
         )
     return "\n".join(out)
 
