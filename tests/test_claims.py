@@ -171,6 +171,8 @@ def test_run_table_and_the_two_kinds_of_fall_by_hand():
     runs = st.run_table(table).set_index("seed")
     np.testing.assert_allclose(runs["drop"], [0.1, 0.0], atol=1e-12)
     assert list(runs["peak_fraction"]) == [0.5, 1.0]
+    assert list(runs["degrade_fraction"]) == [0.5, 1.0]
+    assert list(st.run_table(table, fall=0.2)["degrade_fraction"]) == [1.0, 1.0]  # 0.1 is no fall
     assert list(runs["kl_final"]) == [4, 4] and list(runs["length_final"]) == [2, 2]
     assert st.seed_mean_drop(table) == pytest.approx(0.0)
 

@@ -59,7 +59,7 @@ STATISTIC = {
     "5b": "drop(other) − drop(IPO) (drop: peak − final win rate)",
     "6a": "fraction of the epoch at the win-rate peak, lowest β",
     "6b": "Spearman ρ(size rank, drop) over model sizes",
-    "6c": "fraction of the epoch at the win-rate peak, mean over β",
+    "6c": "epoch fraction at the peak before a fall > 0.02 (1: no fall), mean over β",
     "7a": "Spearman ρ(accuracy, win rate), checkpoints of all β",
     "7b": "Spearman ρ(loss, win rate) within each β, mean over β",
     "8a": "Spearman ρ(size rank, final length R²) over model sizes",
@@ -167,7 +167,7 @@ def evaluate_checkpoints(
     ``length_r2`` is all NaN, 6b and 8a with fewer than three model sizes of one family).
     ``only``: evaluate just these claim ids (default: all).
     """
-    runs = st.run_table(table)
+    runs = st.run_table(table, fall=FALL)
     rows: list[dict] = []
 
     def want(claim: str) -> bool:
@@ -235,7 +235,7 @@ def _cell_claims(sub: pd.DataFrame, r: pd.DataFrame, *, lowest: float, n_resampl
         low = r[r["beta"] == lowest]
         out.append(("6a", _per_seed(low.groupby("seed")["peak_fraction"].mean()), {}))
     if want("6c"):
-        out.append(("6c", _per_seed(r.groupby("seed")["peak_fraction"].mean()), {}))
+        out.append(("6c", _per_seed(r.groupby("seed")["degrade_fraction"].mean()), {}))
     pts = sub[sub["step"] > 0]
     if want("7a"):
         acc = pts.groupby("seed").apply(

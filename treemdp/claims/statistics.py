@@ -134,11 +134,13 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_table(table: pd.DataFrame) -> pd.DataFrame:
+def run_table(table: pd.DataFrame, *, fall: float = 0.02) -> pd.DataFrame:
     """One row per run of a checkpoint table: its keys and
 
     ``win_start`` (first checkpoint), ``win_peak``, ``win_final``, ``drop`` = peak − final,
     ``peak_fraction`` (fraction of the epoch at the first checkpoint with the peak win rate),
+    ``degrade_fraction`` (``peak_fraction`` where the run then falls by more than ``fall``, else
+    the run's last fraction: a run that does not fall never starts to degrade),
     ``kl_final``, ``d_final``, ``length_final``, ``length_r2_final``.
     """
     table = table.sort_values(["run", "step"])
@@ -152,6 +154,7 @@ def run_table(table: pd.DataFrame) -> pd.DataFrame:
     out["win_final"] = last["win_rate"]
     out["drop"] = out["win_peak"] - out["win_final"]
     out["peak_fraction"] = peak_at["fraction"]
+    out["degrade_fraction"] = out["peak_fraction"].where(out["drop"] > fall, last["fraction"])
     out["kl_final"] = last["kl_reverse"]
     out["d_final"] = last["d"]
     out["length_final"] = last["length"]
