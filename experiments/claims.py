@@ -104,7 +104,7 @@ SEARCH = {
     "β up to 10": ("β", {"beta": (0.1, 0.3, 1.0, 3.0, 10.0)}),
     "β down to 0.001": ("β", {"beta": (0.001, 0.003, 0.01, 0.03, 0.1)}),
     "RMSProp lr 0.01": ("optimizer", {"optimizer": "rmsprop", "lr": 0.01}),
-    "SGD lr 0.1": ("optimizer", {"optimizer": "sgd", "lr": 0.1}),
+    "SGD lr 0.01": ("optimizer", {"optimizer": "sgd", "lr": 0.01}),
     "Adam lr 0.1": ("optimizer", {"lr": 0.1}),
     "P=2048": ("data size", {"pairs": 2048}),
     "capacity +mlp256": ("capacity", {"capacities": ("mlp4", "mlp16", "mlp64", "mlp256")}),
@@ -225,7 +225,7 @@ def search(config: Config, results: Path) -> pd.DataFrame:
         try:
             table = toy_table(config, results, settings)
         except ValueError as e:  # e.g. a diverged optimiser: a result of the search, say so
-            reason = str(e).strip().splitlines()[-1][:200]
+            reason = str(e).strip().splitlines()[-1].split("; the ")[0]
             failed = {"variant": name, "factor": factor, "verdict": "depends"}
             failed["depends_on"] = f"(no data: {reason})"
             rows.append(

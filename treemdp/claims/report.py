@@ -26,6 +26,8 @@ def verdict_text(row: pd.Series) -> str:
     """ "reproduced", "refuted", or "depends on X"."""
     on = row.get("depends_on", "")
     on = "" if not isinstance(on, str) else on
+    if on.startswith("(no data"):  # a search variant that could not run
+        return on.strip("()")
     return f"depends on {on}" if row["verdict"] == "depends" and on else row["verdict"]
 
 
