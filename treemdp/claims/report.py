@@ -132,11 +132,12 @@ def what_moved(search: pd.DataFrame, *, base: str = "base") -> str:
 
         b = share[share["variant"] == base].iloc[0]
         others = share[share["variant"] != base]
-        most_rep = others.sort_values("rep", ascending=False, kind="stable").head(3)
-        most_ref = others.sort_values("ref", ascending=False, kind="stable").head(3)
+        most_rep = others.sort_values(["rep", "ref"], ascending=[False, True], kind="stable")
+        most_ref = others.sort_values(["ref", "rep"], ascending=[False, True], kind="stable")
+        most_rep, most_ref = most_rep.head(3), most_ref.head(3)
         every = list(share.loc[share["verdict"] == "reproduced", "variant"])
         out.append(
-            f"- **{claim}**: base {tally(b)}. Most reproducing: "
+            f"- **{claim}**: {tally(b)}. Most reproducing: "
             f"{'; '.join(tally(r) for _, r in most_rep.iterrows())}. Most refuting: "
             f"{'; '.join(tally(r) for _, r in most_ref.iterrows())}. Reproduced in every "
             f"setting under: {', '.join(every) or 'no variant'}."
