@@ -4,7 +4,7 @@ Runs (or reuses) the experiments the claims are decided on, evaluates every clai
 Rafailov et al. (2024) that the toy can decide (and the LLM side where LLM evaluation runs exist
 under --results), and prints and writes one row per claim and one per setting:
 
-    python experiments/claims.py --out results/claims           # ~2 min from scratch
+    python experiments/claims.py --out results/claims   # ~90 s of CPU from scratch, ~20 s cached
     python experiments/claims.py --search                       # + the condition search (slow)
     python experiments/claims.py --docs docs/claims.md          # + regenerate the docs page
 
