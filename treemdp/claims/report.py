@@ -163,9 +163,11 @@ seed-mean curve). A rule (`treemdp.claims.rules`) reads the interval: `above(thr
 *depends* (on the seed) when it straddles t; `below` likewise; `inside(low, high)` is reproduced
 when the interval lies in [low, high] and refuted when it misses it. A claim's summary verdict
 combines its settings: reproduced (refuted) only if every setting is; otherwise it *depends*, and
-`depends on X` names the factor whose levels separate the verdicts (`seed` when the intervals
-straddle everywhere, `setting` when no single factor or pair does). The summary row's value is the
-median over settings and its range is the range over settings (not an interval).
+`depends on X` names the factor whose levels separate the verdicts, nested where needed
+(`policy (tabular: refuted; loglinear: beta (...))`: one level of a factor explained by another),
+`seed` when every interval straddles its line, and `setting (a tally; see the rows)` when no
+factor separates them. The summary row's value is the median over settings and its range is the
+range over settings (not an interval).
 
 Sizes on the toy are policy capacities: `tabular` (no shared parameters) and tanh networks
 `mlp4 < mlp16 < mlp64`; trends over "model size" (6b, 8a) use the networks only. Claims 1, 1b,
