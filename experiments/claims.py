@@ -53,7 +53,7 @@ from treemdp.results import (  # noqa: E402
 class Config:
     out: str = arg("results/claims", "root folder for the claims run folder")
     results: str = arg("results", "results root the experiments' run folders live in (reused)")
-    llm_runs: tuple[str, ...] = arg((), "LLM evaluation run folders [default: found in --results]")
+    llm_runs: tuple[str, ...] = arg((), "LLM evaluation run folders (none: those under --results)")
     n_resamples: int = arg(200, "bootstrap resamples over seeds (exact when fewer)", minimum=0)
     search: bool = arg(False, "also search the conditions of claims 3b, 4, 5b, 8a (slow)")
     docs: str = arg("", "also write this Markdown page (docs/claims.md) and its data next to it")
