@@ -5,8 +5,10 @@ Writes, per objective (dpo, ipo, slic):
 - `{objective}_all_ckpts_acc_vs_win`: implicit-reward accuracy vs win rate, every checkpoint;
 - `{objective}_all_ckpts_loss_vs_win`: the objective's loss vs win rate, every checkpoint.
 
-One panel per size (the paper's claim is *within* a size), points coloured by β, with the
-Spearman rank correlation over the panel's checkpoints in its title.
+One panel per size (the paper's claim is *within* a size), points coloured by β. The panel's title
+gives the Spearman rank correlation: for accuracy (one scale for every β) over all the panel's
+checkpoints; for the loss, whose scale changes with β (IPO's by ~10⁴ over the grid), within each
+β (the mean and range over β; each β's ρ is in the legend), not pooled.
 
     python figures/accuracy.py [--toy-run DIR | --llm-runs DIR...] [--out figures/out]
 """
@@ -17,7 +19,17 @@ from pathlib import Path
 
 import checkpoints
 import pandas as pd
-from common import Writer, beta_colors, beta_label, objectives, select, sizes, spearman, title
+from common import (
+    Writer,
+    beta_colors,
+    beta_label,
+    objectives,
+    select,
+    sizes,
+    spearman,
+    spearman_within,
+    title,
+)
 
 from treemdp import plotting
 
@@ -39,9 +51,18 @@ def plot(table: pd.DataFrame, objective: str, metric: str = "reward_accuracy"):
         pts = sub[sub["size"] == size]
         for beta, g in pts.groupby("beta"):
             ax.scatter(g["win_rate"], g[metric], s=10, alpha=0.6, color=colors[beta], lw=0)
-        rho = spearman(pts["win_rate"], pts[metric])
-        rho_text = f"ρ = {rho:.2f}" if rho == rho else "ρ undefined: a constant"  # NaN ≠ NaN
-        ax.set_title(f"{size}   (Spearman {rho_text})", fontsize=9)
+        if metric == "loss":  # per β: the loss's scale changes with β
+            per_beta = spearman_within(pts, "win_rate", metric).dropna()
+            rho_text = (
+                f"ρ within β: mean {per_beta.mean():.2f}, {per_beta.min():.2f} … "
+                f"{per_beta.max():.2f}"
+                if len(per_beta)
+                else "ρ undefined: a constant"
+            )
+        else:
+            rho = spearman(pts["win_rate"], pts[metric])
+            rho_text = f"ρ = {rho:.2f}" if rho == rho else "ρ undefined: a constant"  # NaN ≠ NaN
+        ax.set_title(f"{size}   (Spearman {rho_text})", fontsize=8)
         ax.set_xlabel("win rate")
     values = sub[metric].dropna()
     spans_decades = len(values) and values.min() > 0 and values.max() / values.min() > 30
@@ -51,7 +72,15 @@ def plot(table: pd.DataFrame, objective: str, metric: str = "reward_accuracy"):
         label += " (log scale)"
     axes[0].set_ylabel(f"{title(objective)} {label}")
     for beta in sorted(sub["beta"].unique()):
-        axes[-1].scatter([], [], s=18, color=colors[beta], label=beta_label(beta))
+        text = beta_label(beta)
+        if metric == "loss":  # each β's within-β ρ, one per size (panels left to right)
+            rhos = [
+                spearman(g["win_rate"], g[metric])
+                for size in panels
+                for g in [sub[(sub["size"] == size) & (sub["beta"] == beta)]]
+            ]
+            text += "  (ρ " + ", ".join("–" if r != r else f"{r:.2f}" for r in rhos) + ")"
+        axes[-1].scatter([], [], s=18, color=colors[beta], label=text)
     axes[-1].legend(
         fontsize=7, title="β", title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5)
     )
@@ -67,9 +96,14 @@ def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
         for metric, (part, label) in METRICS.items():
             caption = (
                 f"{title(objective)}: {label} vs win rate at every checkpoint, one panel per size, "
-                "colour per β; Spearman rank correlation over each panel's checkpoints in its "
-                "title; "
-                "step 0 (π = π_ref, accuracy 0 by the strict h > 0 rule) left out."
+                "colour per β; Spearman rank correlation in each title: "
+                + (
+                    "within each β (mean and range over β; per β and size in the legend), "
+                    "since the loss's scale changes with β; "
+                    if metric == "loss"
+                    else "over the panel's checkpoints; "
+                )
+                + "step 0 (π = π_ref, accuracy 0 by the strict h > 0 rule) left out."
             )
             writer.save(
                 plot(table, objective, metric), f"{objective}_all_ckpts_{part}_vs_win", caption

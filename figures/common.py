@@ -80,6 +80,13 @@ def spearman(x: pd.Series, y: pd.Series) -> float:
     return float(x[ok].rank().corr(y[ok].rank()))
 
 
+def spearman_within(table: pd.DataFrame, x: str, y: str, by: str = "beta") -> pd.Series:
+    """Spearman ρ(x, y) within each level of ``by`` (index: the level). Where the scale of a
+    column changes with ``by`` (IPO's loss (h − 1/(2β))² spans ~10⁴ over a β grid), a pooled
+    ρ mostly ranks the levels against each other; within-level ρ does not."""
+    return table.groupby(by)[[x, y]].apply(lambda g: spearman(g[x], g[y]))
+
+
 class Writer:
     """Saves figures as PNG + PDF with a caption file under ``out/<kind>/``."""
 

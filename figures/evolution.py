@@ -38,6 +38,7 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
     fig.set_size_inches(plotting.PANEL_WIDTH * 1.35, plotting.PANEL_HEIGHT * 1.15)
     # Widest line first, each later β narrower on top: lines that coincide (e.g. SLiC's hinge
     # at small β) stay visible as nested stripes instead of hiding each other.
+    band = None  # what the shaded band is, named in the legend
     for i, (beta, g) in enumerate(sub.groupby("beta")):
         stats = g.groupby("fraction")[metric].agg(["mean", "sem", "count"])
         color = colors[beta]
@@ -52,8 +53,10 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
         )
         if stats["count"].max() > 1:  # ±1 standard error of the mean over seeds
             half = stats["sem"]
+            band = f"band: ±1 SE of the mean over {int(stats['count'].max())} seeds"
         elif g[se].notna().any():  # one run: its own standard error (LLM evaluation)
             half = g.groupby("fraction")[se].mean()
+            band = "band: ±1 SE of the run's estimate"
         else:
             continue
         lo, hi = stats["mean"] - half, stats["mean"] + half
@@ -66,6 +69,8 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
     ax.set_xlim(0, max(1.0, sub["fraction"].max()))
     if metric == "kl_reverse":
         ax.set_ylim(bottom=0)
+    if band is not None:
+        ax.fill_between([], [], [], color="grey", alpha=0.3, lw=0, label=band)
     ax.legend(
         fontsize=8, title="β", title_fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5)
     )

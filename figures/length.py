@@ -2,8 +2,8 @@
 
 Writes:
 
-- `dpo_rdpo`: win rate and mean response length against KL(π‖π_ref), DPO and R-DPO (the
-  length-regularised DPO), one size (default: the middle one, as the paper's 2.8B);
+- `dpo_rdpo`: win rate and mean response length against d = √KL(π‖π_ref) (the paper's axis), DPO
+  and R-DPO (the length-regularised DPO), one size (default: the middle one, as the paper's 2.8B);
 - `kl_length_corr`: R² of the regression of the implicit log-ratio log π/π_ref on response length,
   against KL(π‖π_ref), one colour per size, one panel per objective.
 
@@ -36,7 +36,7 @@ def middle_size(table: pd.DataFrame) -> str:
 
 
 def plot_dpo_rdpo(table: pd.DataFrame, size: str | None = None):
-    """Win rate (left) and mean length (right) vs KL for DPO and R-DPO at one size."""
+    """Win rate (left) and mean length (right) vs d = √KL for DPO and R-DPO at one size."""
     size = middle_size(table) if size is None else size
     fig, axes = plotting.new_figure(2, sharey=False)
     fig.set_size_inches(plotting.PANEL_WIDTH * 2.2, plotting.PANEL_HEIGHT * 1.15)
@@ -46,12 +46,10 @@ def plot_dpo_rdpo(table: pd.DataFrame, size: str | None = None):
         color = plotting.OBJECTIVE_COLORS[objective]
         rest, final = sub[~sub["final"]], sub[sub["final"]]
         for ax, col in zip(axes, ("win_rate", "length"), strict=True):
-            ax.scatter(rest["kl_reverse"], rest[col], s=8, alpha=0.3, color=color, lw=0)
-            ax.scatter(
-                final["kl_reverse"], final[col], s=28, color=color, edgecolor="white", lw=0.6
-            )
-        top = max(top, sub["kl_reverse"].max())
-        # RL-form fit on every checkpoint (gain over the step-0 value), drawn against KL = d².
+            ax.scatter(rest["d"], rest[col], s=8, alpha=0.3, color=color, lw=0)
+            ax.scatter(final["d"], final[col], s=28, color=color, edgecolor="white", lw=0.6)
+        top = max(top, sub["d"].max())
+        # RL-form fit on every checkpoint (gain over the step-0 value), over the data's range.
         start = sub.loc[sub["step"] == 0, "win_rate"]
         label = title(objective)
         if len(start):
@@ -60,17 +58,17 @@ def plot_dpo_rdpo(table: pd.DataFrame, size: str | None = None):
             except ValueError:
                 fit = None
             if fit is not None:
-                d = np.linspace(0, sub["d"].max() * 1.05, 200)
-                axes[0].plot(d**2, start.mean() + fit.predict(d), color=color, lw=2)
+                d = np.linspace(0, sub["d"].max(), 200)
+                axes[0].plot(d, start.mean() + fit.predict(d), color=color, lw=2)
         for ax in axes:
             ax.plot([], [], color=color, marker="o", lw=2 if ax is axes[0] else 0, label=label)
     axes[0].set_ylabel("win rate")
     axes[1].set_ylabel("mean response length")
     for ax in axes:
-        ax.set_xlabel("KL(π‖π_ref)  (nats)")
-        ax.set_xlim(0, top * 1.07)
-    axes[0].set_title(f"Win rate vs KL, size {size}")
-    axes[1].set_title(f"Length vs KL, size {size}")
+        ax.set_xlabel("d = √KL(π‖π_ref)  (√nats)")
+        ax.set_xlim(0, top * 1.05)
+    axes[0].set_title(f"Win rate vs √KL, size {size}")
+    axes[1].set_title(f"Length vs √KL, size {size}")
     axes[0].legend(fontsize=8, title="large dots: final; line: RL fit", title_fontsize=7)
     return fig
 
@@ -135,8 +133,10 @@ def main(
             plot_dpo_rdpo(table, size),
             "dpo_rdpo",
             f"DPO and R-DPO (length-regularised DPO) at size {size}: win rate (left, with the RL "
-            "form fitted to all checkpoints' win-rate gain over step 0) and mean response "
-            "length (right) vs KL(π‖π_ref); small dots: every checkpoint, large: final.",
+            "form fitted to all checkpoints' win-rate gain over step 0, drawn over the data's "
+            "range) "
+            "and mean response length (right) vs d = √KL(π‖π_ref); small dots: every "
+            "checkpoint, large: final.",
         )
     else:
         print("dpo_rdpo: skipped, the table has no rdpo runs")

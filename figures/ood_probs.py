@@ -81,7 +81,9 @@ def _band(ax, g: pd.DataFrame, column: str, color, label: str, ls: str = "-") ->
     ax.fill_between(stats.index, stats["lo"], stats["hi"], color=color, alpha=0.15, lw=0)
 
 
-def _finish(ax, title: str, ylabel: str) -> None:
+def _finish(ax, title: str, ylabel: str, band: bool = True) -> None:
+    if band:  # name the shaded band in the legend, not only in the caption
+        ax.fill_between([], [], [], color="grey", alpha=0.3, lw=0, label="band: 10–90% of seeds")
     ax.set_title(title)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
@@ -117,7 +119,7 @@ def plot_ood_per_seed(metrics: pd.DataFrame, objective: str, beta: float):
         ax.plot(g["step"], g["mass_ood"], color=color, alpha=0.35, lw=0.9)
     mean = sub.groupby("step")["mass_ood"].mean()
     ax.plot(mean.index, mean.values, color="black", lw=2, label="mean over seeds")
-    _finish(ax, f"{objective.upper()}, β={beta:g}: OOD mass per seed", "probability mass")
+    _finish(ax, f"{objective.upper()}, β={beta:g}: OOD mass per seed", "probability mass", False)
     return fig
 
 
@@ -151,7 +153,7 @@ def plot_trajectories(metrics: pd.DataFrame, responses: pd.DataFrame, run: int):
     ax.plot(p.index, p[top], color="#7570b3", lw=2, ls="--", label=f"largest OOD (response {top})")
     ax.plot([], [], color="grey", alpha=0.4, label="other OOD responses")
     seed = int(first["seed"])
-    _finish(ax, f"DPO, β={first['beta']:g}, seed {seed}: every response", "π(y)")
+    _finish(ax, f"DPO, β={first['beta']:g}, seed {seed}: every response", "π(y)", False)
     return fig
 
 

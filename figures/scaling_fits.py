@@ -44,7 +44,10 @@ def initial_win_rate(table: pd.DataFrame) -> pd.Series:
 
 def fit_sizes(table: pd.DataFrame, objective: str, x: str = "d", final: bool = False):
     """One RL-form fit per size: a DataFrame (size, alpha, beta, initial, offset_fit, rmse, n,
-    peak_d, note) with NaN parameters and a note where the fit was impossible."""
+    peak_d, d_max, peak_inside, note) with NaN parameters and a note where the fit was
+    impossible. ``d_max`` is the largest d of the fitted points; ``peak_inside`` says whether the
+    fitted peak d* lies inside the data (d* <= d_max): a d* beyond the data is an extrapolation,
+    not a peak the data show."""
     sub = select(table, objective)
     base = initial_win_rate(table)
     rows = []
@@ -54,7 +57,7 @@ def fit_sizes(table: pd.DataFrame, objective: str, x: str = "d", final: bool = F
             points = points[points["final"]]
         initial = base.loc[points["run"]].to_numpy()
         row = {"size": size, "alpha": np.nan, "beta": np.nan, "rmse": np.nan, "peak_d": np.nan}
-        row |= {"n": len(points), "note": ""}
+        row |= {"n": len(points), "note": "", "d_max": float(points[x].max()), "peak_inside": False}
         free = bool(np.isnan(initial).any())
         row["offset_fit"] = free
         y = points["win_rate"].to_numpy() - (0 if free else initial)
@@ -66,6 +69,7 @@ def fit_sizes(table: pd.DataFrame, objective: str, x: str = "d", final: bool = F
         else:
             row |= {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "rmse": fit.rmse}
             row["peak_d"] = fit.peak_d
+            row["peak_inside"] = bool(np.isfinite(fit.peak_d) and fit.peak_d <= row["d_max"])
             row["initial"] = fit.offset if free else float(np.mean(initial))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -96,12 +100,13 @@ def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = Fal
         f = fits.loc[size]
         label = size
         if np.isfinite(f["alpha"]):
-            top = max(points[x].max(), 1e-9)
-            grid = np.linspace(0, top * 1.05, 200)
+            # The curve is drawn over the data only: a fitted hump beyond the largest d is an
+            # extrapolation, so it is neither drawn nor reported as a peak.
+            grid = np.linspace(0, max(f["d_max"], 1e-9), 200)
             curve = f["initial"] + scaling.evaluate(FORM, grid, alpha=f["alpha"], beta=f["beta"])
             ax.plot(grid, curve, color=color, lw=2)
             peak = f["peak_d"]
-            label += f"  (d*={peak:.2g})" if np.isfinite(peak) and peak < 10 * top else ""
+            label += f"  (d*={peak:.2g})" if f["peak_inside"] else "  (no peak inside the data)"
         ax.plot([], [], color=color, marker=markers[size], lw=2, label=label)
     initial = initial_win_rate(table)
     if initial.notna().any() and np.allclose(initial.dropna(), initial.dropna().iloc[0]):
@@ -111,7 +116,9 @@ def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = Fal
     ax.set_xlabel(AXES[x][1])
     ax.set_ylabel("win rate")
     ax.set_xlim(left=0)
-    ax.legend(fontsize=8, title="size (fitted peak d*)", title_fontsize=8, loc="best")
+    ax.legend(
+        fontsize=8, title="size (fitted peak d*; curves: RL fit)", title_fontsize=8, loc="best"
+    )
     return fig
 
 
@@ -121,9 +128,10 @@ def describe_fits(table: pd.DataFrame, objective: str, x: str, final: bool) -> s
     for _, f in fit_sizes(table, objective, x, final).iterrows():
         if np.isfinite(f["alpha"]):
             extra = " (free offset)" if f["offset_fit"] else ""
+            where = "" if f["peak_inside"] else " — no peak inside the data"
             lines.append(
-                f"  {f['size']}: α={f['alpha']:.4g}, β={f['beta']:.4g}, d*={f['peak_d']:.3g}, "
-                f"RMSE={f['rmse']:.3g}, n={f['n']}{extra}"
+                f"  {f['size']}: α={f['alpha']:.4g}, β={f['beta']:.4g}, d*={f['peak_d']:.3g} "
+                f"(largest d {f['d_max']:.3g}{where}), RMSE={f['rmse']:.3g}, n={f['n']}{extra}"
             )
         else:
             lines.append(f"  {f['size']}: no fit ({f['note']})")
@@ -142,9 +150,10 @@ def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
                 caption = (
                     f"{title(objective)} win rate vs {label} ({which}), one colour per size; "
                     f"curves: R(d) = d(α − β log d) fitted by least squares to the win-rate gain "
-                    f"over the run's step-0 value and drawn at step-0 value + R(d); d* = fitted "
-                    f"peak (not shown when beyond 10× the largest d: no peak in sight). Dotted "
-                    f"line: the step-0 win rate.\n" + describe_fits(table, objective, x, final)
+                    f"over the run's step-0 value and drawn at step-0 value + R(d) over the data's "
+                    f"range only; d* = fitted peak, given only when it lies inside the data "
+                    f"(else: no peak inside the data). Dotted line: the step-0 win rate.\n"
+                    + describe_fits(table, objective, x, final)
                 )
                 writer.save(plot(table, objective, x=x, final=final), name, caption)
     return writer.written

@@ -114,17 +114,22 @@ def test_scaling_fit_without_step_zero_uses_a_free_offset():
 def test_evolution_plot_one_line_per_beta(metric):
     fig = evolution.plot(synthetic_table(), "slic", "large", metric)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["0.03", "0.3"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["0.03", "0.3", "band: ±1 SE of the mean over 2 seeds"]
     assert (
         ax.get_xlabel() == "epochs (passes over the preference data)" and "SLiC" in ax.get_title()
     )
-    assert len(ax.collections) == len(BETAS)  # one ±SE band per β (two seeds)
+    assert len(ax.collections) == len(BETAS) + 1  # one ±SE band per β (two seeds) + legend's
 
 
 def test_evolution_band_is_the_runs_own_standard_error_with_one_seed():
     table = synthetic_table(seeds=(0,)).assign(win_rate_se=0.02)
     fig = evolution.plot(table, "dpo", "small", "win_rate")
-    assert "one seed" in fig.axes[0].get_title() and len(fig.axes[0].collections) == len(BETAS)
+    assert "one seed" in fig.axes[0].get_title()
+    assert len(fig.axes[0].collections) == len(BETAS) + 1  # + the legend's band entry
+    assert "band: ±1 SE of the run's estimate" in [
+        t.get_text() for t in fig.axes[0].get_legend().get_texts()
+    ]
 
 
 def test_beta_and_size_colours_are_the_same_in_every_figure():
@@ -162,8 +167,32 @@ def test_accuracy_plot_one_panel_per_size_with_spearman(metric):
     assert [t.split()[0] for t in titles] == list(SIZES)
     for size, text in zip(SIZES, titles, strict=True):
         pts = table[(table["objective"] == "ipo") & (table["size"] == size) & (table["step"] > 0)]
-        rho = spearmanr(pts["win_rate"], pts[metric]).statistic  # step 0 is left out
-        assert f"Spearman ρ = {rho:.2f}" in text
+        if metric == "reward_accuracy":  # one scale for every β: pooled
+            rho = spearmanr(pts["win_rate"], pts[metric]).statistic  # step 0 is left out
+            assert f"Spearman ρ = {rho:.2f}" in text
+        else:  # the loss's scale changes with β: within each β, never pooled
+            per_beta = [
+                spearmanr(g["win_rate"], g["loss"]).statistic for _, g in pts.groupby("beta")
+            ]
+            assert f"ρ within β: mean {np.mean(per_beta):.2f}" in text
+            pooled = spearmanr(pts["win_rate"], pts["loss"]).statistic
+            assert f"ρ = {pooled:.2f}" not in text
+
+
+def test_loss_correlation_is_per_beta_when_scales_differ():
+    # Within each β the loss falls as the win rate rises (ρ = −1), but the β with the larger
+    # loss scale has the higher win rates: pooled, ρ would be positive. The title must say −1.
+    rows = []
+    for beta, scale, base in ((0.03, 1000.0, 0.8), (0.3, 1.0, 0.5)):
+        for k in range(1, 6):
+            rows.append({"beta": beta, "win_rate": base + 0.01 * k, "loss": scale * (6 - k)})
+    pts = pd.DataFrame(rows)
+    assert spearmanr(pts["win_rate"], pts["loss"]).statistic > 0  # the pooled trap
+    table = synthetic_table(objectives=("ipo",), seeds=(0,), steps=5)
+    table = table[(table["size"] == "small") & (table["step"] > 0)].reset_index(drop=True)
+    table[["beta", "win_rate", "loss"]] = pts[["beta", "win_rate", "loss"]].to_numpy()
+    fig = accuracy.plot(table, "ipo", "loss")
+    assert "ρ within β: mean -1.00" in fig.axes[0].get_title()
 
 
 def test_select_names_the_missing_cell():
@@ -379,3 +408,36 @@ def test_the_llm_table_contract_matches_what_the_evaluation_writes():
 
     checkpoints = load_script("figures/checkpoints.py")
     assert tuple(COLUMNS[: len(checkpoints.LLM_EVAL_COLUMNS)]) == checkpoints.LLM_EVAL_COLUMNS
+
+
+def test_scaling_fit_reports_no_peak_beyond_the_data_and_draws_only_over_the_data():
+    # Synthetic win rate 0.5 + d(0.3 − 0.15 log d): d* = exp(0.3/0.15 − 1) = e ≈ 2.72.
+    # All steps: d reaches ~3.4 > e, so the peak is inside; steps ≤ 2: d ≤ ~2.3 < e, outside.
+    full = synthetic_table(objectives=("dpo",))
+    early = full[full["step"] <= 20].copy()
+    early["final"] = early["step"] == 20
+    inside = scaling_fits.fit_sizes(full, "dpo", "d")
+    outside = scaling_fits.fit_sizes(early, "dpo", "d")
+    np.testing.assert_allclose(inside["peak_d"], np.e, rtol=1e-6)
+    assert inside["peak_inside"].all() and (inside["d_max"] > np.e).all()
+    assert not outside["peak_inside"].any() and (outside["d_max"] < np.e).all()
+    for table, inside_data in ((full, True), (early, False)):
+        ax = scaling_fits.plot(table, "dpo").axes[0]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        if inside_data:
+            assert all("d*=2.7" in lab for lab in labels)
+        else:
+            assert all(lab.endswith("(no peak inside the data)") for lab in labels)
+        curves = [line for line in ax.lines if len(line.get_xdata()) == 200]
+        assert max(c.get_xdata().max() for c in curves) <= table["d"].max() + 1e-12
+    caption = scaling_fits.describe_fits(early, "dpo", "d", False)
+    assert caption.count("no peak inside the data") == len(SIZES)
+
+
+def test_dpo_rdpo_x_axis_is_root_kl():
+    table = synthetic_table(objectives=("dpo", "rdpo"))
+    fig = length.plot_dpo_rdpo(table, "large")
+    assert all(ax.get_xlabel().startswith("d = √KL") for ax in fig.axes)
+    sub = table[(table["size"] == "large") & table["objective"].isin(["dpo", "rdpo"])]
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in fig.axes[0].collections])
+    np.testing.assert_allclose(np.sort(xs), np.sort(sub["d"].to_numpy()))

@@ -1,0 +1,336 @@
+"""treemdp.claims and experiments/claims.py: each decision rule on constructed statistics (holds,
+fails, at the boundary), the statistics on small hand-checked tables, docs/claims.md in sync with
+its data, and the command end to end on the quick config."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.scripts import ROOT, load_script
+from treemdp.claims import catalog, report, rules
+from treemdp.claims import statistics as st
+
+R, F, D = rules.REPRODUCED, rules.REFUTED, rules.DEPENDS
+
+# ---------------------------------------------------------------------------------------------
+# Decision rules
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("interval", "verdict"),
+    [
+        ((0.05, 0.03, 0.07), R),  # whole interval above 0.02: holds
+        ((0.01, 0.0, 0.015), F),  # whole interval below: fails
+        ((0.03, 0.02, 0.04), D),  # low end exactly at the threshold: not shown
+        ((0.01, 0.0, 0.02), F),  # high end exactly at the threshold: "above" is refuted
+        ((0.02, 0.0, 0.04), D),  # straddles: depends on the seed
+        ((0.05, math.nan, math.nan), R),  # no interval (one seed): the value decides
+        ((0.02, math.nan, math.nan), F),
+        ((math.nan, math.nan, math.nan), D),  # no data
+    ],
+)
+def test_above(interval, verdict):
+    assert rules.above(*interval, threshold=0.02) == verdict
+
+
+@pytest.mark.parametrize(
+    ("interval", "verdict"),
+    [
+        ((0.4, 0.3, 0.55), R),
+        ((0.9, 0.8, 1.0), F),
+        ((0.55, 0.5, 0.6), D),  # high end at the threshold: not strictly below
+        ((0.7, 0.6, 0.8), F),  # low end at the threshold: refuted
+        ((0.6, 0.5, 0.7), D),
+    ],
+)
+def test_below(interval, verdict):
+    assert rules.below(*interval, threshold=0.6) == verdict
+
+
+@pytest.mark.parametrize(
+    ("interval", "verdict"),
+    [
+        ((0.0, -0.2, 0.2), R),
+        ((0.0, -0.3, 0.3), R),  # both ends on the boundary: inside (closed interval)
+        ((0.6, 0.4, 0.8), F),
+        ((-0.6, -0.8, -0.4), F),
+        ((0.3, 0.1, 0.5), D),
+        ((0.3, 0.3, 0.5), D),  # touches the edge from outside: not missed, not inside
+    ],
+)
+def test_inside(interval, verdict):
+    assert rules.inside(*interval, low=-0.3, high=0.3) == verdict
+
+
+def test_rule_arguments_are_checked():
+    with pytest.raises(ValueError, match="ci_low"):
+        rules.above(0.5, 0.6, 0.4, threshold=0)
+    with pytest.raises(ValueError, match="low must be <= high"):
+        rules.inside(0.0, -1, 1, low=1, high=-1)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        rules.describe("around", threshold=1)
+    with pytest.raises(ValueError, match="verdicts must"):
+        rules.combine([])
+
+
+def test_rule_text_round_trips_and_applies():
+    text = rules.describe("inside", low=0.1, high=0.4)
+    assert text == "inside(low=0.1, high=0.4)"
+    assert rules.parse(text) == ("inside", {"low": 0.1, "high": 0.4})
+    assert rules.apply(text, 0.25, 0.2, 0.3) == R
+    assert rules.apply(text, 0.9, 0.8, 1.0) == F
+
+
+def test_combine():
+    assert rules.combine([R, R]) == R
+    assert rules.combine([F, F, F]) == F
+    assert rules.combine([R, F]) == D
+    assert rules.combine([R, D]) == D
+
+
+def test_depends_on_names_the_separating_factor():
+    rows = pd.DataFrame(
+        {
+            "size": ["tabular", "tabular", "mlp4", "mlp4"],
+            "objective": ["dpo", "ipo", "dpo", "ipo"],
+            "verdict": [F, F, R, R],
+        }
+    )
+    assert (
+        rules.depends_on(rows, ["objective", "size"]) == "size (tabular: refuted; mlp4: reproduced)"
+    )
+    # no single factor separates: the pure level is named, the mixed one explained inside it
+    rows["verdict"] = [F, F, R, D]
+    assert rules.depends_on(rows, ["objective", "size"]) == (
+        "size (tabular: refuted; mlp4: objective (dpo: reproduced; ipo: depends))"
+    )
+    assert rules.depends_on(rows.assign(verdict=D), ["size"]) == "seed (the intervals straddle)"
+    assert rules.depends_on(rows.assign(verdict=R), ["size"]) == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics on hand-checked tables
+# ---------------------------------------------------------------------------------------------
+
+
+def test_t_interval_by_hand():
+    # (1, 2, 3): mean 2, sd 1, t_{2, 0.975} = 4.302653, half-width 4.302653 / √3 = 2.484138.
+    mean, lo, hi = st.t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    np.testing.assert_allclose([lo, hi], [2 - 2.484138, 2 + 2.484138], atol=1e-6)
+    assert math.isnan(st.t_interval([5.0])[1]) and st.t_interval([5.0])[0] == 5.0
+
+
+def test_weighted_quantiles_by_hand():
+    q = st.weighted_quantiles([3.0, 1.0, 2.0], [0.3, 0.2, 0.5], [0.1, 0.2, 0.5, 0.75])
+    assert q == (1.0, 1.0, 2.0, 3.0)
+
+
+def test_bootstrap_over_two_seeds_is_exact():
+    # Seeds a (x = 0) and b (x = 1). Resamples {a,a}, {a,b}, {b,b} with probabilities ¼, ½, ¼
+    # give means 0, ½, 1: the 2.5% quantile is 0, the 97.5% is 1; a 40% interval is [½, ½].
+    frame = pd.DataFrame({"seed": ["a", "b"], "x": [0.0, 1.0]})
+    mean = lambda t: t["x"].mean()  # noqa: E731
+    assert st.bootstrap_seeds(frame, mean) == (0.5, 0.0, 1.0)
+    assert st.bootstrap_seeds(frame, mean, level=0.4) == (0.5, 0.5, 0.5)
+    value, lo, hi = st.bootstrap_seeds(frame, mean, n_resamples=0)
+    assert value == 0.5 and math.isnan(lo) and math.isnan(hi)
+
+
+def checkpoint_rows(curves: dict) -> pd.DataFrame:
+    """A checkpoint table from {(objective, beta, seed): [(win, kl, length), ...]} (size "s")."""
+    rows = []
+    for (objective, beta, seed), points in curves.items():
+        run = f"{objective}/{beta}/{seed}"
+        for k, (win, kl, length) in enumerate(points):
+            rows.append(
+                {
+                    "run": run, "objective": objective, "beta": beta, "size": "s",
+                    "size_rank": 0, "seed": seed, "step": k, "fraction": k / (len(points) - 1),
+                    "final": k == len(points) - 1, "kl_reverse": kl, "kl_forward": kl,
+                    "d": math.sqrt(kl), "d_forward": math.sqrt(kl), "win_rate": win,
+                    "reward_accuracy": 0.5, "loss": 0.7, "length": length, "length_r2": 0.5,
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_run_table_and_the_two_kinds_of_fall_by_hand():
+    # Seed 0 peaks at 0.7 mid-way and ends at 0.6 (drop 0.1, peak at fraction ½); seed 1 rises
+    # to 0.7 at the end (drop 0). The seed-mean curve (0.5, 0.65, 0.65) never falls: drop 0.
+    table = checkpoint_rows(
+        {
+            ("dpo", 0.1, 0): [(0.5, 0, 3), (0.7, 1, 3), (0.6, 4, 2)],
+            ("dpo", 0.1, 1): [(0.5, 0, 3), (0.6, 1, 3), (0.7, 4, 2)],
+        }
+    )
+    runs = st.run_table(table).set_index("seed")
+    np.testing.assert_allclose(runs["drop"], [0.1, 0.0], atol=1e-12)
+    assert list(runs["peak_fraction"]) == [0.5, 1.0]
+    assert list(runs["degrade_fraction"]) == [0.5, 1.0]
+    assert list(st.run_table(table, fall=0.2)["degrade_fraction"]) == [1.0, 1.0]  # 0.1 is no fall
+    assert list(runs["kl_final"]) == [4, 4] and list(runs["length_final"]) == [2, 2]
+    assert st.seed_mean_drop(table) == pytest.approx(0.0)
+
+
+def test_fit_rmse_ratio_is_zero_when_the_data_follow_the_rl_form():
+    d = np.linspace(0.1, 3, 12)
+    win = 0.5 + d * (0.3 - 0.15 * np.log(d))
+    table = checkpoint_rows(
+        {("dpo", 0.1, 0): [(0.5, 0.0, 1), *[(w, x**2, 1) for w, x in zip(win, d, strict=True)]]}
+    )
+    assert st.fit_rmse_ratio(table) < 1e-6
+    assert st.fitted_peak_ratio(table.assign(final=True)) == pytest.approx(np.e / 3, rel=1e-6)
+
+
+def test_match_runs_pairs_the_closest_within_tolerance():
+    a = pd.DataFrame({"size": "s", "seed": 0, "kl_final": [1.0, 10.0], "x": [1, 2]})
+    b = pd.DataFrame({"size": "s", "seed": 0, "kl_final": [1.2, 3.0, 30.0], "x": [3, 4, 5]})
+    p = st.match_runs(a, b, on="kl_final", tolerance=math.log(1.5), log=True)
+    # KL 1 pairs with 1.2 (ratio 1.2 ≤ 1.5); KL 10's closest is 3 or 30 (ratio 3.3): dropped.
+    assert list(p["x_a"]) == [1] and list(p["x_b"]) == [3]
+    np.testing.assert_allclose(p["gap"], [math.log(1.2)])
+
+
+def test_ood_statistics_by_hand():
+    metrics = pd.DataFrame(
+        {
+            "run": [0, 0, 0],
+            "objective": "dpo",
+            "beta": 0.1,
+            "seed": 0,
+            "step": [0, 10, 20],
+            "mass_ood": [0.1, 0.2, 0.5],
+            "mass_in_dist": [0.9, 0.8, 0.5],
+        }
+    )
+    growth = st.ood_growth(metrics).iloc[0]
+    assert growth["ood_gain"] == pytest.approx(0.4) and growth["in_dist_fall"] == pytest.approx(0.4)
+    # final OOD probabilities 0.3 and 0.1: (0.4)² / (0.09 + 0.01) = 1.6; step 0 is ignored.
+    responses = pd.DataFrame(
+        {
+            "run": 0,
+            "step": [0, 0, 20, 20, 20],
+            "response": [1, 2, 1, 2, 3],
+            "logp": np.log([0.5, 0.5, 0.3, 0.1, 0.6]),
+            "role": ["ood", "ood", "ood", "ood", "chosen"],
+        }
+    )
+    assert st.effective_ood_number(responses).loc[0] == pytest.approx(1.6)
+
+
+def test_spearman_within_size_and_its_undefined_cases():
+    assert st.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(st.spearman([1, 2], [1, 2])) and math.isnan(st.spearman([1, 1, 1], [1, 2, 3]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalog: verdicts only ever come from the rules
+# ---------------------------------------------------------------------------------------------
+
+
+def test_make_row_verdict_follows_the_claims_rule():
+    assert catalog.make_row("3a", 0.05, 0.03, 0.07, size="mlp4")["verdict"] == R
+    assert catalog.make_row("3a", 0.01, 0.0, 0.015, size="mlp4")["verdict"] == F
+    row = catalog.make_row("4", 0.5, 0.4, 0.7, kl="reverse")
+    assert (
+        row["verdict"] == D and row["setting"] == "kl=reverse" and row["rule"] == catalog.RULE["4"]
+    )
+    assert set(catalog.CLAIMS) == set(catalog.STATISTIC) == set(catalog.RULE)
+
+
+def test_summary_combines_settings_and_names_what_it_depends_on():
+    settings = pd.DataFrame(
+        [
+            catalog.make_row("9a", 0.0, 0.0, 0.0, source="toy", size="tabular"),
+            catalog.make_row("9a", 0.05, 0.03, 0.07, source="toy", size="mlp4"),
+        ]
+    )
+    summary = catalog.summarise(settings).iloc[0]
+    assert summary["verdict"] == D
+    assert summary["depends_on"] == "size (tabular: refuted; mlp4: reproduced)"
+    assert (summary["value"], summary["ci_low"], summary["ci_high"]) == (0.025, 0.0, 0.05)
+
+
+def test_theory_claim_is_reproduced_by_the_three_response_example():
+    row = catalog.evaluate_theory().iloc[0]
+    assert row["value"] < 1e-12 and row["verdict"] == R
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/claims.md in sync with its data, and the command end to end
+# ---------------------------------------------------------------------------------------------
+
+DOCS = ROOT / "docs" / "claims.md"
+DATA = ROOT / "docs" / "claims_data"
+
+
+def test_docs_page_is_generated_from_its_data():
+    text = DOCS.read_text()
+    assert report.generated_part(text) == report.page(DATA), (
+        "docs/claims.md is out of date: python experiments/claims.py --search --docs docs/claims.md"
+    )
+    assert "docs/claims.md" in (ROOT / "README.md").read_text()
+
+
+def test_docs_verdicts_follow_from_the_rules():
+    claims = pd.read_csv(DATA / "claims.csv", keep_default_na=False, na_values=[""])
+    settings = claims[claims["kind"] == "setting"]
+    assert len(settings) > 100
+    for _, r in settings.iterrows():
+        assert rules.apply(r["rule"], r["value"], r["ci_low"], r["ci_high"]) == r["verdict"], r
+    for (source, claim), g in settings.groupby(["source", "claim"]):
+        row = claims[(claims["kind"] == "summary") & (claims["source"] == source)]
+        assert row.loc[row["claim"] == claim, "verdict"].item() == rules.combine(list(g["verdict"]))
+
+
+def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
+    claims = load_script("experiments/claims.py")
+    toy = load_script("experiments/toy_scaling.py")
+    ood = load_script("experiments/ood_mass.py")
+    results = tmp_path / "results"
+    # Made here in-process (a subprocess would start Python again); claims.py must reuse them.
+    toy.main(
+        toy.Config(**claims.checkpoints.TOY_QUICK, n_resamples=0, out=str(results / "toy_scaling"))
+    )
+    for policy in claims.OOD_POLICIES:
+        settings = {**claims.OOD_SETTINGS, "policy": policy, **claims.OOD_QUICK}
+        ood.main(ood.Config(**settings, out=str(results / "ood_mass")))
+    from tests.test_figures_scaling import write_llm_run
+
+    for model in ("pythia-1b", "pythia-2.8b", "pythia-6.9b"):  # LLM evaluation runs: one seed
+        for objective in ("dpo", "ipo"):
+            for beta in (0.1, 0.5):
+                folder = results / "llm_eval" / f"{model}-{objective}-{beta}"
+                write_llm_run(folder, model, objective=objective, beta=beta)
+    config = claims.Config(
+        out=str(tmp_path / "claims"), results=str(results), quick=True, n_resamples=10,
+        docs=str(tmp_path / "docs" / "claims.md"), progress=False,
+    )  # fmt: skip
+    folder = claims.main(config)
+    out = capsys.readouterr().out
+    table = pd.read_csv(folder / "claims.csv")
+    assert list(table.columns[:7]) == [
+        "claim", "statistic", "value", "ci_low", "ci_high", "setting", "verdict",
+    ]  # fmt: skip
+    assert set(table["verdict"]) <= set(rules.VERDICTS)
+    assert {"1", "2", "3a", "4", "5b", "9b", "P1"} <= set(table["claim"])
+    assert "LLM side: 12 runs from 12 folders" in out and f"results in {folder}" in out
+    llm = table[table["source"] == "llm"]
+    assert {"3a", "5a", "6b", "7a"} <= set(llm["claim"])
+    assert llm.loc[llm["kind"] == "setting", "ci_low"].isna().all()  # one seed: no interval
+    page = Path(config.docs).read_text()
+    assert report.generated_part(page) == report.page(tmp_path / "docs" / "claims_data")
+
+
+def test_search_defaults_are_toy_scalings():
+    claims = load_script("experiments/claims.py")
+    toy = load_script("experiments/toy_scaling.py")
+    defaults = toy.Config()
+    for key, value in claims.SEARCH_DEFAULTS.items():
+        if key not in ("objectives", "capacities", "n_resamples"):
+            assert getattr(defaults, key) == value, key

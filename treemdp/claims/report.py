@@ -1,0 +1,220 @@
+"""Text of the claims table: the printed table and docs/claims.md, both from claims.csv alone."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from treemdp.claims.catalog import CLAIMS
+
+
+def number(x: float) -> str:
+    """A value for people: 3 significant digits, "inf", "–" for NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
+        return f"{x:.2g}"
+    return f"{x:.3g}"
+
+
+def verdict_text(row: pd.Series) -> str:
+    """ "reproduced", "refuted", or "depends on X"."""
+    on = row.get("depends_on", "")
+    on = "" if not isinstance(on, str) else on
+    if on.startswith("(no data"):  # a search variant that could not run
+        return on.strip("()")
+    return f"depends on {on}" if row["verdict"] == "depends" and on else row["verdict"]
+
+
+def summary_lines(claims: pd.DataFrame) -> list[str]:
+    """The printed table: one line per (source, claim) summary row."""
+    summary = claims[claims["kind"] == "summary"]
+    lines = [f"{'claim':<5} {'source':<6} {'median':>8} {'range':>19}  verdict   (claim)"]
+    for _, r in summary.iterrows():
+        span = f"[{number(r['ci_low'])}, {number(r['ci_high'])}]"
+        lines.append(
+            f"{r['claim']:<5} {r['source']:<6} {number(r['value']):>8} {span:>19}  "
+            f"{verdict_text(r)}   ({CLAIMS[r['claim']]})"
+        )
+    return lines
+
+
+def markdown_summary(claims: pd.DataFrame) -> str:
+    """The one-row-per-claim table in Markdown."""
+    summary = claims[claims["kind"] == "summary"]
+    out = [
+        "| claim | what the paper says | source | statistic | median over settings (range) "
+        "| rule | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in summary.iterrows():
+        stat = r["statistic"].split(";")[0]
+        out.append(
+            f"| {r['claim']} | {CLAIMS[r['claim']]} | {r['source']} | {stat} | "
+            f"{number(r['value'])} ({number(r['ci_low'])} … {number(r['ci_high'])}) | "
+            f"`{r['rule']}` | **{verdict_text(r)}** |"
+        )
+    return "\n".join(out)
+
+
+def markdown_settings(claims: pd.DataFrame) -> str:
+    """Every setting row in Markdown, grouped by claim."""
+    rows = claims[claims["kind"] == "setting"]
+    out = []
+    for claim, g in rows.groupby("claim", sort=False):
+        out.append(
+            f"**{claim}**: {CLAIMS[claim]}; statistic: {g['statistic'].iloc[0]}; "
+            f"rule `{g['rule'].iloc[0]}`\n"
+        )
+        out.append("| setting | value | 95% CI | verdict |")
+        out.append("|---|---|---|---|")
+        for _, r in g.iterrows():
+            ci = f"[{number(r['ci_low'])}, {number(r['ci_high'])}]"
+            out.append(f"| {r['setting']} | {number(r['value'])} | {ci} | {r['verdict']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def markdown_search(search: pd.DataFrame) -> str:
+    """The condition search: one row per (claim, variant) with the claim's summary verdict."""
+    out = []
+    for claim, g in search.groupby("claim", sort=False):
+        out.append(
+            f"**{claim}**: {CLAIMS[claim]}; {g['statistic'].iloc[0].split(';')[0]}; "
+            f"rule `{g['rule'].iloc[0]}`\n"
+        )
+        out.append(
+            "| variant | factor | median over settings (range) | settings reproduced / refuted"
+            " / depend | verdict |"
+        )
+        out.append("|---|---|---|---|---|")
+        for _, r in g.iterrows():
+            counts = (
+                f"{int(r['n_reproduced'])} / {int(r['n_refuted'])} / {int(r['n_depends'])}"
+                if r["n_settings"] == r["n_settings"] and r["n_settings"] > 0
+                else "–"
+            )
+            out.append(
+                f"| {r['variant']} | {r['factor']} | {number(r['value'])} "
+                f"({number(r['ci_low'])} … {number(r['ci_high'])}) | {counts} | {verdict_text(r)} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def what_moved(search: pd.DataFrame, *, base: str = "base") -> str:
+    """Per claim: how the share of settings that reproduce (refute) it moves across variants.
+
+    The summary verdict of a claim is coarse (it depends as soon as one setting differs), so this
+    compares the tallies: the base's, the variants with the largest share of reproducing and of
+    refuting settings, and whether any variant reproduces the claim in every setting.
+    """
+    out = []
+    for claim, g in search.groupby("claim", sort=False):
+        g = g[g["n_settings"].fillna(0) > 0]
+        ref = g[g["variant"] == base]
+        if ref.empty:
+            continue
+        share = g.assign(
+            rep=g["n_reproduced"] / g["n_settings"], ref=g["n_refuted"] / g["n_settings"]
+        )
+
+        def tally(r) -> str:
+            return (
+                f"{r['variant']} ({int(r['n_reproduced'])} reproduced, {int(r['n_refuted'])} "
+                f"refuted of {int(r['n_settings'])}; median {number(r['value'])})"
+            )
+
+        b = share[share["variant"] == base].iloc[0]
+        others = share[share["variant"] != base]
+        most_rep = others.sort_values(["rep", "ref"], ascending=[False, True], kind="stable")
+        most_ref = others.sort_values(["ref", "rep"], ascending=[False, True], kind="stable")
+        most_rep, most_ref = most_rep.head(3), most_ref.head(3)
+        every = list(share.loc[share["verdict"] == "reproduced", "variant"])
+        out.append(
+            f"- **{claim}**: {tally(b)}. Most reproducing: "
+            f"{'; '.join(tally(r) for _, r in most_rep.iterrows())}. Most refuting: "
+            f"{'; '.join(tally(r) for _, r in most_ref.iterrows())}. Reproduced in every "
+            f"setting under: {', '.join(every) or 'no variant'}."
+        )
+    return "\n".join(out)
+
+
+GENERATED_END = "<!-- end of the generated part: text below this line is kept on regeneration -->"
+"""Marks where docs/claims.md's generated part ends (hand-written notes may follow)."""
+
+INTRO = """# The paper's claims, checked
+
+Generated by `python experiments/claims.py --docs docs/claims.md` (with `--search` for the
+condition search) from its own output (the data are in `docs/claims_data/`); a test
+(`tests/test_claims.py`) regenerates this part from that data and fails if it differs, and checks
+that every verdict follows from its rule. Do not edit above the end marker.
+
+**How a verdict is reached.** Each claim of Rafailov et al. (2024) is a statistic per setting
+(objective, model size, β, ...), reduced to one value per seed and given a 95 % interval over
+seeds (Student t; a bootstrap over seeds, exact for 3 seeds, where the statistic is a fit or a
+seed-mean curve). A rule (`treemdp.claims.rules`) reads the interval: `above(threshold=t)` is
+*reproduced* when the whole interval is above t, *refuted* when it is at or below t, and
+*depends* (on the seed) when it straddles t; `below` likewise; `inside(low, high)` is reproduced
+when the interval lies in [low, high] and refuted when it misses it. A claim's summary verdict
+combines its settings: reproduced (refuted) only if every setting is; otherwise it *depends*, and
+`depends on X` names the factor whose levels separate the verdicts, nested where needed
+(`policy (tabular: refuted; loglinear: beta (...))`: one level of a factor explained by another),
+`seed` when every interval straddles its line, and `setting (a tally; see the rows)` when no
+factor separates them. The summary row's value is the median over settings and its range is the
+range over settings (not an interval).
+
+Sizes on the toy are policy capacities: `tabular` (no shared parameters) and tanh networks
+`mlp4 < mlp16 < mlp64`; trends over "model size" (6b, 8a) use the networks only. Claims 1, 1b,
+2 come from `experiments/ood_mass.py` (one preference pair, 2000 steps, 10 seeds); 3–9 from
+`experiments/toy_scaling.py` (512 pairs, one epoch, 3 seeds, concave gold reward, R-DPO with
+α = 0.3), the same run folders `figures/make_all.py` draws. Objectives are compared at matched β
+and at matched final KL (within a factor 1.5) or matched final win rate (within 0.02): a pair of
+runs of the same size and seed, the closest one of the other objective.
+"""
+
+
+def page(data: str | Path) -> str:
+    """docs/claims.md's generated part from ``data``/{claims.csv, run.json, search.csv}."""
+    data = Path(data)
+    claims = pd.read_csv(data / "claims.csv", keep_default_na=False, na_values=[""])
+    claims["depends_on"] = claims["depends_on"].fillna("")
+    meta = json.loads((data / "run.json").read_text())
+    out = [INTRO]
+    out.append("## The verdicts\n")
+    out.append(
+        f"`{meta['command']}`: {meta['seconds']:.0f} s ({meta['load_start']} at the start, "
+        f"{meta['load_end']} at the end; cached experiment runs are reused). Its printed table:\n"
+    )
+    out.append(
+        "```\n" + "\n".join(summary_lines(claims)) + "\n" + "\n".join(meta["notes"]) + "\n```\n"
+    )
+    out.append(markdown_summary(claims) + "\n")
+    search_path = data / "search.csv"
+    if search_path.exists():
+        found = pd.read_csv(search_path, keep_default_na=False, na_values=[""])
+        found["depends_on"] = found["depends_on"].fillna("")
+        out.append("## Under which conditions do claims 3b, 4, 5b and 8a hold?\n")
+        out.append(
+            "Each variant changes one thing from the base (toy_scaling defaults: concave gold "
+            "reward κ = 1, ρ = 1, 512 pairs, one epoch, Adam lr 0.03, SFT reference of 100 steps, "
+            "β ∈ {0.01, 0.03, 0.1, 0.3, 1}, networks mlp4/mlp16/mlp64, 3 seeds) and the claim is "
+            "decided by the same rules over that variant's settings.\n"
+        )
+        out.append(what_moved(found) + "\n")
+        out.append(markdown_search(found))
+    out.append("## Every setting\n")
+    out.append(markdown_settings(claims))
+    return "\n".join(out).rstrip() + "\n\n" + GENERATED_END + "\n"
+
+
+def generated_part(text: str) -> str:
+    """The generated part of a docs page (up to and including the end marker)."""
+    if GENERATED_END not in text:
+        raise ValueError("the page has no end marker of its generated part")
+    return text[: text.index(GENERATED_END) + len(GENERATED_END)] + "\n"
