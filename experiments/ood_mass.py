@@ -24,12 +24,11 @@ import torch
 
 from treemdp import objectives, plotting
 from treemdp.cli import SEED_MAX, RunDivergedError, arg, run
-from treemdp.memory import DEFAULT_MEMORY_MB, check_batch, complete_size
+from treemdp.memory import DEFAULT_MEMORY_MB, complete_tree_for_runs
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import POLICIES, REFERENCES, Problem, build_problem
 from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
 from treemdp.train import TrainingDivergedError, grid, train
-from treemdp.tree import Tree
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,10 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         response, logp, role).
     """
     n_runs = len(config.objectives) * len(config.beta) * len(config.seed)
-    check_batch(
-        complete_size(config.branching, config.depth), branching=config.branching, n_runs=n_runs,
-        policy=config.policy, features=config.features, memory_mb=config.memory_mb,
-        what=f"--branching {config.branching} --depth {config.depth} with {n_runs} runs",
+    tree = complete_tree_for_runs(
+        config.branching, config.depth, n_runs=n_runs, policy=config.policy,
+        features=config.features, memory_mb=config.memory_mb,
     )  # fmt: skip
-    tree = Tree.complete(config.branching, config.depth, max_bytes=config.memory_mb * 2**20)
     problems = build_problem(
         tree,
         config.seed,

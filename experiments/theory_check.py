@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from treemdp import objectives, plotting, theory
 from treemdp.cli import SEED_MAX, RunDivergedError, arg, run
 from treemdp.data import Pairs
-from treemdp.memory import DEFAULT_MEMORY_MB, check_batch, complete_size
+from treemdp.memory import DEFAULT_MEMORY_MB, complete_tree_for_runs
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import POLICIES, REFERENCES, build_problem
 from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
@@ -139,12 +139,10 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(set(config.seed)) != len(config.seed):
         raise ValueError("--seed values must be distinct")
     n_runs = len(config.objectives) * len(config.beta) * len(config.seed)
-    check_batch(
-        complete_size(config.branching, config.depth), branching=config.branching, n_runs=n_runs,
-        policy=config.policy, features=config.features, memory_mb=config.memory_mb,
-        what=f"--branching {config.branching} --depth {config.depth} with {n_runs} runs",
+    tree = complete_tree_for_runs(
+        config.branching, config.depth, n_runs=n_runs, policy=config.policy,
+        features=config.features, memory_mb=config.memory_mb,
     )  # fmt: skip
-    tree = Tree.complete(config.branching, config.depth, max_bytes=config.memory_mb * 2**20)
     problems = build_problem(
         tree,
         config.seed,

@@ -478,18 +478,9 @@ def train(
             final = out_dir / f"step-{done:07d}"
             state = {"examples_seen": done * G, "n_examples": len(examples),
                      "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
-            if sharded:  # every rank writes its shards
-                _fsdp().save_sharded_checkpoint(
-                    out_dir,
-                    step=done,
-                    model=policy,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    state=state,
-                    tokenizer=tokenizer,
-                )
-            elif rank == 0:
-                save_checkpoint(
+            if sharded or rank == 0:  # sharded: every rank writes its shards
+                save = _fsdp().save_sharded_checkpoint if sharded else save_checkpoint
+                save(
                     out_dir,
                     step=done,
                     model=policy,

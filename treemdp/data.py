@@ -200,6 +200,8 @@ def sampled_bt_pairs(
     σ((r(y) − r(y')) / temperature). The pair is drawn exactly from that joint law (one
     multinomial over the L_x² ordered pairs of each prompt, diagonal removed), so a
     concentrated policy costs no rejection loop. Pure: the randomness is ``seed``'s alone.
+    The law is ``bradley_terry_pairs``'s (which rejects equal draws, one pair at a time, from a
+    shared generator); that one stays as it is because its draws are in existing run folders.
 
     Args:
         tree: the tree.

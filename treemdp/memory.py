@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 
-from treemdp.tree import tree_bytes
+from treemdp.tree import Tree, tree_bytes
 
 __all__ = [
     "DEFAULT_MEMORY_MB",
     "check_batch",
     "check_memory",
     "complete_size",
+    "complete_tree_for_runs",
     "policy_params",
     "run_bytes",
     "with_stop_size",
@@ -121,3 +122,16 @@ def check_batch(
     need = tree_bytes(n_internal + n_leaves, branching) + n_runs * per_run
     check_memory(need, memory_mb, what)
     return need
+
+
+def complete_tree_for_runs(
+    branching: int, depth: int, *, n_runs: int, policy: str, features: int, memory_mb: int
+) -> Tree:
+    """``Tree.complete(branching, depth)`` after checking (``check_batch``) that it and
+    ``n_runs`` runs of ``policy`` fit in ``memory_mb`` MiB; the flags are named in the refusal."""
+    check_batch(
+        complete_size(branching, depth), branching=branching, n_runs=n_runs, policy=policy,
+        features=features, memory_mb=memory_mb,
+        what=f"--branching {branching} --depth {depth} with {n_runs} runs",
+    )  # fmt: skip
+    return Tree.complete(branching, depth, max_bytes=memory_mb * 2**20)
