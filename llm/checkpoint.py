@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,23 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _interned(obj: Any) -> Any:
+    """``obj`` with every string interned (dicts, lists and tuples rebuilt around them).
+
+    pickle writes a string once and refers back to it by object identity, so equal state
+    pickles to different bytes when its keys are different str objects: an optimizer state read
+    back from a checkpoint (after a resume) holds fresh copies of "step" where an uninterrupted
+    run holds the interned literal. Interned, the bytes depend on the values only.
+    """
+    if type(obj) is str:
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_interned(k): _interned(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(
     root: Path,
     *,
@@ -146,16 +164,14 @@ def save_checkpoint(
             hf_logging.enable_progress_bar()
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            **state,
-        },
-        tmp / STATE,
-    )
+    trainer_state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        **state,
+    }
+    torch.save(_interned(trainer_state), tmp / STATE)
     _write_checksums(tmp)
     _fsync_tree(tmp)
     if final.exists():  # left by a run killed between the move and the pointer update

@@ -179,7 +179,7 @@ def _evaluate_run(
     stale = {s for s, _, _ in todo}
     rows = [r for r in rows if int(r["checkpoint"]) not in stale]
     if not todo:
-        return pd.DataFrame(rows)
+        return read_table(table_path)
 
     vocab = len(task.tokenizer)
     reference = load_reference(config, vocab_size=vocab, dtype=dtype).to(device).eval()
@@ -218,5 +218,6 @@ def _evaluate_run(
         if on_row is not None:
             on_row(row)
         del policy
-    frame = pd.DataFrame(rows)
-    return frame[[*COLUMNS, *(c for c in frame if c not in COLUMNS)]]
+    # What is on disk, so a caller sees the same table whether the rows were computed now or
+    # read back after an interruption.
+    return read_table(table_path)

@@ -120,3 +120,19 @@ def test_cached_tables_marker_table_is_written_last(tmp_path):
     finally:
         results.write_table = original
     assert order == ["other.csv", "marker.csv"]
+
+
+def test_a_table_rebuilt_from_its_csv_is_written_byte_identically(tmp_path):
+    # Rows computed in memory hold None or "" where rows read back from the CSV hold NaN, so the
+    # two frames took different writers (pandas with %.17g, or the fast one with repr): the
+    # llm_confirm kill harness saw "0" vs "0.0" and 17 digits vs repr in a rebuilt table.
+    rows = [
+        {"step": 0, "kl": 0, "flag": "", "note": None, "path": "reference"},
+        {"step": 2, "kl": 0.39816403742269668, "flag": "", "note": None, "path": "a,b"},
+    ]
+    for frame in (pd.DataFrame(rows), pd.DataFrame(rows).drop(columns="path")):
+        write_table(tmp_path / "a.csv", frame)
+        again = pd.read_csv(tmp_path / "a.csv")
+        write_table(tmp_path / "b.csv", again)
+        assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+        assert again["kl"].tolist() == [0.0, 0.39816403742269668]  # full precision

@@ -272,11 +272,22 @@ def _fast_csv(frame: pd.DataFrame) -> str | None:
 
 def write_table(path: str | Path, frame: pd.DataFrame) -> Path:
     """Write a tidy table as CSV atomically (full float precision: every float64 reads back
-    bit for bit)."""
+    bit for bit).
+
+    The text depends on the values only, not on how the frame was built: object columns that
+    hold numbers are made numeric first (rows computed now mix ints and floats where rows read
+    back from a CSV are float64), and both writers print a float as its ``repr``. So a table
+    rebuilt from rows read back after an interruption is byte-identical to one built in one go.
+    """
+    frame = frame.infer_objects()
     text = _fast_csv(frame)
     if text is None:
-        text = frame.to_csv(index=False, float_format="%.17g", lineterminator="\n")
+        text = frame.to_csv(index=False, float_format=_float_repr, lineterminator="\n")
     return write_checked(path, text.encode())
+
+
+def _float_repr(value: float) -> str:
+    return repr(float(value))
 
 
 def read_table(path: str | Path, *, columns: tuple[str, ...] = ()) -> pd.DataFrame:

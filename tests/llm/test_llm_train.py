@@ -251,3 +251,30 @@ def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path, tiny_model, t
     with pytest.raises(ValueError, match=dangling):
         latest_checkpoint(tmp_path)
     assert not list(tmp_path.glob(".latest.json.tmp-*"))
+
+
+def test_a_resumed_optimizer_state_saves_to_the_same_bytes(tmp_path, tiny_model):
+    # After a resume the optimizer's state keys are str objects read back from the checkpoint;
+    # pickle refers back to strings by identity, so without interning the very same state was
+    # written to other bytes (the llm_confirm kill harness saw trainer_state.pt differ).
+    from llm.checkpoint import STATE, load_checkpoint, save_checkpoint
+
+    def fresh():
+        model = copy.deepcopy(tiny_model)
+        opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        return model, opt, sched
+
+    model, opt, sched = fresh()
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    sched.step()
+    torch.manual_seed(0)
+    a = save_checkpoint(tmp_path / "a", step=1, model=model, optimizer=opt, scheduler=sched,
+                        state={"config": {"objective": "dpo"}})  # fmt: skip
+    model2, opt2, sched2 = fresh()
+    load_checkpoint(a, model=model2, optimizer=opt2, scheduler=sched2)
+    torch.manual_seed(0)
+    b = save_checkpoint(tmp_path / "b", step=1, model=model2, optimizer=opt2, scheduler=sched2,
+                        state={"config": {"objective": "dpo"}})  # fmt: skip
+    assert (a / STATE).read_bytes() == (b / STATE).read_bytes()
