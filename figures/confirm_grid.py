@@ -21,9 +21,9 @@ def plot_agreement(agreement: pd.DataFrame, by_size: pd.DataFrame, path: str | P
     bar per model size of the share of its LLM runs each capacity is closest to.
 
     Args:
-        agreement: ``confirm_grid.agreement`` rows (columns toy, regime, objective, size, lr,
+        agreement: ``treemdp.agreement.agreement`` rows (columns toy, regime, objective, size, lr,
             beta, cells, agree, rate).
-        by_size: ``confirm_grid.closest_by_size`` rows (size, regime, toy, share).
+        by_size: ``treemdp.agreement.closest_by_size`` rows (size, regime, toy, share).
         path: the PNG to write.
 
     Returns:

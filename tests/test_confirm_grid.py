@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import treemdp.agreement as ag
 from tests.scripts import ROOT, load_script
 
 grid = load_script("experiments/confirm_grid.py")
@@ -48,7 +49,7 @@ def test_agreement_summary_from_a_hand_made_table():
         ("ipo", "14m", 3e-3, 0, "loglinear-k8", True, False),
         ("ipo", "14m", 3e-3, 1, "loglinear-k8", False, True),
     ]
-    table = grid.agreement(_cells(rows))
+    table = ag.agreement(_cells(rows))
     fine = table[
         (table["objective"] == "dpo") & (table["size"] == "tiny") & (table["lr"] != "all")
     ].iloc[0]
@@ -83,9 +84,9 @@ def test_agreement_summary_from_a_hand_made_table():
 
 
 def test_wilson_interval_edge_values():
-    assert grid.wilson(0, 1) == pytest.approx((0.0, 3.841459 / 4.841459), abs=1e-6)
-    assert all(math.isnan(x) for x in grid.wilson(0, 0))
-    lo, hi = grid.wilson(50, 100)
+    assert ag.wilson(0, 1) == pytest.approx((0.0, 3.841459 / 4.841459), abs=1e-6)
+    assert all(math.isnan(x) for x in ag.wilson(0, 0))
+    lo, hi = ag.wilson(50, 100)
     assert lo == pytest.approx(1 - hi) and lo == pytest.approx(0.4038, abs=1e-4)
 
 
@@ -120,7 +121,7 @@ def test_closest_toy_on_constructed_trajectories():
     # the LLM: the log-linear toy's path at 5 checkpoints, OOD mass 0.1 higher throughout
     at = np.linspace(0, 1, 5)
     llm = _trajectory("llm", 0.2 + 0.8 * at, 0.9 - 0.8 * at, 5 * at, llm=True)
-    table = grid.closest_toy(pd.concat([*toys, llm], ignore_index=True))
+    table = ag.closest_toy(pd.concat([*toys, llm], ignore_index=True))
     assert len(table) == 1
     row = table.iloc[0]
     assert row["closest"] == "loglinear-k8" and row["runner_up"] == "mlp-w4"
@@ -129,13 +130,13 @@ def test_closest_toy_on_constructed_trajectories():
     # the toy's values are interpolated at the LLM's fractions: a toy logged only at the ends
     # of the same straight lines is as far
     coarse = _trajectory("loglinear-k8", [0.1, 0.9], [0.9, 0.1], [0.0, 5.0])
-    assert grid.trajectory_distance(llm, coarse) == pytest.approx(math.sqrt(0.01 / 3))
+    assert ag.trajectory_distance(llm, coarse) == pytest.approx(math.sqrt(0.01 / 3))
     # KL enters as 1 − exp(−KL): the LLM against itself with KL + 1 everywhere
     shifted = llm.assign(kl_reverse=llm["kl_reverse"] + 1.0)
     gap = np.exp(-llm["kl_reverse"].to_numpy()) * (1 - np.exp(-1.0))
     expected = math.sqrt(np.mean(np.concatenate([np.zeros(10), gap**2])))
-    assert grid.trajectory_distance(llm, shifted) == pytest.approx(expected, rel=1e-12)
-    summary = grid.closest_by_size(table, ["tabular", "loglinear-k8", "mlp-w4"])
+    assert ag.trajectory_distance(llm, shifted) == pytest.approx(expected, rel=1e-12)
+    summary = ag.closest_by_size(table, ["tabular", "loglinear-k8", "mlp-w4"])
     assert list(summary["runs"]) == [0, 1, 0] and list(summary["share"]) == [0.0, 1.0, 0.0]
 
 
@@ -146,10 +147,10 @@ def test_degradation_rule_and_cells_table():
         _trajectory("tabular", 0.1 + 0.05 * x, 0.9 - 0.05 * x, x),  # +0.05 < margin 0.1
         _trajectory("llm", 0.1 + 0.2 * x, 0.9 - 0.2 * x, x, llm=True),  # degrades
     ]
-    summary = grid.summarise(pd.concat(frames, ignore_index=True), 0.1)
+    summary = ag.summarise(pd.concat(frames, ignore_index=True), 0.1)
     by = summary.set_index("side")["degrades"]
     assert bool(by["loglinear-k8"]) and not bool(by["tabular"]) and bool(by["llm"])
-    cells = grid.cells_table(summary)
+    cells = ag.cells_table(summary)
     assert list(cells["side"]) == ["llm", "loglinear-k8", "tabular"]
     assert list(cells["lr"]) == [1e-3] * 3 and list(cells["size"]) == ["tiny"] * 3
     assert list(cells["agrees"].iloc[1:]) == [True, False]
