@@ -129,6 +129,13 @@ def random_pairs(tree: Tree, rewards: Tensor, n_pairs: int, generator: torch.Gen
     return validate_pairs(tree, torch.where(a_wins, a, b), torch.where(a_wins, b, a))
 
 
+def _check_bt_arguments(n_pairs: int, temperature: float) -> None:
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1; got {n_pairs}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+
+
 def bradley_terry_pairs(
     tree: Tree,
     rewards: Tensor,
@@ -154,10 +161,7 @@ def bradley_terry_pairs(
     Returns:
         ``Pairs`` with shape (P,).
     """
-    if n_pairs < 1:
-        raise ValueError(f"n_pairs must be >= 1; got {n_pairs}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
+    _check_bt_arguments(n_pairs, temperature)
     probs = torch.exp(sampler_logp)
     chosen, rejected = [], []
     for i in range(n_pairs):
@@ -214,10 +218,7 @@ def sampled_bt_pairs(
     Returns:
         ``Pairs`` with shape (P,).
     """
-    if n_pairs < 1:
-        raise ValueError(f"n_pairs must be >= 1; got {n_pairs}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
+    _check_bt_arguments(n_pairs, temperature)
     L = tree.n_responses
     if tuple(rewards.shape) != (L,) or tuple(sampler_logp.shape) != (L,):
         raise ValueError(
