@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ByteCounter, best_of, copy_bandwidth, machine
 
 from treemdp.metrics import MetricContext, metrics, win_weights
-from treemdp.problem import build_problem
+from treemdp.problem import ProblemSpec, build_problem
 from treemdp.threads import threads_for
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
@@ -73,7 +73,7 @@ def main() -> None:
     tree = Tree.complete(args.branching, args.depth)
     t_tree = time.perf_counter() - t0
     t0 = time.perf_counter()
-    problem = build_problem(tree, [0], sft_steps=100)
+    problem = build_problem(tree, [0], ProblemSpec(sft_steps=100))
     t_build = time.perf_counter() - t0
     print(f"{tree}: tree {t_tree:.2f} s, problem + SFT reference {t_build:.2f} s")
     spec = [RunSpec("dpo", 0.1, 0.01)]

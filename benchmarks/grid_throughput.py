@@ -26,7 +26,7 @@ from common import best_of, machine
 from reference import train_reference
 
 from treemdp.metrics import METRICS
-from treemdp.problem import build_problem
+from treemdp.problem import ProblemSpec, build_problem
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
 
@@ -45,7 +45,9 @@ def main() -> None:
     print(f"machine: {machine()}")
     tree = Tree.complete(3, 3)
     layout = [(o, b, s) for o in OBJECTIVES for b in BETAS for s in range(len(SEEDS))]
-    build_s, _, problems = best_of(1, lambda: build_problem(tree, SEEDS, sft_steps=SFT_STEPS))
+    build_s, _, problems = best_of(
+        1, lambda: build_problem(tree, SEEDS, ProblemSpec(sft_steps=SFT_STEPS))
+    )
     problem = problems.select([s for *_, s in layout])
     specs = [RunSpec(o, b, LR) for o, b, _ in layout]
 

@@ -30,14 +30,14 @@ def one_depth(branching: int, depth: int, repeats: int) -> dict:
     import torch
     from common import best_of
 
-    from treemdp.problem import build_problem
+    from treemdp.problem import ProblemSpec, build_problem
     from treemdp.train import RunSpec, train
     from treemdp.tree import Tree
 
     torch.set_default_dtype(torch.float64)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tree = Tree.complete(branching, depth)
-    problem = build_problem(tree, [0], sft_steps=100)
+    problem = build_problem(tree, [0], ProblemSpec(sft_steps=100))
     spec = [RunSpec("dpo", 0.1, 0.01)]
     steps = int(min(200, max(10, 3e6 // tree.n_nodes)))
     with_metrics, _, _ = best_of(repeats, lambda: train(problem, spec, steps=steps, log_every=1))

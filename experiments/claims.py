@@ -8,7 +8,7 @@ under --results), and prints and writes one row per claim and one per setting:
     python experiments/claims.py --search                       # + the condition search (slow)
     python experiments/claims.py --docs docs/claims.md          # + regenerate the docs page
 
-Experiments (subprocesses; finished run folders are reused, the same ones make_all.py uses):
+Experiments (subprocesses; finished run folders are reused, such as experiments/paper_runs.py's):
 experiments/toy_scaling.py with DPO, IPO, SLiC and R-DPO (α = 0.3) at its defaults, and
 experiments/ood_mass.py at β ∈ {0.01, 0.1, 0.5} with the log-linear and the tabular policy.
 Statistics, intervals and decision rules: ``treemdp.claims`` (see docs/claims.md).
@@ -29,16 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import paper_runs  # a sibling script (its folder is on sys.path): the paper's runs, declared once
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "figures"))  # the checkpoint-table adapters live with the figures
-
-import checkpoints  # noqa: E402
-
-from treemdp.claims import catalog, report  # noqa: E402
-from treemdp.cli import arg, flags_for, run  # noqa: E402
-from treemdp.results import (  # noqa: E402
+from figures import checkpoints
+from treemdp.claims import catalog, report
+from treemdp.runs import (
     config_matches,
     find_runs,
     read_table,
@@ -47,6 +43,10 @@ from treemdp.results import (  # noqa: E402
     write_config,
     write_table,
 )
+from treemdp.runs.cli import arg, flags_for, run
+from treemdp.runs.eval_table import EVAL_TABLE
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,8 @@ class Config:
     progress: bool = arg(True, "show progress bars")
 
 
-OOD_SETTINGS = {
-    "beta": (0.01, 0.1, 0.5),
-    "objectives": ("dpo", "ipo", "slic"),
-    "pairs": 1,
-    "reference": "sft",
-    "responses": True,
-}
-"""ood_mass.py settings (the figures' run, for both policies); the rest are its defaults."""
 OOD_POLICIES = ("loglinear", "tabular")
-OOD_QUICK = {"steps": 40, "seed": (0, 1, 2), "sft_steps": 30, "log_every": 10}
+"""The figures' ood_mass.py run (``paper_runs.OOD_MASS``) is decided on for both policies."""
 
 SEARCH_DEFAULTS = {
     "objectives": ("dpo", "ipo", "slic"),
@@ -140,15 +132,16 @@ def find_or_run(script: str, settings: dict, results: Path, table: str = "metric
 def toy_table(config: Config, results: Path, settings: dict | None = None) -> pd.DataFrame:
     """The checkpoint table of the toy_scaling run with ``settings`` (default: the figures')."""
     if settings is None:
-        settings = checkpoints.TOY_QUICK if config.quick else checkpoints.TOY_REQUIRED
-    return checkpoints.from_toy(find_or_run(checkpoints.TOY_EXPERIMENT, settings, results))
+        settings = paper_runs.TOY_QUICK if config.quick else paper_runs.TOY
+    return checkpoints.from_toy(find_or_run("experiments/toy_scaling.py", settings, results))
 
 
 def ood_tables(config: Config, results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ood_mass metrics and responses of both policies, with a ``policy`` column."""
     metrics, responses = [], []
     for policy in OOD_POLICIES:
-        settings = {**OOD_SETTINGS, "policy": policy, **(OOD_QUICK if config.quick else {})}
+        quick = paper_runs.OOD_MASS_QUICK if config.quick else {}
+        settings = {**paper_runs.OOD_MASS, "policy": policy, **quick}
         folder = find_or_run("experiments/ood_mass.py", settings, results, "responses.csv")
         m = read_table(folder / "metrics.csv")
         r = read_table(
@@ -165,7 +158,10 @@ def llm_folders(config: Config, results: Path) -> list[Path]:
     results/llm_confirm/*/llm/ and results/llm_eval/ (SFT runs left out)."""
     if config.llm_runs:
         return [Path(p) for p in config.llm_runs]
-    found = [*results.glob("llm_confirm/*/llm/*/eval.csv"), *results.glob("llm_eval/**/eval.csv")]
+    found = [
+        *results.glob(f"llm_confirm/*/llm/*/{EVAL_TABLE}"),
+        *results.glob(f"llm_eval/**/{EVAL_TABLE}"),
+    ]
     return sorted({p.parent for p in found if p.parent.name != "sft"})
 
 

@@ -52,6 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from figures.confirm_grid import plot_agreement
+from llm.checkpoint import checkpoint_folders
 from llm.confirm import daa_llm, sft_llm
 from llm.evaluate import TreeTask
 from llm.model import PYTHIA_SHAPES, load_model
@@ -65,11 +66,10 @@ from treemdp.agreement import (
     summarise,
 )
 from treemdp.capacity import capacity_batches, capacity_names
-from treemdp.cli import arg, run
 from treemdp.data import Pairs, sampled_bt_pairs
 from treemdp.metrics import kl_divergence
-from treemdp.problem import Problem, build_problem
-from treemdp.results import (
+from treemdp.problem import Problem, ProblemSpec, build_problem
+from treemdp.runs import (
     atomic_write,
     remove_temporaries,
     run_folder,
@@ -79,6 +79,7 @@ from treemdp.results import (
     write_config,
     write_table,
 )
+from treemdp.runs.cli import arg, run
 from treemdp.threads import thread_count, threads
 from treemdp.train import grid
 from treemdp.train import train as train_toy
@@ -198,7 +199,9 @@ def regime_problem(cfg: Config, tree: Tree, regime: str) -> Problem:
     samples labelled by Bradley–Terry (``sampled_bt_pairs``, seeded from the seed)."""
     n = 1 if regime == "1pref" else cfg.bt_support
     problem = build_problem(
-        tree, list(cfg.seeds), features=cfg.features, n_pairs=n, sft_steps=cfg.toy_sft_steps
+        tree,
+        list(cfg.seeds),
+        ProblemSpec(features=cfg.features, pairs=n, sft_steps=cfg.toy_sft_steps),
     )
     if regime == "1pref":
         return problem
@@ -372,7 +375,7 @@ def _largest_op(size: str) -> int:
 
 
 def _drop_checkpoints(run_dir: Path) -> None:
-    for step in run_dir.glob("step-*"):
+    for step in checkpoint_folders(run_dir):
         shutil.rmtree(step, ignore_errors=True)
 
 

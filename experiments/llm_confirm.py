@@ -37,16 +37,17 @@ from types import ModuleType
 import pandas as pd
 import torch
 
+from figures import quicklook
 from llm.confirm import daa_llm, sft_llm
 from llm.evaluate import TreeTask
 from llm.model import PYTHIA_SHAPES, load_model
 from llm.sampling import tree_logprobs
-from treemdp import plotting
-from treemdp.cli import arg, run
 from treemdp.metrics import kl_divergence
 from treemdp.policy import Policy, Tabular
-from treemdp.problem import Problem, build_problem
-from treemdp.results import atomic_write, cached_tables, run_folder, run_lock
+from treemdp.problem import Problem, ProblemSpec, build_problem
+from treemdp.runs import atomic_write, run_folder
+from treemdp.runs.cli import arg, nested, run
+from treemdp.runs.experiment import cached_run
 from treemdp.train import grid
 from treemdp.train import train as train_toy
 from treemdp.tree import Tree
@@ -61,14 +62,15 @@ class Config:
 
     branching: int = arg(3, "actions per state (b)", minimum=2)
     depth: int = arg(3, "tree depth (b^depth responses; every leaf is scored exactly)", minimum=1)
-    pairs: int = arg(1, "preference pairs (1 = the paper's 1pref)", minimum=1)
+    problem: ProblemSpec = nested(
+        ProblemSpec(pairs=1, sft_steps=300),  # the toy's problem: log-linear, SFT reference
+        flags={"pairs": "pairs", "features": "features", "toy_sft_steps": "sft_steps"},
+    )
     seed: int = arg(
         3, "problem seed (features, gold rewards, pairs) and LLM seed; 3: see docs/llm.md"
     )
-    features: int = arg(8, "feature dimension k of the toy's log-linear policy", minimum=1)
     objectives: tuple[str, ...] = arg(PAPER_OBJECTIVES, "objectives", choices=PAPER_OBJECTIVES)
     beta: tuple[float, ...] = arg((0.1,), "β values", exclusive_minimum=0)
-    toy_sft_steps: int = arg(300, "Adam steps of the toy's SFT reference fit", minimum=0)
     toy_steps: int = arg(2000, "toy training steps (Adam, full batch)", minimum=1)
     toy_lr: float = arg(0.01, "toy learning rate", exclusive_minimum=0)
     model: str = arg("tiny", "Pythia shape (random init), hub name or folder for the LLM")
@@ -91,14 +93,7 @@ class Config:
 def toy_problems(cfg: Config, tree: Tree) -> tuple[Problem, Problem]:
     """The log-linear problem (SFT reference) and a tabular one with the same π_ref, gold
     rewards and pairs (π_ref's logits as the tabular policy's fixed offset)."""
-    loglinear = build_problem(
-        tree,
-        [cfg.seed],
-        policy="loglinear",
-        features=cfg.features,
-        n_pairs=cfg.pairs,
-        sft_steps=cfg.toy_sft_steps,
-    )
+    loglinear = build_problem(tree, [cfg.seed], cfg.problem)
     with torch.no_grad():
         ref_logits = loglinear.policy.logits(loglinear.policy.theta0)
     zeros = torch.zeros(1, tree.n_internal, tree.branching, dtype=torch.float64)
@@ -258,46 +253,6 @@ def verdict(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def plot(toy: pd.DataFrame, llm: pd.DataFrame, path: Path) -> None:
-    """Row 1: OOD (solid) and in-distribution (dashed) mass over training, toy and LLM (exact;
-    dots: the LLM's sampled OOD share ± 2 SE). Row 2: gold win rate against π_ref."""
-    import matplotlib.pyplot as plt
-
-    plotting.set_style()
-    objs = list(dict.fromkeys(toy["objective"]))
-    fig, axes = plt.subplots(
-        2, len(objs), figsize=(plotting.PANEL_WIDTH * len(objs), 2 * plotting.PANEL_HEIGHT),
-        sharex=True, squeeze=False, constrained_layout=True,
-    )  # fmt: skip
-    colors = dict(zip(SIDES, ("#999999", "#1f77b4", "#d62728"), strict=True))
-    beta0 = toy["beta"].iloc[0]
-    for j, obj in enumerate(objs):
-        top, bottom = axes[0][j], axes[1][j]
-        for side in SIDES[:2]:
-            g = toy[(toy["objective"] == obj) & (toy["side"] == side) & (toy["beta"] == beta0)]
-            top.plot(g["fraction"], g["mass_ood"], color=colors[side], label=f"{side} OOD")
-            top.plot(g["fraction"], g["mass_in_dist"], color=colors[side], ls="--")
-            bottom.plot(g["fraction"], g["win_rate"], color=colors[side], label=side)
-        g = llm[(llm["objective"] == obj) & (llm["beta"] == beta0)]
-        c = colors["llm"]
-        top.plot(g["fraction"], g["exact_mass_ood"], color=c, marker="o", ms=3, label="LLM OOD")
-        top.plot(g["fraction"], g["exact_mass_in_dist"], color=c, ls="--", marker="o", ms=3)
-        top.errorbar(g["fraction"], g["ood_fraction"], yerr=2 * g["ood_fraction_se"], fmt="x",
-                     color="black", ms=4, label="LLM OOD, sampled")  # fmt: skip
-        bottom.plot(g["fraction"], g["exact_win_rate"], color=c, marker="o", ms=3, label="LLM")
-        bottom.errorbar(g["fraction"], g["win_rate"], yerr=2 * g["win_rate_se"], fmt="x",
-                        color="black", ms=4, label="LLM, sampled")  # fmt: skip
-        top.set_title(f"{obj.upper()}, β={beta0:g}")
-        top.set_ylim(-0.02, 1.02)
-        bottom.set_ylim(-0.02, 1.02)
-        bottom.set_xlabel("fraction of training")
-    axes[0][0].set_ylabel("mass (solid OOD, dashed in-dist)")
-    axes[1][0].set_ylabel("gold win rate vs π_ref")
-    axes[0][-1].legend(fontsize=7)
-    axes[1][-1].legend(fontsize=7)
-    plotting.save_figure(fig, path)
-
-
 def output_folder(cfg: Config) -> Path:
     """The run folder of ``cfg`` (named from every field that changes the results)."""
     return run_folder(
@@ -332,27 +287,23 @@ def main(cfg: Config) -> Path:
                 f"model folder, or a hub model in the local cache ({str(err).splitlines()[0]})"
             ) from None
     folder = output_folder(cfg)
-    with run_lock(folder):  # a second process on this folder refuses; a killed one resumes
-        start = time.perf_counter()
+    start = time.perf_counter()
+    tree = Tree.complete(cfg.branching, cfg.depth)
+
+    def compute() -> dict[str, pd.DataFrame]:
         if cfg.force and (folder / "llm").exists():
             shutil.rmtree(folder / "llm")
-        tree = Tree.complete(cfg.branching, cfg.depth)
+        tabular, loglinear = toy_problems(cfg, tree)
+        toy = run_toy(cfg, {"tabular": tabular, "loglinear": loglinear})
+        llm, report = run_llm(cfg, loglinear, folder, device)
+        table = compare(toy, llm, cfg.margin)
+        table["kl_toy_ref_to_llm_sft"] = report["kl_toy_ref_to_llm_sft"]
+        return {"comparison": table, "toy": toy, "llm": llm}
 
-        def compute() -> dict[str, pd.DataFrame]:
-            tabular, loglinear = toy_problems(cfg, tree)
-            toy = run_toy(cfg, {"tabular": tabular, "loglinear": loglinear})
-            llm, report = run_llm(cfg, loglinear, folder, device)
-            table = compare(toy, llm, cfg.margin)
-            table["kl_toy_ref_to_llm_sft"] = report["kl_toy_ref_to_llm_sft"]
-            return {"comparison": table, "toy": toy, "llm": llm}
-
-        tables, reused = cached_tables(
-            folder, cfg, ["comparison", "toy", "llm"], compute, force=cfg.force
-        )
-        if reused:
-            print(f"reusing finished results in {folder} (--force recomputes)")
-        table = tables["comparison"]
-        plot(tables["toy"], tables["llm"], folder / "confirm.png")
+    names = ["comparison", "toy", "llm"]
+    with cached_run(folder, cfg, names, compute, force=cfg.force, diverged="toy") as tables:
+        table = tables["comparison"]  # a killed run resumes its LLM checkpoints (llm/)
+        quicklook.confirm(tables["toy"], tables["llm"], folder / "confirm.png")
         lines = verdict(table)
         text = "\n".join(lines) + "\n"
         atomic_write(folder / "verdict.txt", lambda p: p.write_text(text))

@@ -29,11 +29,12 @@ from llm.eval_run import evaluate_run
 from llm.evaluate import EvalSettings, EvalTask, TreeTask
 from llm.judges import TLDR_TEMPLATE, ApiJudge, GoldJudge, Judge, RewardModelJudge
 from llm.model import PYTHIA_SHAPES, parse_dtype
-from llm.tree_language import tree_examples, tree_tokenizer
+from llm.tree_language import TreeLanguage
 from treemdp import objectives
-from treemdp.cli import SEED_MAX, arg, check_device, run
 from treemdp.data import normal_rewards
-from treemdp.results import read_config, run_lock
+from treemdp.runs import read_config, run_lock
+from treemdp.runs.cli import SEED_MAX, arg, check_device, run
+from treemdp.runs.eval_table import EVAL_TABLE
 from treemdp.tree import Tree
 
 SHOWN = [
@@ -113,10 +114,12 @@ def build_task(cfg: Config, run_config: dict[str, Any], run_dir: Path) -> EvalTa
     common = {"objective": name, "beta": float(run_config.get("beta", 0.1)), "hyper": hyper}
     if run_config.get("source") == "tree":
         tt = tree_task(run_config, run_dir, cfg.tree_reward_seed)
-        examples, _ = tree_examples(tt.tree, tt.chosen, tt.rejected, on_bad_row="skip")
-        prompts = [(1 + i % tt.tree.n_prompts,) for i in range(cfg.samples)]
-        tok = tree_tokenizer(tt.tree)
-        return EvalTask(prompts, examples, tok, None, tok.pad_token_id, tree=tt, **common)
+        language = TreeLanguage(tt.tree)
+        examples, _ = language.examples(tt.chosen, tt.rejected, on_bad_row="skip")
+        tok = language.tokenizer()
+        return EvalTask(
+            language.prompts(cfg.samples), examples, tok, None, tok.pad_token_id, tree=tt, **common
+        )
     model = run_config.get("model", "")
     tok = load_tokenizer(
         run_config.get("tokenizer") or ("byte" if model in PYTHIA_SHAPES else model)
@@ -236,8 +239,8 @@ def _evaluate(cfg: Config, run_dir: Path) -> Path:
             f"unparsable {last.get('unparsable', 0)}, errors {last.get('judge_errors', 0)} "
             "(last checkpoint)"
         )
-    print(f"done: {len(frame)} checkpoints in {run_dir / 'eval.csv'}")
-    return run_dir / "eval.csv"
+    print(f"done: {len(frame)} checkpoints in {run_dir / EVAL_TABLE}")
+    return run_dir / EVAL_TABLE
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from llm.checkpoint import write_atomic
+from llm.checkpoint import LATEST, checkpoint_folders
 from llm.data import (
     BadRowError,
     TruncationConfig,
@@ -36,18 +36,13 @@ from llm.data import (
     tokenize_rows,
 )
 from llm.model import PYTHIA_SHAPES, load_model, load_policy_and_reference, parse_dtype
-from llm.train import (
-    DAALoss,
-    TrainConfig,
-    precompute_reference,
-    sample_sft_examples,
-    sft_loss,
-    train,
-)
-from llm.tree_language import tree_examples, tree_tokenizer
+from llm.sampling import sample_sft_examples
+from llm.train import LOG, DAALoss, TrainConfig, precompute_reference, sft_loss, train
+from llm.tree_language import TreeLanguage
 from treemdp import objectives
-from treemdp.cli import SEED_MAX, arg, check_device, run
-from treemdp.results import run_lock
+from treemdp.runs import atomic_write_text, run_lock
+from treemdp.runs.cli import SEED_MAX, arg, check_device, run
+from treemdp.runs.eval_table import EVAL_TABLE
 from treemdp.tree import Tree
 
 
@@ -227,8 +222,8 @@ def check_run_folder(out_dir: Path, identity: dict[str, Any]) -> None:
     """Refuse (ValueError, one line) a run folder written for another configuration or other
     data: a folder belongs to exactly one run, so its checkpoints, log and evaluation never mix."""
     path = out_dir / "config.json"
-    trained = any(out_dir.glob("step-*")) or any(
-        (out_dir / name).exists() for name in ("latest.json", "log.csv", "eval.csv")
+    trained = bool(checkpoint_folders(out_dir)) or any(
+        (out_dir / name).exists() for name in (LATEST, LOG, EVAL_TABLE)
     )
     if not trained:  # nothing that could mix (e.g. a run killed before its first step)
         return
@@ -272,10 +267,10 @@ def check_run_folder(out_dir: Path, identity: dict[str, Any]) -> None:
 def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
     """``(examples, tokenizer, skipped-row messages)`` for the configured source."""
     if cfg.source == "tree":
-        tree = Tree.complete(cfg.tree_branching, cfg.tree_depth)
+        language = TreeLanguage(Tree.complete(cfg.tree_branching, cfg.tree_depth))
         chosen, rejected = parse_pairs(cfg.tree_pairs)
-        examples, skipped = tree_examples(tree, chosen, rejected, on_bad_row=cfg.on_bad_row)
-        return examples, tree_tokenizer(tree), skipped
+        examples, skipped = language.examples(chosen, rejected, on_bad_row=cfg.on_bad_row)
+        return examples, language.tokenizer(), skipped
     tok_name = cfg.tokenizer or ("byte" if cfg.model in PYTHIA_SHAPES else cfg.model)
     tokenizer = load_tokenizer(tok_name)
     if cfg.source == "jsonl":
@@ -300,7 +295,7 @@ def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
 def main(cfg: Config) -> Path:
     """Run one training stage; returns the final checkpoint folder.
 
-    The run folder is locked while it is written (``treemdp.results.run_lock``; under torchrun
+    The run folder is locked while it is written (``treemdp.runs.run_lock``; under torchrun
     rank 0, the only writer, holds it): a second process on the same folder refuses.
 
     Raises ValueError (exit 2 with one line from the command line) for a user mistake: bad flags,
@@ -313,112 +308,135 @@ def main(cfg: Config) -> Path:
 
 
 def _main(cfg: Config) -> Path:
+    fsdp, device, rank = _start_processes(cfg)
+    try:
+        examples, tokenizer, skipped = load_data(cfg)
+        if not examples:
+            raise ValueError("no usable rows: every row was bad (see --on-bad-row)")
+        policy, reference = _models(cfg, vocab_size=len(tokenizer))
+    except (ModuleNotFoundError, OSError) as err:
+        raise ValueError(str(err).splitlines()[0]) from None
+    out_dir = run_dir(cfg)
+    identity = run_identity(cfg, examples)
+    if rank == 0:
+        _record_run(cfg, out_dir, identity, len(examples), skipped)
+    policy.to(device)
+    if fsdp:
+        from llm.fsdp import shard_model
+
+        shard_model(policy, mixed_precision=cfg.mixed_precision)
+    pad_id = tokenizer.pad_token_id
+    if cfg.stage == "sft":
+        del reference
+        examples = _sft_examples(cfg, examples, tokenizer, device)
+        step_loss = sft_loss
+    else:
+        step_loss = _daa_loss(cfg, reference, examples, pad_id, device, fsdp)
+    run_info = {"config": dataclasses.asdict(cfg), "skipped_rows": len(skipped),
+                "identity": identity}  # fmt: skip
+    final = train(
+        policy, examples, step_loss, _train_config(cfg), out_dir, pad_id=pad_id,
+        tokenizer=tokenizer, resume=cfg.resume, run_info=run_info, progress=cfg.progress,
+    )  # fmt: skip
+    if rank == 0:
+        print(f"done: final checkpoint {final}; log {out_dir / 'log.csv'}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return final
+
+
+def _start_processes(cfg: Config) -> tuple[bool, torch.device, int]:
+    """Whether the policy is sharded, the device, and this process's rank (process group started
+    under torchrun or with --fsdp on)."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     fsdp = cfg.fsdp == "on" or (cfg.fsdp == "auto" and distributed)
     if cfg.mixed_precision and not fsdp:
         raise ValueError("--mixed-precision needs FSDP: add --fsdp on (or run under torchrun)")
     device = _device(cfg)
     if distributed or fsdp:
-        from llm.fsdp import init_distributed, shard_model  # imported when used: it is slow
+        from llm.fsdp import init_distributed  # imported when used: it is slow
 
         init_distributed(device)
-    distributed = dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    try:
-        train_cfg = TrainConfig(
-            lr=cfg.lr,
-            warmup_steps=cfg.warmup_steps,
-            batch_size=cfg.batch_size,
-            micro_batch_size=cfg.micro_batch_size,
-            max_grad_norm=cfg.max_grad_norm,
-            epochs=cfg.epochs,
-            checkpoint_every=cfg.checkpoint_every,
-            seed=cfg.seed,
-            log_every=cfg.log_every,
-        )
-        examples, tokenizer, skipped = load_data(cfg)
-        if not examples:
-            raise ValueError("no usable rows: every row was bad (see --on-bad-row)")
-        policy, reference = load_policy_and_reference(
-            cfg.model,
-            policy_dtype=parse_dtype(cfg.policy_dtype),
-            reference_dtype=parse_dtype(cfg.reference_dtype),
-            seed=cfg.seed,
-            vocab_size=len(tokenizer),
-        )
-        if cfg.reference:
-            reference = load_model(cfg.reference, dtype=parse_dtype(cfg.reference_dtype))
-            reference.requires_grad_(False)
-        if cfg.stage == "sft" and cfg.sft_source == "samples" and not cfg.sample_model:
-            raise ValueError("--sample-model must name a model for --sft-source samples")
-    except (ModuleNotFoundError, OSError) as err:
-        raise ValueError(str(err).splitlines()[0]) from None
-    out_dir = run_dir(cfg)
-    identity = run_identity(cfg, examples)
-    if rank == 0:
-        check_run_folder(out_dir, identity)
-        print(f"data: {len(examples)} pairs; skipped {len(skipped)} bad rows", file=sys.stderr)
-        for msg in skipped[:10]:
-            print(f"  skipped {msg}", file=sys.stderr)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        report = {"pairs": len(examples), "skipped": len(skipped), "skipped_rows": skipped,
-                  "fingerprint": identity["data_fingerprint"]}  # fmt: skip
-        # data.json first: a config.json never exists without the fingerprint it was run with
-        write_atomic(out_dir / "data.json", json.dumps(report, indent=2) + "\n")
-        write_atomic(out_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    policy.to(device)
-    if fsdp:
-        shard_model(policy, mixed_precision=cfg.mixed_precision)
-    pad_id = tokenizer.pad_token_id
-    if cfg.stage == "sft":
-        step_loss = sft_loss
-        del reference
-        if cfg.sft_source == "samples":
-            sampler = load_model(cfg.sample_model).to(device)
-            examples = sample_sft_examples(
-                sampler,
-                examples,
-                max_new_tokens=cfg.sample_max_new_tokens,
-                eos_id=tokenizer.eos_token_id if cfg.source != "tree" else None,
-                seed=cfg.seed,
-            )
-            del sampler
-    else:
-        entry = objectives.get(cfg.objective)
-        hyper = {"alpha": cfg.alpha} if "alpha" in entry.hyper else {}
-        reference.to(device)
-        if fsdp:
-            shard_model(reference)
-        table = None
-        if cfg.precompute_reference and entry.needs_reference:
-            table = precompute_reference(
-                reference, examples, micro_batch_size=cfg.micro_batch_size, pad_id=pad_id
-            )
-            reference = None
-        step_loss = DAALoss(
-            cfg.objective, cfg.beta, hyper=hyper, reference=reference, ref_table=table
-        )
-    final = train(
-        policy,
-        examples,
-        step_loss,
-        train_cfg,
-        out_dir,
-        pad_id=pad_id,
-        tokenizer=tokenizer,
-        resume=cfg.resume,
-        run_info={
-            "config": dataclasses.asdict(cfg),
-            "skipped_rows": len(skipped),
-            "identity": identity,
-        },
-        progress=cfg.progress,
+    return fsdp, device, dist.get_rank() if dist.is_initialized() else 0
+
+
+def _train_config(cfg: Config) -> TrainConfig:
+    return TrainConfig(
+        lr=cfg.lr, warmup_steps=cfg.warmup_steps, batch_size=cfg.batch_size,
+        micro_batch_size=cfg.micro_batch_size, max_grad_norm=cfg.max_grad_norm,
+        epochs=cfg.epochs, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
+        log_every=cfg.log_every,
+    )  # fmt: skip
+
+
+def _models(cfg: Config, *, vocab_size: int) -> tuple[Any, Any]:
+    """The policy and the reference (--reference: another model) in their dtypes."""
+    policy, reference = load_policy_and_reference(
+        cfg.model,
+        policy_dtype=parse_dtype(cfg.policy_dtype),
+        reference_dtype=parse_dtype(cfg.reference_dtype),
+        seed=cfg.seed,
+        vocab_size=vocab_size,
     )
-    if rank == 0:
-        print(f"done: final checkpoint {final}; log {out_dir / 'log.csv'}")
-    if distributed:
-        dist.destroy_process_group()
-    return final
+    if cfg.reference:
+        reference = load_model(cfg.reference, dtype=parse_dtype(cfg.reference_dtype))
+        reference.requires_grad_(False)
+    if cfg.stage == "sft" and cfg.sft_source == "samples" and not cfg.sample_model:
+        raise ValueError("--sample-model must name a model for --sft-source samples")
+    return policy, reference
+
+
+def _record_run(
+    cfg: Config, out_dir: Path, identity: dict[str, Any], n_pairs: int, skipped: list[str]
+) -> None:
+    """Check the run folder is this run's, say what the data gave, write data.json and
+    config.json (rank 0 only)."""
+    check_run_folder(out_dir, identity)
+    print(f"data: {n_pairs} pairs; skipped {len(skipped)} bad rows", file=sys.stderr)
+    for msg in skipped[:10]:
+        print(f"  skipped {msg}", file=sys.stderr)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"pairs": n_pairs, "skipped": len(skipped), "skipped_rows": skipped,
+              "fingerprint": identity["data_fingerprint"]}  # fmt: skip
+    # data.json first: a config.json never exists without the fingerprint it was run with
+    atomic_write_text(out_dir / "data.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+
+def _sft_examples(cfg: Config, examples: list, tokenizer: Any, device: torch.device) -> list:
+    """The SFT data: the chosen responses, or (--sft-source samples) samples of --sample-model."""
+    if cfg.sft_source != "samples":
+        return examples
+    sampler = load_model(cfg.sample_model).to(device)
+    return sample_sft_examples(
+        sampler,
+        examples,
+        max_new_tokens=cfg.sample_max_new_tokens,
+        eos_id=tokenizer.eos_token_id if cfg.source != "tree" else None,
+        pad_id=tokenizer.pad_token_id,
+        seed=cfg.seed,
+    )
+
+
+def _daa_loss(
+    cfg: Config, reference: Any, examples: list, pad_id: int, device: torch.device, fsdp: bool
+) -> DAALoss:
+    """The DAA step loss: the bound objective with the reference model, or with its log-probs
+    of the whole dataset computed once (--precompute-reference)."""
+    entry = objectives.get(cfg.objective)
+    hyper = {"alpha": cfg.alpha} if "alpha" in entry.hyper else {}
+    reference.to(device)
+    if fsdp:
+        from llm.fsdp import shard_model
+
+        shard_model(reference)
+    table = None
+    if cfg.precompute_reference and entry.needs_reference:
+        table = precompute_reference(
+            reference, examples, micro_batch_size=cfg.micro_batch_size, pad_id=pad_id
+        )
+        reference = None
+    return DAALoss(cfg.objective, cfg.beta, hyper=hyper, reference=reference, ref_table=table)
 
 
 if __name__ == "__main__":

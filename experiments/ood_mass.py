@@ -22,13 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from treemdp import objectives, plotting
-from treemdp.cli import SEED_MAX, RunDivergedError, arg, run
+from figures import quicklook
+from treemdp import objectives
 from treemdp.memory import DEFAULT_MEMORY_MB, complete_tree_for_runs
 from treemdp.optim import OPTIMIZERS
-from treemdp.problem import POLICIES, REFERENCES, Problem, build_problem
-from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
-from treemdp.train import TrainingDivergedError, grid, train
+from treemdp.problem import Problem, ProblemSpec, build_problem
+from treemdp.runs import run_folder
+from treemdp.runs.cli import SEED_MAX, arg, nested, run
+from treemdp.runs.experiment import cached_run
+from treemdp.train import grid, train
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,10 @@ class Config:
     )
     branching: int = arg(3, "actions per state (b)", minimum=2)
     depth: int = arg(3, "tree depth D (b^D responses)", minimum=1)
-    pairs: int = arg(1, "preference pairs per run (1 = the paper's 1pref)", minimum=1)
-    policy: str = arg("loglinear", "policy family", choices=POLICIES)
-    features: int = arg(8, "feature dimension k of the log-linear policy", minimum=1)
-    reference: str = arg(
-        "sft", "reference policy (the policy starts there)", choices=REFERENCES[:3]
+    problem: ProblemSpec = nested(
+        ProblemSpec(pairs=1, sft_steps=300),
+        flags=("pairs", "policy", "features", "reference", "sft_steps", "sft_lr"),
     )
-    sft_steps: int = arg(300, "Adam steps of the SFT reference fit", minimum=0)
-    sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
     steps: int = arg(2000, "training steps", minimum=1)
     lr: float = arg(0.01, "learning rate", exclusive_minimum=0)
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
@@ -82,19 +80,10 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """
     n_runs = len(config.objectives) * len(config.beta) * len(config.seed)
     tree = complete_tree_for_runs(
-        config.branching, config.depth, n_runs=n_runs, policy=config.policy,
-        features=config.features, memory_mb=config.memory_mb,
+        config.branching, config.depth, n_runs=n_runs, policy=config.problem.policy,
+        features=config.problem.features, memory_mb=config.memory_mb,
     )  # fmt: skip
-    problems = build_problem(
-        tree,
-        config.seed,
-        policy=config.policy,
-        features=config.features,
-        reference=config.reference,
-        n_pairs=config.pairs,
-        sft_steps=config.sft_steps,
-        sft_lr=config.sft_lr,
-    )
+    problems = build_problem(tree, config.seed, config.problem)
     problem, specs = grid(problems, config.objectives, config.beta, config.lr)
     history = train(
         problem,
@@ -123,38 +112,6 @@ def with_roles(responses: pd.DataFrame, problem: Problem) -> pd.DataFrame:
     return responses.assign(role=roles[responses["run"], responses["response"]])
 
 
-def plot(frame: pd.DataFrame, path: Path) -> None:
-    """OOD and in-distribution mass over training, one panel per objective, one colour per β."""
-    objs = list(dict.fromkeys(frame["objective"]))
-    colors = plotting.beta_colors(frame["beta"].unique())
-    fig, axes = plotting.new_figure(len(objs))
-    for ax, name in zip(axes, objs, strict=True):
-        sub = frame[frame["objective"] == name]
-        for beta, g in sub.groupby("beta"):
-            for _, seed_run in g.groupby("run"):
-                ax.plot(
-                    seed_run["step"], seed_run["mass_ood"], color=colors[beta], alpha=0.3, lw=0.8
-                )
-            mean = g.groupby("step")[["mass_ood", "mass_in_dist"]].mean()
-            ax.plot(
-                mean.index, mean["mass_ood"], color=colors[beta], lw=2, label=f"OOD, β={beta:g}"
-            )
-            ax.plot(
-                mean.index,
-                mean["mass_in_dist"],
-                color=colors[beta],
-                lw=2,
-                ls="--",
-                label=f"in-dist, β={beta:g}",
-            )
-        ax.set_title(name.upper())
-        ax.set_xlabel("training step")
-        ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("probability mass (thin: OOD per seed)")
-    axes[-1].legend(fontsize=7, loc="center right")
-    plotting.save_figure(fig, path)
-
-
 def output_folder(config: Config) -> Path:
     """The run folder of ``config`` (named by a hash of every field but --out and --force)."""
     return run_folder(
@@ -178,18 +135,12 @@ def main(config: Config) -> Path:
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame | None]:
-        try:
-            frame, responses = run_experiment(config)
-        except TrainingDivergedError as e:
-            raise RunDivergedError(save_diverged(folder, config, e)) from None
+        frame, responses = run_experiment(config)
         return {"metrics": frame, "responses": responses}
 
-    with run_lock(folder):  # a second process on this folder refuses; a killed one is redone
-        tables, reused = cached_tables(folder, config, ["metrics"], compute, force=config.force)
+    with cached_run(folder, config, ["metrics"], compute, force=config.force) as tables:
         frame = tables["metrics"]
-        if reused:
-            print(f"reusing finished results in {folder} (--force recomputes)")
-        plot(frame, folder / "ood_mass.png")
+        quicklook.ood_mass(frame, folder / "ood_mass.png")
     final = frame[frame["step"] == frame["step"].max()]
     summary = final.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()
     peak = frame.groupby(["objective", "beta", "run"], sort=False)["p_chosen"].max()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import io
 import itertools
 import json
@@ -38,29 +37,29 @@ import torch
 from tqdm.auto import tqdm
 
 from treemdp import objectives
-from treemdp.cli import (
+from treemdp.metrics import METRICS
+from treemdp.optim import OPTIMIZERS
+from treemdp.problem import PAIR_SOURCES, ProblemSpec, build_problem
+from treemdp.runs import (
+    run_folder,
+    save_diverged,
+    verify_file,
+    write_checked,
+    write_config,
+)
+from treemdp.runs.cli import (
     DIVERGED_EXIT,
     SEED_MAX,
     RunDivergedError,
     arg,
     build_parser,
+    config_flags,
+    flag_values,
+    nested,
     os_error_line,
+    with_flags,
 )
-from treemdp.metrics import METRICS
-from treemdp.optim import OPTIMIZERS
-from treemdp.problem import PAIR_SOURCES, POLICIES, REFERENCES, build_problem
-from treemdp.results import (
-    missing_files,
-    read_table,
-    run_folder,
-    run_lock,
-    save_diverged,
-    verify_file,
-    verify_folder,
-    write_checked,
-    write_config,
-    write_table,
-)
+from treemdp.runs.experiment import cached_run
 from treemdp.train import RunSpec, TrainingDivergedError, train
 from treemdp.tree import DEFAULT_MAX_BYTES, Tree, tree_bytes
 
@@ -77,15 +76,13 @@ class Config:
     branching: tuple[int, ...] = arg((3,), "actions per state b (tree sizes)", minimum=2)
     depth: tuple[int, ...] = arg((3,), "tree depths D (b^D responses)", minimum=1)
     pairs: tuple[int, ...] = arg((1,), "preference pairs per run (datasets)", minimum=1)
-    pair_source: tuple[str, ...] = arg(("random",), "how pairs are drawn", choices=PAIR_SOURCES)
-    # fixed for the whole grid
-    policy: str = arg("loglinear", "policy family", choices=POLICIES)
-    features: int = arg(8, "feature dimension k of the log-linear policy", minimum=1)
-    reference: str = arg(
-        "sft", "reference policy (the policy starts there)", choices=REFERENCES[:3]
+    pair_source: tuple[str, ...] = arg(
+        ("random",), "how pairs are drawn", choices=tuple(PAIR_SOURCES)
     )
-    sft_steps: int = arg(300, "Adam steps of the SFT reference fit", minimum=0)
-    sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
+    # fixed for the whole grid (the pairs and their source are the axes above)
+    problem: ProblemSpec = nested(
+        ProblemSpec(sft_steps=300), flags=("policy", "features", "reference", "sft_steps", "sft_lr")
+    )
     steps: int = arg(2000, "training steps", minimum=0)
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
     log_every: int = arg(10, "log exact metrics every this many steps", minimum=1)
@@ -163,19 +160,16 @@ def compress_seeds(seeds: Sequence[int]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(Config)}
-
-
 def check_config(config: Config) -> Config:
     """Check every field (types, choices, ranges, non-empty axes, distinct values) and return the
     canonical config (seed ranges compressed), the one that names the run folder.
 
     Raises ValueError naming the field and the allowed values; nothing has run yet.
     """
-    hints = typing.get_type_hints(Config)
-    for name, f in _fields().items():
-        value, kind = getattr(config, name), hints[name]
+    settings = flag_values(config)
+    for flag in config_flags(Config):
+        name, kind = flag.name, flag.kind
+        value = settings[name]
         multi = typing.get_origin(kind) is tuple
         elem = typing.get_args(kind)[0] if multi else kind
         values = value if multi else (value,)
@@ -194,7 +188,7 @@ def check_config(config: Config) -> Config:
                 raise ValueError(f"{name} must hold {elem.__name__} values; got {v!r}")
             if elem is float and not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number; got {v!r}")
-            meta = f.metadata
+            meta = flag.meta
             if meta.get("choices") is not None and v not in meta["choices"]:
                 allowed = ", ".join(map(str, meta["choices"]))
                 raise ValueError(f"{name} must be one of {allowed}; got {v!r}")
@@ -235,18 +229,18 @@ def load_grid(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(raw, dict):
         raise ValueError(f"grid file {path} must hold a table of key = value")
-    fields, hints = _fields(), typing.get_type_hints(Config)
+    kinds = {flag.name: flag.kind for flag in config_flags(Config)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name not in fields or name in ("force", "progress"):  # how to run, not what
-            known = ", ".join(n for n in fields if n not in ("force", "progress"))
+        if name not in kinds or name in ("force", "progress"):  # how to run, not what
+            known = ", ".join(n for n in kinds if n not in ("force", "progress"))
             raise ValueError(f"grid file {path}: unknown key {key!r}; known keys: {known}")
-        if typing.get_origin(hints[name]) is tuple:
+        if typing.get_origin(kinds[name]) is tuple:
             value = tuple(value) if isinstance(value, list) else (value,)
         values[name] = value
     try:
-        check_config(replace(Config(), **values))
+        check_config(with_flags(Config(), values))
     except ValueError as e:
         raise ValueError(f"grid file {path}: {e}") from None
     return values
@@ -268,7 +262,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             parser.error(str(e))
     ns = vars(parser.parse_args(argv))
     ns.pop("grid")
-    config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
+    config = with_flags(
+        Config(), {k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}
+    )
     try:
         return check_config(config)
     except ValueError as e:
@@ -302,7 +298,7 @@ def run_bytes(config: Config, branching: int, depth: int) -> int:
     n_leaves = branching**depth
     n_internal = (n_leaves - 1) // (branching - 1)
     n_nodes = n_internal + n_leaves
-    k = config.features if config.policy == "loglinear" else 1
+    k = config.problem.features if config.problem.policy == "loglinear" else 1
     return 8 * (n_internal * branching * (k + 4) + 4 * n_nodes + 24 * n_leaves)
 
 
@@ -344,17 +340,8 @@ def plan(config: Config) -> list[Chunk]:
 def run_chunk(config: Config, chunk: Chunk, tree: Tree, *, progress: bool = False) -> pd.DataFrame:
     """Train one chunk's runs as one batch; its tidy frame with global run ids, sorted."""
     seeds = list(dict.fromkeys(seed for *_, seed in chunk.runs))
-    problems = build_problem(
-        tree,
-        seeds,
-        policy=config.policy,
-        features=config.features,
-        reference=config.reference,
-        n_pairs=chunk.pairs,
-        pair_source=chunk.pair_source,
-        sft_steps=config.sft_steps,
-        sft_lr=config.sft_lr,
-    )
+    spec = replace(config.problem, pairs=chunk.pairs, pair_source=chunk.pair_source)
+    problems = build_problem(tree, seeds, spec)
     where = {s: i for i, s in enumerate(seeds)}
     problem = problems.select([where[seed] for *_, seed in chunk.runs])
     specs = [RunSpec(o, beta, lr) for _, o, beta, lr, _ in chunk.runs]
@@ -472,21 +459,26 @@ def main(config: Config) -> Path:
     """Run (or resume, or reuse) the sweep of ``config``; return its folder."""
     config = check_config(config)
     folder = output_folder(config)
-    table = folder / "metrics.csv"
     start = time.perf_counter()
-    with run_lock(folder):  # a second sweep of this config refuses; a killed one resumes
+
+    def compute() -> dict[str, pd.DataFrame]:
         if config.force:
-            table.unlink(missing_ok=True)
             for part in (folder / "parts").glob("*.pkl"):
                 part.unlink()
-        if table.exists() and not missing_files(folder):
-            verify_folder(folder)  # config.json too, not only the table
-            frame = read_table(table, columns=COLUMNS)
-            print(f"reusing the finished sweep in {folder} (--force recomputes)")
-        else:
-            write_config(folder, config)
-            frame = run_sweep(config, folder)
-            write_table(table, frame)
+        write_config(folder, config)  # an unfinished sweep's folder says what it is
+        return {"metrics": run_sweep(config, folder)}
+
+    # a second sweep of this config refuses; a killed one resumes from its finished parts
+    with cached_run(
+        folder, config, ["metrics"], compute, force=config.force, finished="the finished sweep"
+    ) as tables:
+        frame = tables["metrics"]
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"{folder / 'metrics.csv'} lacks columns {missing}; it was written by another "
+                "version"
+            )
     final = frame[frame["step"] == frame["step"].max()]
     keys = [a for a in ("branching", "depth", "pairs", "pair_source") if frame[a].nunique() > 1]
     summary = final.groupby([*keys, "objective", "beta"], sort=False)[SUMMARY].mean()

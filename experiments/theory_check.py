@@ -34,14 +34,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from treemdp import objectives, plotting, theory
-from treemdp.cli import SEED_MAX, RunDivergedError, arg, run
+from figures import quicklook
+from treemdp import objectives, theory
 from treemdp.data import Pairs
 from treemdp.memory import DEFAULT_MEMORY_MB, complete_tree_for_runs
 from treemdp.optim import OPTIMIZERS
-from treemdp.problem import POLICIES, REFERENCES, build_problem
-from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
-from treemdp.train import RunSpec, TrainingDivergedError, grid, train
+from treemdp.problem import ProblemSpec, build_problem
+from treemdp.runs import run_folder
+from treemdp.runs.cli import SEED_MAX, arg, nested, run
+from treemdp.runs.experiment import cached_run
+from treemdp.train import RunSpec, grid, train
 from treemdp.tree import Tree
 
 
@@ -55,14 +57,10 @@ class Config:
     beta: tuple[float, ...] = arg((0.1, 0.5), "β values (one or several)", exclusive_minimum=0)
     branching: int = arg(3, "actions per state (b)", minimum=2)
     depth: int = arg(3, "tree depth D (b^D responses)", minimum=1)
-    pairs: int = arg(2, "preference pairs per run", minimum=1)
-    policy: str = arg("loglinear", "policy family", choices=POLICIES)
-    features: int = arg(8, "feature dimension k of the log-linear policy", minimum=1)
-    reference: str = arg(
-        "sft", "reference policy (the policy starts there)", choices=REFERENCES[:3]
+    problem: ProblemSpec = nested(
+        ProblemSpec(pairs=2, sft_steps=300),
+        flags=("pairs", "policy", "features", "reference", "sft_steps", "sft_lr"),
     )
-    sft_steps: int = arg(300, "Adam steps of the SFT reference fit", minimum=0)
-    sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
     steps: int = arg(1000, "training steps", minimum=1)
     lr: float = arg(0.01, "learning rate", exclusive_minimum=0)
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
@@ -140,19 +138,10 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise ValueError("--seed values must be distinct")
     n_runs = len(config.objectives) * len(config.beta) * len(config.seed)
     tree = complete_tree_for_runs(
-        config.branching, config.depth, n_runs=n_runs, policy=config.policy,
-        features=config.features, memory_mb=config.memory_mb,
+        config.branching, config.depth, n_runs=n_runs, policy=config.problem.policy,
+        features=config.problem.features, memory_mb=config.memory_mb,
     )  # fmt: skip
-    problems = build_problem(
-        tree,
-        config.seed,
-        policy=config.policy,
-        features=config.features,
-        reference=config.reference,
-        n_pairs=config.pairs,
-        sft_steps=config.sft_steps,
-        sft_lr=config.sft_lr,
-    )
+    problems = build_problem(tree, config.seed, config.problem)
     problem, specs = grid(problems, config.objectives, config.beta, config.lr)
     history = train(
         problem,
@@ -166,32 +155,6 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     traj = history.frame[["run", "objective", "beta", "seed", "step", "loss", "mass_ood"]].copy()
     traj["excess_loss"] = traj["loss"] - traj["run"].map(table.set_index("run")["infimum"])
     return table, traj
-
-
-def plot(table: pd.DataFrame, traj: pd.DataFrame, path: Path) -> None:
-    """Per objective: training paths in the (OOD mass, excess loss) plane; the minimiser set is
-    excess loss 0, and its OOD masses span the thick segment (the closure of the range)."""
-    objs = list(dict.fromkeys(table["objective"]))
-    colors = plotting.beta_colors(table["beta"].unique())
-    fig, axes = plotting.new_figure(len(objs))
-    for ax, name in zip(axes, objs, strict=True):
-        sub = table[table["objective"] == name]
-        for _, row in sub.iterrows():
-            path_ = traj[traj["run"] == row["run"]]
-            c = colors[row["beta"]]
-            ax.plot(path_["mass_ood"], path_["excess_loss"], color=c, alpha=0.5, lw=0.9)
-            ax.plot(row["mass_ood"], row["excess_loss"], "o", color=c, ms=4)
-        lo, hi = sub["ood_range_lo"].min(), sub["ood_range_hi"].max()
-        ax.plot([lo, hi], [0, 0], color="black", lw=5, alpha=0.35, solid_capstyle="butt")
-        ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_title(f"{name.upper()}: minimisers span OOD mass [{lo:.2g}, {hi:.2g}]", fontsize=9)
-        ax.set_xlabel("OOD mass")
-    for beta, c in colors.items():
-        axes[-1].plot([], [], color=c, label=f"β={beta:g}")
-    axes[-1].legend(fontsize=7)
-    axes[0].set_ylabel("loss − infimum (symlog); dot = final")
-    plotting.save_figure(fig, path)
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -215,19 +178,15 @@ def main(config: Config) -> Path:
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame]:
-        try:
-            table, traj = run_experiment(config)
-        except TrainingDivergedError as e:
-            raise RunDivergedError(save_diverged(folder, config, e, name="trajectory")) from None
+        table, traj = run_experiment(config)
         return {"theory_check": table, "trajectory": traj}
 
     names = ["theory_check", "trajectory"]
-    with run_lock(folder):
-        tables, reused = cached_tables(folder, config, names, compute, force=config.force)
+    with cached_run(
+        folder, config, names, compute, force=config.force, diverged="trajectory"
+    ) as tables:
         table, traj = tables["theory_check"], tables["trajectory"]
-        if reused:
-            print(f"reusing finished results in {folder} (--force recomputes)")
-        plot(table, traj, folder / "theory_check.png")
+        quicklook.theory_check(table, traj, folder / "theory_check.png")
     gap = float(np.max(np.abs(table["minimiser_loss_lo"] - table["minimiser_loss_hi"])))
     print(f"means over {len(config.seed)} seeds ({config.steps} steps):")
     print(summarise(table).to_string(float_format=lambda x: f"{x:.4g}"))

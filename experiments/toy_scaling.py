@@ -22,7 +22,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +30,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from treemdp import objectives, plotting, scaling
-from treemdp.cli import SEED_MAX, RunDivergedError, arg, run
+from figures import quicklook
+from treemdp import objectives, scaling
 from treemdp.memory import DEFAULT_MEMORY_MB, check_batch, with_stop_size
 from treemdp.metrics import logratio_length_r2
 from treemdp.optim import OPTIMIZERS
-from treemdp.problem import build_problem
-from treemdp.results import cached_tables, run_folder, run_lock, save_diverged
-from treemdp.rewards import REWARDS
+from treemdp.problem import ProblemSpec, build_problem
+from treemdp.runs import run_folder
+from treemdp.runs.cli import SEED_MAX, arg, config_flags, flag_values, nested, run, with_flags
+from treemdp.runs.experiment import cached_run
 from treemdp.train import TrainingDivergedError, grid, train
 from treemdp.tree import Tree
 
@@ -56,21 +57,16 @@ class Config:
     )
     branching: int = arg(3, "actions per state b (action 0 ends the response)", minimum=2)
     max_length: int = arg(5, "longest response, in actions", minimum=1)
-    features: int = arg(
-        8, "edge-feature dimension k (network inputs and reward features)", minimum=1
+    problem: ProblemSpec = nested(
+        ProblemSpec(reward="concave", pairs=512, sft_steps=100),
+        flags=("features", "reward", "peak", "explained", "pairs", "sft_steps", "sft_lr"),
     )
-    reward: str = arg("concave", "gold reward (treemdp.rewards)", choices=tuple(REWARDS))
-    peak: float = arg(1.0, "where a concave/saturating/length reward peaks", exclusive_minimum=0)
-    explained: float = arg(1.0, "share of gold-reward variance the signal explains", minimum=0)
-    pairs: int = arg(512, "preference pairs per run (dataset size P)", minimum=1)
     batch_size: int = arg(4, "pairs per optimiser step", minimum=1)
     epochs: float = arg(1.0, "passes over the dataset", exclusive_minimum=0)
     checkpoints: int = arg(16, "checkpoints per run, evenly spaced (plus step 0)", minimum=1)
     lr: float = arg(0.03, "learning rate", exclusive_minimum=0)
     rdpo_alpha: float = arg(0.01, "α of rdpo's length term (registry default 0.01)", minimum=0)
     optimizer: str = arg("adam", "optimiser", choices=OPTIMIZERS)
-    sft_steps: int = arg(100, "Adam steps of the SFT reference fit", minimum=0)
-    sft_lr: float = arg(0.05, "learning rate of the SFT reference fit", exclusive_minimum=0)
     seed: tuple[int, ...] = arg(
         (0, 1, 2),
         "seeds (each draws features, rewards and pairs)",
@@ -106,12 +102,13 @@ def resolve(config: Config) -> Config:
     """The config that actually runs: ``--quick`` replaces the sizes left at their defaults."""
     if not config.quick:
         return config
-    defaults = {f.name: f.default for f in fields(Config)}
-    return replace(config, **{k: v for k, v in QUICK.items() if getattr(config, k) == defaults[k]})
+    defaults = {flag.name: flag.default for flag in config_flags(Config)}
+    values = flag_values(config)
+    return with_flags(config, {k: v for k, v in QUICK.items() if values[k] == defaults[k]})
 
 
 def parse_capacity(name: str) -> dict[str, object]:
-    """``build_problem`` keywords for a capacity name: tabular, loglinear, mlpW or mlpWxL."""
+    """The ``ProblemSpec`` fields of a capacity name: tabular, loglinear, mlpW or mlpWxL."""
     if name in ("tabular", "loglinear"):
         return {"policy": name}
     match = re.fullmatch(r"mlp(\d+)(?:x(\d+))?", name)
@@ -130,7 +127,7 @@ def check_sizes(config: Config, kinds: dict[str, dict[str, object]]) -> None:
     for capacity, kind in kinds.items():
         check_batch(
             size, branching=config.branching, n_runs=n_runs, policy=str(kind["policy"]),
-            features=config.features, memory_mb=config.memory_mb,
+            features=config.problem.features, memory_mb=config.memory_mb,
             width=int(kind.get("width", 0)), layers=int(kind.get("layers", 1)),
             what=f"--capacities {capacity} with --branching {config.branching} --max-length "
             f"{config.max_length} ({size[1]:,} responses) and {n_runs} runs",
@@ -158,30 +155,20 @@ def run_experiment(config: Config) -> pd.DataFrame:
         raise ValueError("--seed values must be distinct")
     if len(set(config.capacities)) != len(config.capacities):
         raise ValueError("--capacities must be distinct")
-    if not config.explained <= 1:
-        raise ValueError(f"--explained must lie in [0, 1]; got {config.explained}")
+    if not config.problem.explained <= 1:
+        raise ValueError(f"--explained must lie in [0, 1]; got {config.problem.explained}")
     kinds = {c: parse_capacity(c) for c in config.capacities}
     check_sizes(config, kinds)
     tree = Tree.with_stop(config.branching, config.max_length, max_bytes=config.memory_mb * 2**20)
-    options = {k: getattr(config, k) for k in REWARDS[config.reward].options}
-    steps_per_epoch = math.ceil(config.pairs / min(config.batch_size, config.pairs))
+    pairs = config.problem.pairs
+    steps_per_epoch = math.ceil(pairs / min(config.batch_size, pairs))
     steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     log_every = max(1, steps // config.checkpoints)
     hyper = {"rdpo": (("alpha", config.rdpo_alpha),)}  # the only objective with a toy knob
     frames = []
     interactive = sys.stderr.isatty()
     for capacity in tqdm(config.capacities, desc="capacities", disable=not interactive):
-        problems = build_problem(
-            tree,
-            config.seed,
-            features=config.features,
-            reward=config.reward,
-            reward_options=options,
-            n_pairs=config.pairs,
-            sft_steps=config.sft_steps,
-            sft_lr=config.sft_lr,
-            **kinds[capacity],
-        )
+        problems = build_problem(tree, config.seed, replace(config.problem, **kinds[capacity]))
         problem, specs = grid(problems, config.objectives, config.beta, config.lr)
         specs = [replace(spec, hyper=hyper.get(spec.objective, ())) for spec in specs]
         try:
@@ -253,40 +240,6 @@ def fit_all(table: pd.DataFrame, *, n_resamples: int) -> pd.DataFrame:
     return fits.merge(ratio, on=["objective", "capacity", "checkpoints", "kl"], how="left")
 
 
-def plot(table: pd.DataFrame, fits: pd.DataFrame, which: str, path: Path) -> None:
-    """Win rate vs d = √KL with fitted ``rl`` curves: one panel per objective, one colour per
-    capacity (the paper's Figure 1; ``which`` = "final" or "all" checkpoints)."""
-    objs = list(dict.fromkeys(table["objective"]))
-    capacities = list(dict.fromkeys(table["capacity"]))
-    colors = plotting.capacity_colors(capacities)
-    fig, axes = plotting.new_figure(len(objs))
-    last = table.groupby(["capacity", "run"])["step"].transform("max")
-    points = table[table["step"] == last] if which == "final" else table
-    for ax, name in zip(axes, objs, strict=True):
-        for capacity in capacities:
-            sub = points[(points["objective"] == name) & (points["capacity"] == capacity)]
-            ax.scatter(sub["d"], sub["win_rate"], s=10, alpha=0.5, color=colors[capacity])
-            row = fits[
-                (fits["objective"] == name)
-                & (fits["capacity"] == capacity)
-                & (fits["checkpoints"] == which)
-                & (fits["kl"] == "reverse")
-                & (fits["form"] == "rl")
-            ]
-            if len(row) and np.isfinite(row["alpha"].iloc[0]):
-                grid = np.linspace(0, max(sub["d"].max(), 1e-9), 200)
-                curve = scaling.evaluate(
-                    "rl", grid, alpha=row["alpha"].iloc[0], beta=row["beta"].iloc[0]
-                )
-                ax.plot(grid, 0.5 + curve, color=colors[capacity], lw=2, label=capacity)
-        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-        ax.set_title(f"{name.upper()} ({which} checkpoints)")
-        ax.set_xlabel("d = √KL(π‖π_ref)")
-    axes[0].set_ylabel("gold win rate vs π_ref")
-    axes[-1].legend(fontsize=7, title="capacity", title_fontsize=7)
-    plotting.save_figure(fig, path)
-
-
 def summarise(table: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
     """Per (objective, capacity): final and peak win rate, the drop from peak to final, KL,
     length, and the ``rl`` fit on all checkpoints (d*, RMSE ratio to the quadratic-in-KL fit)."""
@@ -327,7 +280,7 @@ def output_folder(config: Config) -> Path:
     return run_folder(
         config.out,
         config,
-        prefix=f"{config.reward}-P{config.pairs}",
+        prefix=f"{config.problem.reward}-P{config.problem.pairs}",
         ignore=("out", "force", "memory_mb"),
     )
 
@@ -342,20 +295,16 @@ def main(config: Config) -> Path:
 
     def compute() -> dict[str, pd.DataFrame]:
         torch.set_default_dtype(torch.float64)
-        try:
-            table = run_experiment(config)
-        except TrainingDivergedError as e:
-            raise RunDivergedError(save_diverged(folder, config, e)) from None
+        table = run_experiment(config)
         return {"metrics": table, "fits": fit_all(table, n_resamples=config.n_resamples)}
 
-    with run_lock(folder):
-        names = ["fits", "metrics"]
-        tables, reused = cached_tables(folder, config, names, compute, force=config.force)
+    names = ["fits", "metrics"]
+    with cached_run(
+        folder, config, names, compute, force=config.force, diverged="metrics"
+    ) as tables:
         table, fits = tables["metrics"], tables["fits"]
-        if reused:
-            print(f"reusing finished results in {folder} (--force recomputes)")
         for which in ("final", "all"):
-            plot(table, fits, which, folder / f"win_vs_d_{which}.png")
+            quicklook.win_vs_d(table, fits, which, folder / f"win_vs_d_{which}.png")
     summary = summarise(table, fits)
     n_runs = table.groupby(["capacity", "run"]).ngroups
     print(

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import checkpoints
 import pandas as pd
-from common import (
+
+from figures import checkpoints, style
+from figures.common import (
     Writer,
     beta_colors,
     beta_label,
@@ -30,8 +31,6 @@ from common import (
     spearman_within,
     title,
 )
-
-from treemdp import plotting
 
 METRICS = {"reward_accuracy": ("acc", "implicit-reward accuracy"), "loss": ("loss", "loss")}
 """column → (file-name part, axis label)."""
@@ -44,8 +43,8 @@ def plot(table: pd.DataFrame, objective: str, metric: str = "reward_accuracy"):
     sub = select(table[table["step"] > 0], objective)
     colors = beta_colors(table)
     panels = sizes(sub)
-    fig, axes = plotting.new_figure(len(panels), sharey=True)
-    fig.set_size_inches(3.3 * len(panels) + 0.6, plotting.PANEL_HEIGHT * 1.1)
+    fig, axes = style.new_figure(len(panels), sharey=True)
+    fig.set_size_inches(3.3 * len(panels) + 0.6, style.PANEL_HEIGHT * 1.1)
     label = METRICS[metric][1]
     for ax, size in zip(axes, panels, strict=True):
         pts = sub[sub["size"] == size]

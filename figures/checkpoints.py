@@ -40,8 +40,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from treemdp.cli import flags_for
-from treemdp.results import config_matches, find_runs, read_table
+from figures import run_index
+from treemdp.runs import read_table
+from treemdp.runs.eval_table import COLUMNS as LLM_EVAL_COLUMNS  # what from_llm needs
+from treemdp.runs.eval_table import EVAL_TABLE as LLM_EVAL
 
 COLUMNS = (
     "run",
@@ -69,6 +71,7 @@ COLUMNS = (
 """Columns of the checkpoint table, in order."""
 
 TOY_EXPERIMENT = "experiments/toy_scaling.py"
+"""The experiment that writes the toy's checkpoint table (named in messages)."""
 TOY_COLUMNS = (
     "capacity",
     "n_params",
@@ -88,23 +91,6 @@ TOY_COLUMNS = (
 )
 """What ``from_toy`` needs from a toy_scaling ``metrics.csv``."""
 
-LLM_EVAL = "eval.csv"
-LLM_EVAL_COLUMNS = (
-    "checkpoint",
-    "examples_seen",
-    "fraction_of_epoch",
-    "kl_reverse",
-    "kl_reverse_se",
-    "kl_forward",
-    "kl_forward_se",
-    "length_mean",
-    "logratio_length_r2",
-    "reward_accuracy",
-    "loss",
-    "win_rate",
-    "win_rate_se",
-)
-"""What ``from_llm`` needs from an LLM run's ``eval.csv`` (one row per evaluated checkpoint)."""
 LLM_CONFIG_KEYS = ("objective", "beta", "model", "seed")
 """What ``from_llm`` needs from an LLM run's ``config.json``."""
 
@@ -197,40 +183,6 @@ def from_toy(folder: str | Path) -> pd.DataFrame:
         }
     )
     return _finish(frame)
-
-
-TOY_REQUIRED = {
-    "objectives": ("dpo", "ipo", "slic", "rdpo"),
-    "quick": False,
-    "reward": "concave",
-    "capacities": ("tabular", "mlp4", "mlp16", "mlp64"),
-    "beta": (0.01, 0.03, 0.1, 0.3, 1.0),
-    "seed": (0, 1, 2),
-    "pairs": 512,
-    "epochs": 1.0,
-    "rdpo_alpha": 0.3,
-}
-"""The toy_scaling settings the toy figures show: its defaults, plus rdpo with α = 0.3 (the
-registry's α = 0.01 is invisible next to the toy's margins: its runs match DPO's to 3 digits)."""
-TOY_QUICK = {"objectives": TOY_REQUIRED["objectives"], "quick": True, "rdpo_alpha": 0.3}
-"""The tiny config (``--quick``) for tests and a first look."""
-
-
-def find_toy_run(results: str | Path = "results", settings: dict | None = None) -> Path:
-    """The newest toy_scaling run folder under ``results`` with ``settings`` whose metrics.csv
-    has every column the figures need (older folders lack ``length_r2``)."""
-    settings = TOY_REQUIRED if settings is None else settings
-    for folder, config in find_runs(Path(results) / "toy_scaling", "metrics.csv"):
-        if not config_matches(config, settings):
-            continue
-        header = pd.read_csv(folder / "metrics.csv", nrows=0).columns
-        if set(TOY_COLUMNS) <= set(header):
-            return folder
-    command = " ".join(["python", TOY_EXPERIMENT, *flags_for(settings), "--force"])
-    raise ValueError(
-        f"no complete toy_scaling run with the settings these figures need under {results}; "
-        f"run: {command}"
-    )
 
 
 def load_toy(folder: str | Path) -> Data:
@@ -360,17 +312,20 @@ def load_llm(folders: Sequence[str | Path]) -> Data:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--toy-run / --llm-runs / --results / --out."""
-    parser.add_argument("--toy-run", default=None, help="a toy_scaling run folder")
+    parser.add_argument(
+        "--toy-run", default=None, help="a toy_scaling run folder [default: the indexed one]"
+    )
     parser.add_argument("--llm-runs", nargs="+", default=None, help="LLM evaluation run folders")
     parser.add_argument("--results", default="results", help="results root [default: results]")
     parser.add_argument("--out", default="figures/out", help="output root [default: figures/out]")
 
 
 def data_from_args(args: argparse.Namespace) -> Data:
-    """The LLM runs if given, else the given toy run, else the newest matching toy run."""
+    """The LLM runs if given, else the given toy run, else the toy run of the paper's run index
+    under --results (experiments/paper_runs.py writes it)."""
     if args.llm_runs:
         return load_llm(args.llm_runs)
-    return load_toy(args.toy_run or find_toy_run(args.results))
+    return load_toy(args.toy_run or run_index.run_folders(args.results, "toy")[0])
 
 
 def command_line(doc: str, draw: Callable[..., list[Path]], **extra: str) -> None:

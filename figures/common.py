@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from treemdp import plotting
+from figures import style
 
 PAPER_OBJECTIVES = ("dpo", "ipo", "slic")
 """The objectives the paper draws a figure for each."""
@@ -27,7 +27,7 @@ def sizes(table: pd.DataFrame) -> list[str]:
 
 def size_colors(table: pd.DataFrame) -> dict:
     """One colour per size, the same in every figure drawn from this table."""
-    return plotting.capacity_colors(sizes(table))
+    return style.capacity_colors(sizes(table))
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -40,7 +40,7 @@ def size_markers(table: pd.DataFrame) -> dict:
 
 def beta_colors(table: pd.DataFrame) -> dict:
     """One colour per β over every β in the table (so a β has one colour in all figures)."""
-    return plotting.beta_colors(sorted(table["beta"].unique()))
+    return style.beta_colors(sorted(table["beta"].unique()))
 
 
 def objectives(table: pd.DataFrame, wanted=PAPER_OBJECTIVES) -> list[str]:
@@ -96,6 +96,6 @@ class Writer:
         self.written: list[Path] = []
 
     def save(self, fig: Figure, name: str, caption: str) -> None:
-        self.written.extend(plotting.save_figure(fig, self.folder / f"{name}.png", pdf=True))
+        self.written.extend(style.save_figure(fig, self.folder / f"{name}.png", pdf=True))
         text = f"{name}: {caption}\n{self.source}\n"
-        self.written.append(plotting.write_caption(self.folder / f"{name}.txt", text))
+        self.written.append(style.write_caption(self.folder / f"{name}.txt", text))

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import checkpoints
 import pandas as pd
-from common import Writer, beta_colors, beta_label, file_size, objectives, select, sizes, title
 
-from treemdp import plotting
+from figures import checkpoints, style
+from figures.common import (
+    Writer,
+    beta_colors,
+    beta_label,
+    file_size,
+    objectives,
+    select,
+    sizes,
+    title,
+)
 
 METRICS = {
     "win_rate": ("Winrate", "win rate", "win_rate_se"),
@@ -34,8 +42,8 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
     sub = select(table, objective, size)
     colors = beta_colors(table)
     _, label, se = METRICS[metric]
-    fig, (ax,) = plotting.new_figure(1)
-    fig.set_size_inches(plotting.PANEL_WIDTH * 1.35, plotting.PANEL_HEIGHT * 1.15)
+    fig, (ax,) = style.new_figure(1)
+    fig.set_size_inches(style.PANEL_WIDTH * 1.35, style.PANEL_HEIGHT * 1.15)
     # Widest line first, each later β narrower on top: lines that coincide (e.g. SLiC's hinge
     # at small β) stay visible as nested stripes instead of hiding each other.
     band = None  # what the shaded band is, named in the legend

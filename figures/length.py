@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import checkpoints
 import numpy as np
 import pandas as pd
-from common import Writer, objectives, select, size_colors, size_markers, sizes, title
 
-from treemdp import plotting, scaling
+from figures import checkpoints, style
+from figures.common import Writer, objectives, select, size_colors, size_markers, sizes, title
+from treemdp import scaling
 
 PAIR = ("dpo", "rdpo")
 
@@ -38,12 +38,12 @@ def middle_size(table: pd.DataFrame) -> str:
 def plot_dpo_rdpo(table: pd.DataFrame, size: str | None = None):
     """Win rate (left) and mean length (right) vs d = √KL for DPO and R-DPO at one size."""
     size = middle_size(table) if size is None else size
-    fig, axes = plotting.new_figure(2, sharey=False)
-    fig.set_size_inches(plotting.PANEL_WIDTH * 2.2, plotting.PANEL_HEIGHT * 1.15)
+    fig, axes = style.new_figure(2, sharey=False)
+    fig.set_size_inches(style.PANEL_WIDTH * 2.2, style.PANEL_HEIGHT * 1.15)
     top = 0.0
     for objective in PAIR:
         sub = select(table, objective, size)
-        color = plotting.OBJECTIVE_COLORS[objective]
+        color = style.OBJECTIVE_COLORS[objective]
         rest, final = sub[~sub["final"]], sub[sub["final"]]
         for ax, col in zip(axes, ("win_rate", "length"), strict=True):
             ax.scatter(rest["d"], rest[col], s=8, alpha=0.3, color=color, lw=0)
@@ -79,8 +79,8 @@ def plot_kl_length_corr(table: pd.DataFrame):
     if not objs:
         raise ValueError("the checkpoint table has no dpo, ipo or slic rows")
     colors, markers = size_colors(table), size_markers(table)
-    fig, axes = plotting.new_figure(len(objs))
-    fig.set_size_inches(plotting.PANEL_WIDTH * len(objs), plotting.PANEL_HEIGHT * 1.15)
+    fig, axes = style.new_figure(len(objs))
+    fig.set_size_inches(style.PANEL_WIDTH * len(objs), style.PANEL_HEIGHT * 1.15)
     usable = table[table["length_r2"].notna() & (table["kl_reverse"] > 0)]
     if usable.empty:
         raise ValueError("the checkpoint table has no length_r2 values (column all NaN)")

@@ -4,16 +4,19 @@
     python figures/make_all.py --only tree     # the Tree-MDP figures
     python figures/make_all.py --fresh         # recompute the experiments too
 
-Experiments run as subprocesses (figures never train in-process); their run folders are reused
-when they already exist, so a second call only redraws. Families:
+The data comes from `python experiments/paper_runs.py --results DIR --only FAMILY` run as a
+subprocess (figures never train in-process): it runs the paper's experiments, reusing their
+finished run folders, so a second call only redraws, and indexes them in DIR/paper_runs/index.csv,
+which the figures read (figures/run_index.py). Families:
 
 - tree: `Tree-MDP` (diagram) and the Tree-MDP results from experiments/ood_mass.py
   (`{dpo,ipo,slic}-beta-0.1-OOD-probs-summary-1pref`, `-indist-1pref`, the per-β appendix figures,
   `dpo-beta-0.1-{1,2,3}`).
 - toy: the scaling-law, evolution, length and accuracy figures (paper Figs. 1-5) from
   experiments/toy_scaling.py (DPO, IPO, SLiC, R-DPO; "size" = policy capacity), under out/toy/.
-- llm: the same figures from LLM evaluation run folders given with --llm-runs DIR..., under
-  out/llm/ (without --llm-runs it says so and draws nothing).
+- llm: the same figures from LLM evaluation run folders given with --llm-runs DIR..., or by
+  default from tree-language runs of three small model sizes made here
+  (experiments/llm_confirm.py), under out/llm/.
 """
 
 from __future__ import annotations
@@ -23,47 +26,65 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import accuracy
-import checkpoints
-import evolution
-import length
-import ood_probs
-import scaling_fits
-import tree_mdp
-
-from treemdp.cli import OneLineParser, flags_for
-from treemdp.results import RunFolderBusyError, config_matches, find_runs, run_lock
+from figures import (
+    accuracy,
+    checkpoints,
+    evolution,
+    length,
+    ood_probs,
+    run_index,
+    scaling_fits,
+    tree_mdp,
+)
+from treemdp.runs import RunFolderBusyError, run_lock
+from treemdp.runs.cli import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = {"steps": 40, "seed": (0, 1, 2), "sft_steps": 30, "log_every": 10}
-"""A tiny experiment config for tests and a quick look (not the paper's numbers)."""
 
 
-def run_experiment(script: str, args: list[str], results: Path, fresh: bool) -> None:
-    """Run an experiment script into ``results`` (it reuses finished run folders itself)."""
-    name = Path(script).stem
-    command = [sys.executable, str(ROOT / script), *args, "--out", str(results / name)]
-    if fresh:
-        command.append("--force")
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+@dataclass(frozen=True)
+class Request:
+    """What the command line asks for.
+
+    Attributes:
+        results: the results root the experiments' run folders (and their index) live in.
+        out: the output folder.
+        fresh: recompute the experiments, not reuse their finished runs.
+        quick: the tiny experiment configs (a test run).
+        llm_runs: LLM evaluation run folders to draw instead of the default LLM runs.
+    """
+
+    results: Path
+    out: Path
+    fresh: bool
+    quick: bool
+    llm_runs: tuple[str, ...]
+
+
+def paper_runs(request: Request, family: str) -> list[Path]:
+    """The run folders of ``family``: experiments/paper_runs.py runs (or reuses) them in a
+    subprocess (figures never train in-process) and indexes them; its output (which LLM runs
+    train) passes through, its stderr is shown if it fails."""
+    command = [sys.executable, str(ROOT / run_index.MAKER), "--results", str(request.results)]
+    command += ["--only", family, "--quiet"]
+    if request.fresh:
+        command.append("--fresh")
+    if request.quick:
+        command.append("--quick")
+    done = subprocess.run(command, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"{script} failed:\n{done.stderr.strip()}")
+        raise SystemExit(f"{run_index.MAKER} failed:\n{done.stderr.strip()}")
+    return run_index.run_folders(request.results, family, quick=request.quick)
 
 
-def tree_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]:
+def tree_family(request: Request) -> list[Path]:
     """The Tree-MDP diagram and result figures."""
-    written = tree_mdp.main(out)
-    settings = {**ood_probs.REQUIRED, **(QUICK if quick else {})}
-    try:
-        if fresh:
-            raise ValueError("recompute")
-        run = ood_probs.find_run(results, settings)
-    except ValueError:
-        run_experiment(ood_probs.EXPERIMENT, flags_for(settings), results, fresh)
-        run = ood_probs.find_run(results, settings)
-    return written + ood_probs.main(run, out)
+    written = tree_mdp.main(request.out)
+    (run,) = paper_runs(request, "tree")
+    return written + ood_probs.main(run, request.out)
 
 
 CHECKPOINT_FAMILIES = (scaling_fits, evolution, length, accuracy)
@@ -82,60 +103,20 @@ def draw_checkpoints(data: checkpoints.Data, out: Path) -> list[Path]:
     return written
 
 
-def toy_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]:
+def toy_family(request: Request) -> list[Path]:
     """Scaling / evolution / length / accuracy figures from experiments/toy_scaling.py."""
-    settings = checkpoints.TOY_QUICK if quick else checkpoints.TOY_REQUIRED
-    try:
-        if fresh:
-            raise ValueError("recompute")
-        run = checkpoints.find_toy_run(results, settings)
-    except ValueError:
-        # --force: a folder of the same config written before length_r2 existed is recomputed
-        args = [*flags_for(settings), "--force"]
-        run_experiment(checkpoints.TOY_EXPERIMENT, args, results, fresh=False)
-        run = checkpoints.find_toy_run(results, settings)
-    return draw_checkpoints(checkpoints.load_toy(run), out)
+    (run,) = paper_runs(request, "toy")
+    return draw_checkpoints(checkpoints.load_toy(run), request.out)
 
 
-LLM_RUNS: list[str] = []
-"""Set from --llm-runs by ``main``."""
-
-LLM_EXPERIMENT = "experiments/llm_confirm.py"
-LLM_SIZES = ("tiny", "14m", "31m")
-"""Model sizes standing in for Pythia 1B / 2.8B / 6.9B on this CPU (tree language)."""
-LLM_SETTINGS = {"beta": (0.03, 0.1, 0.3), "steps": 40, "checkpoints": 10}
-"""DPO moves a small LLM in a few steps on one pair: 40 steps, a checkpoint every 4."""
-LLM_QUICK = {
-    "beta": (0.1,), "steps": 20, "checkpoints": 4, "sft_samples": 64, "sft_epochs": 2.0,
-    "eval_samples": 32, "toy_steps": 200, "toy_sft_steps": 50,
-}  # fmt: skip
-
-
-def default_llm_runs(results: Path, fresh: bool, quick: bool) -> list[Path]:
-    """LLM run folders on the tree language, one llm_confirm run per model size (made here when
-    missing: experiments/llm_confirm.py reuses finished runs itself)."""
-    sizes, settings = (LLM_SIZES[:1], LLM_QUICK) if quick else (LLM_SIZES, LLM_SETTINGS)
-    root = results / Path(LLM_EXPERIMENT).stem
-    folders: list[Path] = []
-    for size in sizes:
-        wanted = {**settings, "model": size}
-        found = [f for f, c in find_runs(root, "comparison.csv") if config_matches(c, wanted)]
-        if fresh or not found:
-            print(f"  training and evaluating the {size} model ...", flush=True)
-            run_experiment(LLM_EXPERIMENT, [*flags_for(wanted), "--no-progress"], results, fresh)
-            found = [f for f, c in find_runs(root, "comparison.csv") if config_matches(c, wanted)]
-        folders += [p for p in sorted((found[0] / "llm").iterdir()) if p.name != "sft"]
-    return folders
-
-
-def llm_family(results: Path, out: Path, fresh: bool, quick: bool) -> list[Path]:
+def llm_family(request: Request) -> list[Path]:
     """The same figures from LLM evaluation run folders: --llm-runs, or by default tree-language
     runs of three small model sizes made on this machine (experiments/llm_confirm.py)."""
-    runs = LLM_RUNS or default_llm_runs(results, fresh, quick)
-    return draw_checkpoints(checkpoints.load_llm(runs), out)
+    runs = list(request.llm_runs) or paper_runs(request, "llm")
+    return draw_checkpoints(checkpoints.load_llm(runs), request.out)
 
 
-FAMILIES: dict[str, Callable[[Path, Path, bool, bool], list[Path]]] = {
+FAMILIES: dict[str, Callable[[Request], list[Path]]] = {
     "tree": tree_family,
     "toy": toy_family,
     "llm": llm_family,
@@ -163,25 +144,28 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
+    """Make the families of ``argv`` under one lock on --out; return the files written."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    LLM_RUNS[:] = args.llm_runs
-    results, out = Path(args.results), Path(args.out)
+    request = Request(
+        Path(args.results), Path(args.out), args.fresh, args.quick, tuple(args.llm_runs)
+    )
     try:
-        with run_lock(out):  # two make_all on one output folder: the second refuses
-            return _make(args, results, out)
+        with run_lock(request.out):  # two make_all on one output folder: the second refuses
+            return _make(args.only, request)
     except RunFolderBusyError as e:
         raise SystemExit(f"make_all.py: error: {e}") from None
 
 
-def _make(args: argparse.Namespace, results: Path, out: Path) -> list[Path]:
+def _make(families: list[str], request: Request) -> list[Path]:
+    """Each family in turn (one that fails is named and the rest still drawn)."""
     written: list[Path] = []
     failed: list[str] = []
-    for name in args.only:
+    for name in families:
         start = time.perf_counter()
         print(f"[{name}] ...", flush=True)
         try:
-            files = FAMILIES[name](results, out, args.fresh, args.quick)
+            files = FAMILIES[name](request)
         except ValueError as e:  # e.g. an LLM folder lacking eval.csv: say so, keep going
             print(f"[{name}] failed: {e}", file=sys.stderr, flush=True)
             failed.append(name)

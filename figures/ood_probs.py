@@ -13,6 +13,9 @@ under the paper's file names:
   the largest OOD response, and every other OOD response in grey).
 
     python figures/ood_probs.py [--run results/ood_mass/<run>] [--out figures/out]
+
+Without --run: the Tree-MDP run of the paper's run index under --results (written by
+experiments/paper_runs.py, which runs ood_mass.py with the settings these figures show).
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from treemdp import plotting
-from treemdp.cli import flags_for
-from treemdp.results import config_matches, find_runs, read_table
+from figures import run_index, style
+from treemdp.runs import read_table
 
 BETAS = (0.01, 0.1, 0.5)
 OBJECTIVES = ("dpo", "ipo", "slic")
@@ -41,28 +43,6 @@ METRIC_COLUMNS = (
     "p_rejected",
 )
 RESPONSE_COLUMNS = ("run", "step", "response", "logp", "role")
-EXPERIMENT = "experiments/ood_mass.py"
-REQUIRED = {
-    "beta": BETAS,
-    "objectives": OBJECTIVES,
-    "pairs": 1,
-    "policy": "loglinear",
-    "reference": "sft",
-    "responses": True,
-}
-"""The experiment settings these figures show (the rest are ood_mass.py's defaults)."""
-
-
-def find_run(results: str | Path = "results", settings: dict | None = None) -> Path:
-    """The newest complete ood_mass run folder under ``results`` with ``settings``."""
-    settings = REQUIRED if settings is None else settings
-    for folder, config in find_runs(Path(results) / "ood_mass", "metrics.csv"):
-        if config_matches(config, settings) and (folder / "responses.csv").exists():
-            return folder
-    command = " ".join(["python", EXPERIMENT, *flags_for(settings)])
-    raise ValueError(
-        f"no ood_mass run with the settings these figures need under {results}; run: {command}"
-    )
 
 
 def load(run: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -101,8 +81,8 @@ def _select(metrics: pd.DataFrame, objective: str, beta: float) -> pd.DataFrame:
 def plot_ood_summary(metrics: pd.DataFrame, objective: str, beta: float = 0.1):
     """OOD mass (mean, 10–90% band over seeds) and the largest single OOD response's mass."""
     sub = _select(metrics, objective, beta)
-    fig, (ax,) = plotting.new_figure(1)
-    color = plotting.OBJECTIVE_COLORS[objective]
+    fig, (ax,) = style.new_figure(1)
+    color = style.OBJECTIVE_COLORS[objective]
     _band(ax, sub, "mass_ood", color, "all OOD responses")
     _band(ax, sub, "max_ood", color, "largest single OOD response", ls="--")
     n = sub["run"].nunique()
@@ -113,8 +93,8 @@ def plot_ood_summary(metrics: pd.DataFrame, objective: str, beta: float = 0.1):
 def plot_ood_per_seed(metrics: pd.DataFrame, objective: str, beta: float):
     """OOD mass of every seed (thin) and their mean (thick)."""
     sub = _select(metrics, objective, beta)
-    fig, (ax,) = plotting.new_figure(1)
-    color = plotting.OBJECTIVE_COLORS[objective]
+    fig, (ax,) = style.new_figure(1)
+    color = style.OBJECTIVE_COLORS[objective]
     for _, g in sub.groupby("run"):
         ax.plot(g["step"], g["mass_ood"], color=color, alpha=0.35, lw=0.9)
     mean = sub.groupby("step")["mass_ood"].mean()
@@ -126,7 +106,7 @@ def plot_ood_per_seed(metrics: pd.DataFrame, objective: str, beta: float):
 def plot_indist(metrics: pd.DataFrame, objective: str, beta: float):
     """Probability of the chosen and the rejected response (mean, 10–90% band over seeds)."""
     sub = _select(metrics, objective, beta)
-    fig, (ax,) = plotting.new_figure(1)
+    fig, (ax,) = style.new_figure(1)
     _band(ax, sub, "p_chosen", "#1b9e77", "chosen y_w")
     _band(ax, sub, "p_rejected", "#d95f02", "rejected y_l")
     title = f"{objective.upper()}, β={beta:g}: in-distribution responses"
@@ -144,7 +124,7 @@ def plot_trajectories(metrics: pd.DataFrame, responses: pd.DataFrame, run: int):
     rejected = int(role.index[role == "rejected"][0])
     ood = [c for c in p.columns if role[c] == "ood"]
     top = max(ood, key=lambda c: p[c].iloc[-1])
-    fig, (ax,) = plotting.new_figure(1)
+    fig, (ax,) = style.new_figure(1)
     for c in ood:
         if c != top:
             ax.plot(p.index, p[c], color="grey", alpha=0.4, lw=0.8)
@@ -157,19 +137,18 @@ def plot_trajectories(metrics: pd.DataFrame, responses: pd.DataFrame, run: int):
     return fig
 
 
-def main(run: str | Path | None = None, out: str | Path = "figures/out", results: str = "results"):
-    """Write every Tree-MDP result figure and its caption; return the files written."""
-    run = Path(run) if run is not None else find_run(results)
+def main(run: str | Path, out: str | Path = "figures/out") -> list[Path]:
+    """Write every Tree-MDP result figure of the ood_mass run folder ``run`` and its caption;
+    return the files written."""
+    run = Path(run)
     metrics, responses = load(run)
     out = Path(out)
     written: list[Path] = []
     source = f"data: {run}/metrics.csv and responses.csv (experiments/ood_mass.py)"
 
     def save(fig, name: str, caption: str) -> None:
-        written.extend(plotting.save_figure(fig, out / f"{name}.png", pdf=True))
-        written.append(
-            plotting.write_caption(out / f"{name}.txt", f"{name}: {caption}\n{source}\n")
-        )
+        written.extend(style.save_figure(fig, out / f"{name}.png", pdf=True))
+        written.append(style.write_caption(out / f"{name}.txt", f"{name}: {caption}\n{source}\n"))
 
     for objective in OBJECTIVES:
         save(
@@ -204,12 +183,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--run", default=None, help="an ood_mass run folder [default: newest fit]")
+    parser.add_argument("--run", default=None, help="an ood_mass run folder [default: indexed]")
     parser.add_argument("--results", default="results", help="results root [default: results]")
     parser.add_argument("--out", default="figures/out", help="output folder [default: figures/out]")
     args = parser.parse_args()
     try:
-        files = main(args.run, args.out, args.results)
+        files = main(args.run or run_index.run_folders(args.results, "tree")[0], args.out)
     except ValueError as e:
         parser.error(str(e))
     for path in files:

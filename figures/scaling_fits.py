@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import checkpoints
 import numpy as np
 import pandas as pd
-from common import Writer, objectives, select, size_colors, size_markers, sizes, title
 
-from treemdp import plotting, scaling
+from figures import checkpoints, style
+from figures.common import Writer, objectives, select, size_colors, size_markers, sizes, title
+from treemdp import scaling
 
 FORM = "rl"
 AXES = {
@@ -80,8 +80,8 @@ def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = Fal
     sub = select(table, objective)
     colors, markers = size_colors(table), size_markers(table)
     fits = fit_sizes(table, objective, x, final).set_index("size")
-    fig, (ax,) = plotting.new_figure(1)
-    fig.set_size_inches(plotting.PANEL_WIDTH * 1.25, plotting.PANEL_HEIGHT * 1.2)
+    fig, (ax,) = style.new_figure(1)
+    fig.set_size_inches(style.PANEL_WIDTH * 1.25, style.PANEL_HEIGHT * 1.2)
     for size in sizes(sub):
         points = sub[sub["size"] == size]
         if final:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from treemdp import plotting
+from figures import style
 from treemdp.tree import TERMINAL, Tree
 
 NAME = "Tree-MDP"
@@ -43,7 +43,7 @@ def plot(tree: Tree):
     g = tree.to_networkx(terminal=True)
     pos = positions(tree)
     width = max(6.0, 0.55 * tree.n_responses)
-    fig, axes = plotting.new_figure(1)
+    fig, axes = style.new_figure(1)
     fig.set_size_inches(width, 1.5 * (tree.max_depth + 2))
     ax = axes[0]
     labels = {n: f"S{n + 1}" for n in range(tree.n_nodes)}
@@ -71,13 +71,13 @@ def main(out: str | Path = "figures/out", branching: int = 3, depth: int = 2) ->
     """Write Tree-MDP.png/.pdf and its caption; return the files written."""
     out = Path(out)
     tree = load(branching, depth)
-    written = plotting.save_figure(plot(tree), out / f"{NAME}.png", pdf=True)
+    written = style.save_figure(plot(tree), out / f"{NAME}.png", pdf=True)
     caption = (
         f"{NAME}: the Tree MDP (b={branching}, D={depth}) drawn from treemdp.tree.Tree.complete; "
         "states S1… in level order, actions a0…a2 on edges, leaves → absorbing s∞. "
         "The experiments use depth 3 (27 responses); depth 2 is drawn for legibility.\n"
     )
-    written.append(plotting.write_caption(out / f"{NAME}.txt", caption))
+    written.append(style.write_caption(out / f"{NAME}.txt", caption))
     return written
 
 

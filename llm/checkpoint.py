@@ -1,5 +1,9 @@
 """Atomic training checkpoints: safetensors weights + optimizer + scheduler + RNG + data position.
 
+This module is the one definition of the checkpoint layout: ``checkpoint_name`` /
+``checkpoint_step`` (the folder name ``step-NNNNNNN``), ``STATE`` (the trainer-state file that
+makes a folder complete), ``checkpoint_folders`` and ``complete_checkpoints``.
+
 A checkpoint is a folder ``step-0000123/`` holding ``model.safetensors`` and ``config.json``
 (written by ``save_pretrained``, so the folder loads with ``from_pretrained`` as a model), the
 tokenizer files, and ``trainer_state.pt`` (optimizer, scheduler, torch RNG, step, examples seen).
@@ -15,9 +19,9 @@ altered checkpoint is reported by file, with what to do, instead of being resume
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -25,35 +29,36 @@ from typing import Any
 
 import torch
 
+from llm.model import progress_bars_off
+from treemdp.runs import (
+    atomic_write_text,
+    file_sha256,
+    temporary_path,
+    verify_listing,
+    write_listing,
+)
+
 __all__ = [
     "CHECKSUMS",
     "LATEST",
+    "STATE",
     "checkpoint_digest",
+    "checkpoint_folders",
+    "checkpoint_name",
+    "checkpoint_step",
     "complete_checkpoints",
     "latest_checkpoint",
     "load_checkpoint",
+    "publish_checkpoint",
     "save_checkpoint",
     "verify_checkpoint",
-    "write_atomic",
 ]
 
 LATEST = "latest.json"
 STATE = "trainer_state.pt"
 CHECKSUMS = "checksums.json"
 WEIGHTS = "model.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _write_checksums(folder: Path) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
-    table = {
-        str(p.relative_to(folder)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files
-    }
-    (folder / CHECKSUMS).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+_NAME = re.compile(r"step-(\d+)")
 
 
 def verify_checkpoint(folder: Path) -> None:
@@ -64,29 +69,11 @@ def verify_checkpoint(folder: Path) -> None:
         f"delete {folder} and point {folder.parent / LATEST} at an earlier checkpoint "
         "(or rerun without --resume to start afresh)"
     )
-    listing = folder / CHECKSUMS
-    if not listing.is_file():
+    if not (folder / CHECKSUMS).is_file():
         if not (folder / STATE).is_file():
             raise ValueError(f"checkpoint {folder} lacks {STATE}; {what_to_do}")
         return
-    try:
-        table = json.loads(listing.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{listing} is corrupt ({e}); {what_to_do}") from None
-    for name, entry in table.items():
-        path = folder / name
-        if not path.is_file():
-            raise ValueError(f"checkpoint file {path} is missing; {what_to_do}")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise ValueError(
-                f"checkpoint file {path} is truncated ({size:,} bytes, expected "
-                f"{entry['bytes']:,}); {what_to_do}"
-            )
-        if _sha256(path) != entry["sha256"]:
-            raise ValueError(
-                f"checkpoint file {path} is altered (sha256 differs from {CHECKSUMS}); {what_to_do}"
-            )
+    verify_listing(folder, CHECKSUMS, what_to_do, kind="checkpoint file")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -94,16 +81,6 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with path.open("rb") as f:
                 os.fsync(f.fileno())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _interned(obj: Any) -> Any:
@@ -148,20 +125,10 @@ def save_checkpoint(
         The checkpoint folder.
     """
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:07d}"
-    final = root / name
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # "Writing model shards" would break the training bar
-    try:
+    final = root / checkpoint_name(step)
+    tmp = temporary_path(final)
+    with progress_bars_off():  # "Writing model shards" would break the training bar
         model.save_pretrained(tmp)  # safetensors: the only format of transformers 5
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     trainer_state = {
@@ -172,12 +139,34 @@ def save_checkpoint(
         **state,
     }
     torch.save(_interned(trainer_state), tmp / STATE)
-    _write_checksums(tmp)
+    return publish_checkpoint(tmp, final)
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint after ``step`` optimizer steps: ``step-NNNNNNN``."""
+    return f"step-{step:07d}"
+
+
+def checkpoint_step(folder: str | Path) -> int:
+    """The optimizer steps of checkpoint ``folder`` (the inverse of ``checkpoint_name``);
+    ValueError for a name that is not ``step-NNNNNNN``."""
+    match = _NAME.fullmatch(Path(folder).name)
+    if match is None:
+        raise ValueError(f"{folder} is not a checkpoint folder name (step-NNNNNNN)")
+    return int(match.group(1))
+
+
+def publish_checkpoint(tmp: Path, final: Path) -> Path:
+    """Move the complete checkpoint written in ``tmp`` to ``final`` and point ``latest.json`` at
+    it: checksums listed, files flushed, folder renamed, then the pointer rewritten atomically."""
+    write_listing(tmp, CHECKSUMS)
     _fsync_tree(tmp)
     if final.exists():  # left by a run killed between the move and the pointer update
         shutil.rmtree(final)
     os.replace(tmp, final)
-    write_atomic(root / LATEST, json.dumps({"checkpoint": name, "step": step}) + "\n")
+    step = checkpoint_step(final)
+    pointer = json.dumps({"checkpoint": final.name, "step": step}) + "\n"
+    atomic_write_text(final.parent / LATEST, pointer)
     return final
 
 
@@ -210,10 +199,16 @@ def latest_checkpoint(root: Path) -> Path | None:
     raise ValueError(f"{pointer} names {folder.name}, which is missing or incomplete; {hint}")
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
+def checkpoint_folders(root: str | Path) -> list[Path]:
+    """Every checkpoint folder ``root/step-NNNNNNN``, complete or not, by step (temporary
+    folders being written, ``.step-NNNNNNN.tmp-*``, are not among them)."""
+    found = [p for p in Path(root).glob("step-*") if _NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=checkpoint_step)
+
+
+def complete_checkpoints(root: str | Path) -> list[Path]:
     """The checkpoint folders ``root/step-NNNNNNN`` that hold a trainer state, by step."""
-    found = [p for p in Path(root).glob("step-*") if (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    return [p for p in checkpoint_folders(root) if (p / STATE).is_file()]
 
 
 def checkpoint_digest(folder: Path) -> str:
@@ -227,7 +222,7 @@ def checkpoint_digest(folder: Path) -> str:
             entry = None
         if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
             return entry["sha256"]
-    return _sha256(folder / WEIGHTS)
+    return file_sha256(folder / WEIGHTS)
 
 
 def load_checkpoint(

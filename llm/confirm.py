@@ -6,7 +6,6 @@ Used by ``experiments/llm_confirm.py`` (one setting) and ``experiments/confirm_g
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from pathlib import Path
@@ -20,27 +19,11 @@ from llm.evaluate import EvalSettings, EvalTask, TreeTask
 from llm.judges import GoldJudge
 from llm.model import PYTHIA_SHAPES, build_model, load_model
 from llm.train import DAALoss, TrainConfig, sft_loss, train
-from llm.tree_language import tree_examples, tree_tokenizer
+from llm.tree_language import TreeLanguage
 from treemdp.problem import Problem
-from treemdp.results import atomic_write
+from treemdp.runs import atomic_write
 
 __all__ = ["daa_llm", "sft_llm"]
-
-
-def _build_on(device: str, size: str, *, seed: int, vocab_size: int) -> torch.nn.Module:
-    """A random model of a Pythia shape built directly on ``device`` (initialising a 1b model on
-    a GPU takes a fraction of the seconds it takes on a CPU): through ``build_model(device=)``
-    where the builder has it, else under a ``torch.device`` context, else on the CPU. The
-    weights then come from that device's generator (seeded by ``seed`` either way)."""
-    if "device" in inspect.signature(build_model).parameters:
-        return build_model(size, seed=seed, vocab_size=vocab_size, device=device)
-    if device != "cpu":
-        try:
-            with torch.device(device):
-                return build_model(size, seed=seed, vocab_size=vocab_size)
-        except (RuntimeError, TypeError, ValueError):  # a builder that cannot: build on the CPU
-            pass
-    return build_model(size, seed=seed, vocab_size=vocab_size)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -66,18 +49,19 @@ def sft_llm(
     ``run``'s π_ref (``problem.ref_logp[run]``, drawn with ``seed``) into ``out``; resumes a
     killed run; returns the final checkpoint folder."""
     tree = problem.tree
-    tok = tree_tokenizer(tree)
+    language = TreeLanguage(tree)
+    tok = language.tokenizer()
     gen = torch.Generator().manual_seed(seed)
     probs = torch.exp(problem.ref_logp[run])
     leaves = torch.multinomial(probs, samples, replacement=True, generator=gen).tolist()
-    a0 = 1 + tree.n_prompts
     examples = []
     for i, y in enumerate(leaves):
-        tokens = tuple(a0 + a for a in tree.response_actions(y))
-        k = 1 + int(tree.leaf_prompt[y])
-        examples.append(Example((k,), tokens, tokens, i + 1))  # SFT reads only ``chosen``
+        prompt, tokens = language.prompt(int(tree.leaf_prompt[y])), language.response(y)
+        examples.append(Example(prompt, tokens, tokens, i + 1))  # SFT reads only ``chosen``
     if model in PYTHIA_SHAPES:
-        policy = _build_on(device, model, seed=seed, vocab_size=len(tok))
+        # built directly on the device: initialising a 1b model on a GPU takes a fraction of the
+        # seconds it takes on a CPU (the weights then come from that device's generator)
+        policy = build_model(model, seed=seed, vocab_size=len(tok), device=device)
     else:
         policy = load_model(model)
         if policy.config.vocab_size < len(tok):
@@ -136,8 +120,9 @@ def daa_llm(
         (of all training steps) added.
     """
     tree = task.tree
-    tok = tree_tokenizer(tree)
-    examples, _ = tree_examples(tree, task.chosen, task.rejected)
+    language = TreeLanguage(tree)
+    tok = language.tokenizer()
+    examples, _ = language.examples(task.chosen, task.rejected)
     P = len(examples)
     batch = min(batch_size, P)
     steps = math.ceil(epochs * P / batch)
@@ -168,7 +153,7 @@ def daa_llm(
     )  # fmt: skip
     del policy, reference
     eval_task = EvalTask(
-        prompts=[(1 + i % tree.n_prompts,) for i in range(eval_samples)],
+        prompts=language.prompts(eval_samples),
         pairs=examples,
         tokenizer=tok,
         eos_id=None,

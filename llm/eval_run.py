@@ -1,9 +1,10 @@
 """A run folder's evaluation: the reference (step 0) and every checkpoint, resumable.
 
-``evaluate_run`` writes ``eval.csv`` (one row per checkpoint, ``COLUMNS`` first: the contract the
-figure scripts read) and ``eval.json`` (the settings it was written with), reuses the rows of
-finished checkpoints, and caches the reference's samples (``eval_reference.pt``) so a resumed
-evaluation compares against the very same samples. The per-model math is ``llm.evaluate``.
+``evaluate_run`` writes ``eval.csv`` (one row per checkpoint, in the schema of
+``treemdp.runs.eval_table``: the contract the readers rely on) and ``eval.json`` (the settings it
+was written with), reuses the rows of finished checkpoints, and caches the reference's samples
+(``eval_reference.pt``) so a resumed evaluation compares against the very same samples. The
+per-model math is ``llm.evaluate``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from llm.checkpoint import checkpoint_digest
+from llm.checkpoint import checkpoint_digest, checkpoint_step, complete_checkpoints
 from llm.evaluate import (
     EvalSettings,
     EvalTask,
@@ -30,41 +31,14 @@ from llm.evaluate import (
     reference_samples,
 )
 from llm.judges import Judge
-from llm.model import PYTHIA_SHAPES, build_model, load_model
-from treemdp.results import atomic_write, read_table, write_table
+from llm.model import PYTHIA_SHAPES, build_model, load_model, progress_bars_off
+from treemdp.runs import atomic_write, read_table, write_table
+from treemdp.runs.eval_table import DIGEST, EVAL_TABLE, check
 
-__all__ = ["COLUMNS", "EVAL_TABLE", "checkpoints", "evaluate_run", "load_reference"]
+__all__ = ["evaluate_run", "load_reference"]
 
-EVAL_TABLE = "eval.csv"
 EVAL_SETTINGS = "eval.json"
 REFERENCE_SAMPLES = "eval_reference.pt"
-TREE_PROBLEM = "tree_problem.json"
-DIGEST = "checkpoint_sha256"
-"""The column tying each row to the weights it measured (``llm.checkpoint.checkpoint_digest``;
-``reference`` for step 0)."""
-
-COLUMNS = (
-    "checkpoint",
-    "examples_seen",
-    "fraction_of_epoch",
-    "kl_reverse",
-    "kl_reverse_se",
-    "kl_forward",
-    "kl_forward_se",
-    "length_mean",
-    "logratio_length_r2",
-    "reward_accuracy",
-    "loss",
-    "win_rate",
-    "win_rate_se",
-)
-"""The columns every ``eval.csv`` has (the figure scripts' contract); more follow them."""
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders (``step-NNNNNNN`` with a trainer state), by step."""
-    found = [p for p in Path(run_dir).glob("step-*") if (p / "trainer_state.pt").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def load_reference(run_config: dict[str, Any], *, vocab_size: int, dtype: torch.dtype) -> nn.Module:
@@ -86,6 +60,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+@progress_bars_off()  # "Loading weights" bars, once per checkpoint: noise
 def evaluate_run(
     run_dir: Path,
     task: EvalTask,
@@ -116,108 +91,115 @@ def evaluate_run(
     Returns:
         The whole table, one row per checkpoint, ordered by step.
     """
-    from transformers.utils import logging as hf_logging
+    run_dir, table_path = Path(run_dir), Path(run_dir) / EVAL_TABLE
+    config = _run_config(run_dir)
+    data = _read_json(run_dir / "data.json")
+    load = load or (lambda p: load_model(p, dtype=dtype))
+    rows = _start(run_dir, _settings_record(task, settings, judge), force=force)
+    todo, rows = _todo(run_dir, rows)
+    if not todo:
+        return check(read_table(table_path), str(table_path))
+    vocab = len(task.tokenizer)
+    reference = load_reference(config, vocab_size=vocab, dtype=dtype).to(device).eval()
+    ref = _reference_samples(run_dir, reference, task, settings)
+    for step, folder, digest in tqdm(todo, desc="evaluate", disable=not progress):
+        policy = reference if folder is None else load(folder).to(device).eval()
+        row = {
+            "checkpoint": step,
+            **_position(step, config, data),
+            "checkpoint_path": str(folder) if folder is not None else "reference",
+            DIGEST: digest,
+            **evaluate_model(policy, reference, ref, task, settings, judge, step=step),
+        }
+        rows = sorted([*rows, row], key=lambda r: int(r["checkpoint"]))
+        write_table(table_path, check(pd.DataFrame(rows), str(table_path)))
+        if on_row is not None:
+            on_row(row)
+        del policy
+    # What is on disk, so a caller sees the same table whether the rows were computed now or
+    # read back after an interruption.
+    return check(read_table(table_path), str(table_path))
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # "Loading weights" bars per checkpoint: noise
-    try:
-        return _evaluate_run(
-            run_dir, task, settings, judge, device=device, dtype=dtype, load=load, force=force,
-            progress=progress, on_row=on_row,
-        )  # fmt: skip
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
-
-def _evaluate_run(
-    run_dir: Path,
-    task: EvalTask,
-    settings: EvalSettings,
-    judge: Judge | None,
-    *,
-    device: str | torch.device,
-    dtype: torch.dtype,
-    load: Callable[[Path], nn.Module] | None,
-    force: bool,
-    progress: bool,
-    on_row: Callable[[dict[str, Any]], None] | None,
-) -> pd.DataFrame:
-    run_dir = Path(run_dir)
+def _run_config(run_dir: Path) -> dict[str, Any]:
     config = _read_json(run_dir / "config.json")
     if not config:
         raise ValueError(f"{run_dir} has no config.json: is it a run folder of llm_train?")
-    data = _read_json(run_dir / "data.json")
-    n_examples = data.get("pairs")
-    batch = config.get("batch_size")
-    load = load or (lambda p: load_model(p, dtype=dtype))
-    meta = {
+    return config
+
+
+def _position(step: int, config: dict[str, Any], data: dict[str, Any]) -> dict[str, float]:
+    """``examples_seen`` and ``fraction_of_epoch`` at ``step`` (NaN where the run's
+    ``config.json`` lacks the batch size or its ``data.json`` the number of pairs)."""
+    batch, n_examples = config.get("batch_size"), data.get("pairs")
+    return {
+        "examples_seen": step * batch if batch else math.nan,
+        "fraction_of_epoch": step * batch / n_examples if batch and n_examples else math.nan,
+    }
+
+
+def _settings_record(task: EvalTask, settings: EvalSettings, judge: Judge | None) -> dict:
+    """What ``eval.json`` records: rows are reused only under the very same settings."""
+    return {
         "settings": asdict(settings),
         "task": task.fingerprint(),
         "judge": judge.name if judge is not None else "none",
     }
+
+
+def _start(run_dir: Path, meta: dict, *, force: bool) -> list[dict[str, Any]]:
+    """The rows of an earlier evaluation with the same settings (none with ``force``, or when
+    there is none; then the reference samples are drawn afresh); records ``meta``."""
     table_path = run_dir / EVAL_TABLE
-    old = _read_json(run_dir / EVAL_SETTINGS)
     rows: list[dict[str, Any]] = []
     if table_path.is_file() and not force:
-        if old != meta:
+        if _read_json(run_dir / EVAL_SETTINGS) != meta:
             raise ValueError(
                 f"{table_path} was written with other evaluation settings ({EVAL_SETTINGS}); "
                 "pass --force to start over"
             )
-        rows = read_table(table_path).to_dict("records")
+        rows = check(read_table(table_path), str(table_path)).to_dict("records")
     else:
         (run_dir / REFERENCE_SAMPLES).unlink(missing_ok=True)
     text = json.dumps(meta, indent=2) + "\n"
     atomic_write(run_dir / EVAL_SETTINGS, lambda p: p.write_text(text))
+    return rows
+
+
+def _todo(
+    run_dir: Path, rows: list[dict[str, Any]]
+) -> tuple[list[tuple[int, Path | None, str]], list[dict[str, Any]]]:
+    """``(step, folder, digest)`` of the reference (folder None) and every complete checkpoint
+    whose row is missing or stale, and the rows that stay."""
     # A row is reused only for the very weights it measured (their sha256): a checkpoint that
     # was rewritten since (the run retrained) is evaluated again and its row replaced.
     done = {int(r["checkpoint"]): r.get(DIGEST) for r in rows}
-    todo = [(0, None)] + [(int(c.name.split("-")[1]), c) for c in checkpoints(run_dir)]
+    todo = [(0, None)] + [(checkpoint_step(c), c) for c in complete_checkpoints(run_dir)]
     todo = [(s, c, _digest(c)) for s, c in todo]
     todo = [(s, c, d) for s, c, d in todo if done.get(s, "") != d]
     stale = {s for s, _, _ in todo}
-    rows = [r for r in rows if int(r["checkpoint"]) not in stale]
-    if not todo:
-        return read_table(table_path)
+    return todo, [r for r in rows if int(r["checkpoint"]) not in stale]
 
-    vocab = len(task.tokenizer)
-    reference = load_reference(config, vocab_size=vocab, dtype=dtype).to(device).eval()
+
+def _reference_samples(
+    run_dir: Path, reference: nn.Module, task: EvalTask, settings: EvalSettings
+) -> ReferenceSamples:
+    """The reference's samples: those kept in the run folder, else drawn now and kept."""
     ref_path = run_dir / REFERENCE_SAMPLES
     if ref_path.is_file():
         try:
             saved = torch.load(ref_path, weights_only=False)
-            ref = ReferenceSamples(saved["responses"], saved["logp"])
+            return ReferenceSamples(saved["responses"], saved["logp"])
         except Exception as e:  # written atomically, so damaged from outside
             raise ValueError(
                 f"{ref_path} is corrupt ({e.__class__.__name__}); delete it and rerun (the "
                 "reference samples are drawn again, and rows already in eval.csv that compared "
                 "against them are kept: pass --force to redo those too)"
             ) from None
-    else:
-        ref = reference_samples(reference, task, settings)
-        # Serialised in memory first: torch.save names its archive after the file, and the
-        # temporary file's random name would make the bytes differ from run to run.
-        buffer = io.BytesIO()
-        torch.save(asdict(ref), buffer)
-        atomic_write(ref_path, lambda p: p.write_bytes(buffer.getvalue()))
-    for step, folder, digest in tqdm(todo, desc="evaluate", disable=not progress):
-        policy = reference if folder is None else load(folder).to(device).eval()
-        row = {
-            "checkpoint": step,
-            "examples_seen": step * batch if batch else math.nan,
-            "fraction_of_epoch": step * batch / n_examples if batch and n_examples else math.nan,
-            "checkpoint_path": str(folder) if folder is not None else "reference",
-            DIGEST: digest,
-            **evaluate_model(policy, reference, ref, task, settings, judge, step=step),
-        }
-        rows.append(row)
-        rows.sort(key=lambda r: int(r["checkpoint"]))
-        frame = pd.DataFrame(rows)
-        write_table(table_path, frame[[*COLUMNS, *(c for c in frame if c not in COLUMNS)]])
-        if on_row is not None:
-            on_row(row)
-        del policy
-    # What is on disk, so a caller sees the same table whether the rows were computed now or
-    # read back after an interruption.
-    return read_table(table_path)
+    ref = reference_samples(reference, task, settings)
+    # Serialised in memory first: torch.save names its archive after the file, and the
+    # temporary file's random name would make the bytes differ from run to run.
+    buffer = io.BytesIO()
+    torch.save(asdict(ref), buffer)
+    atomic_write(ref_path, lambda p: p.write_bytes(buffer.getvalue()))
+    return ref

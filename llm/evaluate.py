@@ -1,4 +1,4 @@
-"""Evaluate every checkpoint of a training run: KL to the reference, lengths, implicit-reward
+"""Evaluate one policy against its reference: KL to the reference, lengths, implicit-reward
 accuracy and loss on held-out pairs, length dependence of the log-ratio, and a judge's win rate.
 
 Estimators (Rafailov et al. 2024, §3 of PAPER.md), on n held-out prompts with one sample of the
@@ -9,9 +9,10 @@ policy π and one of the reference π_ref per prompt, at temperature 1:
 * forward KL(π_ref‖π) ≈ the same with y ~ π_ref and the ratio inverted;
 * ``logratio_length_r2``: R² of the least-squares line of the per-sample log-ratio on the sample's
   length in tokens (NaN when every sample has one length);
-* ``reward_accuracy`` / ``loss``: on held-out pairs, the share with implicit reward
-  β·log π/π_ref of the chosen response above the rejected one's, and the objective's mean loss
-  (``treemdp.objectives.loss``, in the entry's own log-prob form);
+* ``reward_accuracy`` / ``loss``: on held-out pairs, the share whose chosen response's implicit
+  reward is above the rejected one's, and the objective's mean loss, both from the run's
+  objective bound once (``treemdp.objectives.bind``): rewards β·log π/π_ref in the entry's own
+  log-prob form (summed or per-token mean; β·log π for reference-free entries), in float64;
 * ``win_rate``: a judge's mean score of the policy sample against a baseline (the reference sample
   for the same prompt by default, or the pair's chosen response), with its standard error.
 
@@ -19,10 +20,8 @@ On the tree language (``TreeTask``) the model is decoded on the tree (``llm.samp
 samples are scored with the exact leaf log-probs, and the exact metrics of ``treemdp.metrics``
 are added as ``exact_*`` columns next to the sampled estimates.
 
-``evaluate_run`` writes one row per checkpoint (step 0 = the reference) to ``<run>/eval.csv``
-after each checkpoint (atomically), so a killed evaluation resumes where it stopped: checkpoints
-already in the table are not loaded again. ``eval.json`` records the settings; resuming with other
-settings is refused. The reference's samples are kept in ``eval_reference.pt``.
+``llm.eval_run.evaluate_run`` applies ``evaluate_model`` to the reference and every checkpoint of
+a run and writes the table.
 """
 
 from __future__ import annotations
@@ -39,20 +38,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from llm.data import Example, _collate, collate_pairs
+from llm.data import Batch, Example, _collate, collate_pairs
 from llm.judges import Comparison, Judge
-from llm.logprobs import concatenated_logps, response_logps
+from llm.logprobs import PairLogps, concatenated_logps, response_logps
 from llm.sampling import (
     TreeDecoding,
     generate,
-    leaf_of_tokens,
     tree_full_logprobs,
     tree_logprobs,
 )
+from llm.tree_language import TreeLanguage
 from treemdp import objectives
 from treemdp.data import Pairs
 from treemdp.metrics import MetricContext, metrics, weighted_r2
-from treemdp.results import atomic_write
+from treemdp.objectives import Margins
+from treemdp.runs import atomic_write
 from treemdp.tree import Tree
 
 __all__ = [
@@ -187,6 +187,10 @@ class EvalTask:
     hyper: dict[str, Any] = field(default_factory=dict)
     tree: TreeTask | None = None
 
+    def bound(self) -> objectives.BoundObjective:
+        """The held-out loss's objective, bound to ``beta`` and ``hyper``."""
+        return objectives.bind(self.objective, beta=self.beta, **self.hyper)
+
     def fingerprint(self) -> str:
         """A hash of the prompts, pairs, objective and tree problem (resume checks)."""
         data = [
@@ -240,44 +244,35 @@ def sequence_logps(
 def _pair_metrics(
     policy: nn.Module, reference: nn.Module, task: EvalTask, batch_size: int
 ) -> dict[str, float]:
-    """Implicit-reward accuracy and mean loss on the held-out pairs."""
+    """Implicit-reward accuracy and mean loss on the held-out pairs, in float64."""
     if not task.pairs:
         return {"reward_accuracy": math.nan, "loss": math.nan, "n_pairs": 0}
-    entry = objectives.get(task.objective)
+    objective = task.bound()
     acc, losses = [], []
     with torch.no_grad():
         for s in range(0, len(task.pairs), batch_size):
             b = collate_pairs(task.pairs[s : s + batch_size], task.pad_id)
-            lp = []
-            for m in (policy, reference):
-                dev = next(m.parameters()).device
-                lp.append(
-                    concatenated_logps(
-                        m, b.input_ids.to(dev), b.attention_mask.to(dev), b.response_mask.to(dev)
-                    )
-                )
-            pol, ref = lp
-            lengths = objectives.length_hyper(task.objective, pol.len_chosen, pol.len_rejected)
-            losses.append(
-                objectives.loss(
-                    task.objective,
-                    pol.chosen.double().cpu(),
-                    pol.rejected.double().cpu(),
-                    ref.chosen.double().cpu(),
-                    ref.rejected.double().cpu(),
-                    beta=task.beta,
-                    **task.hyper,
-                    **{k: v.double().cpu() for k, v in lengths.items()},
-                )
-            )
-            pc, pr = pol.form(entry.logp_form)
-            rc, rr = ref.form(entry.logp_form)
-            acc.append(((pc - rc) > (pr - rr)).double().cpu())
+            pol, ref = (_pair_logps(m, b) for m in (policy, reference))
+            margins = pol.margins(ref)
+            bound = objective.with_lengths(pol.len_chosen.double(), pol.len_rejected.double())
+            losses.append(bound.loss(margins))
+            reward_c, reward_r = bound.rewards(margins)
+            acc.append((reward_c > reward_r).double())
     return {
         "reward_accuracy": float(torch.cat(acc).mean()),
         "loss": float(torch.cat(losses).mean()),
         "n_pairs": len(task.pairs),
     }
+
+
+def _pair_logps(model: nn.Module, batch: Batch) -> PairLogps:
+    """Summed log-probs of a batch of pairs under ``model``, as float64 on the CPU."""
+    dev = next(model.parameters()).device
+    lp = concatenated_logps(
+        model, batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.response_mask.to(dev)
+    )
+    chosen, rejected = lp.chosen.double().cpu(), lp.rejected.double().cpu()
+    return PairLogps(chosen, rejected, lp.len_chosen.cpu(), lp.len_rejected.cpu())
 
 
 # ------------------------------------------------------------------------------ one model
@@ -316,7 +311,7 @@ class _Scorer:
         self.model, self.task, self.batch_size = model, task, batch_size
         if task.tree is not None:
             self.table = tree_logprobs(model, task.tree.tree)
-            self.leaf = leaf_of_tokens(task.tree.tree)
+            self.leaf = TreeLanguage(task.tree.tree).leaf_index
 
     def __call__(self, responses: Sequence[tuple[int, ...]]) -> Tensor:
         prompts = self.task.prompts
@@ -447,7 +442,8 @@ def sampled_vs_exact(
     compared only for the gold judge against reference samples.
     """
     tree = task.tree.tree
-    roots = torch.tensor([p[-1] - 1 for p in task.prompts])
+    root = TreeLanguage(tree).root
+    roots = torch.tensor([root(p) for p in task.prompts])
     per_root = torch.bincount(roots, minlength=tree.n_prompts)
     if bool((per_root != per_root[0]).any()):
         return {"sampled_exact_z": math.nan, "sampled_exact_flag": ""}
@@ -491,10 +487,9 @@ def _exact(
     lc, lr = logp[tt.chosen], logp[tt.rejected]
     rc, rr = ref_logp[tt.chosen], ref_logp[tt.rejected]
     lengths = tt.tree.response_length.double()
-    extra = objectives.length_hyper(task.objective, lengths[tt.chosen], lengths[tt.rejected])
-    loss = objectives.loss(task.objective, lc, lr, rc, rr, beta=task.beta, **task.hyper, **extra)
-    h = (lc - rc) - (lr - rr)
-    exact = metrics(ctx, logp[None], ref_logp[None], h[None], loss[None])
+    margins = Margins(lc, lr, rc, rr)
+    bound = task.bound().with_lengths(lengths[tt.chosen], lengths[tt.rejected])
+    exact = metrics(ctx, logp[None], ref_logp[None], margins.h[None], bound.loss(margins)[None])
     out = {f"exact_{k}": float(v[0]) for k, v in exact.items()}
     # The exact per-sample spread of the two KL estimators (prompts drawn uniformly), which the
     # sampled-vs-exact check uses when the samples' own SE is 0 (all samples one response).
@@ -507,7 +502,7 @@ def _exact(
     w = 1.0 / tt.tree.n_prompts
     out["exact_off_tree"] = float(1.0 - full.sum() * w)
     out["exact_full_mass_in_dist"] = float((full * ctx.in_dist[0]).sum() * w)
-    leaf = leaf_of_tokens(tt.tree)
+    leaf = TreeLanguage(tt.tree).leaf_index
     idx = torch.tensor([leaf[(*p, *r)] for p, r in zip(task.prompts, responses, strict=True)])
     ood = (~ctx.in_dist[0][idx]).double()
     out["ood_fraction"], out["ood_fraction_se"] = mean_se(ood)

@@ -41,7 +41,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from llm.checkpoint import LATEST, STATE, verify_checkpoint, write_atomic
+from llm.checkpoint import STATE, checkpoint_name, publish_checkpoint, verify_checkpoint
+from llm.model import progress_bars_off
 
 __all__ = [
     "DCP",
@@ -166,11 +167,9 @@ def save_sharded_checkpoint(
     Returns:
         The checkpoint folder.
     """
-    from llm.checkpoint import _fsync_tree, _write_checksums
-
     rank = dist.get_rank()
-    name = f"step-{step:07d}"
-    final, tmp = root / name, root / f".{name}.tmp-sharded"
+    final = root / checkpoint_name(step)
+    tmp = final.with_name(f".{final.name}.sharded.tmp")  # one name on every rank
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():  # left by a killed run
@@ -194,12 +193,7 @@ def save_sharded_checkpoint(
             },
             tmp / STATE,
         )
-        _write_checksums(tmp)
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        write_atomic(root / LATEST, f'{{"checkpoint": "{name}", "step": {step}}}\n')
+        publish_checkpoint(tmp, final)
     dist.barrier()
     return final
 
@@ -208,18 +202,12 @@ def _save_pretrained(model: nn.Module, state_dict: dict[str, Tensor], folder: Pa
     # An unsharded twin built on the meta device takes the gathered tensors, so save_pretrained
     # sees the model's own class and writes the names from_pretrained expects (embed_out).
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     with torch.device("meta"):
         twin = AutoModelForCausalLM.from_config(model.config)
     twin.load_state_dict(state_dict, strict=True, assign=True)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with progress_bars_off():
         twin.save_pretrained(folder)  # safetensors: the only format of transformers 5
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def load_sharded_checkpoint(

@@ -32,15 +32,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from llm.tree_language import TreeLanguage
 from treemdp.tree import Tree
 
 __all__ = [
-    "JUDGES",
     "TLDR_TEMPLATE",
     "ApiJudge",
     "Comparison",
@@ -50,8 +50,6 @@ __all__ = [
     "Verdicts",
     "parse_preferred",
 ]
-
-JUDGES = ("gold", "reward-model", "api")
 
 TLDR_TEMPLATE = """Which of the following summaries does a better job of summarizing the most \
 important points in the given forum post, without including unimportant or irrelevant details? \
@@ -151,21 +149,19 @@ class GoldJudge:
     tree: Tree
     rewards: Tensor
     name: str = "gold"
-    _leaf: dict[tuple[int, ...], int] = field(init=False, repr=False)
+    _language: TreeLanguage = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from llm.sampling import leaf_of_tokens
-
         if tuple(self.rewards.shape) != (self.tree.n_responses,):
             raise ValueError(
                 f"rewards must have shape ({self.tree.n_responses},); "
                 f"got {tuple(self.rewards.shape)}"
             )
-        object.__setattr__(self, "_leaf", leaf_of_tokens(self.tree))
+        object.__setattr__(self, "_language", TreeLanguage(self.tree))
 
     def leaf(self, prompt_ids: tuple[int, ...], response_ids: tuple[int, ...]) -> int:
         """The leaf index of a token sequence, or −1 when it is not a response of the tree."""
-        return self._leaf.get((*prompt_ids, *response_ids), -1)
+        return self._language.decode((*prompt_ids, *response_ids))
 
     def judge(self, comparisons: Sequence[Comparison]) -> Verdicts:
         scores, ties, bad = [], 0, 0
@@ -419,14 +415,3 @@ class ApiJudge:
             else:  # the policy response is "A" unless swapped
                 scores.append(1.0 if (verdict == "A") != swap else 0.0)
         return Verdicts(torch.tensor(scores, dtype=torch.float64), ties, bad, errors)
-
-
-def make_judge(kind: str, **options: Any) -> Judge:
-    """A judge by name (``JUDGES``) with its options (the constructor's arguments)."""
-    if kind == "gold":
-        return GoldJudge(**options)
-    if kind == "reward-model":
-        return RewardModelJudge(**options)
-    if kind == "api":
-        return ApiJudge(**options)
-    raise ValueError(f"judge must be one of {', '.join(JUDGES)}; got {kind!r}")

@@ -11,10 +11,11 @@ float32 on the selected rows only, so no (rows × T × V) log-prob tensor is eve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from treemdp.objectives import Margins
 
 __all__ = ["PairLogps", "concatenated_logps", "response_logps"]
 
@@ -80,19 +81,9 @@ class PairLogps:
     len_chosen: Tensor
     len_rejected: Tensor
 
-    def form(self, logp_form: Literal["sum", "mean"]) -> tuple[Tensor, Tensor]:
-        """``(chosen, rejected)`` summed, or divided by the token count for ``"mean"``."""
-        if logp_form == "sum":
-            return self.chosen, self.rejected
-        if logp_form == "mean":
-            return self.chosen / self.len_chosen, self.rejected / self.len_rejected
-        raise ValueError(f"logp_form must be 'sum' or 'mean'; got {logp_form!r}")
-
-    def detach(self) -> PairLogps:
-        """The same values cut from the autograd graph."""
-        return PairLogps(
-            self.chosen.detach(), self.rejected.detach(), self.len_chosen, self.len_rejected
-        )
+    def margins(self, ref: PairLogps) -> Margins:
+        """The registry's input: these (the policy's) and ``ref``'s summed log-probs."""
+        return Margins(self.chosen, self.rejected, ref.chosen, ref.rejected)
 
 
 def concatenated_logps(

@@ -12,6 +12,8 @@ float32 (``llm.logprobs``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ __all__ = [
     "load_policy_and_reference",
     "n_params",
     "parse_dtype",
+    "progress_bars_off",
 ]
 
 DTYPES: dict[str, torch.dtype] = {
@@ -154,6 +157,22 @@ def build_model(
         finally:
             torch.set_default_dtype(old)
     return model.to(dtype).eval()
+
+
+@contextmanager
+def progress_bars_off() -> Iterator[None]:
+    """transformers' progress bars ("Loading weights", "Writing model shards") off inside the
+    block, as they were after it: per checkpoint they are noise, and they break an outer bar.
+    Also a decorator (``@progress_bars_off()``), entered afresh on every call."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

@@ -10,13 +10,15 @@ leaf, so every sample is a response of the tree. The LLM restricted this way is 
 π(a|s) is the softmax of the model's logits over the valid actions of s. ``tree_logprobs`` gives
 its exact log-probability of every leaf (one forward per depth over all internal nodes, then
 ``treemdp.policy.response_logprobs``), so Σ_y π(y|x) = 1 for every prompt by construction.
-``tree_off_mass`` is the mass the unrestricted model puts outside the tree's actions.
+``tree_full_logprobs`` is the unrestricted model's mass on each leaf (the rest leaves the tree).
+
+``sample_sft_examples`` is SFT data drawn through ``generate``: the one sampler of the package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -24,6 +26,8 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from llm.compat import cache_kwargs, check_cache_filled
+from llm.data import Example
+from llm.tree_language import TreeLanguage
 from treemdp.policy import response_logprobs
 from treemdp.tree import Tree
 
@@ -32,11 +36,9 @@ __all__ = [
     "SamplingCheckError",
     "TreeDecoding",
     "generate",
-    "internal_node_tokens",
-    "leaf_of_tokens",
+    "sample_sft_examples",
     "tree_full_logprobs",
     "tree_logprobs",
-    "tree_off_mass",
 ]
 
 
@@ -132,59 +134,16 @@ def generate(
     Returns:
         ``Samples`` in prompt order.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must be non-empty token sequences")
-    device = next(model.parameters()).device
+    _check_generate_args(prompts, max_new_tokens, temperature, batch_size)
     responses: list[tuple[int, ...]] = []
     logps: list[Tensor] = []
     for s in range(0, len(prompts), batch_size):
         chunk = list(prompts[s : s + batch_size])
-        ids, att = _left_pad(chunk, pad_id, device)
-        pos = (att.cumsum(-1) - 1).clamp(min=0)
         state = None if decoding is None else decoding.begin(chunk, model.config.vocab_size)
-        cache = DynamicCache(config=model.config)  # filled in place by every forward
-        out = model(
-            input_ids=ids, attention_mask=att, position_ids=pos, **cache_kwargs(model, cache)
-        )
-        check_cache_filled(cache, ids.shape[1])
-        B = len(chunk)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        new: list[Tensor] = []
-        token_logps: list[Tensor] = []
-        next_pos = pos[:, -1] + 1
-        for t in range(max_new_tokens):
-            logits = out.logits[:, -1].float() / temperature  # (B, V)
-            if state is not None:
-                logits = logits.masked_fill(~state.allowed().to(device), float("-inf"))
-            logp = torch.log_softmax(logits, dim=-1)
-            tok = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
-            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-            token_logps.append(torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0]))
-            new.append(tok)
-            ended = torch.zeros_like(done)
-            if eos_id is not None:
-                ended |= tok == eos_id
-            if state is not None:
-                ended |= state.step(tok).to(device)
-            done = done | ended
-            if bool(done.all()) or t == max_new_tokens - 1:
-                break
-            att = torch.cat([att, torch.ones_like(att[:, :1])], dim=1)
-            out = model(
-                input_ids=tok[:, None],
-                attention_mask=att,
-                position_ids=next_pos[:, None],
-                **cache_kwargs(model, cache),
-            )
-            next_pos = next_pos + 1
-        new_ids = torch.stack(new, dim=1)  # (B, n)
-        per_token = torch.stack(token_logps, dim=1)  # (B, n)
+        new_ids, per_token = _sample_chunk(
+            model, chunk, state, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+            generator=generator, temperature=temperature,
+        )  # fmt: skip
         lengths = _lengths(new_ids, eos_id, state)
         if self_check and s == 0:
             _check_against_plain_forward(
@@ -195,6 +154,95 @@ def generate(
         responses.extend(tuple(r[:n]) for r, n in zip(rows, lengths, strict=True))
         logps.append(per_token.sum(1).cpu())
     return Samples(responses, torch.cat(logps) if logps else torch.zeros(0))
+
+
+def _check_generate_args(
+    prompts: Sequence[tuple[int, ...]], max_new_tokens: int, temperature: float, batch_size: int
+) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be non-empty token sequences")
+
+
+def _sample_chunk(
+    model: nn.Module,
+    chunk: Sequence[tuple[int, ...]],
+    state: DecodingState | None,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None,
+    pad_id: int,
+    generator: torch.Generator,
+    temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """Sample one batch of prompts token by token over the cache until every row has ended or
+    ``max_new_tokens`` are drawn.
+
+    Returns:
+        ``(new_ids, per_token)``: the sampled tokens (``pad_id`` after a row's end) and their
+        log-probs (0 after a row's end). Shapes (B, n), n <= ``max_new_tokens``.
+    """
+    device = next(model.parameters()).device
+    ids, att = _left_pad(chunk, pad_id, device)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)  # filled in place by every forward
+    out = model(input_ids=ids, attention_mask=att, position_ids=pos, **cache_kwargs(model, cache))
+    check_cache_filled(cache, ids.shape[1])
+    done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+    new: list[Tensor] = []
+    token_logps: list[Tensor] = []
+    next_pos = pos[:, -1] + 1
+    for t in range(max_new_tokens):
+        tok, logp = _next_token(out.logits[:, -1], state, done, temperature, generator, pad_id)
+        new.append(tok)
+        token_logps.append(logp)
+        done = done | _ended(tok, eos_id, state)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        att = torch.cat([att, torch.ones_like(att[:, :1])], dim=1)
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=att,
+            position_ids=next_pos[:, None],
+            **cache_kwargs(model, cache),
+        )
+        next_pos = next_pos + 1
+    return torch.stack(new, dim=1), torch.stack(token_logps, dim=1)
+
+
+def _next_token(
+    logits: Tensor,
+    state: DecodingState | None,
+    done: Tensor,
+    temperature: float,
+    generator: torch.Generator,
+    pad_id: int,
+) -> tuple[Tensor, Tensor]:
+    """Draw every row's next token from the last position's ``logits`` (shape (B, V)) at the
+    temperature, within the decoding constraint; ended rows (``done``) get ``pad_id`` and log-prob
+    0. Returns the tokens and their log-probs, shapes (B,)."""
+    logits = logits.float() / temperature
+    if state is not None:
+        logits = logits.masked_fill(~state.allowed().to(logits.device), float("-inf"))
+    logp = torch.log_softmax(logits, dim=-1)
+    tok = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
+    tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+    return tok, torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0])
+
+
+def _ended(tok: Tensor, eos_id: int | None, state: DecodingState | None) -> Tensor:
+    """Rows that end with this token (shape (B,)): EOS, or the decoding constraint says so."""
+    ended = torch.zeros_like(tok, dtype=torch.bool)
+    if eos_id is not None:
+        ended |= tok == eos_id
+    if state is not None:
+        ended |= state.step(tok).to(tok.device)
+    return ended
 
 
 def _check_against_plain_forward(
@@ -262,14 +310,54 @@ def _lengths(new: Tensor, eos_id: int | None, state: DecodingState | None) -> li
     return first.tolist()
 
 
+# ------------------------------------------------------------------------------- SFT data
+def sample_sft_examples(
+    model: nn.Module,
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int,
+    eos_id: int | None,
+    pad_id: int,
+    seed: int,
+    batch_size: int = 16,
+) -> list[Example]:
+    """SFT data from samples of a given policy: each example's chosen response is replaced by a
+    sample of ``model`` at temperature 1 (``generate``; prompts of one length are batched
+    together, so no padding).
+
+    Args:
+        model: the policy to sample.
+        examples: the prompts (``chosen`` is replaced, ``rejected`` kept).
+        max_new_tokens: sample length limit (>= 1).
+        eos_id: a sample ends after this token (kept); None: every sample has
+            ``max_new_tokens`` tokens.
+        pad_id: the padding id ``generate`` puts after a row's end (never kept).
+        seed: seeds the generator on the model's device.
+        batch_size: prompts per forward.
+
+    Returns:
+        Examples in the given order whose ``chosen`` is the sample (up to and including EOS).
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    by_len: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_len.setdefault(len(e.prompt), []).append(i)
+    out = list(examples)
+    for idx in by_len.values():
+        samples = generate(
+            model, [examples[i].prompt for i in idx], max_new_tokens=max_new_tokens,
+            eos_id=eos_id, pad_id=pad_id, generator=gen, batch_size=batch_size,
+        )  # fmt: skip
+        for i, response in zip(idx, samples.responses, strict=True):
+            out[i] = replace(examples[i], chosen=response)
+    return out
+
+
 # ------------------------------------------------------------------------------ the tree
-def _first_action(tree: Tree) -> int:
-    return 1 + tree.n_prompts  # llm.tree_language's vocabulary: <pad>, <s0>..., a0...
-
-
 class _TreeState:
-    def __init__(self, tree: Tree, roots: Tensor, vocab_size: int) -> None:
-        self.tree, self.node = tree, roots.clone()
+    def __init__(self, language: TreeLanguage, roots: Tensor, vocab_size: int) -> None:
+        self.language, self.tree, self.node = language, language.tree, roots.clone()
         self.lengths = torch.zeros_like(roots)
         self.finished = torch.zeros_like(roots, dtype=torch.bool)
         self.vocab_size = vocab_size
@@ -279,9 +367,8 @@ class _TreeState:
         mask = torch.zeros(B, self.vocab_size, dtype=torch.bool)
         internal = tree.internal_index[self.node]
         live = internal >= 0
-        a0 = _first_action(tree)
-        mask[live, a0 : a0 + tree.branching] = tree.valid[internal[live]]
-        mask[~live, 0] = True  # a finished row samples padding, which is discarded
+        mask[live, self.language.actions] = tree.valid[internal[live]]
+        mask[~live, TreeLanguage.PAD_ID] = True  # a finished row samples padding (discarded)
         return mask
 
     def step(self, tokens: Tensor) -> Tensor:
@@ -289,7 +376,7 @@ class _TreeState:
         tokens = tokens.cpu()
         internal = tree.internal_index[self.node]
         live = (internal >= 0) & ~self.finished
-        action = (tokens - _first_action(tree)).clamp(0, tree.branching - 1)
+        action = self.language.action(tokens).clamp(0, tree.branching - 1)
         child = tree.children[internal.clamp(min=0), action]
         self.node = torch.where(live, child, self.node)
         self.lengths = self.lengths + live.long()
@@ -307,24 +394,9 @@ class TreeDecoding:
     tree: Tree
 
     def begin(self, prompts: Sequence[tuple[int, ...]], vocab_size: int) -> _TreeState:
-        k = torch.tensor([p[-1] - 1 for p in prompts])
-        if bool(((k < 0) | (k >= self.tree.n_prompts)).any()):
-            raise ValueError("prompts must be tree-language root tokens <s0> ... <sK>")
-        return _TreeState(self.tree, self.tree.roots[k], vocab_size)
-
-
-def internal_node_tokens(tree: Tree) -> list[tuple[int, ...]]:
-    """The token sequence (root token, then one token per action) that reaches each internal
-    node, in the order of ``tree.internal``."""
-    a0 = _first_action(tree)
-    out = []
-    for node in tree.internal.tolist():
-        path = []
-        while int(tree.parent[node]) >= 0:
-            path.append(a0 + int(tree.action[node]))
-            node = int(tree.parent[node])
-        out.append((1 + int(tree.node_prompt[node]), *reversed(path)))
-    return out
+        language = TreeLanguage(self.tree)
+        k = torch.tensor([language.root(p) for p in prompts])
+        return _TreeState(language, self.tree.roots[k], vocab_size)
 
 
 @torch.no_grad()
@@ -332,8 +404,8 @@ def _node_logits(model: nn.Module, tree: Tree, batch_size: int, *, normalised: b
     """The model's logits of the b action tokens at every internal node (log-softmaxed over the
     whole vocabulary when ``normalised``). Shape (M, b), float64."""
     device = next(model.parameters()).device
-    seqs = internal_node_tokens(tree)
-    a0 = _first_action(tree)
+    language = TreeLanguage(tree)
+    seqs = [language.node_tokens(node) for node in tree.internal.tolist()]
     table = torch.zeros(tree.n_internal, tree.branching, dtype=torch.float64)
     by_len: dict[int, list[int]] = {}
     for i, s in enumerate(seqs):
@@ -345,7 +417,7 @@ def _node_logits(model: nn.Module, tree: Tree, batch_size: int, *, normalised: b
             logits = model(input_ids=ids).logits[:, -1].double().cpu()
             if normalised:
                 logits = torch.log_softmax(logits, dim=-1)
-            table[part] = logits[:, a0 : a0 + tree.branching]
+            table[part] = logits[:, language.actions]
     return table
 
 
@@ -353,7 +425,7 @@ def tree_logprobs(model: nn.Module, tree: Tree, *, batch_size: int = 256) -> Ten
     """Exact log π(y|x) of every leaf for the LLM decoded on the tree (``TreeDecoding``).
 
     Args:
-        model: a causal LM over ``llm.tree_language.tree_tokenizer(tree)``'s vocabulary.
+        model: a causal LM over ``TreeLanguage(tree)``'s vocabulary.
         tree: the tree.
         batch_size: internal nodes per forward.
 
@@ -374,19 +446,3 @@ def tree_full_logprobs(model: nn.Module, tree: Tree, *, batch_size: int = 256) -
     for lo, hi, _, edge in tree.levels:
         node[lo:hi] = node[tree.parent[lo:hi]] + flat[edge]
     return node[tree.leaves]
-
-
-def tree_off_mass(model: nn.Module, tree: Tree, *, batch_size: int = 256) -> float:
-    """Probability that the unrestricted model leaves the tree before reaching a leaf, averaged
-    over prompts."""
-    leaf = tree_full_logprobs(model, tree, batch_size=batch_size)
-    return float(1.0 - torch.exp(leaf).sum() / tree.n_prompts)
-
-
-def leaf_of_tokens(tree: Tree) -> dict[tuple[int, ...], int]:
-    """Map (root token, action tokens...) → leaf index, for every leaf of the tree."""
-    a0 = _first_action(tree)
-    return {
-        (1 + int(tree.leaf_prompt[i]), *(a0 + a for a in tree.response_actions(i))): i
-        for i in range(tree.n_responses)
-    }

@@ -3,8 +3,9 @@
 The loop (``train``) is the DPO reference code's: RMSProp, linear warm-up, a global batch built by
 gradient accumulation over micro-batches, gradient-norm clipping, checkpoints every so many
 examples. What a step optimises is a ``StepLoss``: ``sft_loss`` (negative summed log-prob of the
-chosen response) or ``DAALoss`` (any registry objective, computed by the very function
-``treemdp.objectives.loss``). Training code never branches on the objective's name.
+chosen response) or ``DAALoss`` (any registry objective, bound once with
+``treemdp.objectives.bind``, which gives its loss and implicit rewards). Training code never
+branches on the objective's name.
 
 Data order: epoch e visits the examples in ``randperm(N, seed + e)``; the epochs are concatenated
 into one stream and step s takes its positions [s·G, (s+1)·G), G = batch_size, so a checkpoint's
@@ -35,14 +36,15 @@ from tqdm import tqdm
 
 from llm.checkpoint import (
     LATEST,
+    checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    write_atomic,
 )
 from llm.data import Batch, Example, collate_pairs, collate_sft
 from llm.logprobs import PairLogps, concatenated_logps, response_logps
 from treemdp import objectives
+from treemdp.runs import atomic_write_text
 
 __all__ = [
     "DAALoss",
@@ -50,7 +52,6 @@ __all__ = [
     "data_stream",
     "precompute_reference",
     "read_log",
-    "sample_sft_examples",
     "sft_loss",
     "train",
 ]
@@ -127,7 +128,7 @@ sft_loss = SFTLoss()
 
 @dataclass(frozen=True)
 class DAALoss:
-    """A registry objective on summed response log-probs (``treemdp.objectives.loss``).
+    """A registry objective on summed response log-probs (``treemdp.objectives.bind``).
 
     Attributes:
         objective: a name in ``treemdp.objectives.names()``.
@@ -137,6 +138,7 @@ class DAALoss:
         reference: the frozen reference model, used when ``ref_table`` is None.
         ref_table: precomputed reference log-probs of the whole dataset (``precompute_reference``),
             indexed by example position.
+        bound: the objective bound to β and ``hyper`` (checked once, at construction).
     """
 
     objective: str
@@ -144,12 +146,12 @@ class DAALoss:
     hyper: dict[str, Any] = field(default_factory=dict)
     reference: nn.Module | None = None
     ref_table: PairLogps | None = None
+    bound: objectives.BoundObjective = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        entry = objectives.get(self.objective)
-        objectives.check_beta(self.beta)
-        objectives.check_user_hyper(self.objective, self.hyper)
-        if entry.needs_reference and self.reference is None and self.ref_table is None:
+        bound = objectives.bind(self.objective, beta=self.beta, **self.hyper)
+        object.__setattr__(self, "bound", bound)  # a frozen dataclass's derived field
+        if bound.objective.needs_reference and self.reference is None and self.ref_table is None:
             raise ValueError(f"objective {self.objective!r} needs a reference model or ref_table")
 
     def collate(self, examples: Sequence[Example], pad_id: int) -> Batch:
@@ -158,7 +160,7 @@ class DAALoss:
     def reference_logps(self, batch: Batch, index: Tensor, like: PairLogps) -> PairLogps:
         """π_ref's log-probs of the batch: looked up, computed without gradient, or zeros for a
         reference-free objective."""
-        if not objectives.get(self.objective).needs_reference:
+        if not self.bound.objective.needs_reference:
             zero = torch.zeros_like(like.chosen)
             return PairLogps(zero, zero, like.len_chosen, like.len_rejected)
         if self.ref_table is not None:  # kept on the CPU; the batch may live on a GPU
@@ -183,26 +185,14 @@ class DAALoss:
     def __call__(
         self, policy: nn.Module, batch: Batch, index: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        entry = objectives.get(self.objective)
         pol = concatenated_logps(policy, batch.input_ids, batch.attention_mask, batch.response_mask)
         ref = self.reference_logps(batch, index, pol)
+        margins = pol.margins(ref)
         # The registry takes summed log-probs; "mean" entries divide by the lengths themselves.
-        lengths = objectives.length_hyper(self.objective, pol.len_chosen, pol.len_rejected)
-        losses = objectives.loss(
-            self.objective,
-            pol.chosen,
-            pol.rejected,
-            ref.chosen,
-            ref.rejected,
-            beta=self.beta,
-            **self.hyper,
-            **lengths,
-        )
-        pc, pr = pol.form(entry.logp_form)  # implicit rewards in the entry's own log-prob form
-        rc, rr = ref.form(entry.logp_form)
+        bound = self.bound.with_lengths(pol.len_chosen, pol.len_rejected)
+        losses = bound.loss(margins)
         with torch.no_grad():
-            reward_c = self.beta * (pc - rc)
-            reward_r = self.beta * (pr - rr)
+            reward_c, reward_r = bound.rewards(margins)
             metrics = {
                 "rewards_chosen": reward_c.sum(),
                 "rewards_rejected": reward_r.sum(),
@@ -339,7 +329,7 @@ def _weights_finite(params: list[nn.Parameter], sharded: bool) -> bool:
 
 def _diverged(what: str, value: float, step: int, out_dir: Path, final: Path | None) -> None:
     """Stop the run: ``what`` (loss, grad_norm, weights) is not finite at ``step``."""
-    from treemdp.cli import RunDivergedError  # the command line's exit status 3
+    from treemdp.runs.cli import RunDivergedError  # the command line's exit status 3
 
     kept = f"the last checkpoint is {final}" if final is not None else "no checkpoint was saved"
     raise RunDivergedError(
@@ -347,6 +337,230 @@ def _diverged(what: str, value: float, step: int, out_dir: Path, final: Path | N
         f"was saved ({out_dir / LOG} holds the steps before it, {kept}); lower the learning rate "
         "(or train fp16/bf16 weights in fp32) and rerun into a fresh run folder"
     )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The parts of one training run that stay fixed while it steps: the model, its optimiser and
+    schedule, where it writes, and its place among the processes."""
+
+    policy: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    cfg: TrainConfig
+    out_dir: Path
+    n_examples: int
+    rank: int
+    world: int
+    sharded: bool  # FSDP (llm.fsdp.shard_model): sharded checkpoints, no all-reduce
+    tokenizer: Any | None
+    run_info: dict[str, Any]
+
+    @classmethod
+    def start(
+        cls,
+        policy: nn.Module,
+        n_examples: int,
+        cfg: TrainConfig,
+        out_dir: Path,
+        tokenizer: Any | None,
+        run_info: dict[str, Any] | None,
+    ) -> _Run:
+        """Check the batch layout and the data, and build the optimiser (RMSProp, warm-up)."""
+        rank, world = _world()
+        G, m = cfg.batch_size, cfg.micro_batch_size
+        if G % (world * m):
+            raise ValueError(
+                f"batch_size ({G}) must be a multiple of micro_batch_size ({m}) × processes "
+                f"({world})"
+            )
+        if not n_examples:
+            raise ValueError("examples must be non-empty")
+        params = [p for p in policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("policy has no parameter with requires_grad=True")
+        optimizer = torch.optim.RMSprop(params, lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            policy,
+            params,
+            optimizer,
+            scheduler,
+            cfg,
+            out_dir,
+            n_examples,
+            rank,
+            world,
+            _is_sharded(policy),
+            tokenizer,
+            run_info or {},
+        )
+
+    def restore(self, resume: bool) -> tuple[int, Path | None]:
+        """The step to start from and its checkpoint: the latest one when resuming (weights,
+        optimiser, schedule and RNG loaded), else step 0."""
+        # The global torch RNG (saved in every checkpoint, restored on resume) starts from the
+        # seed, so a run's checkpoints are bit-identical across reruns, interrupted or not.
+        torch.manual_seed(self.cfg.seed)
+        ckpt = latest_checkpoint(self.out_dir) if resume else None
+        if ckpt is not None:
+            load = _fsdp().load_sharded_checkpoint if self.sharded else load_checkpoint
+            state = load(
+                ckpt, model=self.policy, optimizer=self.optimizer, scheduler=self.scheduler
+            )
+            _check_resume(state, self.cfg, self.n_examples, ckpt, self.run_info.get("identity"))
+            return state["step"], ckpt
+        if self.rank == 0 and not resume:
+            # A fresh start rewrites the step folders: a pointer to an old one must not survive
+            # a kill that lands while that folder is being replaced.
+            (self.out_dir / LATEST).unlink(missing_ok=True)
+        return 0, None
+
+    def reduce_and_clip(self, sums: Tensor) -> tuple[Tensor, Tensor]:
+        """Sum the gradients and metric ``sums`` over the processes, clip the gradient; the
+        summed metrics and the gradient norm before clipping."""
+        if self.world > 1:
+            if not self.sharded:
+                _all_reduce_grads(self.params)
+            sums = sums.to(self.params[0].device)
+            dist.all_reduce(sums)
+            sums = sums.cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        if self.sharded:  # a DTensor: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
+        return sums, grad_norm
+
+    def update(self) -> None:
+        """The optimiser step, the schedule's step, gradients cleared."""
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def save(self, done: int, final: Path | None) -> Path:
+        """Checkpoint after step ``done`` (every rank its shards when sharded, else rank 0);
+        RunDivergedError instead if a weight is not finite (``final``: the last checkpoint)."""
+        if not _weights_finite(self.params, self.sharded):  # e.g. fp16 overflow
+            _diverged("the weights", math.nan, done, self.out_dir, final)
+        state = {
+            "examples_seen": done * self.cfg.batch_size,
+            "n_examples": self.n_examples,
+            "train_config": asdict(self.cfg),
+            **self.run_info,
+        }
+        if self.sharded or self.rank == 0:
+            save = _fsdp().save_sharded_checkpoint if self.sharded else save_checkpoint
+            save(
+                self.out_dir,
+                step=done,
+                model=self.policy,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state=state,
+                tokenizer=self.tokenizer,
+            )
+        if self.world > 1:
+            dist.barrier()
+        return self.out_dir / checkpoint_name(done)
+
+
+@dataclass
+class _LogFile:
+    """``log.csv``, rewritten whole (temp file + rename) at each row: a kill never leaves a
+    half-written row, and a resumed run keeps exactly the rows of the steps it will not redo.
+    Only rank 0 writes."""
+
+    path: Path
+    lines: list[str]
+
+    @classmethod
+    def open(cls, path: Path, start: int, writer: bool) -> _LogFile:
+        """The rows of the steps up to ``start``; a file without any is removed."""
+        lines = _kept_log_lines(path, start) if writer else []
+        if writer and path.is_file() and not lines:
+            path.unlink()
+        return cls(path, lines)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add a row (the header first), then rewrite the file atomically."""
+        if not self.lines:
+            self.lines.append(_csv_line(list(row)))
+        self.lines.append(_csv_line(list(row.values())))
+        atomic_write_text(self.path, "".join(self.lines))
+
+
+def _log_row(
+    done: int, lr: float, names: list[str], sums: Tensor, grad_norm: Tensor, seconds: float, G: int
+) -> dict[str, Any]:
+    """One log row: the step's metrics as means over the global batch of ``G`` examples
+    (``sums``: the metric sums, the token count last), the rate it used, and its speed."""
+    return {
+        "step": done,
+        "examples": done * G,
+        "lr": lr,
+        **{k: v / G for k, v in zip(names, sums[:-1].tolist(), strict=True)},
+        "grad_norm": float(grad_norm),
+        "tokens_per_s": float(sums[-1]) / seconds,
+        "pairs_per_s": G / seconds,
+    }
+
+
+def _checkpoint_due(cfg: TrainConfig, step: int, n_steps: int) -> bool:
+    """Whether the step after ``step`` crosses a multiple of ``checkpoint_every`` examples or
+    is the last one."""
+    every, G, done = cfg.checkpoint_every, cfg.batch_size, step + 1
+    return bool(every and (done * G) // every > (step * G) // every) or done == n_steps
+
+
+def _descend(
+    run: _Run,
+    step_loss: StepLoss,
+    examples: Sequence[Example],
+    start: int,
+    final: Path | None,
+    pad_id: int,
+    on_step: Callable[[int], None] | None,
+    progress: bool,
+) -> Path:
+    """The optimizer steps from ``start`` to the end: gradients (accumulated) → sum over the
+    processes and clip → checks → update → log → checkpoint. Returns the last checkpoint."""
+    cfg, out_dir = run.cfg, run.out_dir
+    n_steps = math.ceil(cfg.epochs * len(examples) / cfg.batch_size)
+    stream = data_stream(len(examples), n_steps, cfg.batch_size, cfg.seed)
+    log = _LogFile.open(out_dir / LOG, start, writer=run.rank == 0)
+    G, shard = cfg.batch_size, cfg.batch_size // run.world
+    bar = tqdm(total=n_steps, initial=start, desc="train", disable=not progress or run.rank != 0)
+    with bar:
+        for step in range(start, n_steps):
+            t0 = time.perf_counter()
+            lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
+            mine = stream[step, run.rank * shard : (run.rank + 1) * shard]
+            names, sums = _accumulate(
+                run.policy,
+                step_loss,
+                examples,
+                mine,
+                micro=cfg.micro_batch_size,
+                scale=G,
+                pad_id=pad_id,
+            )
+            sums, grad_norm = run.reduce_and_clip(sums)
+            for what, value in (("the loss", float(sums[0]) / G), ("the gradient norm", grad_norm)):
+                if not math.isfinite(float(value)):  # stop before the update spreads it
+                    _diverged(what, float(value), step + 1, out_dir, final)
+            run.update()
+            seconds, done = time.perf_counter() - t0, step + 1
+            if run.rank == 0 and (done % cfg.log_every == 0 or done == n_steps):
+                log.append(_log_row(done, lr, names, sums, grad_norm, seconds, G))
+            if _checkpoint_due(cfg, step, n_steps):
+                final = run.save(done, final)
+            bar.update(1)
+            if on_step is not None:
+                on_step(done)
+    if final is None:
+        raise RuntimeError(f"no steps to run and no checkpoint in {out_dir}")
+    return final
 
 
 def train(
@@ -386,118 +600,12 @@ def train(
         The path of the final checkpoint folder.
 
     Raises:
-        treemdp.cli.RunDivergedError: at the first step whose loss or gradient norm (or, before
+        treemdp.runs.cli.RunDivergedError: at the first step whose loss or gradient norm (or, before
             a checkpoint, whose weights) is not finite; that step is neither logged nor saved.
     """
-    rank, world = _world()
-    G, m = cfg.batch_size, cfg.micro_batch_size
-    if G % (world * m):
-        raise ValueError(
-            f"batch_size ({G}) must be a multiple of micro_batch_size ({m}) × processes ({world})"
-        )
-    if not examples:
-        raise ValueError("examples must be non-empty")
-    n_steps = math.ceil(cfg.epochs * len(examples) / G)
-    stream = data_stream(len(examples), n_steps, G, cfg.seed)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("policy has no parameter with requires_grad=True")
-    optimizer = torch.optim.RMSprop(params, lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / LOG
-
-    start = 0
-    # The global torch RNG (saved in every checkpoint, restored on resume) starts from the seed,
-    # so a run's checkpoints are bit-identical across reruns, interrupted or not.
-    torch.manual_seed(cfg.seed)
-    ckpt = latest_checkpoint(out_dir) if resume else None
-    sharded = _is_sharded(policy)  # FSDP (llm.fsdp.shard_model): sharded checkpoints, no all-reduce
-    if ckpt is not None:
-        load = _fsdp().load_sharded_checkpoint if sharded else load_checkpoint
-        state = load(ckpt, model=policy, optimizer=optimizer, scheduler=scheduler)
-        _check_resume(state, cfg, len(examples), ckpt, (run_info or {}).get("identity"))
-        start = state["step"]
-    elif rank == 0 and not resume:
-        # A fresh start rewrites the step folders: a pointer to an old one must not survive a
-        # kill that lands while that folder is being replaced.
-        (out_dir / LATEST).unlink(missing_ok=True)
-    # log.csv is rewritten whole (temp file + rename) at each log row: a kill never leaves a
-    # half-written row, and a resumed run keeps exactly the rows of the steps it will not redo.
-    log_lines = _kept_log_lines(log_path, start) if rank == 0 else []
-    if rank == 0 and log_path.is_file() and not log_lines:
-        log_path.unlink()
-
-    shard = G // world
-    bar = tqdm(total=n_steps, initial=start, desc="train", disable=not progress or rank != 0)
-    final = ckpt
-    for step in range(start, n_steps):
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        mine = stream[step, rank * shard : (rank + 1) * shard]
-        names, sums = _accumulate(
-            policy, step_loss, examples, mine, micro=m, scale=G, pad_id=pad_id
-        )
-        if world > 1:
-            if not sharded:
-                _all_reduce_grads(params)
-            sums = sums.to(params[0].device)
-            dist.all_reduce(sums)
-            sums = sums.cpu()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if sharded:  # a DTensor: the norm over all shards
-            grad_norm = grad_norm.full_tensor()
-        for what, value in (("the loss", float(sums[0]) / G), ("the gradient norm", grad_norm)):
-            if not math.isfinite(float(value)):  # stop before the update spreads it
-                bar.close()
-                _diverged(what, float(value), step + 1, out_dir, final)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - t0
-        done = step + 1
-        if rank == 0 and (done % cfg.log_every == 0 or done == n_steps):
-            row = {
-                "step": done,
-                "examples": done * G,
-                "lr": lr,
-                **{k: v / G for k, v in zip(names, sums[:-1].tolist(), strict=True)},
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": float(sums[-1]) / seconds,
-                "pairs_per_s": G / seconds,
-            }
-            if not log_lines:
-                log_lines.append(_csv_line(list(row)))
-            log_lines.append(_csv_line(list(row.values())))
-            write_atomic(log_path, "".join(log_lines))
-        every = cfg.checkpoint_every
-        if (every and (done * G) // every > (step * G) // every) or done == n_steps:
-            if not _weights_finite(params, sharded):  # e.g. fp16 overflow
-                bar.close()
-                _diverged("the weights", math.nan, done, out_dir, final)
-            final = out_dir / f"step-{done:07d}"
-            state = {"examples_seen": done * G, "n_examples": len(examples),
-                     "train_config": asdict(cfg), **(run_info or {})}  # fmt: skip
-            if sharded or rank == 0:  # sharded: every rank writes its shards
-                save = _fsdp().save_sharded_checkpoint if sharded else save_checkpoint
-                save(
-                    out_dir,
-                    step=done,
-                    model=policy,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    state=state,
-                    tokenizer=tokenizer,
-                )
-            if world > 1:
-                dist.barrier()
-        bar.update(1)
-        if on_step is not None:
-            on_step(done)
-    bar.close()
-    if final is None:
-        raise RuntimeError(f"no steps to run and no checkpoint in {out_dir}")
-    return final
+    run = _Run.start(policy, len(examples), cfg, out_dir, tokenizer, run_info)
+    start, final = run.restore(resume)
+    return _descend(run, step_loss, examples, start, final, pad_id, on_step, progress)
 
 
 def _csv_line(values: Sequence[Any]) -> str:
@@ -537,49 +645,3 @@ def read_log(run_dir: Path) -> list[dict[str, float]]:
                     f"{path} line {i} is not numeric; delete the file and rerun with --resume"
                 ) from None
     return rows
-
-
-def sample_sft_examples(
-    model: nn.Module,
-    examples: Sequence[Example],
-    *,
-    max_new_tokens: int,
-    eos_id: int | None,
-    seed: int,
-    batch_size: int = 16,
-) -> list[Example]:
-    """SFT data from samples of a given policy: each example's chosen response is replaced by a
-    sample of ``model`` at temperature 1 (prompts of one length are batched, so no padding).
-
-    Returns:
-        Examples whose ``chosen`` is the sample (up to and including EOS); ``rejected`` is kept.
-    """
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    by_len: dict[int, list[int]] = {}
-    for i, e in enumerate(examples):
-        by_len.setdefault(len(e.prompt), []).append(i)
-    out: list[Example | None] = [None] * len(examples)
-    with torch.no_grad():
-        for idx in by_len.values():
-            for s in range(0, len(idx), batch_size):
-                chunk = idx[s : s + batch_size]
-                ids = torch.tensor([examples[i].prompt for i in chunk], device=device)
-                done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-                new: list[Tensor] = []
-                for _ in range(max_new_tokens):
-                    logits = model(input_ids=ids).logits[:, -1].float()
-                    tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
-                    new.append(tok)
-                    ids = torch.cat([ids, tok[:, None]], dim=1)
-                    if eos_id is not None:
-                        done |= tok == eos_id
-                        if bool(done.all()):
-                            break
-                sampled = torch.stack(new, dim=1).tolist()
-                for i, toks in zip(chunk, sampled, strict=True):
-                    if eos_id is not None and eos_id in toks:
-                        toks = toks[: toks.index(eos_id) + 1]
-                    e = examples[i]
-                    out[i] = Example(e.prompt, tuple(toks), e.rejected, e.row)
-    return [e for e in out if e is not None]

@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "figures")]
+sys.path[:0] = [str(ROOT)]
 
+from figures import make_all  # noqa: E402
 from tests.bad_inputs import API_CASES, RUN_CASES  # noqa: E402
 from tests.scripts import load_script  # noqa: E402
-from treemdp.cli import flag_table  # noqa: E402
-from treemdp.results import atomic_write  # noqa: E402
+from treemdp.runs import atomic_write  # noqa: E402
+from treemdp.runs.cli import flag_table  # noqa: E402
 
 TARGET = ROOT / "docs" / "reference.md"
 CONFIG_SCRIPTS = (
@@ -29,6 +30,7 @@ CONFIG_SCRIPTS = (
     "experiments/theory_check.py",
     "experiments/llm_train.py",
     "experiments/llm_eval.py",
+    "experiments/paper_runs.py",
 )
 
 HEADER = """# Reference: valid inputs
@@ -50,7 +52,6 @@ Every float flag must also be finite (`nan`, `inf` are refused). Flags taking se
 
 
 def make_all_table() -> str:
-    make_all = load_script("figures/make_all.py")
     rows = ["| flag | type | default | valid values | meaning |", "|---|---|---|---|---|"]
     for action in make_all.build_parser()._actions:
         if not action.option_strings or action.dest == "help":

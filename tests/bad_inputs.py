@@ -8,7 +8,6 @@ the doc is in sync.
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from treemdp.batching import EpochSchedule
 from treemdp.data import random_pairs, validate_pairs
 from treemdp.metrics import weighted_r2
 from treemdp.optim import make_optimizer
-from treemdp.problem import build_problem
-from treemdp.results import read_table
+from treemdp.problem import ProblemSpec, build_problem
+from treemdp.runs import read_table
+from treemdp.runs.cli import config_flags
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
 
@@ -44,7 +44,7 @@ _Z = torch.zeros(2)
 
 
 def _problem():
-    return build_problem(_T, [0], sft_steps=0)
+    return build_problem(_T, [0], ProblemSpec(sft_steps=0))
 
 
 def _loss(name: str, **kw: Any) -> Callable[[], Any]:
@@ -99,9 +99,9 @@ API_CASES: list[ApiCase] = [
     ApiCase("treemdp.batching.EpochSchedule", "batch_size", ">= 1",
             lambda: EpochSchedule(4, 0, seed=0), "batch_size must be >= 1"),
     ApiCase("treemdp.problem.build_problem", "policy", "loglinear, tabular, mlp",
-            lambda: build_problem(_T, [0], policy="cnn"), "policy must be one of"),
+            lambda: build_problem(_T, [0], ProblemSpec(policy="cnn")), "policy must be one of"),
     ApiCase("treemdp.problem.build_problem", "sft_steps", ">= 0",
-            lambda: build_problem(_T, [0], sft_steps=-1), "sft_steps must be >= 0"),
+            lambda: build_problem(_T, [0], ProblemSpec(sft_steps=-1)), "sft_steps must be >= 0"),
     ApiCase("treemdp.problem.build_problem", "seeds", "at least one",
             lambda: build_problem(_T, []), "seeds must hold at least one seed"),
     ApiCase("treemdp.train.train", "steps", ">= 0",
@@ -119,7 +119,7 @@ API_CASES: list[ApiCase] = [
             "weights must be >= 0"),
     ApiCase("treemdp.scaling.fit", "form", "a scaling form", lambda: scaling.fit(
             "cubic", [0.0, 1.0, 2.0], [0.0, 1.0, 2.0]), "form must be one of"),
-    ApiCase("treemdp.results.read_table", "path", "an existing, intact table",
+    ApiCase("treemdp.runs.read_table", "path", "an existing, intact table",
             lambda: read_table("/nonexistent/metrics.csv"), "does not exist: run the experiment"),
     ApiCase("llm.train.TrainConfig", "lr", "> 0", lambda: _llm_config(lr=0.0),
             "lr must be > 0"),
@@ -137,9 +137,9 @@ API_CASES: list[ApiCase] = [
     ApiCase("treemdp.memory.policy_params", "policy", "tabular, loglinear, mlp",
             lambda: _memory().policy_params("cnn", n_internal=1, branching=2, features=1),
             "policy must be one of"),
-    ApiCase("treemdp.cli.check_device", "name", "cpu, cuda[:N] (if present), mps (if present)",
+    ApiCase("treemdp.runs.cli.check_device", "name", "cpu, cuda[:N] (if present), mps (if present)",
             lambda: _check_device("tpu"), "--device 'tpu' is not a device torch knows"),
-    ApiCase("treemdp.results.verify_folder", "folder", "a run folder with its manifest.json",
+    ApiCase("treemdp.runs.verify_folder", "folder", "a run folder with its manifest.json",
             lambda: _verify_folder("/nonexistent"), "manifest.json is missing"),
     ApiCase("llm.data.read_jsonl", "path", "an existing JSONL file", lambda: _read_jsonl("/"),
             "data file / is a folder"),
@@ -155,13 +155,13 @@ def _memory() -> Any:
 
 
 def _check_device(name: str) -> Any:
-    from treemdp.cli import check_device
+    from treemdp.runs.cli import check_device
 
     return check_device(name)
 
 
 def _verify_folder(folder: str) -> None:
-    from treemdp.results import verify_folder
+    from treemdp.runs import verify_folder
 
     verify_folder(folder)
 
@@ -263,13 +263,12 @@ def invalid_flag_values(cls: type) -> list[tuple[str, str, str]]:
     """(flag, invalid value, text the one-line error must contain) for every constrained field
     of config dataclass ``cls``: a value outside its choices, below its minimum, above its
     maximum, not a number, not finite."""
-    hints = typing.get_type_hints(cls)
     cases: list[tuple[str, str, str]] = []
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
+    for field in config_flags(cls):
+        kind = field.kind
         elem = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
-        flag = "--" + f.name.replace("_", "-")
-        meta = f.metadata
+        flag = "--" + field.name.replace("_", "-")
+        meta = field.meta
         if meta.get("choices") is not None:
             cases.append((flag, "not-a-choice", f"argument {flag}: invalid choice"))
         if meta.get("min") is not None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from treemdp.results import LOCK_NAME, is_temporary, verify_file
+from treemdp.runs import LOCK_NAME, is_temporary, verify_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = ("tokens_per_s", "pairs_per_s")

@@ -1,4 +1,6 @@
-"""Load experiment and figure scripts as modules, and run them as a user would (subprocess)."""
+"""Load experiment scripts as modules, and run scripts as a user would (subprocess).
+
+The figures are a package: tests import them as ``figures.<module>``."""
 
 from __future__ import annotations
 
@@ -12,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative: str) -> ModuleType:
-    """Import ``ROOT/relative`` (e.g. "experiments/ood_mass.py") under its file stem."""
+    """Import ``ROOT/relative`` (e.g. "experiments/ood_mass.py") under its file stem.
+
+    The script's folder goes on ``sys.path`` as when Python runs the script, so the sibling
+    scripts it imports (experiments/claims.py imports experiments/paper_runs.py) are found."""
     path = ROOT / relative
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     name = f"_script_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pandas as pd
 import pytest
 
 from tests.bad_inputs import API_CASES, RUN_CASES, invalid_flag_values
 from tests.scripts import ROOT, load_script, run_script
-from treemdp.cli import parse_config
-from treemdp.results import cached_tables, read_config, read_table, write_config, write_table
-
-sys.path.insert(0, str(ROOT / "figures"))  # make_all imports its sibling figure scripts
+from treemdp.runs import cached_tables, read_config, read_table, write_config, write_table
+from treemdp.runs.cli import parse_config
 
 CONFIG_SCRIPTS = {
     "ood_mass": "experiments/ood_mass.py",
@@ -85,7 +82,8 @@ def test_every_invalid_flag_value_exits_2_with_one_line_naming_it(
 
 
 def test_make_all_bad_flag_is_one_line(capsys):
-    make_all = load_script("figures/make_all.py")
+    from figures import make_all
+
     with pytest.raises(SystemExit) as exit_:
         make_all.main(["--only", "bogus"])
     assert exit_.value.code == 2
@@ -102,7 +100,7 @@ def test_make_all_bad_flag_is_one_line(capsys):
     ],
 )
 def test_a_user_mistake_in_a_real_process_is_one_line_and_exit_2(script, args, expected):
-    # The scripts with their own entry points (the others go through treemdp.cli.run, tested
+    # The scripts with their own entry points (the others go through treemdp.runs.cli.run, tested
     # in-process above and in a real process by tests/test_ood_mass.py).
     done = run_script(script, *args)
     assert done.returncode == 2
@@ -160,7 +158,7 @@ def test_a_corrupt_finished_table_is_reported_by_the_experiment_not_reused(tmp_p
     folder = om.main(parse_config(om.Config, args))
     table = folder / "metrics.csv"
     table.write_bytes(table.read_bytes()[:100])
-    from treemdp.cli import run
+    from treemdp.runs.cli import run
 
     with pytest.raises(SystemExit) as exit_:
         run(om.Config, om.main, args)
@@ -217,7 +215,7 @@ def llm_run(tmp_path_factory):
 
 
 def test_a_truncated_checkpoint_is_named_and_not_resumed_from(llm_run, capsys):
-    from treemdp.cli import run
+    from treemdp.runs.cli import run
 
     lt, args, folder = llm_run
     weights = folder / "step-0000002" / "model.safetensors"

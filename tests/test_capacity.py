@@ -10,12 +10,12 @@ import torch
 from treemdp.capacity import capacity_batches, capacity_names
 from treemdp.networks import MLP, edge_inputs
 from treemdp.policy import LogLinear, Policy
-from treemdp.problem import _init_generator, build_problem
+from treemdp.problem import ProblemSpec, _init_generator, build_problem
 from treemdp.train import grid, train
 from treemdp.tree import Tree
 
 TREE = Tree.complete(2, 3)
-PROBLEM = build_problem(TREE, [0, 1], features=4, n_pairs=2, sft_steps=20)
+PROBLEM = build_problem(TREE, [0, 1], ProblemSpec(features=4, pairs=2, sft_steps=20))
 
 
 def _final_logp(problem, steps=25):

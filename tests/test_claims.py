@@ -12,6 +12,7 @@ import pytest
 from tests.scripts import ROOT, load_script
 from treemdp.claims import catalog, report, rules
 from treemdp.claims import statistics as st
+from treemdp.runs.cli import flag_values, with_flags
 
 R, F, D = rules.REPRODUCED, rules.REFUTED, rules.DEPENDS
 
@@ -292,14 +293,14 @@ def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
     claims = load_script("experiments/claims.py")
     toy = load_script("experiments/toy_scaling.py")
     ood = load_script("experiments/ood_mass.py")
+    paper = claims.paper_runs
     results = tmp_path / "results"
     # Made here in-process (a subprocess would start Python again); claims.py must reuse them.
-    toy.main(
-        toy.Config(**claims.checkpoints.TOY_QUICK, n_resamples=0, out=str(results / "toy_scaling"))
-    )
+    toy_settings = {**paper.TOY_QUICK, "n_resamples": 0, "out": str(results / "toy_scaling")}
+    toy.main(with_flags(toy.Config(), toy_settings))
     for policy in claims.OOD_POLICIES:
-        settings = {**claims.OOD_SETTINGS, "policy": policy, **claims.OOD_QUICK}
-        ood.main(ood.Config(**settings, out=str(results / "ood_mass")))
+        settings = {**paper.OOD_MASS, "policy": policy, **paper.OOD_MASS_QUICK}
+        ood.main(with_flags(ood.Config(), {**settings, "out": str(results / "ood_mass")}))
     from tests.test_figures_scaling import write_llm_run
 
     for model in ("pythia-1b", "pythia-2.8b", "pythia-6.9b"):  # LLM evaluation runs: one seed
@@ -330,7 +331,7 @@ def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
 def test_search_defaults_are_toy_scalings():
     claims = load_script("experiments/claims.py")
     toy = load_script("experiments/toy_scaling.py")
-    defaults = toy.Config()
+    defaults = flag_values(toy.Config())
     for key, value in claims.SEARCH_DEFAULTS.items():
         if key not in ("objectives", "capacities", "n_resamples"):
-            assert getattr(defaults, key) == value, key
+            assert defaults[key] == value, key

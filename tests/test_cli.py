@@ -4,8 +4,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from treemdp.cli import arg, build_parser, flags_for, parse_config, run
-from treemdp.results import config_dict, config_matches
+from treemdp.runs import config_dict, config_matches
+from treemdp.runs.cli import (
+    arg,
+    build_parser,
+    config_flags,
+    flag_values,
+    flags_for,
+    nested,
+    parse_config,
+    run,
+    with_flags,
+)
 
 
 @dataclass(frozen=True)
@@ -58,3 +68,45 @@ def test_help_lists_defaults_and_ranges():
     text = build_parser(Cfg, "").format_help()
     assert "(> 0) [default: (0.1,)]" in text and "(>= 1) [default: 3]" in text
     assert "--force, --no-force" in text
+
+
+@dataclass(frozen=True)
+class Inner:
+    width: int = arg(16, "hidden units", minimum=1)
+    reward: str = arg("normal", "gold reward", choices=("normal", "concave"))
+    hidden: float = arg(1.0, "not a flag of Outer")
+
+
+@dataclass(frozen=True)
+class Outer:
+    depth: int = arg(3, "depth", minimum=1)
+    inner: Inner = nested(Inner(width=4), flags={"toy_width": "width", "reward": "reward"})
+    force: bool = arg(False, "recompute")
+
+
+def test_a_nested_field_becomes_flat_flags_in_its_place():
+    assert [f.name for f in config_flags(Outer)] == ["depth", "toy_width", "reward", "force"]
+    text = build_parser(Outer, "").format_help()
+    assert "--toy-width TOY_WIDTH" in text and "hidden units (>= 1) [default: 4]" in text
+    assert "--hidden" not in text and "--inner" not in text
+    config = parse_config(Outer, ["--toy-width", "8", "--reward", "concave"])
+    assert config == Outer(inner=Inner(width=8, reward="concave"))
+    assert flag_values(config) == {"depth": 3, "toy_width": 8, "reward": "concave", "force": False}
+
+
+def test_a_nested_field_is_flat_in_config_json_and_the_flags_invert():
+    settings = {"toy_width": 2, "reward": "concave", "depth": 5}
+    config = parse_config(Outer, flags_for(settings))
+    assert config == with_flags(Outer(), settings)
+    assert config_dict(config) == {"depth": 5, "toy_width": 2, "reward": "concave", "force": False}
+    assert config_matches(config_dict(config), settings)
+
+
+def test_nested_flags_are_range_checked_and_unknown_names_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Outer, ["--toy-width", "0"])
+    assert "--toy-width must be >= 1; got 0" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="no flags"):
+        with_flags(Outer(), {"width": 3})
+    with pytest.raises(TypeError, match="no fields"):
+        nested(Inner(), flags=("depth",))

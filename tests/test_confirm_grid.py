@@ -175,7 +175,7 @@ TABLES = (
 def test_resume_after_sigkill_gives_the_uninterrupted_tables(tmp_path):
     """Kill the grid (SIGKILL, whole process group) once its first LLM part is saved and the
     next run is under way, rerun it: every table equals an uninterrupted run's."""
-    from treemdp.cli import parse_config
+    from treemdp.runs.cli import parse_config
 
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     killed = tmp_path / "killed"

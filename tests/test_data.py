@@ -1,5 +1,7 @@
 """Gold rewards, preference pairs, the comparison graph, problem assembly and its checks."""
 
+import math
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from treemdp.data import (
     random_pairs,
     validate_pairs,
 )
-from treemdp.problem import build_problem
+from treemdp.problem import ProblemSpec, build_problem
 from treemdp.tree import Tree
 
 TREE = Tree.complete(3, 2)
@@ -48,6 +50,20 @@ def test_bradley_terry_labels_follow_the_reward_gap():
     assert abs(share - expected) < 4 * (expected * (1 - expected) / 4000) ** 0.5
 
 
+def test_bradley_terry_pairs_refuse_what_sampled_bt_pairs_refuses():
+    # the two samplers share one argument check (sampled_bt_pairs's is in test_bt_sampler.py)
+    rewards = torch.zeros(TREE.n_responses, dtype=torch.float64)
+    uniform = torch.full((TREE.n_responses,), -math.log(TREE.n_responses), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="must have shape"):
+        bradley_terry_pairs(TREE, rewards[:-1], uniform, 3, gen)
+    with pytest.raises(ValueError, match="temperature"):
+        bradley_terry_pairs(TREE, rewards, uniform, 3, gen, temperature=0.0)
+    with pytest.raises(ValueError, match="fewer than 2 responses of prompt 0"):
+        one = torch.log(torch.tensor([1.0] + [0.0] * (TREE.n_responses - 1), dtype=torch.float64))
+        bradley_terry_pairs(TREE, rewards, one, 3, gen)
+
+
 def test_comparison_graph_counts_comparisons_and_wins():
     pairs = validate_pairs(TREE, torch.tensor([0, 0, 3]), torch.tensor([1, 1, 0]))
     g = comparison_graph(TREE, pairs)
@@ -82,7 +98,7 @@ def test_pairs_must_name_leaves_and_share_a_prompt():
 
 
 def test_sft_reference_concentrates_on_the_pair_and_is_reported():
-    problem = build_problem(Tree.complete(3, 3), [0, 1], sft_steps=300)
+    problem = build_problem(Tree.complete(3, 3), [0, 1], ProblemSpec(sft_steps=300))
     assert problem.sft is not None
     uniform_mass = 2 / 27
     assert bool((problem.sft["mass_on_data"] > 5 * uniform_mass).all())
@@ -93,7 +109,7 @@ def test_sft_reference_concentrates_on_the_pair_and_is_reported():
 
 
 def test_uniform_reference_is_uniform_and_policy_starts_there():
-    problem = build_problem(TREE, [0], reference="uniform")
+    problem = build_problem(TREE, [0], ProblemSpec(reference="uniform"))
     torch.testing.assert_close(
         torch.exp(problem.ref_logp), torch.full((1, 9), 1 / 9, dtype=torch.float64)
     )
@@ -106,7 +122,7 @@ def test_uniform_reference_is_uniform_and_policy_starts_there():
         ({"reference": "oracle"}, "reference must be one of"),
         ({"pair_source": "human"}, "pair_source must be one of"),
         ({"features": 0}, "features"),
-        ({"n_pairs": 0}, "n_pairs"),
+        ({"pairs": 0}, "n_pairs"),
         ({"reference": "random", "reference_temperature": 0.0}, "reference_temperature"),
         ({"reference": "given"}, "reference_logits"),
         ({"reference": "given", "reference_logits": torch.full((4, 3), float("nan"))}, "NaN"),
@@ -115,4 +131,7 @@ def test_uniform_reference_is_uniform_and_policy_starts_there():
 )
 def test_bad_problem_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_problem(TREE, [0], **kwargs)
+        spec = {k: v for k, v in kwargs.items() if k != "reference_logits"}
+        build_problem(
+            TREE, [0], ProblemSpec(**spec), reference_logits=kwargs.get("reference_logits")
+        )

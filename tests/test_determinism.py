@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.scripts import load_script
-from treemdp.cli import parse_config
-from treemdp.problem import build_problem
+from treemdp.problem import ProblemSpec, build_problem
+from treemdp.runs.cli import parse_config
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
 
@@ -28,7 +28,9 @@ def test_minibatch_training_of_a_network_twice_is_bit_identical():
     tree = Tree.with_stop(3, 3)
     frames = []
     for _ in range(2):
-        problem = build_problem(tree, [3, 4], policy="mlp", width=4, n_pairs=8, sft_steps=10)
+        problem = build_problem(
+            tree, [3, 4], ProblemSpec(policy="mlp", width=4, pairs=8, sft_steps=10)
+        )
         specs = [RunSpec("dpo", 0.1, 0.03), RunSpec("rdpo", 0.3, 0.03, (("alpha", 0.1),))]
         frames.append(train(problem, specs, steps=30, log_every=5, batch_size=3).frame)
     pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)

@@ -1,16 +1,14 @@
 """Figure scripts: plot() on small synthetic tables, clear load() errors, make_all end to end."""
 
-import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.scripts import load_script, run_script
-from treemdp.results import write_table
-
-ood_probs = load_script("figures/ood_probs.py")
-tree_mdp = load_script("figures/tree_mdp.py")
+from figures import ood_probs, run_index, tree_mdp
+from tests.scripts import run_script
+from treemdp.runs import write_table
 
 
 def synthetic(n_runs_per_cell: int = 2, steps=(0, 10, 20), n_responses: int = 4):
@@ -72,28 +70,27 @@ def test_plot_names_a_missing_cell():
         ood_probs.plot_indist(metrics, "dpo", 0.3)
 
 
-def test_load_names_the_missing_column_and_find_run_the_command(tmp_path):
+def test_load_names_the_missing_column(tmp_path):
     metrics, responses = synthetic()
     write_table(tmp_path / "metrics.csv", metrics.drop(columns="max_ood"))
     write_table(tmp_path / "responses.csv", responses)
     with pytest.raises(ValueError, match=r"lacks columns \['max_ood'\]"):
         ood_probs.load(tmp_path)
-    with pytest.raises(ValueError, match="run: python experiments/ood_mass.py --beta 0.01 0.1 0.5"):
-        ood_probs.find_run(tmp_path / "empty")
 
 
-def test_find_run_picks_the_folder_with_the_required_settings(tmp_path):
-    metrics, responses = synthetic()
-    for name, pairs in (("other", 2), ("good", 1)):
-        folder = tmp_path / "ood_mass" / name
-        settings = {**ood_probs.REQUIRED, "pairs": pairs}
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text(
-            json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
-        )
-        write_table(folder / "responses.csv", responses)
-        write_table(folder / "metrics.csv", metrics)
-    assert ood_probs.find_run(tmp_path).name == "good"
+def test_run_index_names_the_command_that_makes_a_missing_run(tmp_path):
+    with pytest.raises(ValueError, match="run: python experiments/paper_runs.py --results "):
+        run_index.run_folders(tmp_path, "tree")
+    index = pd.DataFrame(
+        {"family": ["tree", "toy"], "role": ["ood_mass", "toy_scaling"], "quick": [True, False],
+         "run": ["r/ood_mass/quick", "r/toy_scaling/paper"]}
+    )  # fmt: skip
+    write_table(tmp_path / run_index.INDEX, index)
+    assert run_index.run_folders(tmp_path, "tree", quick=True) == [Path("r/ood_mass/quick")]
+    assert run_index.run_folders(tmp_path, "toy") == [Path("r/toy_scaling/paper")]
+    command = f"run: python experiments/paper_runs.py --results {tmp_path} --only tree$"
+    with pytest.raises(ValueError, match=command):  # the quick run does not stand in for it
+        run_index.run_folders(tmp_path, "tree")
 
 
 def test_tree_diagram_labels_states_actions_and_the_terminal_state(tmp_path):

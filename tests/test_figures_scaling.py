@@ -2,7 +2,6 @@
 errors, and make_all --only toy end to end on the quick config."""
 
 import json
-import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,15 +9,9 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from tests.scripts import ROOT, load_script, run_script
-from treemdp.results import write_table
-
-sys.path.insert(0, str(ROOT / "figures"))  # the family scripts import their siblings
-checkpoints = load_script("figures/checkpoints.py")
-scaling_fits = load_script("figures/scaling_fits.py")
-evolution = load_script("figures/evolution.py")
-length = load_script("figures/length.py")
-accuracy = load_script("figures/accuracy.py")
+from figures import accuracy, checkpoints, evolution, length, scaling_fits
+from tests.scripts import run_script
+from treemdp.runs import write_table
 
 SIZES = ("small", "large")
 BETAS = (0.03, 0.3)
@@ -134,7 +127,7 @@ def test_evolution_band_is_the_runs_own_standard_error_with_one_seed():
 
 def test_beta_and_size_colours_are_the_same_in_every_figure():
     table = synthetic_table()
-    from common import beta_colors, size_colors
+    from figures.common import beta_colors, size_colors
 
     assert beta_colors(table) == beta_colors(table[table["objective"] == "ipo"].iloc[::-1])
     assert list(size_colors(table)) == list(SIZES)
@@ -272,19 +265,6 @@ def test_from_toy_names_the_missing_column_and_the_experiment(tmp_path):
         checkpoints.from_toy(tmp_path / "nothing")
 
 
-def test_find_toy_run_skips_folders_without_length_r2_and_names_the_command(tmp_path):
-    for name, table in (("old", toy_metrics().drop(columns="length_r2")), ("new", toy_metrics())):
-        folder = tmp_path / "toy_scaling" / name
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"objectives": ["dpo"], "quick": True}))
-        write_table(folder / "metrics.csv", table)
-    settings = {"objectives": ("dpo",), "quick": True}
-    assert checkpoints.find_toy_run(tmp_path, settings).name == "new"
-    (tmp_path / "toy_scaling" / "new" / "metrics.csv").unlink()
-    with pytest.raises(ValueError, match="run: python experiments/toy_scaling.py --objectives dpo"):
-        checkpoints.find_toy_run(tmp_path, settings)
-
-
 def write_llm_run(folder, model, objective="dpo", beta=0.1, seed=0, drop=None, config=None):
     folder.mkdir(parents=True)
     n = 4
@@ -404,9 +384,8 @@ def test_make_all_llm_failure_names_the_problem(tmp_path):
 
 
 def test_the_llm_table_contract_matches_what_the_evaluation_writes():
-    from llm.eval_run import COLUMNS
+    from treemdp.runs.eval_table import COLUMNS
 
-    checkpoints = load_script("figures/checkpoints.py")
     assert tuple(COLUMNS[: len(checkpoints.LLM_EVAL_COLUMNS)]) == checkpoints.LLM_EVAL_COLUMNS
 
 

@@ -14,13 +14,13 @@ import pytest
 
 from tests.interruption import COMMANDS, ROOT, check_files, run_harness, suite_kill_points
 from tests.scripts import load_script, run_script
-from treemdp.cli import parse_config
-from treemdp.results import LOCK_NAME, RunFolderBusyError, run_lock, write_table
+from treemdp.runs import LOCK_NAME, RunFolderBusyError, run_lock, write_table
+from treemdp.runs.cli import parse_config
 
 HOLDER = textwrap.dedent(
     """
     import contextlib, sys, time
-    from treemdp.results import run_lock
+    from treemdp.runs import run_lock
     with contextlib.ExitStack() as stack:
         for folder in sys.argv[1:]:
             stack.enter_context(run_lock(folder))

@@ -7,13 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from treemdp.batching import EpochSchedule
-from treemdp.problem import build_problem
+from treemdp.problem import ProblemSpec, build_problem
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
 
 
 def small_problem(n_pairs=5, policy="loglinear"):
-    return build_problem(Tree.complete(3, 2), [0, 1], policy=policy, n_pairs=n_pairs, sft_steps=5)
+    return build_problem(
+        Tree.complete(3, 2), [0, 1], ProblemSpec(policy=policy, pairs=n_pairs, sft_steps=5)
+    )
 
 
 SPECS = [RunSpec("dpo", 0.1, 0.05), RunSpec("ipo", 0.3, 0.05)]
@@ -68,7 +70,9 @@ def test_minibatch_step_is_the_gradient_of_the_batch_mean():
     spec = [RunSpec("dpo", 0.1, 0.5)] * 2
     mini = train(problem, spec, steps=1, optimizer="sgd", batch_size=2, batch_seed=3).frame
     batch = EpochSchedule(6, 2, seed=3).batch(0)
-    sub = build_problem(Tree.complete(3, 2), [0, 1], policy="loglinear", n_pairs=6, sft_steps=5)
+    sub = build_problem(
+        Tree.complete(3, 2), [0, 1], ProblemSpec(policy="loglinear", pairs=6, sft_steps=5)
+    )
     from treemdp.data import Pairs
 
     sub = type(sub)(

@@ -1,5 +1,7 @@
 """The MLP policy family: Family protocol, exact distributions, gradients, batching, seeding."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given
@@ -9,7 +11,7 @@ from tests.oracles import path_logprobs
 from tests.strategies import mlp_shapes, trees
 from treemdp.networks import MLP, edge_inputs, prefix_one_hot
 from treemdp.policy import LogLinear, Policy, gaussian_features, response_logprobs
-from treemdp.problem import build_problem
+from treemdp.problem import ProblemSpec, build_problem
 from treemdp.tree import Tree
 
 
@@ -132,10 +134,10 @@ def test_wrong_theta_shape_raises():
 
 def test_build_problem_mlp_batch_equals_single_problems():
     tree = Tree.with_stop(3, 3)
-    kw = {"policy": "mlp", "width": 4, "reward": "concave", "n_pairs": 4, "sft_steps": 5}
-    both = build_problem(tree, [3, 9], **kw)
+    spec = ProblemSpec(policy="mlp", width=4, reward="concave", pairs=4, sft_steps=5)
+    both = build_problem(tree, [3, 9], spec)
     for i, s in enumerate([3, 9]):
-        one = build_problem(tree, [s], **kw)
+        one = build_problem(tree, [s], spec)
         assert torch.equal(one.rewards, both.rewards[i : i + 1])
         assert torch.equal(one.pairs.chosen, both.pairs.chosen[i : i + 1])
         torch.testing.assert_close(one.ref_logp, both.select([i]).ref_logp, rtol=0, atol=1e-10)
@@ -143,10 +145,10 @@ def test_build_problem_mlp_batch_equals_single_problems():
 
 def test_mlp_and_tabular_share_the_seeds_rewards_and_pairs():
     tree = Tree.with_stop(3, 3)
-    kw = {"reward": "concave", "n_pairs": 5, "sft_steps": 0}
-    nets = build_problem(tree, [4], policy="mlp", **kw)
-    table = build_problem(tree, [4], policy="tabular", **kw)
-    loglin = build_problem(tree, [4], policy="loglinear", **kw)
+    spec = ProblemSpec(reward="concave", pairs=5, sft_steps=0)
+    nets = build_problem(tree, [4], replace(spec, policy="mlp"))
+    table = build_problem(tree, [4], replace(spec, policy="tabular"))
+    loglin = build_problem(tree, [4], replace(spec, policy="loglinear"))
     for other in (table, loglin):
         assert torch.equal(nets.rewards, other.rewards)
         assert torch.equal(nets.pairs.rejected, other.pairs.rejected)

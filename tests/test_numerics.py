@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from tests.scripts import load_script
 from tests.strategies import trees_with_pairs
 from treemdp import objectives
-from treemdp.cli import DIVERGED_EXIT, run
 from treemdp.data import Pairs
 from treemdp.metrics import METRICS, MetricContext, logratio_length_r2, metrics
 from treemdp.policy import response_logprobs
-from treemdp.problem import build_problem
-from treemdp.results import read_table
+from treemdp.problem import ProblemSpec, build_problem
+from treemdp.runs import read_table
+from treemdp.runs.cli import DIVERGED_EXIT, run
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
 
@@ -88,7 +88,7 @@ def test_long_training_with_margins_running_away_stays_finite(objective):
     # Tabular logits, a large learning rate and β at both ends: DPO's margin runs to infinity
     # (its loss → 0 while π(y_l) → 0), every logged metric must stay finite.
     tree = Tree.complete(2, 3)
-    problem = build_problem(tree, [0, 1], policy="tabular", n_pairs=2, sft_steps=0)
+    problem = build_problem(tree, [0, 1], ProblemSpec(policy="tabular", pairs=2, sft_steps=0))
     specs = [RunSpec(objective, b, 0.5) for b in (1e-4, 1e3)] * 1
     problem = problem.select([0, 1])
     history = train(problem, specs, steps=1500, log_every=100)

@@ -306,12 +306,12 @@ def test_bad_hyperparameters_name_the_argument(name: str, hyper: dict, word: str
 
 def test_smoke_every_entry_trains_on_a_tree() -> None:
     """Smoke: train() hands lengths to every entry that declares them, for every entry."""
-    from treemdp.problem import build_problem
+    from treemdp.problem import ProblemSpec, build_problem
     from treemdp.train import RunSpec, train
     from treemdp.tree import Tree
 
     tree = Tree.from_sequences([(0,), (1, 0), (1, 1), (2, 0, 1), (2, 0, 0), (2, 1)])
-    problem = build_problem(tree, [0], policy="tabular", reference="uniform", n_pairs=2)
+    problem = build_problem(tree, [0], ProblemSpec(policy="tabular", reference="uniform", pairs=2))
     problem = problem.select([0] * len(NAMES))
     specs = [RunSpec(n, 0.5, 0.05) for n in NAMES]
     frame = train(problem, specs, steps=3, log_every=3).frame

@@ -3,9 +3,9 @@
 import pytest
 
 from tests.scripts import load_script, run_script
-from treemdp.cli import run
 from treemdp.metrics import METRICS
-from treemdp.results import read_config, read_table
+from treemdp.runs import read_config, read_table
+from treemdp.runs.cli import config_flags, run, with_flags
 
 SCRIPT = "experiments/ood_mass.py"
 
@@ -16,9 +16,8 @@ def load():
 
 def test_smoke_writes_the_run_folder_and_reuses_it(tmp_path, capsys):
     om = load()
-    config = om.Config(
-        beta=(0.1, 0.5), steps=20, log_every=5, seed=(0, 1), sft_steps=10, out=str(tmp_path)
-    )
+    settings = dict(beta=(0.1, 0.5), steps=20, log_every=5, seed=(0, 1), sft_steps=10)
+    config = with_flags(om.Config(), {**settings, "out": str(tmp_path)})
     folder = om.main(config)
     names = {p.name for p in folder.iterdir()}
     assert names == {"config.json", "manifest.json", "metrics.csv", "responses.csv", "ood_mass.png"}
@@ -67,6 +66,6 @@ def test_cli_mistake_in_a_real_process():
 def test_help_documents_every_flag_with_its_default():
     out = run_cli("--help").stdout
     om = load()
-    for name in om.Config.__dataclass_fields__:
-        assert "--" + name.replace("_", "-") in out
+    for flag in config_flags(om.Config):
+        assert "--" + flag.name.replace("_", "-") in out
     assert "[default: (0.1,)]" in out or "[default: 0.1" in out

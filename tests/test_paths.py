@@ -18,7 +18,7 @@ from treemdp.policy import (
     node_logprobs,
     response_logprobs,
 )
-from treemdp.problem import build_problem
+from treemdp.problem import ProblemSpec, build_problem
 from treemdp.threads import threads_for
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
@@ -53,7 +53,7 @@ def check_path_logprobs(data, tree, seed):
         theta_full = policy.theta0.clone().requires_grad_(True)
         theta_fast = policy.theta0.clone().requires_grad_(True)
         full = policy.response_logprobs(theta_full).gather(1, responses)
-        fast = policy.response_logprobs_at(theta_fast, responses)
+        fast = policy.bind(responses)(theta_fast)
         torch.testing.assert_close(fast, full, rtol=0, atol=1e-12)
         (grad_full,) = torch.autograd.grad((full * weights).sum(), theta_full)
         (grad_fast,) = torch.autograd.grad((fast * weights).sum(), theta_fast)
@@ -87,7 +87,7 @@ def test_engine_equals_the_plain_one_run_reference_trainer():
     reference = load_script("benchmarks/reference.py")
     tree = Tree.complete(3, 2)
     layout = [("dpo", 0.05, 0.02), ("dpo", 0.5, 0.02), ("ipo", 0.1, 0.02), ("slic", 0.1, 0.02)]
-    problem = build_problem(tree, [5], sft_steps=50).select([0] * len(layout))
+    problem = build_problem(tree, [5], ProblemSpec(sft_steps=50)).select([0] * len(layout))
     engine = train(problem, [RunSpec(*run) for run in layout], steps=100, log_every=20).frame
     engine = engine.sort_values(["run", "step"]).reset_index(drop=True)
     plain = reference.train_reference(problem, layout, steps=100, log_every=20)

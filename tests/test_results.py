@@ -1,11 +1,12 @@
 """Run folders: atomic writes, config-derived names, clear errors on missing or corrupt files."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from treemdp.results import (
+from treemdp.runs import (
     atomic_write,
     cached_tables,
     find_runs,
@@ -106,7 +107,7 @@ def test_cached_tables_compute_once_then_reuse(tmp_path):
 
 def test_cached_tables_marker_table_is_written_last(tmp_path):
     order = []
-    import treemdp.results as results
+    import treemdp.runs.folders as results
 
     original = results.write_table
     results.write_table = lambda path, frame: order.append(path.name) or original(path, frame)
@@ -136,3 +137,14 @@ def test_a_table_rebuilt_from_its_csv_is_written_byte_identically(tmp_path):
         write_table(tmp_path / "b.csv", again)
         assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
         assert again["kl"].tolist() == [0.0, 0.39816403742269668]  # full precision
+
+
+def test_temporaries_of_this_and_older_versions_are_recognised_and_nothing_else():
+    from treemdp.runs import is_temporary, temporary_path
+
+    made = temporary_path(Path("/x/step-0000003"))
+    assert is_temporary(made.name) and made.parent == Path("/x")
+    older = [".step-0000003.tmp-4242", ".step-0000003.tmp-sharded", ".metrics.csv.k2j3.tmp"]
+    assert all(is_temporary(name) for name in older)
+    kept = ["step-0000003", "metrics.csv", ".lock", "latest.json", ".step.tmp-x1"]
+    assert not any(is_temporary(name) for name in kept)

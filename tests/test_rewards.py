@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from tests.strategies import explained_shares, stop_trees
 from treemdp.data import normal_rewards
 from treemdp.policy import gaussian_features
-from treemdp.problem import build_problem
+from treemdp.problem import ProblemSpec, build_problem
 from treemdp.rewards import (
     REWARDS,
     concave_rewards,
@@ -137,8 +137,10 @@ def test_build_problem_default_reward_is_unchanged():
     """reward="normal" (default) draws exactly what build_problem drew before rewards.py."""
     tree = Tree.complete(3, 2)
     for policy in ("tabular", "loglinear"):
-        old = build_problem(tree, [0, 1], policy=policy, n_pairs=2, sft_steps=3)
-        new = build_problem(tree, [0, 1], policy=policy, n_pairs=2, sft_steps=3, reward="normal")
+        old = build_problem(tree, [0, 1], ProblemSpec(policy=policy, pairs=2, sft_steps=3))
+        new = build_problem(
+            tree, [0, 1], ProblemSpec(policy=policy, pairs=2, sft_steps=3, reward="normal")
+        )
         assert torch.equal(old.rewards, new.rewards)
         gen = torch.Generator().manual_seed(1)
         if policy == "loglinear":
@@ -149,11 +151,11 @@ def test_build_problem_default_reward_is_unchanged():
 def test_build_problem_passes_reward_options():
     tree = Tree.with_stop(3, 3)
     a = build_problem(
-        tree, [0], policy="tabular", reward="concave", reward_options={"peak": 0.5}, sft_steps=0
+        tree, [0], ProblemSpec(policy="tabular", reward="concave", peak=0.5, sft_steps=0)
     )
     b = build_problem(
-        tree, [0], policy="tabular", reward="concave", reward_options={"peak": 2.0}, sft_steps=0
+        tree, [0], ProblemSpec(policy="tabular", reward="concave", peak=2.0, sft_steps=0)
     )
     assert not torch.equal(a.rewards, b.rewards)
     with pytest.raises(ValueError, match="reward must be one of"):
-        build_problem(tree, [0], reward="bogus")
+        build_problem(tree, [0], ProblemSpec(reward="bogus"))

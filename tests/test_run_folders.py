@@ -5,6 +5,7 @@ that advise only what is possible."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -14,8 +15,8 @@ import pandas as pd
 import pytest
 
 from tests.scripts import load_script
-from treemdp.cli import RunDivergedError, parse_config, run
-from treemdp.results import save_diverged, write_table
+from treemdp.runs import save_diverged, write_table
+from treemdp.runs.cli import RunDivergedError, parse_config, run
 
 SCRIPTS = {
     "ood_mass": "experiments/ood_mass.py",
@@ -174,7 +175,7 @@ def test_an_unexpected_os_error_keeps_its_traceback(tmp_path, monkeypatch):
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(om, "run_lock", full)
+    monkeypatch.setattr(om, "cached_run", full)
     with pytest.raises(OSError, match="No space left"):
         run(om.Config, om.main, [*OOD, "--out", str(tmp_path)])
 
@@ -231,7 +232,7 @@ def test_a_deleted_file_of_a_finished_run_is_recomputed(finished, capsys):
 
 
 def test_a_corrupt_file_message_names_the_file_not_its_folder(tmp_path):
-    from treemdp.results import read_table
+    from treemdp.runs import read_table
 
     path = write_table(tmp_path / "parts" / "chunk-00000-of-00002.pkl", pd.DataFrame({"a": [1]}))
     path.write_bytes(path.read_bytes()[:-3])
@@ -271,3 +272,50 @@ def test_llm_confirm_unknown_model_is_one_line(tmp_path, capsys):
     assert exc.value.code == 2 and len(err.splitlines()) == 1, err
     assert "--model 'nosuch' is not a Pythia shape" in err
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------- the run helper (issue 17)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    beta: float = 0.1
+
+
+def test_cached_run_computes_once_then_reuses_under_the_lock(tmp_path, capsys):
+    from treemdp.runs.experiment import cached_run
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"metrics": pd.DataFrame({"step": [0, 1]}), "extra": None}
+
+    folder = tmp_path / "run"
+    for _ in range(2):
+        with cached_run(folder, _Cfg(), ["metrics"], compute) as tables:
+            assert (folder / ".lock").exists()  # the block runs under the folder's lock
+            assert list(tables["metrics"]["step"]) == [0, 1]
+    assert len(calls) == 1 and not (folder / "extra.csv").exists()
+    assert f"reusing finished results in {folder} (--force recomputes)" in capsys.readouterr().out
+    with cached_run(folder, _Cfg(), ["metrics"], compute, force=True):
+        pass
+    assert len(calls) == 2
+
+
+def test_cached_run_saves_a_diverged_training_and_says_so_in_one_line(tmp_path):
+    from treemdp.runs.experiment import cached_run
+    from treemdp.train import History, TrainingDivergedError
+
+    logged = pd.DataFrame({"run": [0, 0], "step": [0, 10], "loss": [0.7, float("nan")]})
+
+    def compute():
+        raise TrainingDivergedError("loss is NaN at step 10 in run 0", History(logged))
+
+    folder = tmp_path / "run"
+    diverging = cached_run(folder, _Cfg(), ["metrics"], compute, diverged="trajectory")
+    saved = "the 2 logged steps before it are saved in"
+    with pytest.raises(RunDivergedError, match=saved), diverging:
+        pass
+    assert (folder / "trajectory.diverged.csv").exists() and (folder / "config.json").exists()
+    assert not (folder / "metrics.csv").exists()  # never marked complete: a rerun starts afresh

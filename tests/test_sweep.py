@@ -21,25 +21,29 @@ from tests.strategies import logits, tied_rewards, trees_with_pairs
 from treemdp.data import Pairs
 from treemdp.metrics import MetricContext, metrics, win_rate, win_weights
 from treemdp.policy import response_logprobs
-from treemdp.problem import build_problem
-from treemdp.results import read_table
+from treemdp.problem import ProblemSpec, build_problem
+from treemdp.runs import read_table
+from treemdp.runs.cli import with_flags
 from treemdp.train import RunSpec, train
 from treemdp.tree import Tree
 
 sweep = load_script("experiments/sweep.py")
 
-SMALL = sweep.Config(
-    objectives=("dpo", "ipo", "slic"),
-    betas=(0.1, 0.5),
-    seeds=("3-4",),
-    branching=(2,),
-    depth=(2, 3),
-    pairs=(1, 2),
-    steps=20,
-    log_every=5,
-    sft_steps=10,
-    chunk_runs=5,
-    progress=False,
+SMALL = with_flags(
+    sweep.Config(),
+    dict(
+        objectives=("dpo", "ipo", "slic"),
+        betas=(0.1, 0.5),
+        seeds=("3-4",),
+        branching=(2,),
+        depth=(2, 3),
+        pairs=(1, 2),
+        steps=20,
+        log_every=5,
+        sft_steps=10,
+        chunk_runs=5,
+        progress=False,
+    ),
 )
 
 
@@ -53,7 +57,7 @@ def test_a_sweep_equals_its_runs_started_one_by_one(tmp_path):
     for (run, b, d, p, objective, beta, lr, seed), rows in frame.groupby(
         ["run", "branching", "depth", "pairs", "objective", "beta", "lr", "seed"]
     ):
-        problem = build_problem(Tree.complete(b, d), [seed], n_pairs=p, sft_steps=10)
+        problem = build_problem(Tree.complete(b, d), [seed], ProblemSpec(pairs=p, sft_steps=10))
         alone = train(problem, [RunSpec(objective, beta, lr)], steps=20, log_every=5).frame
         rows = rows.reset_index(drop=True)
         for column in numeric:
@@ -146,7 +150,8 @@ def test_bad_grid_files_fail_before_any_run_naming_the_problem(
 
     monkeypatch.setattr(sweep, "run_chunk", no_runs)
     with pytest.raises(ValueError, match=message):
-        sweep.main(replace(sweep.Config(), **sweep.load_grid(grid), out=str(tmp_path / "o")))
+        grid_config = with_flags(sweep.Config(), sweep.load_grid(grid))
+        sweep.main(replace(grid_config, out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
 
 

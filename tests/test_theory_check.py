@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from treemdp.runs.cli import with_flags
+
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "theory_check.py"
 
 
@@ -22,9 +24,8 @@ def _module():
 
 def test_smoke_theory_check_writes_a_run_folder(tmp_path: Path, capsys) -> None:
     mod = _module()
-    config = mod.Config(
-        beta=(0.5,), seed=(0,), steps=5, sft_steps=5, log_every=5, out=str(tmp_path)
-    )
+    settings = dict(beta=(0.5,), seed=(0,), steps=5, sft_steps=5, log_every=5)
+    config = with_flags(mod.Config(), {**settings, "out": str(tmp_path)})
     folder = mod.main(config)
     for name in ("config.json", "theory_check.csv", "trajectory.csv", "theory_check.png"):
         assert (folder / name).exists(), name

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from tests.scripts import load_script
-from treemdp.results import read_table
+from treemdp.runs import read_table
+from treemdp.runs.cli import with_flags
 
 toy = load_script("experiments/toy_scaling.py")
 
 
 def tiny(tmp_path, **kw):
     base = dict(quick=True, objectives=("dpo", "rdpo"), out=str(tmp_path), n_resamples=5)
-    return toy.Config(**{**base, **kw})
+    return with_flags(toy.Config(), {**base, **kw})
 
 
 def test_parse_capacity():

@@ -27,7 +27,7 @@ from dataclasses import replace
 import torch
 
 from treemdp.networks import MLP, edge_inputs
-from treemdp.policy import LogLinear, Policy, Tabular
+from treemdp.policy import Family, LogLinear, Policy, Tabular
 from treemdp.problem import Problem
 from treemdp.problem import _init_generator as init_generator  # MLP weights as build_problem's
 
@@ -60,6 +60,18 @@ def capacity_batches(
         capacity-major (run j·R + r is capacity j on seed r) and ``labels[i]`` names run i's
         capacity. Each run has the rewards, pairs and π_ref of its seed.
     """
+    _check_capacity_arguments(problem, ks, widths)
+    with torch.no_grad():
+        ref_logits = problem.policy.logits(problem.policy.theta0)
+    out = [_tabular_batch(problem, ref_logits)]
+    if ks:
+        out.append(_loglinear_batch(problem, ref_logits, ks))
+    if widths:
+        out.append(_mlp_batch(problem, ref_logits, widths))
+    return out
+
+
+def _check_capacity_arguments(problem: Problem, ks: Sequence[int], widths: Sequence[int]) -> None:
     family = problem.policy.family
     if not isinstance(family, LogLinear) or family.features.dim() != 4:
         raise ValueError("problem must hold a per-run log-linear reference (build_problem)")
@@ -67,48 +79,69 @@ def capacity_batches(
         raise ValueError(f"ks must all be >= 1; got {list(ks)}")
     if any(w < 1 for w in widths):
         raise ValueError(f"widths must all be >= 1; got {list(widths)}")
+
+
+def _repeated(
+    problem: Problem, ref_logits: torch.Tensor, family: Family, theta0: torch.Tensor, n: int
+) -> Problem:
+    """n capacities × R seeds (capacity-major) of ``problem``'s runs, each on its seed's π_ref,
+    with the given family and starting parameters (shape (n·R, ...))."""
+    R = problem.n_runs
+    idx = [r for _ in range(n) for r in range(R)]
+    base = problem.select(idx)
+    return replace(base, policy=Policy(problem.tree, family, theta0, ref_logits[idx]), sft=None)
+
+
+def _tabular_batch(problem: Problem, ref_logits: torch.Tensor) -> tuple[Problem, list[str]]:
+    """Tabular runs: one free logit per (state, action), starting at 0 on top of π_ref's."""
     tree, R = problem.tree, problem.n_runs
-    with torch.no_grad():
-        ref_logits = problem.policy.logits(problem.policy.theta0)
-    phi = family.features  # (R, M, b, F)
-    seeds = [int(s) for s in problem.seeds]
-
-    def batch(family_, theta0: torch.Tensor, n: int) -> Problem:
-        idx = [r for _ in range(n) for r in range(R)]
-        base = problem.select(idx)
-        return replace(base, policy=Policy(tree, family_, theta0, ref_logits[idx]), sft=None)
-
-    out = []
     zeros = torch.zeros(R, tree.n_internal, tree.branching, dtype=ref_logits.dtype)
-    out.append((batch(Tabular(tree), zeros, 1), ["tabular"] * R))
-    if ks:
-        K, F = max(ks), phi.shape[-1]
-        if K > F:
-            extra = [
-                torch.randn(*phi.shape[1:-1], K - F, generator=_generator("features", s),
-                            dtype=phi.dtype)
-                for s in seeds
-            ]  # fmt: skip
-            full = torch.cat([phi, torch.stack(extra)], dim=-1)
-        else:
-            full = phi[..., :K]
-        feats = torch.cat([full * (torch.arange(K) < k).to(phi.dtype) for k in ks])
-        theta0 = torch.zeros(len(ks) * R, K, dtype=phi.dtype)
-        labels = [f"loglinear-k{k}" for k in ks for _ in range(R)]
-        out.append((batch(LogLinear(feats), theta0, len(ks)), labels))
-    if widths:
-        W = max(widths)
-        inputs = edge_inputs(tree, "features", phi)
-        wide = MLP(inputs.repeat(len(widths), 1, 1, 1), width=W)
-        theta0 = torch.zeros(len(widths) * R, wide.n_params, dtype=phi.dtype)
-        (w_in, b_in), (w_out, _) = wide.unflatten(theta0)  # views into theta0
-        for j, w in enumerate(widths):
-            for r, s in enumerate(seeds):
-                narrow = MLP(inputs[r : r + 1], width=w)
-                start = narrow.init_params(1, init_generator(s))
-                (n_in, n_b), (n_out, _) = narrow.unflatten(start)
-                i = j * R + r
-                w_in[i, :, :w], b_in[i, :w], w_out[i, :w] = n_in[0], n_b[0], n_out[0]
-        labels = [f"mlp-w{w}" for w in widths for _ in range(R)]
-        out.append((batch(wide, theta0, len(widths)), labels))
-    return out
+    return _repeated(problem, ref_logits, Tabular(tree), zeros, 1), ["tabular"] * R
+
+
+def _loglinear_batch(
+    problem: Problem, ref_logits: torch.Tensor, ks: Sequence[int]
+) -> tuple[Problem, list[str]]:
+    """Log-linear runs on the first k features each, zero-padded to K = max(ks) columns."""
+    phi = problem.policy.family.features  # (R, M, b, F)
+    R, K = problem.n_runs, max(ks)
+    full = _features_up_to(phi, K, [int(s) for s in problem.seeds])
+    feats = torch.cat([full * (torch.arange(K) < k).to(phi.dtype) for k in ks])
+    theta0 = torch.zeros(len(ks) * R, K, dtype=phi.dtype)
+    labels = [f"loglinear-k{k}" for k in ks for _ in range(R)]
+    return _repeated(problem, ref_logits, LogLinear(feats), theta0, len(ks)), labels
+
+
+def _features_up_to(phi: torch.Tensor, K: int, seeds: Sequence[int]) -> torch.Tensor:
+    """The reference's features, then (if K > F) Gaussian ones from each seed's own generator,
+    cut to K columns. Shape (R, M, b, K)."""
+    F = phi.shape[-1]
+    if K <= F:
+        return phi[..., :K]
+    extra = [
+        torch.randn(*phi.shape[1:-1], K - F, generator=_generator("features", s), dtype=phi.dtype)
+        for s in seeds
+    ]
+    return torch.cat([phi, torch.stack(extra)], dim=-1)
+
+
+def _mlp_batch(
+    problem: Problem, ref_logits: torch.Tensor, widths: Sequence[int]
+) -> tuple[Problem, list[str]]:
+    """MLP runs of each width, as one network of width max(widths) whose extra units are zero."""
+    phi = problem.policy.family.features  # (R, M, b, F)
+    R, W = problem.n_runs, max(widths)
+    inputs = edge_inputs(problem.tree, "features", phi)
+    wide = MLP(inputs.repeat(len(widths), 1, 1, 1), width=W)
+    theta0 = torch.zeros(len(widths) * R, wide.n_params, dtype=phi.dtype)
+    (w_in, b_in), (w_out, _) = wide.unflatten(theta0)  # views into theta0
+    for j, w in enumerate(widths):
+        for r, s in enumerate(int(s) for s in problem.seeds):
+            # each narrow network starts as build_problem's MLP of width w on that seed would
+            narrow = MLP(inputs[r : r + 1], width=w)
+            start = narrow.init_params(1, init_generator(s))
+            (n_in, n_b), (n_out, _) = narrow.unflatten(start)
+            i = j * R + r
+            w_in[i, :, :w], b_in[i, :w], w_out[i, :w] = n_in[0], n_b[0], n_out[0]
+    labels = [f"mlp-w{w}" for w in widths for _ in range(R)]
+    return _repeated(problem, ref_logits, wide, theta0, len(widths)), labels

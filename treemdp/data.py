@@ -129,11 +129,46 @@ def random_pairs(tree: Tree, rewards: Tensor, n_pairs: int, generator: torch.Gen
     return validate_pairs(tree, torch.where(a_wins, a, b), torch.where(a_wins, b, a))
 
 
-def _check_bt_arguments(n_pairs: int, temperature: float) -> None:
+def _check_bt_arguments(
+    tree: Tree, rewards: Tensor, sampler_logp: Tensor, n_pairs: int, temperature: float
+) -> None:
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be >= 1; got {n_pairs}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
+    L = tree.n_responses
+    if tuple(rewards.shape) != (L,) or tuple(sampler_logp.shape) != (L,):
+        raise ValueError(
+            f"rewards and sampler_logp must have shape ({L},); got {tuple(rewards.shape)} and "
+            f"{tuple(sampler_logp.shape)}"
+        )
+
+
+def _check_support(p: Tensor, prompt: int) -> None:
+    """Refuse a prompt whose sampling probabilities ``p`` leave no two responses to compare."""
+    if int((p > 0).sum()) < 2:
+        raise ValueError(
+            f"the sampling policy puts mass on fewer than 2 responses of prompt {prompt}"
+        )
+
+
+def _first_wins(
+    rewards: Tensor, first: Tensor | int, second: Tensor | int, u: Tensor, temperature: float
+) -> Tensor:
+    """Bradley–Terry labels: whether each pair's first response is chosen, given uniforms ``u``.
+
+    P[first ≻ second] = σ((r(first) − r(second)) / temperature). ``first``, ``second`` and ``u``
+    share one shape (scalars for one pair). Returns a bool tensor of that shape.
+    """
+    margin = (rewards[first] - rewards[second]).double() / temperature
+    return u < torch.sigmoid(margin)
+
+
+def _labelled(tree: Tree, first: Tensor, second: Tensor, first_wins: Tensor) -> Pairs:
+    """``Pairs`` from ordered draws and their labels. Shapes (P,)."""
+    return validate_pairs(
+        tree, torch.where(first_wins, first, second), torch.where(first_wins, second, first)
+    )
 
 
 def bradley_terry_pairs(
@@ -148,7 +183,9 @@ def bradley_terry_pairs(
     """Pairs of responses sampled from a policy, labelled by Bradley–Terry on the gold reward.
 
     For prompt x (round-robin), draw y, y' ~ π(·|x) independently until they differ, then
-    P[y ≻ y'] = σ((r(y) − r(y')) / temperature).
+    P[y ≻ y'] = σ((r(y) − r(y')) / temperature). The draws come one pair at a time from a
+    shared generator (two responses, then the label's uniform): the law of ``sampled_bt_pairs``,
+    with the random stream that ``build_problem``'s run folders were drawn with.
 
     Args:
         tree: the tree.
@@ -161,28 +198,46 @@ def bradley_terry_pairs(
     Returns:
         ``Pairs`` with shape (P,).
     """
-    _check_bt_arguments(n_pairs, temperature)
-    probs = torch.exp(sampler_logp)
-    chosen, rejected = [], []
+    _check_bt_arguments(tree, rewards, sampler_logp, n_pairs, temperature)
+    probs = torch.exp(sampler_logp.double())
+    first, second, first_wins = [], [], []
     for i in range(n_pairs):
         prompt = i % tree.n_prompts
-        mask = tree.leaf_prompt == prompt
-        p = probs * mask
-        if int((p > 0).sum()) < 2:
-            raise ValueError(
-                f"the sampling policy puts mass on fewer than 2 responses of prompt {prompt}"
-            )
-        while True:
+        p = probs * (tree.leaf_prompt == prompt)
+        _check_support(p, prompt)
+        while True:  # rejection: redraw until the two responses differ
             y, y2 = torch.multinomial(p, 2, replacement=True, generator=generator).tolist()
             if y != y2:
                 break
-        margin = (rewards[y] - rewards[y2]) / temperature
-        y_wins = bool(
-            torch.rand((), generator=generator, dtype=torch.float64) < torch.sigmoid(margin)
-        )
-        chosen.append(y if y_wins else y2)
-        rejected.append(y2 if y_wins else y)
-    return validate_pairs(tree, torch.tensor(chosen), torch.tensor(rejected))
+        u = torch.rand((), generator=generator, dtype=torch.float64)
+        first.append(y)
+        second.append(y2)
+        first_wins.append(bool(_first_wins(rewards, y, y2, u, temperature)))
+    return _labelled(tree, torch.tensor(first), torch.tensor(second), torch.tensor(first_wins))
+
+
+def _joint_draws(
+    tree: Tree, probs: Tensor, n_pairs: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Ordered pairs of distinct responses, pair i of prompt i mod n_prompts, drawn exactly.
+
+    One multinomial per prompt over its L_x² ordered pairs with the diagonal removed, so
+    P[(y, y')] ∝ π(y|x) π(y'|x) for y ≠ y' (no rejection loop). Shapes (P,), (P,).
+    """
+    prompt_of = torch.arange(n_pairs) % tree.n_prompts
+    first = torch.empty(n_pairs, dtype=torch.long)
+    second = torch.empty(n_pairs, dtype=torch.long)
+    for prompt in range(min(n_pairs, tree.n_prompts)):
+        leaves = torch.nonzero(tree.leaf_prompt == prompt).squeeze(1)
+        p = probs[leaves]
+        _check_support(p, prompt)
+        joint = torch.outer(p, p)
+        joint.fill_diagonal_(0.0)
+        rows = torch.nonzero(prompt_of == prompt).squeeze(1)
+        flat = torch.multinomial(joint.reshape(-1), len(rows), replacement=True, generator=gen)
+        n = len(leaves)
+        first[rows], second[rows] = leaves[flat // n], leaves[flat % n]
+    return first, second
 
 
 def sampled_bt_pairs(
@@ -205,7 +260,8 @@ def sampled_bt_pairs(
     multinomial over the L_x² ordered pairs of each prompt, diagonal removed), so a
     concentrated policy costs no rejection loop. Pure: the randomness is ``seed``'s alone.
     The law is ``bradley_terry_pairs``'s (which rejects equal draws, one pair at a time, from a
-    shared generator); that one stays as it is because its draws are in existing run folders.
+    shared generator); that one keeps its random stream because its draws are in existing run
+    folders, and this one keeps its own for the confirm grid's.
 
     Args:
         tree: the tree.
@@ -218,37 +274,11 @@ def sampled_bt_pairs(
     Returns:
         ``Pairs`` with shape (P,).
     """
-    _check_bt_arguments(n_pairs, temperature)
-    L = tree.n_responses
-    if tuple(rewards.shape) != (L,) or tuple(sampler_logp.shape) != (L,):
-        raise ValueError(
-            f"rewards and sampler_logp must have shape ({L},); got {tuple(rewards.shape)} and "
-            f"{tuple(sampler_logp.shape)}"
-        )
+    _check_bt_arguments(tree, rewards, sampler_logp, n_pairs, temperature)
     gen = torch.Generator().manual_seed(int(seed))
-    probs = torch.exp(sampler_logp.double())
-    prompt_of = torch.arange(n_pairs) % tree.n_prompts
-    first = torch.empty(n_pairs, dtype=torch.long)
-    second = torch.empty(n_pairs, dtype=torch.long)
-    for prompt in range(min(n_pairs, tree.n_prompts)):
-        leaves = torch.nonzero(tree.leaf_prompt == prompt).squeeze(1)
-        p = probs[leaves]
-        if int((p > 0).sum()) < 2:
-            raise ValueError(
-                f"the sampling policy puts mass on fewer than 2 responses of prompt {prompt}"
-            )
-        joint = torch.outer(p, p)
-        joint.fill_diagonal_(0.0)
-        rows = torch.nonzero(prompt_of == prompt).squeeze(1)
-        flat = torch.multinomial(joint.reshape(-1), len(rows), replacement=True, generator=gen)
-        n = len(leaves)
-        first[rows], second[rows] = leaves[flat // n], leaves[flat % n]
-    margin = (rewards[first] - rewards[second]).double() / temperature
+    first, second = _joint_draws(tree, torch.exp(sampler_logp.double()), n_pairs, gen)
     u = torch.rand(n_pairs, generator=gen, dtype=torch.float64)
-    first_wins = u < torch.sigmoid(margin)
-    return validate_pairs(
-        tree, torch.where(first_wins, first, second), torch.where(first_wins, second, first)
-    )
+    return _labelled(tree, first, second, _first_wins(rewards, first, second, u, temperature))
 
 
 def comparison_graph(tree: Tree, pairs: Pairs) -> nx.Graph:

@@ -9,6 +9,11 @@ is built once (``Margins``) and each registry entry turns it into per-pair losse
 objective is adding one ``Objective`` to ``REGISTRY`` and its tests; training code never branches
 on the name.
 
+One entry point: ``bind(name, beta=..., **hyper)`` checks the name, β and the hyperparameters
+once and returns a ``BoundObjective`` whose ``loss(margins)`` gives per-pair losses and whose
+``rewards(margins)`` gives the implicit rewards in the entry's own log-prob form; response lengths
+join with ``.with_lengths(len_chosen, len_rejected)``. ``loss(name, ...)`` is the one-call form.
+
 Notation used in every formula (also in ``python -m treemdp.objectives`` and docs/objectives.md):
 
     ℓ_w = log π(y_w|x) − log π_ref(y_w|x)   chosen log-ratio (summed over tokens)
@@ -20,7 +25,7 @@ Notation used in every formula (also in ``python -m treemdp.objectives`` and doc
 Log-prob forms. Every entry takes *summed* response log-probs. An entry whose ``logp_form`` is
 "mean" uses per-token means inside its formula and declares ``len_chosen``/``len_rejected``
 (REQUIRED) in its ``hyper``: mean = sum / length, exactly the per-token mean TRL computes from its
-token mask. ``treemdp.train`` passes the tree's response lengths to any entry that declares them.
+token mask.
 
 Sign conventions. Losses are minimised; a positive margin h means the policy prefers y_w more than
 the reference does. Length terms follow each paper (see the entry's ``source``).
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -46,9 +51,11 @@ from torch import Tensor
 __all__ = [
     "REGISTRY",
     "REQUIRED",
+    "BoundObjective",
     "Margins",
     "Objective",
-    "check_user_hyper",
+    "bind",
+    "check_beta",
     "get",
     "length_hyper",
     "loss",
@@ -75,6 +82,11 @@ class Margins:
     logp_rejected: Tensor
     ref_logp_chosen: Tensor
     ref_logp_rejected: Tensor
+
+    def select(self, index: slice | Tensor) -> Margins:
+        """The four tensors indexed along their first axis (e.g. a group of runs)."""
+        x = (self.logp_chosen, self.logp_rejected, self.ref_logp_chosen, self.ref_logp_rejected)
+        return Margins(*(t[index] for t in x))
 
     @cached_property
     def chosen_logratio(self) -> Tensor:
@@ -496,17 +508,11 @@ LENGTH_KEYS = ("len_chosen", "len_rejected")
 def length_hyper(name: str, len_chosen: Any, len_rejected: Any) -> dict[str, Any]:
     """The response lengths that objective ``name`` declares, ready to pass as ``**hyper``.
 
-    Training code calls this for every objective; only the keys the entry takes come back, so
-    nothing branches on the name. Shapes as the log-probs.
+    Only the keys the entry takes come back, so nothing branches on the name. Shapes as the
+    log-probs.
     """
     values = {"len_chosen": len_chosen, "len_rejected": len_rejected}
     return {k: v for k, v in values.items() if k in get(name).hyper}
-
-
-def check_user_hyper(name: str, hyper: Mapping[str, Any]) -> None:
-    """Check user hyperparameters for ``name`` as ``loss`` would, with the lengths stood in."""
-    entry = get(name)
-    resolve_hyper(entry, {**hyper, **dict.fromkeys(set(LENGTH_KEYS) & set(entry.hyper), 0)})
 
 
 def names() -> list[str]:
@@ -523,18 +529,97 @@ def get(name: str) -> Objective:
 
 
 def check_beta(beta: float | Tensor) -> Tensor:
-    """β as a tensor, after checking every entry is finite and > 0."""
+    """β as a tensor, after checking every entry is finite and > 0 (ValueError naming the first
+    entry that is not)."""
     # A Python float goes straight to float64: as_tensor would round it to float32 first.
     b = beta if isinstance(beta, Tensor) else torch.as_tensor(beta, dtype=torch.float64)
     if not b.is_floating_point():
         b = b.to(torch.float64)
-    if not bool(torch.all(torch.isfinite(b) & (b > 0))):
-        raise ValueError(f"beta must be finite and > 0; got {beta!r}")
+    bad = ~(torch.isfinite(b) & (b > 0))
+    if bool(bad.any()):
+        raise ValueError(f"beta must be finite and > 0; got {float(b[bad].flatten()[0])!r}")
     return b
 
 
-def resolve_hyper(objective: Objective, hyper: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults merged with ``hyper``; ValueError for unknown or missing hyperparameters."""
+@dataclass(frozen=True)
+class BoundObjective:
+    """A registry entry with its β and hyperparameters checked once (``bind``).
+
+    Attributes:
+        objective: the registry entry.
+        beta: β, checked finite and > 0; a 0-d tensor or one that broadcasts against the
+            log-probs (one per run). Converted to the log-probs' dtype and device at each call.
+        hyper: the entry's hyperparameters, defaults merged in; the response lengths stay
+            ``REQUIRED`` until ``with_lengths`` fills them.
+    """
+
+    objective: Objective
+    beta: Tensor
+    hyper: Mapping[str, Any]
+
+    def with_lengths(self, len_chosen: Any, len_rejected: Any) -> BoundObjective:
+        """The same objective on responses of these lengths (kept only where the entry takes
+        them; nothing is checked again). Shapes as the log-probs, e.g. (B,)."""
+        lengths = length_hyper(self.objective.name, len_chosen, len_rejected)
+        return replace(self, hyper={**self.hyper, **lengths})
+
+    def loss(self, margins: Margins) -> Tensor:
+        """Per-pair loss on summed log-probs (``Margins``, shapes (...,)); the broadcast shape."""
+        like = margins.logp_chosen
+        return self.objective.fn(margins, beta=self._beta_like(like), **self._complete_hyper())
+
+    def rewards(self, margins: Margins) -> tuple[Tensor, Tensor]:
+        """Implicit rewards (chosen, rejected) in the entry's own log-prob form.
+
+        β·(log π(y|x) − log π_ref(y|x)) on summed log-probs, or on per-token means (sum /
+        length) for entries of ``logp_form`` "mean"; without the π_ref term for reference-free
+        entries (SimPO's reward is β·mean log π). Shapes: the broadcast shape of the inputs.
+        """
+        chosen, rejected = self._form(margins.logp_chosen, margins.logp_rejected)
+        if self.objective.needs_reference:
+            ref_chosen, ref_rejected = self._form(
+                margins.ref_logp_chosen, margins.ref_logp_rejected
+            )
+            chosen, rejected = chosen - ref_chosen, rejected - ref_rejected
+        beta = self._beta_like(chosen)
+        return beta * chosen, beta * rejected
+
+    def _form(self, chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed log-probs as they are, or divided by the response lengths for "mean" entries."""
+        if self.objective.logp_form == "sum":
+            return chosen, rejected
+        hyper = self._complete_hyper()
+        return chosen / hyper["len_chosen"], rejected / hyper["len_rejected"]
+
+    def _beta_like(self, like: Tensor) -> Tensor:
+        return self.beta.to(dtype=like.dtype, device=like.device)
+
+    def _complete_hyper(self) -> Mapping[str, Any]:
+        missing = [k for k, v in self.hyper.items() if v is REQUIRED]
+        if missing:
+            raise ValueError(f"objective {self.objective.name!r} needs hyperparameters {missing}")
+        return self.hyper
+
+
+def bind(name: str, *, beta: float | Tensor, **hyper: Any) -> BoundObjective:
+    """Objective ``name`` with β and its hyperparameters, checked here and only here.
+
+    Args:
+        name: a key of ``REGISTRY`` (``names()`` lists them).
+        beta: β > 0, a float or a tensor broadcastable against the log-probs (one per run).
+        **hyper: the entry's hyperparameters (see ``REGISTRY[name].hyper``); the response
+            lengths may be given here or later with ``BoundObjective.with_lengths``.
+
+    Returns:
+        The bound objective: ``.loss(margins)`` and ``.rewards(margins)``.
+
+    Raises:
+        ValueError: unknown name, β not finite and > 0, unknown hyperparameters, or a required
+            one other than the lengths missing. Ranges of the other hyperparameters (e.g. ε) are
+            checked by the entry's formula, at each call.
+    """
+    objective = get(name)
+    b = check_beta(beta)
     unknown = sorted(set(hyper) - set(objective.hyper))
     if unknown:
         allowed = ", ".join(objective.hyper) or "none"
@@ -542,10 +627,10 @@ def resolve_hyper(objective: Objective, hyper: Mapping[str, Any]) -> dict[str, A
             f"objective {objective.name!r} takes hyperparameters [{allowed}]; got unknown {unknown}"
         )
     merged = {**objective.hyper, **hyper}
-    missing = [k for k, v in merged.items() if v is REQUIRED]
+    missing = [k for k, v in merged.items() if v is REQUIRED and k not in LENGTH_KEYS]
     if missing:
         raise ValueError(f"objective {objective.name!r} needs hyperparameters {missing}")
-    return merged
+    return BoundObjective(objective, b, merged)
 
 
 def loss(
@@ -558,7 +643,7 @@ def loss(
     beta: float | Tensor,
     **hyper: Any,
 ) -> Tensor:
-    """Per-pair loss of objective ``name``.
+    """Per-pair loss of objective ``name`` in one call: ``bind(name, ...).loss(Margins(...))``.
 
     Args:
         name: a key of ``REGISTRY`` (``names()`` lists them).
@@ -574,11 +659,8 @@ def loss(
     Returns:
         Per-pair losses with the broadcast shape of the inputs, e.g. (B,).
     """
-    objective = get(name)
-    b = check_beta(beta).to(dtype=torch.as_tensor(logp_chosen).dtype)
-    kwargs = resolve_hyper(objective, hyper)
     margins = Margins(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected)
-    return objective.fn(margins, beta=b.to(device=margins.logp_chosen.device), **kwargs)
+    return bind(name, beta=beta, **hyper).loss(margins)
 
 
 def _format_hyper(hyper: Mapping[str, Any]) -> str:

@@ -387,15 +387,3 @@ class Policy:
             return torch.where(mask, cond, 0.0).sum(-1)
 
         return logprobs
-
-    def response_logprobs_at(self, theta: Tensor, responses: Tensor) -> Tensor:
-        """log π_θ(y|x) of the given responses only, from their paths: O(S·D·b) per run.
-
-        Args:
-            theta: parameters. Shape (R, *param_shape).
-            responses: response indices per run. Shape (R, S).
-
-        Returns:
-            Equal (to rounding) to ``response_logprobs(theta).gather(1, responses)``. Shape (R, S).
-        """
-        return self.bind(responses)(theta)

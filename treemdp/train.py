@@ -3,14 +3,16 @@
 The runs of a batch share a tree but may differ in objective, β, learning rate, hyperparameters
 and problem (seed). The total loss is the sum over runs of each run's mean per-pair loss, so each
 run's gradient is exactly its own; the optimisers are element-wise with one learning rate per
-run. Runs are grouped by (objective, hyperparameters) only to call the registry once per group;
-nothing branches on an objective's name.
+run. Runs are grouped by (objective, hyperparameters) only to bind the registry entry once per
+group (β and hyperparameters checked there, once per run); nothing branches on an objective's
+name. A step reads log-probs → loss → checks → log → update (``_descend``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,11 +23,10 @@ from tqdm.auto import tqdm
 from treemdp import objectives
 from treemdp.batching import EpochSchedule
 from treemdp.metrics import METRICS, MetricContext, metrics, win_weights
-from treemdp.objectives import Margins
+from treemdp.objectives import BoundObjective, Margins
 from treemdp.optim import make_optimizer
 from treemdp.problem import Problem
-from treemdp.threads import SMALL_WORK as SMALL_WORK  # re-exported: its old home
-from treemdp.threads import thread_count, threads, threads_for
+from treemdp.threads import thread_count, threads, with_threads
 
 __all__ = ["History", "RunSpec", "TrainingDivergedError", "grid", "train"]
 
@@ -115,23 +116,127 @@ class TrainingDivergedError(FloatingPointError):
         self.history = history
 
 
-def _check_specs(specs: Sequence[RunSpec], n_runs: int) -> None:
-    if len(specs) != n_runs:
-        raise ValueError(f"specs must hold one RunSpec per run ({n_runs}); got {len(specs)}")
+def _check_arguments(
+    problem: Problem, specs: Sequence[RunSpec], steps: int, log_every: int
+) -> None:
+    """ValueError naming the argument of ``train`` (or ``RunSpec`` field) out of its range."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0; got {steps}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1; got {log_every}")
+    if len(specs) != problem.n_runs:
+        raise ValueError(
+            f"specs must hold one RunSpec per run ({problem.n_runs}); got {len(specs)}"
+        )
     for s in specs:
-        objectives.check_beta(s.beta)
         if not s.lr > 0:
             raise ValueError(f"lr must be > 0; got {s.lr}")
-        objectives.check_user_hyper(s.objective, dict(s.hyper))
 
 
-_threads_for = threads_for  # the old private name, kept for callers that used it
+def _run_groups(specs: Sequence[RunSpec]) -> list[tuple[RunSpec, slice | Tensor]]:
+    """The runs grouped by (objective, hyperparameters), in order of first appearance: each
+    group's first spec and its runs, as a slice when they are contiguous (the usual sweep
+    layout: a view instead of a gather and a scatter), else as an index tensor."""
+    groups: dict[tuple[str, tuple], list[int]] = {}
+    for i, s in enumerate(specs):
+        groups.setdefault((s.objective, s.hyper), []).append(i)
+    out: list[tuple[RunSpec, slice | Tensor]] = []
+    for idx in groups.values():
+        contiguous = idx == list(range(idx[0], idx[-1] + 1))
+        out.append((specs[idx[0]], slice(idx[0], idx[-1] + 1) if contiguous else torch.tensor(idx)))
+    return out
+
+
+def _bind_groups(specs: Sequence[RunSpec]) -> list[tuple[BoundObjective, slice | Tensor]]:
+    """Each group's objective bound to its runs' β (shape (R_g, 1)) and hyperparameters: the one
+    place they are checked."""
+    betas = torch.tensor([s.beta for s in specs], dtype=torch.float64).unsqueeze(1)
+    return [
+        (objectives.bind(s.objective, beta=betas[runs], **dict(s.hyper)), runs)
+        for s, runs in _run_groups(specs)
+    ]
+
+
+def _in_run_order(outs: list[Tensor], runs: list[slice | Tensor], like: Tensor) -> Tensor:
+    """The groups' per-pair losses (each (R_g, P)) as one (R, P) tensor in run order: as it is
+    for one group, concatenated when every group is a contiguous block, else scattered."""
+    if len(outs) == 1:
+        return outs[0]
+    if all(isinstance(sel, slice) for sel in runs):
+        order = sorted(range(len(outs)), key=lambda g: runs[g].start)
+        return torch.cat([outs[g] for g in order])
+    per_pair = like.new_empty(like.shape)
+    for out, sel in zip(outs, runs, strict=True):
+        per_pair[sel] = out
+    return per_pair
+
+
+@dataclass(frozen=True)
+class _PairLoss:
+    """The runs' per-pair losses from their pairs' log-probs, each group through its bound
+    objective. Only the pairs' responses enter: their log-probs come from their paths
+    (O(P·D) per step); π_ref's use the same path function, so h is exactly 0 at θ0.
+
+    Attributes:
+        logprobs: θ → log π of every pair's chosen then rejected response. Shape (R, 2P).
+        ref_chosen: log π_ref(y_w|x). Shape (R, P).
+        ref_rejected: log π_ref(y_l|x). Shape (R, P).
+        groups: each group's objective (lengths bound) and runs.
+    """
+
+    logprobs: Callable[[Tensor], Tensor]
+    ref_chosen: Tensor
+    ref_rejected: Tensor
+    groups: list[tuple[BoundObjective, slice | Tensor]]
+
+    @classmethod
+    def build(
+        cls, problem: Problem, groups: list[tuple[BoundObjective, slice | Tensor]]
+    ) -> _PairLoss:
+        """Bind the policy to the pairs' paths and the objectives to the responses' lengths."""
+        pairs, P = problem.pairs, problem.pairs.n_pairs
+        logprobs = problem.policy.bind(pairs.responses())
+        with torch.no_grad():
+            ref = logprobs(problem.policy.theta0)
+        lengths = problem.tree.response_length.to(problem.ref_logp.dtype)
+        len_c, len_r = lengths[pairs.chosen], lengths[pairs.rejected]
+        bound = [(b.with_lengths(len_c[runs], len_r[runs]), runs) for b, runs in groups]
+        return cls(logprobs, ref[:, :P], ref[:, P:], bound)
+
+    def margins(self, theta: Tensor) -> Margins:
+        """The four log-prob tensors of every run's pairs at θ. Shapes (R, P)."""
+        pair_logp, P = self.logprobs(theta), self.ref_chosen.shape[1]
+        return Margins(pair_logp[:, :P], pair_logp[:, P:], self.ref_chosen, self.ref_rejected)
+
+    def __call__(self, m: Margins) -> Tensor:
+        """Per-pair losses. Shape (R, P)."""
+        outs = [bound.loss(m.select(runs)) for bound, runs in self.groups]
+        return _in_run_order(outs, [runs for _, runs in self.groups], m.logp_chosen)
 
 
 def _run_label(specs: Sequence[RunSpec], r: int) -> str:
     s = specs[r]
     hyper = "".join(f", {k}={v:g}" for k, v in s.hyper)
     return f"run {r} ({s.objective}, β={s.beta:g}, lr={s.lr:g}{hyper})"
+
+
+def _check_loss(
+    total: Tensor, per_pair: Tensor, specs: Sequence[RunSpec], step: int, log: _Log
+) -> None:
+    """TrainingDivergedError naming the first run whose mean loss is not finite."""
+    if not bool(torch.isfinite(total)):
+        bad = torch.nonzero(~torch.isfinite(per_pair.detach().mean(-1)))
+        where = _run_label(specs, int(bad[0])) if len(bad) else "the sum over runs"
+        raise TrainingDivergedError(f"loss of {where} is not finite at step {step}", log.history())
+
+
+def _check_gradient(grad: Tensor, specs: Sequence[RunSpec], step: int, log: _Log) -> None:
+    """TrainingDivergedError naming the first run whose gradient is not finite."""
+    if not bool(torch.isfinite(grad).all()):
+        bad = int(torch.nonzero(~torch.isfinite(grad.reshape(len(specs), -1)).all(-1))[0])
+        raise TrainingDivergedError(
+            f"gradient of {_run_label(specs, bad)} is not finite at step {step}", log.history()
+        )
 
 
 def _check_finite(
@@ -164,6 +269,127 @@ def _frame(
     for name in (*METRICS, *(k for k in logs[0] if k not in METRICS)):  # then extra metrics
         cols[name] = torch.stack([log[name] for log in logs]).reshape(-1).numpy()
     return pd.DataFrame(cols)
+
+
+@dataclass
+class _Log:
+    """The exact metrics of the logged steps and the History they make.
+
+    A logged step's metrics touch every node, so they run with ``n_threads`` (chosen for the
+    whole tree) whatever the step's own thread count; the whole-tree context and π_ref's
+    log-probs and win-rate weights are computed once, in ``start``.
+    """
+
+    problem: Problem
+    specs: Sequence[RunSpec]
+    schedule: EpochSchedule | None
+    extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None
+    record_responses: bool
+    n_threads: int
+    ctx: MetricContext
+    ref_weights: Tensor
+    steps: list[int] = field(default_factory=list)
+    logs: list[dict[str, Tensor]] = field(default_factory=list)
+    snapshots: list[Tensor] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        problem: Problem,
+        specs: Sequence[RunSpec],
+        schedule: EpochSchedule | None,
+        extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None,
+        record_responses: bool,
+    ) -> _Log:
+        """The log before any step (its thread count taken from the caller's)."""
+        n_threads = thread_count(problem.n_runs * problem.tree.n_nodes)
+        with threads(n_threads):  # whole-tree work, done once
+            ctx = MetricContext.build(problem.tree, problem.rewards, problem.pairs)
+            ref_weights = win_weights(ctx, problem.ref_logp)  # π_ref is fixed: its weights too
+        return cls(
+            problem, specs, schedule, extra_metrics, record_responses, n_threads, ctx, ref_weights
+        )
+
+    def record(self, step: int, theta: Tensor, m: Margins, per_pair: Tensor) -> None:
+        """Log the exact metrics at θ; ``m`` and ``per_pair`` (shape (R, P)) are the step's."""
+        with torch.no_grad(), threads(self.n_threads):
+            logp = self.problem.policy.response_logprobs(theta)
+            ref_logp, h = self.problem.ref_logp, m.h
+            log = metrics(
+                self.ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=self.ref_weights
+            )
+            _check_finite(log, self.specs, step, self.history)
+            self.logs.append(
+                log if self.extra_metrics is None else {**log, **self.extra_metrics(logp)}
+            )
+        if self.record_responses:
+            self.snapshots.append(logp.clone())
+        self.steps.append(step)
+
+    def history(self, theta: Tensor | None = None) -> History:
+        """What was logged so far, with the final θ when training finished."""
+        if not self.logs:
+            return History()
+        frame = _frame(self.specs, self.problem.seeds, self.steps, self.logs)
+        if self.schedule is not None:
+            for name, col in self.schedule.epoch_columns(frame["step"].to_numpy()).items():
+                frame.insert(frame.columns.get_loc("step") + 1 + (name != "epoch"), name, col)
+        if theta is None:
+            return History(frame)
+        snapshots = torch.stack(self.snapshots) if self.record_responses else None
+        return History(frame, theta.detach().clone(), snapshots)
+
+
+def _total_loss(per_pair: Tensor, schedule: EpochSchedule | None, step: int) -> Tensor:
+    """Σ over runs of each run's mean loss over the step's pairs (all of them in full batch),
+    so each run's gradient is its own."""
+    if schedule is None or schedule.full_batch:
+        return per_pair.mean(-1).sum()
+    return per_pair[:, schedule.batch(step)].mean(-1).sum()
+
+
+def _step_work(problem: Problem, *_: Any, **__: Any) -> int:
+    """Tensor entries of one step (the loss on the pairs' paths, gradient, update): small unless
+    the family must compute every logit (no ``bind``)."""
+    tree = problem.tree
+    per_run = tree.n_nodes
+    if hasattr(problem.policy.family, "bind"):
+        per_run = 2 * problem.pairs.n_pairs * tree.max_depth * tree.branching
+    return problem.n_runs * per_run
+
+
+@with_threads(_step_work)
+def _descend(
+    problem: Problem,
+    specs: Sequence[RunSpec],
+    groups: list[tuple[BoundObjective, slice | Tensor]],
+    log: _Log,
+    *,
+    steps: int,
+    optimizer: str,
+    log_every: int,
+    progress: bool,
+) -> History:
+    """The gradient steps from θ0: log-probs → loss → checks → log → update."""
+    pair_loss = _PairLoss.build(problem, groups)
+    theta = problem.policy.theta0.detach().clone().requires_grad_(True)
+    lrs = torch.tensor([s.lr for s in specs], dtype=torch.float64)
+    opt = make_optimizer(optimizer, lrs, problem.n_runs)
+    with tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=False) as bar:
+        for step in range(steps + 1):
+            m = pair_loss.margins(theta)
+            per_pair = pair_loss(m)
+            total = _total_loss(per_pair, log.schedule, step)
+            _check_loss(total, per_pair, specs, step, log)
+            if step % log_every == 0 or step == steps:
+                log.record(step, theta, m, per_pair)
+            if step == steps:
+                break
+            (grad,) = torch.autograd.grad(total, theta)
+            _check_gradient(grad, specs, step, log)
+            opt.step(theta, grad)
+            bar.update(1)
+    return log.history(theta)
 
 
 def train(
@@ -207,153 +433,18 @@ def train(
         TrainingDivergedError: a loss, gradient or logged metric became non-finite (the message
             names the step, the quantity and the run; ``.history`` holds what was logged before).
     """
-    # Threads per phase: the step (loss on the pairs' paths, gradient, update) is small unless
-    # the family must compute every logit; a logged step's exact metrics touch every node.
-    R, tree = problem.n_runs, problem.tree
-    per_run = tree.n_nodes
-    if hasattr(problem.policy.family, "bind"):
-        per_run = 2 * problem.pairs.n_pairs * tree.max_depth * tree.branching
-    log_threads = thread_count(R * tree.n_nodes)
-    with threads_for(R * per_run):
-        return _train(
-            problem,
-            specs,
-            log_threads=log_threads,
-            steps=steps,
-            optimizer=optimizer,
-            log_every=log_every,
-            progress=progress,
-            record_responses=record_responses,
-            batch_size=batch_size,
-            batch_seed=batch_seed,
-            extra_metrics=extra_metrics,
-        )
-
-
-def _train(
-    problem: Problem,
-    specs: Sequence[RunSpec],
-    *,
-    steps: int,
-    optimizer: str,
-    log_every: int,
-    progress: bool,
-    record_responses: bool,
-    batch_size: int | None,
-    batch_seed: int,
-    extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None,
-    log_threads: int,
-) -> History:
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0; got {steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1; got {log_every}")
-    _check_specs(specs, problem.n_runs)
-    policy, pairs = problem.policy, problem.pairs
-    schedule = (
-        None if batch_size is None else EpochSchedule(pairs.n_pairs, batch_size, seed=batch_seed)
+    _check_arguments(problem, specs, steps, log_every)
+    groups = _bind_groups(specs)
+    n_pairs = problem.pairs.n_pairs
+    schedule = None if batch_size is None else EpochSchedule(n_pairs, batch_size, seed=batch_seed)
+    log = _Log.start(problem, specs, schedule, extra_metrics, record_responses)
+    return _descend(
+        problem,
+        specs,
+        groups,
+        log,
+        steps=steps,
+        optimizer=optimizer,
+        log_every=log_every,
+        progress=progress,
     )
-    with threads(log_threads):  # whole-tree work, done once
-        ctx = MetricContext.build(problem.tree, problem.rewards, pairs)
-        ref_logp = problem.ref_logp
-        ref_weights = win_weights(ctx, ref_logp)  # π_ref is fixed: the win-rate weights too
-    # The loss needs only the pairs' responses: their log-probs come from their paths (O(P·D)
-    # per step), and every response's only at logged steps (O(nodes), no gradient). π_ref's
-    # pair log-probs use the same path function, so h is exactly 0 at θ0.
-    responses = pairs.responses()
-    n_pairs = pairs.n_pairs
-    pair_logprobs = policy.bind(responses)
-    with torch.no_grad():
-        ref_pair = pair_logprobs(policy.theta0)
-    ref_c, ref_r = ref_pair[:, :n_pairs], ref_pair[:, n_pairs:]
-    lengths = problem.tree.response_length.to(ref_logp.dtype)
-    len_c, len_r = lengths[pairs.chosen], lengths[pairs.rejected]
-    betas = torch.tensor([s.beta for s in specs], dtype=ref_logp.dtype).unsqueeze(1)
-    groups: dict[tuple[str, tuple], list[int]] = {}
-    for i, s in enumerate(specs):
-        groups.setdefault((s.objective, s.hyper), []).append(i)
-    # Per group: its registry entry, hyperparameters resolved once, and its runs as a slice when
-    # they are contiguous (the usual sweep layout: a view instead of a gather and a scatter).
-    group_index = []
-    for (name, hyper), idx in groups.items():
-        entry = objectives.get(name)
-        sel: slice | Tensor = torch.tensor(idx)
-        if idx == list(range(idx[0], idx[-1] + 1)):
-            sel = slice(idx[0], idx[-1] + 1)
-        extra = objectives.length_hyper(name, len_c[sel], len_r[sel])
-        kwargs = objectives.resolve_hyper(entry, {**dict(hyper), **extra})
-        objectives.check_beta(betas[sel])
-        group_index.append((entry, kwargs, sel))
-    whole = len(group_index) == 1
-    contiguous = all(isinstance(sel, slice) for _, _, sel in group_index)
-
-    theta = policy.theta0.detach().clone().requires_grad_(True)
-    lrs = torch.tensor([s.lr for s in specs], dtype=torch.float64)
-    opt = make_optimizer(optimizer, lrs, problem.n_runs)
-    logged_steps: list[int] = []
-    logs: list[dict[str, Tensor]] = []
-    snapshots: list[Tensor] = []
-
-    def history() -> History:
-        if not logs:
-            return History()
-        frame = _frame(specs, problem.seeds, logged_steps, logs)
-        if schedule is not None:
-            for name, col in schedule.epoch_columns(frame["step"].to_numpy()).items():
-                frame.insert(frame.columns.get_loc("step") + 1 + (name != "epoch"), name, col)
-        return History(frame)
-
-    bar = tqdm(total=steps, disable=not progress, desc="training", unit="step", leave=False)
-    for step in range(steps + 1):
-        pair_logp = pair_logprobs(theta)
-        lc, lr = pair_logp[:, :n_pairs], pair_logp[:, n_pairs:]
-        # The registry's functions on each group's runs (β checked once above, so the entry's
-        # function is called directly rather than through objectives.loss).
-        outs = [
-            entry.fn(Margins(lc[sel], lr[sel], ref_c[sel], ref_r[sel]), beta=betas[sel], **kwargs)
-            for entry, kwargs, sel in group_index
-        ]
-        if whole:
-            per_pair = outs[0]
-        elif contiguous:  # groups in run order, each a contiguous block
-            order = sorted(range(len(outs)), key=lambda g: group_index[g][2].start)
-            per_pair = torch.cat([outs[g] for g in order])
-        else:
-            per_pair = lc.new_empty(lc.shape)
-            for out, (_, _, sel) in zip(outs, group_index, strict=True):
-                per_pair[sel] = out
-        if schedule is None or schedule.full_batch:
-            total = per_pair.mean(-1).sum()
-        else:  # each run's gradient is its own minibatch mean; metrics stay whole-dataset
-            total = per_pair[:, schedule.batch(step)].mean(-1).sum()
-        if not bool(torch.isfinite(total)):
-            bar.close()
-            bad = torch.nonzero(~torch.isfinite(per_pair.detach().mean(-1)))
-            where = _run_label(specs, int(bad[0])) if len(bad) else "the sum over runs"
-            raise TrainingDivergedError(f"loss of {where} is not finite at step {step}", history())
-        if step % log_every == 0 or step == steps:
-            with torch.no_grad(), threads(log_threads):
-                h = (lc - ref_c) - (lr - ref_r)
-                logp = policy.response_logprobs(theta)
-                log = metrics(ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=ref_weights)
-                _check_finite(log, specs, step, history)
-                logs.append(log if extra_metrics is None else {**log, **extra_metrics(logp)})
-            if record_responses:
-                snapshots.append(logp.clone())
-            logged_steps.append(step)
-        if step == steps:
-            break
-        (grad,) = torch.autograd.grad(total, theta)
-        if not bool(torch.isfinite(grad).all()):
-            bar.close()
-            bad = int(torch.nonzero(~torch.isfinite(grad.reshape(len(specs), -1)).all(-1))[0])
-            raise TrainingDivergedError(
-                f"gradient of {_run_label(specs, bad)} is not finite at step {step}", history()
-            )
-        opt.step(theta, grad)
-        bar.update(1)
-    bar.close()
-    out = history()
-    out.theta = theta.detach().clone()
-    out.response_logp = torch.stack(snapshots) if record_responses else None
-    return out

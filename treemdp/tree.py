@@ -46,6 +46,96 @@ def _check_budget(n_nodes: int, branching: int, max_bytes: int, what: str) -> No
         )
 
 
+def _check_node_arrays(parent: Tensor, action: Tensor, depth: Tensor, b: int) -> None:
+    """Refuse node arrays that are not a level-ordered forest with actions in [0, b)."""
+    n = parent.numel()
+    if b < 2:
+        raise ValueError(f"branching must be >= 2; got {b}")
+    if n == 0 or not (parent.shape == action.shape == depth.shape == (n,)):
+        raise ValueError("parent, action and depth must be non-empty 1-D arrays of one length")
+    ids = torch.arange(n)
+    is_root = parent < 0
+    if bool((is_root != (depth == 0)).any()) or bool((is_root != (action < 0)).any()):
+        raise ValueError("roots (parent -1) must be exactly the nodes of depth 0 and action -1")
+    p = parent.clamp(min=0)
+    nonroot = ~is_root
+    if bool((parent[nonroot] >= ids[nonroot]).any()):
+        raise ValueError("nodes must be in level order: every parent comes before its child")
+    if bool((depth[nonroot] != depth[p[nonroot]] + 1).any()):
+        raise ValueError("depth must be the parent's depth + 1")
+    if bool((depth[1:] < depth[:-1]).any()):
+        raise ValueError("nodes must be in level order: depth must be non-decreasing")
+    if bool(((action[nonroot] < 0) | (action[nonroot] >= b)).any()):
+        raise ValueError(f"actions must lie in [0, {b - 1}] for branching={b}")
+
+
+def _positions(ids: Tensor, n: int) -> Tensor:
+    """Position of each of n nodes within ``ids``, -1 for nodes not in it. Shape (n,)."""
+    index = torch.full((n,), -1, dtype=torch.long)
+    index[ids] = torch.arange(ids.numel())
+    return index
+
+
+def _children_table(edge: Tensor, nonroot: Tensor, n_internal: int, b: int) -> Tensor:
+    """Child node per flat (internal node, action) slot, -1 for none. Shape (M·b,).
+
+    Raises ValueError when two children share a slot (a parent with a repeated action).
+    """
+    counts = torch.bincount(edge[nonroot], minlength=n_internal * b)
+    if bool((counts > 1).any()):
+        raise ValueError("two children share a (parent, action): actions must be distinct")
+    children = torch.full((n_internal * b,), -1, dtype=torch.long)
+    children[edge[nonroot]] = torch.arange(edge.numel())[nonroot]
+    return children
+
+
+def _level_offsets(depth: Tensor) -> tuple[int, ...]:
+    """Nodes of depth d are ``offsets[d]:offsets[d + 1]`` (depth is non-decreasing)."""
+    max_depth = int(depth[-1])
+    return (0, *torch.searchsorted(depth, torch.arange(1, max_depth + 2)).tolist())
+
+
+def _node_prompts(parent: Tensor, roots: Tensor, offsets: tuple[int, ...]) -> Tensor:
+    """Prompt (root) index of every node. Shape (N,)."""
+    node_prompt = torch.empty(parent.numel(), dtype=torch.long)
+    node_prompt[roots] = torch.arange(roots.numel())
+    for d in range(1, len(offsets) - 1):  # prompts flow down one level at a time
+        lo, hi = offsets[d], offsets[d + 1]
+        node_prompt[lo:hi] = node_prompt[parent[lo:hi]]
+    return node_prompt
+
+
+def _derived_arrays(parent: Tensor, action: Tensor, depth: Tensor, b: int) -> dict[str, object]:
+    """The ``Tree``'s derived attributes from checked node arrays, by attribute name."""
+    n = parent.numel()
+    ids = torch.arange(n)
+    nonroot = parent >= 0
+    p = parent.clamp(min=0)
+    has_child = torch.zeros(n, dtype=torch.bool)
+    has_child[p[nonroot]] = True
+    internal, leaves, roots = ids[has_child], ids[~has_child], ids[~nonroot]
+    internal_index = _positions(internal, n)
+    edge = torch.full((n,), -1, dtype=torch.long)
+    edge[nonroot] = internal_index[p[nonroot]] * b + action[nonroot]
+    children = _children_table(edge, nonroot, internal.numel(), b)
+    offsets = _level_offsets(depth)
+    node_prompt = _node_prompts(parent, roots, offsets)
+    return {
+        "children": children.view(-1, b),
+        "internal": internal,
+        "internal_index": internal_index,
+        "leaves": leaves,
+        "leaf_index": _positions(leaves, n),
+        "roots": roots,
+        "node_prompt": node_prompt,
+        "leaf_prompt": node_prompt[leaves],
+        "edge": edge,
+        "level_offsets": offsets,
+        "valid": children.view(-1, b) >= 0,
+        "is_complete": bool((children >= 0).all()),
+    }
+
+
 @dataclass(frozen=True, eq=False)
 class Tree:
     """A forest of action trees in level order.
@@ -89,63 +179,8 @@ class Tree:
     is_complete: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        parent, action, depth, b = self.parent, self.action, self.depth, self.branching
-        n = parent.numel()
-        if b < 2:
-            raise ValueError(f"branching must be >= 2; got {b}")
-        if n == 0 or not (parent.shape == action.shape == depth.shape == (n,)):
-            raise ValueError("parent, action and depth must be non-empty 1-D arrays of one length")
-        ids = torch.arange(n)
-        is_root = parent < 0
-        if bool((is_root != (depth == 0)).any()) or bool((is_root != (action < 0)).any()):
-            raise ValueError("roots (parent -1) must be exactly the nodes of depth 0 and action -1")
-        p = parent.clamp(min=0)
-        nonroot = ~is_root
-        if bool((parent[nonroot] >= ids[nonroot]).any()):
-            raise ValueError("nodes must be in level order: every parent comes before its child")
-        if bool((depth[nonroot] != depth[p[nonroot]] + 1).any()):
-            raise ValueError("depth must be the parent's depth + 1")
-        if bool((depth[1:] < depth[:-1]).any()):
-            raise ValueError("nodes must be in level order: depth must be non-decreasing")
-        if bool(((action[nonroot] < 0) | (action[nonroot] >= b)).any()):
-            raise ValueError(f"actions must lie in [0, {b - 1}] for branching={b}")
-        has_child = torch.zeros(n, dtype=torch.bool)
-        has_child[p[nonroot]] = True
-        internal = ids[has_child]
-        internal_index = torch.full((n,), -1, dtype=torch.long)
-        internal_index[internal] = torch.arange(internal.numel())
-        edge = torch.full((n,), -1, dtype=torch.long)
-        edge[nonroot] = internal_index[p[nonroot]] * b + action[nonroot]
-        counts = torch.bincount(edge[nonroot], minlength=internal.numel() * b)
-        if bool((counts > 1).any()):
-            raise ValueError("two children share a (parent, action): actions must be distinct")
-        children = torch.full((internal.numel() * b,), -1, dtype=torch.long)
-        children[edge[nonroot]] = ids[nonroot]
-        leaves = ids[~has_child]
-        leaf_index = torch.full((n,), -1, dtype=torch.long)
-        leaf_index[leaves] = torch.arange(leaves.numel())
-        roots = ids[is_root]
-        node_prompt = torch.empty(n, dtype=torch.long)
-        node_prompt[roots] = torch.arange(roots.numel())
-        max_depth = int(depth[-1])
-        offsets = [0, *torch.searchsorted(depth, torch.arange(1, max_depth + 2)).tolist()]
-        for d in range(1, max_depth + 1):  # prompts flow down one level at a time
-            lo, hi = offsets[d], offsets[d + 1]
-            node_prompt[lo:hi] = node_prompt[parent[lo:hi]]
-        derived = {
-            "children": children.view(-1, b),
-            "internal": internal,
-            "internal_index": internal_index,
-            "leaves": leaves,
-            "leaf_index": leaf_index,
-            "roots": roots,
-            "node_prompt": node_prompt,
-            "leaf_prompt": node_prompt[leaves],
-            "edge": edge,
-            "level_offsets": tuple(offsets),
-            "valid": children.view(-1, b) >= 0,
-            "is_complete": bool((children >= 0).all()),
-        }
+        _check_node_arrays(self.parent, self.action, self.depth, self.branching)
+        derived = _derived_arrays(self.parent, self.action, self.depth, self.branching)
         for name, value in derived.items():
             object.__setattr__(self, name, value)
 

@@ -16,7 +16,7 @@ from llm.compat import SUPPORTED, cache_kwargs, check_cache_filled, unsupported_
 from llm.data import byte_tokenizer
 from llm.model import pythia_config
 from llm.sampling import SamplingCheckError, TreeDecoding, generate
-from llm.tree_language import tree_tokenizer
+from llm.tree_language import TreeLanguage
 from treemdp.tree import Tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_generate_recomputes_its_first_batch_and_refuses_a_disagreement():
 
 def test_self_check_passes_on_the_tree_with_decoding_constraints():
     tree = Tree.complete(3, 3, n_prompts=2)
-    model = _tiny(GPTNeoXForCausalLM, len(tree_tokenizer(tree)))
+    model = _tiny(GPTNeoXForCausalLM, len(TreeLanguage(tree).tokenizer()))
     out = generate(
         model, [(1,), (2,), (1,)], max_new_tokens=3, eos_id=None, pad_id=0,
         generator=torch.Generator().manual_seed(0), decoding=TreeDecoding(tree),

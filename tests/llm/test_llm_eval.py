@@ -12,11 +12,12 @@ import textwrap
 import pandas as pd
 import pytest
 
-from llm.eval_run import COLUMNS, evaluate_run
+from llm.eval_run import evaluate_run
 from llm.model import load_model
 from tests.llm.helpers_llm import ROOT, load_cli, subprocess_env
 from tests.scripts import load_script
-from treemdp.cli import build_parser, parse_config, run
+from treemdp.runs.cli import build_parser, config_flags, parse_config, run
+from treemdp.runs.eval_table import COLUMNS
 
 TRAIN = [
     "--stage", "daa", "--objective", "dpo", "--beta", "0.1", "--model", "tiny", "--source", "tree",
@@ -67,8 +68,8 @@ KILL = textwrap.dedent(
     from llm.eval_run import evaluate_run
     from llm.evaluate import EvalSettings
     from tests.scripts import load_script
-    from treemdp.cli import parse_config
-    from treemdp.results import read_config
+    from treemdp.runs.cli import parse_config
+    from treemdp.runs import read_config
 
     cli = load_script("experiments/llm_eval.py")
     cfg = parse_config(cli.Config, ["--run", sys.argv[1], "--samples", "32", "--no-progress"])
@@ -106,7 +107,7 @@ def test_killed_evaluation_resumes_without_recomputing_finished_checkpoints(run_
         return load_model(folder)
 
     cfg = parse_config(cli.Config, ["--run", str(killed), *EVAL])
-    from treemdp.results import read_config
+    from treemdp.runs import read_config
 
     task = cli.build_task(cfg, read_config(killed), killed)
     judge = cli.build_judge(cfg, task, killed, "cpu")
@@ -155,9 +156,9 @@ def test_help_documents_every_flag(script, capsys):
         run(module.Config, module.main, ["--help"], description=module.__doc__)
     text = capsys.readouterr().out
     assert exc.value.code == 0 and text == build_parser(module.Config, module.__doc__).format_help()
-    for name, f in module.Config.__dataclass_fields__.items():
-        flag = "--" + name.replace("_", "-")
-        assert flag in text and f.metadata["help"].split()[0] in text, flag
+    for f in config_flags(module.Config):  # a nested spec's fields are flags of their own
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text and f.meta["help"].split()[0] in text, flag
 
 
 CONFIRM = [

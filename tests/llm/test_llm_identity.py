@@ -18,7 +18,7 @@ from llm.eval_run import evaluate_run
 from llm.model import load_model
 from tests.llm.helpers_llm import load_cli
 from tests.scripts import load_script
-from treemdp.cli import parse_config, run
+from treemdp.runs.cli import parse_config, run
 
 TINY = [
     "--model", "tiny", "--source", "tree", "--tree-pairs", "0>1,5>7", "--batch-size", "2",
@@ -164,14 +164,14 @@ def test_divergence_stops_with_exit_3_and_saves_nothing_non_finite(lt, tmp_path,
 def test_eval_rows_are_tied_to_the_weights_they_measured(trained, tmp_path):
     # Issue 18.2: eval rows were reused by step number, so a retrained folder kept old KL rows.
     from llm.checkpoint import checkpoint_digest
-    from llm.eval_run import DIGEST
+    from treemdp.runs.eval_table import DIGEST
 
     le = load_script("experiments/llm_eval.py")
     _, folder = trained
     run_dir = tmp_path / "run"
     shutil.copytree(folder, run_dir)
     cfg = parse_config(le.Config, ["--run", str(run_dir), "--samples", "8", "--no-progress"])
-    from treemdp.results import read_config
+    from treemdp.runs import read_config
 
     task = le.build_task(cfg, read_config(run_dir), run_dir)
     judge = le.build_judge(cfg, task, run_dir, "cpu")

@@ -18,7 +18,7 @@ from transformers import GPTNeoXForSequenceClassification
 from llm.data import byte_tokenizer
 from llm.judges import ApiJudge, Comparison, GoldJudge, RewardModelJudge, parse_preferred
 from llm.model import pythia_config
-from llm.sampling import leaf_of_tokens
+from llm.tree_language import TreeLanguage
 from treemdp.tree import Tree
 
 SUMMARIES = re.compile(r"Summary A:\n(.*)\n\nSummary B:\n(.*)\n\nFIRST", re.DOTALL)
@@ -227,7 +227,7 @@ def test_reward_model_judge_scores_prompt_plus_response(tmp_path):
 def test_gold_judge_compares_gold_rewards_with_ties_half():
     tree = Tree.complete(2, 2)
     rewards = torch.tensor([0.0, 1.0, 1.0, -1.0], dtype=torch.float64)
-    leaf = {v: k for k, v in leaf_of_tokens(tree).items()}
+    leaf = {v: k for k, v in TreeLanguage(tree).leaf_index.items()}
     g = GoldJudge(tree, rewards)
     cs = [
         Comparison("", "", "", (1,), leaf[1][1:], leaf[0][1:]),  # 1 > 0: win

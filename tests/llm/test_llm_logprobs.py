@@ -10,6 +10,7 @@ from llm.data import Example, collate_pairs, collate_sft
 from llm.logprobs import PairLogps, concatenated_logps, response_logps
 from llm.model import build_model
 from tests.llm.helpers_llm import perturbed
+from treemdp import objectives
 
 
 def loop_logps(model, example_rows):
@@ -98,18 +99,24 @@ def test_truncating_a_response_keeps_the_logps_of_its_kept_tokens(tiny_model):
     assert float(parts) == pytest.approx(float(full), abs=1e-4)
 
 
-def test_mean_form_is_sum_over_length():
+def test_margins_pair_the_policy_with_the_reference_and_mean_rewards_divide_by_length():
     pl = PairLogps(
         torch.tensor([-6.0, -2.0]),
         torch.tensor([-3.0, -9.0]),
         torch.tensor([3, 1]),
         torch.tensor([1, 3]),
     )
-    c, r = pl.form("mean")
+    zero = torch.zeros(2)
+    ref = PairLogps(zero, zero, pl.len_chosen, pl.len_rejected)
+    m = pl.margins(ref)
+    assert m.logp_chosen is pl.chosen and m.logp_rejected is pl.rejected
+    assert m.ref_logp_chosen is ref.chosen and m.ref_logp_rejected is ref.rejected
+    # A per-token-mean entry's implicit rewards use sum / length: -6/3, -2/1 and -3/1, -9/3.
+    bound = objectives.bind("ln_dpo", beta=1.0).with_lengths(pl.len_chosen, pl.len_rejected)
+    c, r = bound.rewards(m)
     assert c.tolist() == [-2.0, -2.0] and r.tolist() == [-3.0, -3.0]
-    assert pl.form("sum")[0] is pl.chosen
-    with pytest.raises(ValueError, match="logp_form"):
-        pl.form("max")
+    c, r = objectives.bind("dpo", beta=1.0).rewards(m)  # summed: the sums themselves
+    assert c.tolist() == pl.chosen.tolist() and r.tolist() == pl.rejected.tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

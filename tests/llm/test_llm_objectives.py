@@ -1,4 +1,4 @@
-"""The training loss is treemdp.objectives.loss on the same log-probs; DPO starts at log 2."""
+"""The training loss is the registry's loss on the same log-probs; DPO starts at log 2."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_training_loss_equals_the_registry_loss(name, tiny_model, text_examples)
     torch.testing.assert_close(loss_sum.detach(), expected.sum(), atol=1e-5, rtol=1e-6)
     # Implicit reward β(log π − log π_ref) in the entry's form; no π_ref for reference-free ones.
     needs_ref = objectives.get(name).needs_reference
-    rc = 0.5 * (pol.form(form)[0] - (ref.form(form)[0] if needs_ref else 0))
+    per_token = 1 if form == "sum" else pol.len_chosen  # "mean": Σ log π / |y_w|
+    rc = 0.5 * (pol.chosen / per_token - (ref.chosen / per_token if needs_ref else 0))
     torch.testing.assert_close(metrics["rewards_chosen"], rc.sum(), atol=1e-5, rtol=1e-6)
     assert loss_sum.requires_grad
 

@@ -14,8 +14,8 @@ from llm.evaluate import reference_samples as ref_samples
 from llm.judges import GoldJudge
 from llm.logprobs import response_logps
 from llm.model import build_model
-from llm.sampling import TreeDecoding, generate, leaf_of_tokens, tree_logprobs
-from llm.tree_language import tree_examples, tree_tokenizer
+from llm.sampling import TreeDecoding, generate, tree_logprobs
+from llm.tree_language import TreeLanguage
 from tests.llm.helpers_llm import perturbed
 from treemdp.data import normal_rewards
 from treemdp.tree import Tree
@@ -40,7 +40,7 @@ def test_kv_cache_samples_score_like_a_full_forward():
 
 def test_exact_leaf_distribution_sums_to_one_and_matches_sampling():
     tree = Tree.complete(3, 2, n_prompts=2)  # a forest: two prompts of 9 leaves each
-    tok = tree_tokenizer(tree)
+    tok = TreeLanguage(tree).tokenizer()
     model = build_model("tiny", seed=2, vocab_size=len(tok))
     logp = tree_logprobs(model, tree)
     for k in range(2):
@@ -52,7 +52,7 @@ def test_exact_leaf_distribution_sums_to_one_and_matches_sampling():
         generator=torch.Generator().manual_seed(0), batch_size=1000,
         decoding=TreeDecoding(tree),
     )  # fmt: skip
-    leaf = leaf_of_tokens(tree)
+    leaf = TreeLanguage(tree).leaf_index
     idx = torch.tensor([leaf[(*p, *r)] for p, r in zip(prompts, out.responses, strict=True)])
     # the generation's own log-prob of each sample is the exact table's
     torch.testing.assert_close(out.logp.double(), logp[idx], rtol=0, atol=1e-5)
@@ -64,13 +64,13 @@ def test_exact_leaf_distribution_sums_to_one_and_matches_sampling():
 
 def test_sampled_kl_and_win_rate_lie_within_4_se_of_exact():
     tree = Tree.complete(3, 3)
-    tok = tree_tokenizer(tree)
+    tok = TreeLanguage(tree).tokenizer()
     reference = build_model("tiny", seed=0, vocab_size=len(tok))
     policy = perturbed(reference, seed=3, scale=0.3)
     rewards = normal_rewards(tree, torch.Generator().manual_seed(0))
     chosen, rejected = torch.tensor([0, 5]), torch.tensor([1, 7])
     tt = TreeTask(tree, rewards, chosen, rejected)
-    examples, _ = tree_examples(tree, chosen, rejected)
+    examples, _ = TreeLanguage(tree).examples(chosen, rejected)
     task = EvalTask([(1,)] * 256, examples, tok, None, 0, "dpo", 0.1, tree=tt)
     settings = EvalSettings(samples=256, seed=5)
     ref = ref_samples(reference, task, settings)
@@ -134,3 +134,54 @@ def test_sampled_vs_exact_flags_estimates_beyond_5_se():
     skewed = EvalTask([(1,), (1,), (2,)], [], None, None, 0, "dpo", 0.1, tree=task.tree)
     out = sampled_vs_exact(row, skewed, with_win_rate=True)
     assert out["sampled_exact_flag"] == "" and math.isnan(out["sampled_exact_z"])
+
+
+def _plain_sampler(model, prompts, *, max_new_tokens, eos_id, generator):
+    """Oracle: sample one batch of equal-length prompts with a full forward per token, no cache
+    (what SFT sampling was before it went through ``generate``)."""
+    ids = torch.tensor(prompts)
+    new = []
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids).logits[:, -1].float()
+        tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+        new.append(tok)
+        ids = torch.cat([ids, tok[:, None]], dim=1)
+        if eos_id is not None and bool(torch.stack(new, 1).eq(eos_id).any(1).all()):
+            break
+    rows = torch.stack(new, dim=1).tolist()
+    return [tuple(r[: r.index(eos_id) + 1] if eos_id in r else r) for r in rows]
+
+
+@pytest.mark.parametrize("with_eos", [True, False])
+def test_sft_samples_are_the_plain_samplers_draws_grouped_by_prompt_length(with_eos):
+    # Prompts of one length are sampled together, in batches, one generator throughout: the very
+    # draws of a cache-less sampler over the same groups (the data SFT runs were trained on).
+    from llm.data import Example
+    from llm.sampling import sample_sft_examples
+
+    tok = byte_tokenizer()
+    model = build_model("tiny", seed=1, vocab_size=len(tok))
+    texts = ["hello there", "a", "abc def ghi jk", "xy", "hello you!", "b", "q", "zz top"] * 3
+    examples = [Example(tuple(tok(t)["input_ids"]), (5,), (6,), i + 1) for i, t in enumerate(texts)]
+    settings = dict(max_new_tokens=8, seed=3, batch_size=4)
+    eos_id = None
+    if with_eos:  # a token the first sample draws third, so EOS truncation is not vacuous
+        no_eos = sample_sft_examples(model, examples, eos_id=None, pad_id=0, **settings)
+        eos_id = no_eos[0].chosen[2]
+    out = sample_sft_examples(model, examples, eos_id=eos_id, pad_id=0, **settings)
+    gen = torch.Generator().manual_seed(3)
+    expected = {}
+    for n in dict.fromkeys(len(e.prompt) for e in examples):
+        group = [i for i, e in enumerate(examples) if len(e.prompt) == n]
+        for s in range(0, len(group), 4):
+            part = group[s : s + 4]
+            draws = _plain_sampler(
+                model, [examples[i].prompt for i in part], max_new_tokens=8, eos_id=eos_id,
+                generator=gen,
+            )  # fmt: skip
+            expected.update(zip(part, draws, strict=True))
+    assert [e.chosen for e in out] == [expected[i] for i in range(len(examples))]
+    assert [(e.prompt, e.rejected, e.row) for e in out] == [
+        (e.prompt, e.rejected, e.row) for e in examples
+    ]
+    assert len(out[0].chosen) == (3 if with_eos else 8)

@@ -20,7 +20,7 @@ from llm.checkpoint import latest_checkpoint
 from llm.model import load_model
 from llm.train import read_log
 from tests.llm.helpers_llm import ROOT, load_cli, subprocess_env
-from treemdp.cli import build_parser, parse_config, run
+from treemdp.runs.cli import build_parser, parse_config, run
 
 SCRIPT = textwrap.dedent(
     """
@@ -231,8 +231,8 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_model, text_examples):
 
 
 def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path, tiny_model, text_examples):
-    from llm.checkpoint import write_atomic
     from llm.train import DAALoss, TrainConfig, train
+    from treemdp.runs import atomic_write_text
 
     ref = copy.deepcopy(tiny_model)
     cfg = TrainConfig(lr=1e-3, warmup_steps=0, batch_size=4, micro_batch_size=4, epochs=1,
@@ -246,7 +246,7 @@ def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path, tiny_model, t
     assert latest_checkpoint(tmp_path).name == "step-0000002"
     # A pointer to a folder without trainer state (impossible with os.replace) is not trusted,
     # nor silently replaced by a fresh start: the message names the checkpoint to point at.
-    write_atomic(tmp_path / "latest.json", json.dumps({"checkpoint": ".step-0000003.tmp-99"}))
+    atomic_write_text(tmp_path / "latest.json", json.dumps({"checkpoint": ".step-0000003.tmp-99"}))
     dangling = r'names .step-0000003.tmp-99, which is missing .*"step-0000002"'
     with pytest.raises(ValueError, match=dangling):
         latest_checkpoint(tmp_path)

@@ -16,6 +16,7 @@ from treemdp.scaling.fits import (
     PARAMS,
     Fit,
     FloatArray,
+    Form,
     _check_level,
     _check_same_length,
     _check_xy,
@@ -101,27 +102,72 @@ def bootstrap_ci(
     f = _get_form(form)
     point = fit(form, d, y, offset=offset)
     d_arr, y_arr = _check_xy(d, y)
-    g = _check_same_length(group, "group", d_arr.size)
+    groups = _resampling_groups(group, d_arr.size, n_resamples, level)
+    samples, n_failed = _resample_fits(f, d_arr, y_arr, groups, offset, n_resamples, _rng(seed))
+    return _bootstrap_ci_from(
+        point,
+        samples,
+        level=level,
+        n_resamples=n_resamples,
+        n_groups=len(groups),
+        n_failed=n_failed,
+    )
+
+
+def _rng(seed: int | np.random.Generator) -> np.random.Generator:
+    """The Generator itself (which the caller's draws then advance), or a new one from an int."""
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def _check_n_resamples(n_resamples: int, minimum: int) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer):
-        raise ValueError(f"n_resamples must be an int ≥ 1; got {n_resamples!r}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be ≥ 1; got {n_resamples}")
+        raise ValueError(f"n_resamples must be an int ≥ {minimum}; got {n_resamples!r}")
+    if n_resamples < minimum:
+        raise ValueError(f"n_resamples must be ≥ {minimum}; got {n_resamples}")
+
+
+def _resampling_groups(
+    group: ArrayLike, n: int, n_resamples: int, level: float
+) -> list[np.ndarray]:
+    """Check ``bootstrap_ci``'s resampling arguments; the point indices of each group."""
+    g = _check_same_length(group, "group", n)
+    _check_n_resamples(n_resamples, minimum=1)
     _check_level(level)
     groups = list(_group_indices(g).values())
     if len(groups) < 2:
         raise ValueError(
             f"group must have at least 2 distinct labels to resample; got {len(groups)}"
         )
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return groups
 
-    keys = [*PARAMS, *(["offset"] if offset else []), "peak_d", "peak_value"]
-    samples = {k: np.full(n_resamples, np.nan) for k in keys}
+
+def _sample_keys(offset: bool) -> list[str]:
+    return [*PARAMS, *(["offset"] if offset else []), "peak_d", "peak_value"]
+
+
+def _resample_fits(
+    f: Form,
+    d: FloatArray,
+    y: FloatArray,
+    groups: list[np.ndarray],
+    offset: bool,
+    n_resamples: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, FloatArray], int]:
+    """Refit on ``n_resamples`` resamples of whole groups.
+
+    Returns:
+        (samples, n_failed): each of ``_sample_keys(offset)`` ↦ its resampled values, shape
+        (n_resamples,), NaN where the fit failed or (peak keys) the curve has no peak; and how
+        many resamples could not be fitted.
+    """
+    samples = {k: np.full(n_resamples, np.nan) for k in _sample_keys(offset)}
     n_failed = 0
     k_min = _n_params(offset) + 1
     for r in range(n_resamples):
         draw = rng.integers(0, len(groups), size=len(groups))
         idx = np.concatenate([groups[i] for i in draw])
-        res = _fit_checked(f, d_arr[idx], y_arr[idx], offset) if idx.size >= k_min else None
+        res = _fit_checked(f, d[idx], y[idx], offset) if idx.size >= k_min else None
         if res is None:
             n_failed += 1
             continue
@@ -131,22 +177,40 @@ def bootstrap_ci(
             samples["offset"][r] = res.offset
         samples["peak_d"][r] = res.peak_d
         samples["peak_value"][r] = res.peak_value
-    n_no_peak = int(np.isnan(samples["peak_d"]).sum()) - n_failed
+    return samples, n_failed
 
+
+def _percentile_intervals(
+    samples: Mapping[str, FloatArray], level: float
+) -> dict[str, tuple[float, float]]:
+    """(1 ∓ level)/2 percentiles of each key's non-NaN samples; (NaN, NaN) when there are none."""
     q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
     intervals: dict[str, tuple[float, float]] = {}
-    for k in keys:
-        vals = samples[k][~np.isnan(samples[k])]
+    for k, values in samples.items():
+        vals = values[~np.isnan(values)]
         lo, hi = np.percentile(vals, q) if vals.size else (math.nan, math.nan)
         intervals[k] = (float(lo), float(hi))
+    return intervals
+
+
+def _bootstrap_ci_from(
+    point: Fit,
+    samples: dict[str, FloatArray],
+    *,
+    level: float,
+    n_resamples: int,
+    n_groups: int,
+    n_failed: int,
+) -> BootstrapCI:
+    """The ``BootstrapCI`` of a point fit and its resamples (see ``_resample_fits``)."""
     return BootstrapCI(
         fit=point,
         level=level,
         n_resamples=n_resamples,
-        n_groups=len(groups),
+        n_groups=n_groups,
         n_failed=n_failed,
-        n_no_peak=n_no_peak,
-        intervals=intervals,
+        n_no_peak=int(np.isnan(samples["peak_d"]).sum()) - n_failed,
+        intervals=_percentile_intervals(samples, level),
         samples=samples,
     )
 
@@ -205,63 +269,88 @@ def fit_table(
         ValueError: a named column missing; baseline unknown or "gain" without group and step;
             anything ``fit`` or ``bootstrap_ci`` refuses.
     """
+    _check_table_arguments(forms, baseline, n_resamples, level)
+    d_arr, y_arr, g = _table_columns(data, d=d, y=y, group=group, step=step, baseline=baseline)
+    # One stream per registered form, picked by name: a form's CI is the same whichever other
+    # forms are requested alongside it.
+    streams = dict(zip(FORMS, _rng(seed).spawn(len(FORMS)), strict=True))
+    ci_group = g if n_resamples > 0 else None  # no labels or no resamples: no CIs
+    offset = baseline == "offset"
+    rows = [
+        _form_row(name, d_arr, y_arr, ci_group, offset, n_resamples, level, streams[name])
+        for name in forms
+    ]
+    return pd.DataFrame(rows)
+
+
+def _check_table_arguments(
+    forms: Sequence[str], baseline: str, n_resamples: int, level: float
+) -> None:
     if baseline not in ("none", "gain", "offset"):
         raise ValueError(f"baseline must be one of none, gain, offset; got {baseline!r}")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer):
-        raise ValueError(f"n_resamples must be an int ≥ 0; got {n_resamples!r}")
-    if n_resamples < 0:
-        raise ValueError(f"n_resamples must be ≥ 0; got {n_resamples}")
+    _check_n_resamples(n_resamples, minimum=0)
     _check_level(level)
     for name in forms:
         _get_form(name)
+
+
+def _table_columns(
+    data: pd.DataFrame | Mapping[str, ArrayLike],
+    *,
+    d: str,
+    y: str,
+    group: str | None,
+    step: str | None,
+    baseline: Baseline,
+) -> tuple[FloatArray, FloatArray, np.ndarray | None]:
+    """(d, y, group) columns of ``fit_table``'s data, y as the gain when baseline="gain"."""
     d_arr, y_arr = _check_xy(_column(data, d, "d"), _column(data, y, "y"))
     g = _column(data, group, "group") if group is not None else None
     if baseline == "gain":
         if g is None or step is None:
             raise ValueError('baseline="gain" needs both group and step column names')
         y_arr = gain_over_initial(y_arr, group=g, step=_column(data, step, "step"))
-    offset = baseline == "offset"
-    with_ci = g is not None and n_resamples > 0
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    # One stream per registered form, picked by name: a form's CI is the same whichever other
-    # forms are requested alongside it.
-    streams = dict(zip(FORMS, rng.spawn(len(FORMS)), strict=True))
+    return d_arr, y_arr, g
 
-    rows = []
-    ci_keys = [*PARAMS, "offset", "peak_d", "peak_value"]
-    for name in forms:
-        if with_ci:
-            boot = bootstrap_ci(
-                name,
-                d_arr,
-                y_arr,
-                g,
-                offset=offset,
-                n_resamples=n_resamples,
-                level=level,
-                seed=streams[name],
-            )
-            res, intervals = boot.fit, boot.intervals
-            extra = {"n_failed": boot.n_failed, "n_no_peak": boot.n_no_peak}
-        else:
-            res, intervals = fit(name, d_arr, y_arr, offset=offset), {}
-            extra = {"n_failed": 0, "n_no_peak": 0}
-        row: dict[str, object] = {
-            "form": name,
-            "alpha": res.params["alpha"],
-            "beta": res.params["beta"],
-            "offset": math.nan if res.offset is None else res.offset,
-            "rmse": res.rmse,
-            "n": res.n,
-            "peak_d": res.peak_d,
-            "peak_value": res.peak_value,
+
+def _form_row(
+    name: str,
+    d: FloatArray,
+    y: FloatArray,
+    group: np.ndarray | None,
+    offset: bool,
+    n_resamples: int,
+    level: float,
+    rng: np.random.Generator,
+) -> dict[str, object]:
+    """One ``fit_table`` row: the fit of form ``name``, with bootstrap CIs unless group is None."""
+    if group is not None:
+        boot = bootstrap_ci(
+            name, d, y, group, offset=offset, n_resamples=n_resamples, level=level, seed=rng
+        )
+        res, intervals = boot.fit, boot.intervals
+        counts = {
+            "n_resamples": n_resamples,
+            "n_failed": boot.n_failed,
+            "n_no_peak": boot.n_no_peak,
         }
-        for k in ci_keys:
-            lo, hi = intervals.get(k, (math.nan, math.nan))
-            row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
-        row.update(n_resamples=n_resamples if with_ci else 0, **extra, level=level)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    else:
+        res, intervals = fit(name, d, y, offset=offset), {}
+        counts = {"n_resamples": 0, "n_failed": 0, "n_no_peak": 0}
+    row: dict[str, object] = {
+        "form": name,
+        "alpha": res.params["alpha"],
+        "beta": res.params["beta"],
+        "offset": math.nan if res.offset is None else res.offset,
+        "rmse": res.rmse,
+        "n": res.n,
+        "peak_d": res.peak_d,
+        "peak_value": res.peak_value,
+    }
+    for k in [*PARAMS, "offset", "peak_d", "peak_value"]:
+        lo, hi = intervals.get(k, (math.nan, math.nan))
+        row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
+    return {**row, **counts, "level": level}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from numpy.typing import ArrayLike
 
 from treemdp.scaling.fits import (
     Fit,
+    FloatArray,
     _as_1d,
     _check_finite,
     _check_same_length,
@@ -91,16 +92,7 @@ def predict_peak(
     d_arr, y_arr = _check_xy(d, y)
     s = _as_1d(_check_same_length(step, "step", d_arr.size), "step")
     _check_finite(s, "step")
-    if (cutoff is None) == (fraction is None):
-        raise ValueError("give exactly one of cutoff or fraction")
-    if fraction is not None:
-        if not (0 < fraction < 1):
-            raise ValueError(f"fraction must be in (0, 1); got {fraction!r}")
-        cut = float(s.min() + fraction * (s.max() - s.min()))
-    else:
-        cut = float(cutoff)  # type: ignore[arg-type]
-        if not math.isfinite(cut):
-            raise ValueError(f"cutoff must be finite; got {cutoff!r}")
+    cut = _step_cutoff(s, cutoff=cutoff, fraction=fraction)
     train = s <= cut
     if train.all():
         raise ValueError(f"cutoff must be < the last step {s.max()} to leave points to predict")
@@ -110,10 +102,31 @@ def predict_peak(
         raise ValueError(
             f"cutoff = {cut}: the points with step ≤ cutoff cannot be fitted: {e}"
         ) from e
+    return _compare_peaks(early, cut, d_arr, y_arr, train)
+
+
+def _step_cutoff(s: FloatArray, *, cutoff: float | None, fraction: float | None) -> float:
+    """The last step to fit on: ``cutoff`` itself, or ``fraction`` of the way along the steps."""
+    if (cutoff is None) == (fraction is None):
+        raise ValueError("give exactly one of cutoff or fraction")
+    if fraction is not None:
+        if not (0 < fraction < 1):
+            raise ValueError(f"fraction must be in (0, 1); got {fraction!r}")
+        return float(s.min() + fraction * (s.max() - s.min()))
+    cut = float(cutoff)  # type: ignore[arg-type]
+    if not math.isfinite(cut):
+        raise ValueError(f"cutoff must be finite; got {cutoff!r}")
+    return cut
+
+
+def _compare_peaks(
+    early: Fit, cut: float, d: FloatArray, y: FloatArray, train: np.ndarray
+) -> PeakPrediction:
+    """The early fit's error on the held-out points (~train) and its peak against the data's."""
     test = ~train
-    resid = y_arr[test] - early.predict(d_arr[test])
-    best = int(np.argmax(y_arr))
-    obs_d, obs_v = float(d_arr[best]), float(y_arr[best])
+    resid = y[test] - early.predict(d[test])
+    best = int(np.argmax(y))
+    obs_d, obs_v = float(d[best]), float(y[best])
     return PeakPrediction(
         fit=early,
         cutoff=cut,

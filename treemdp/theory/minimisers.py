@@ -154,91 +154,141 @@ def minimiser_set(
     Returns:
         A ``MinimiserSet``.
     """
+    _check_minimiser_arguments(name, beta, tol)
+    pairs = single_run_pairs(tree, pairs)
+    a = query_matrix(tree, pairs)
+    bounded, scc, cond = _sccs(pairs)
+    if name in ("ipo", "ipo_paper"):
+        sol = _ipo_solution(name, a, beta)
+    elif name == "dpo":
+        sol = _dpo_solution(tree, a, bounded, scc, cond, beta=beta, tol=tol)
+    else:
+        sol = _slic_solution(a, bounded, beta)
+    ell = _zero_unconstrained(tree, pairs, sol.logratio)
+    margins = a @ ell
+    return MinimiserSet(
+        objective=name,
+        beta=float(beta),
+        infimum=_infimum(name, sol, margins, bounded, beta),
+        attained=sol.attained,
+        description=sol.description,
+        witness_margins=margins,
+        witness_logratio=ell,
+        target_margins=sol.target,
+        query=a,
+        bounded_pairs=bounded,
+    )
+
+
+@dataclass(frozen=True)
+class _Solution:
+    """One objective's (near-)minimiser before the unconstrained responses are zeroed.
+
+    Attributes:
+        logratio: ℓ of a (near-)minimiser. Shape (L,).
+        attained: whether the infimum is reached.
+        description: the minimiser set in words.
+        target: the unique minimising margins, or None. Shape (P,).
+        value: the infimum when the solver computes it directly (SLiC's linear program).
+    """
+
+    logratio: Tensor
+    attained: bool
+    description: str
+    target: Tensor | None = None
+    value: float | None = None
+
+
+def _check_minimiser_arguments(name: str, beta: float, tol: float) -> None:
     if name not in MINIMISER_OBJECTIVES:
         raise ValueError(f"name must be one of {', '.join(MINIMISER_OBJECTIVES)}; got {name!r}")
     objectives.check_beta(beta)
     if not tol > 0:
         raise ValueError(f"tol must be > 0; got {tol}")
-    pairs = single_run_pairs(tree, pairs)
-    a = query_matrix(tree, pairs)
-    P = a.shape[0]
-    bounded, scc, cond = _sccs(pairs)
-    pinv = torch.linalg.pinv(a)
-    target = None
-    if name in ("ipo", "ipo_paper"):
-        c = 1.0 / (2.0 * beta) if name == "ipo" else 1.0 / beta
-        ell = pinv @ torch.full((P,), c, dtype=D)
-        target = a @ ell
-        consistent = bool(torch.allclose(target, torch.full_like(target, c), atol=1e-12))
-        desc = (
-            f"margins fixed at h* = A A⁺ ({c:.6g}·1): "
-            + ("the target on every pair" if consistent else "the target is inconsistent")
-            + "; minimisers ℓ* + null(A)"
-        )
-        attained = True
-    elif name == "dpo":
-        ell = torch.zeros(tree.n_responses, dtype=D)
-        if bool(bounded.any()):
-            ell = _dpo_bounded_part(a[bounded], beta)
-        attained = bool(bounded.all())
-        if attained:
-            target = a @ ell
-            desc = (
-                "every pair lies on a preference cycle: unique margins h*; minimisers ℓ* + null(A)"
-            )
-        else:
-            # Potential rising along the condensation (sources highest): every cross-component
-            # pair gains ≥ 1 per unit of scale s, pairs inside a component gain nothing.
-            depth = {}
-            for node in reversed(list(nx.topological_sort(cond))):
-                depth[node] = 1 + max((depth[k] for k in cond.successors(node)), default=-1)
-            potential = torch.zeros(tree.n_responses, dtype=D)
-            for y, comp in scc.items():
-                potential[y] = float(depth[comp])
-            inf_value = _dpo_bounded_infimum(a @ ell, bounded, beta)
-            s = 1.0
-            while float(_mean_loss(name, a @ (ell + s * potential), beta)) - inf_value > tol:
-                s *= 2.0
-            ell = ell + s * potential
-            desc = (
-                f"infimum not attained: {int((~bounded).sum())} of {P} pairs need margins → +∞"
-                + (
-                    ", the pairs on preference cycles have fixed margins"
-                    if bool(bounded.any())
-                    else ""
-                )
-            )
-    else:  # slic
-        value, ell = _slic_lp(a, beta)
-        acyclic = not bool(bounded.any())
-        desc = (
-            "{ℓ : A ℓ ≥ 1/β} (all margins ≥ 1/β)"
-            if acyclic and value < 1e-12
-            else "{ℓ : mean max(0, 1 − β A ℓ) = infimum} (a polyhedron)"
-        )
-        attained = True
-    ident_free = torch.ones(tree.n_responses, dtype=torch.bool)
-    ident_free[pairs.responses()] = False
-    ell = ell.masked_fill(ident_free, 0.0)
-    margins = a @ ell
-    if name == "dpo" and not attained:
-        infimum = _dpo_bounded_infimum(margins, bounded, beta)
-    elif name == "slic":
-        infimum = value
-    else:
-        infimum = float(_mean_loss(name, margins, beta))
-    return MinimiserSet(
-        objective=name,
-        beta=float(beta),
-        infimum=infimum,
-        attained=attained,
-        description=desc,
-        witness_margins=margins,
-        witness_logratio=ell,
-        target_margins=target,
-        query=a,
-        bounded_pairs=bounded,
+
+
+def _ipo_solution(name: str, a: Tensor, beta: float) -> _Solution:
+    """IPO: the margins are the projection h* = A A⁺ c·1 of the target c onto range(A)."""
+    c = 1.0 / (2.0 * beta) if name == "ipo" else 1.0 / beta
+    ell = torch.linalg.pinv(a) @ torch.full((a.shape[0],), c, dtype=D)
+    target = a @ ell
+    consistent = bool(torch.allclose(target, torch.full_like(target, c), atol=1e-12))
+    desc = (
+        f"margins fixed at h* = A A⁺ ({c:.6g}·1): "
+        + ("the target on every pair" if consistent else "the target is inconsistent")
+        + "; minimisers ℓ* + null(A)"
     )
+    return _Solution(ell, attained=True, description=desc, target=target)
+
+
+def _dpo_solution(
+    tree: Tree,
+    a: Tensor,
+    bounded: Tensor,
+    scc: dict[int, int],
+    cond: nx.DiGraph,
+    *,
+    beta: float,
+    tol: float,
+) -> _Solution:
+    """DPO: the finite optimum of the pairs on preference cycles; when other pairs exist, their
+    margins pushed up along the condensation until the loss is within ``tol`` of the infimum."""
+    ell = torch.zeros(tree.n_responses, dtype=D)
+    if bool(bounded.any()):
+        ell = _dpo_bounded_part(a[bounded], beta)
+    if bool(bounded.all()):
+        desc = "every pair lies on a preference cycle: unique margins h*; minimisers ℓ* + null(A)"
+        return _Solution(ell, attained=True, description=desc, target=a @ ell)
+    potential = _condensation_potential(scc, cond, tree.n_responses)
+    inf_value = _dpo_bounded_infimum(a @ ell, bounded, beta)
+    s = 1.0
+    while float(_mean_loss("dpo", a @ (ell + s * potential), beta)) - inf_value > tol:
+        s *= 2.0
+    desc = (
+        f"infimum not attained: {int((~bounded).sum())} of {a.shape[0]} pairs need margins → +∞"
+        + (", the pairs on preference cycles have fixed margins" if bool(bounded.any()) else "")
+    )
+    return _Solution(ell + s * potential, attained=False, description=desc)
+
+
+def _condensation_potential(scc: dict[int, int], cond: nx.DiGraph, n_responses: int) -> Tensor:
+    """Potential rising along the condensation (sources highest): every cross-component pair
+    gains ≥ 1 per unit of scale, pairs inside a component gain nothing. Shape (L,)."""
+    depth = {}
+    for node in reversed(list(nx.topological_sort(cond))):
+        depth[node] = 1 + max((depth[k] for k in cond.successors(node)), default=-1)
+    potential = torch.zeros(n_responses, dtype=D)
+    for y, comp in scc.items():
+        potential[y] = float(depth[comp])
+    return potential
+
+
+def _slic_solution(a: Tensor, bounded: Tensor, beta: float) -> _Solution:
+    """SLiC: a vertex of the polyhedron of minimisers, from the linear program."""
+    value, ell = _slic_lp(a, beta)
+    acyclic = not bool(bounded.any())
+    desc = (
+        "{ℓ : A ℓ ≥ 1/β} (all margins ≥ 1/β)"
+        if acyclic and value < 1e-12
+        else "{ℓ : mean max(0, 1 − β A ℓ) = infimum} (a polyhedron)"
+    )
+    return _Solution(ell, attained=True, description=desc, value=value)
+
+
+def _zero_unconstrained(tree: Tree, pairs: Pairs, ell: Tensor) -> Tensor:
+    """ℓ with 0 on the responses no pair mentions (no loss term sees them). Shape (L,)."""
+    free = torch.ones(tree.n_responses, dtype=torch.bool)
+    free[pairs.responses()] = False
+    return ell.masked_fill(free, 0.0)
+
+
+def _infimum(name: str, sol: _Solution, margins: Tensor, bounded: Tensor, beta: float) -> float:
+    """The infimum of the mean loss, from the witness's margins where the solver gave none."""
+    if sol.value is not None:
+        return sol.value
+    if not sol.attained:  # DPO: the unbounded pairs' loss tends to 0
+        return _dpo_bounded_infimum(margins, bounded, beta)
+    return float(_mean_loss(name, margins, beta))
 
 
 def margin_distance(mset: MinimiserSet, margins: Tensor) -> Tensor:

@@ -2,12 +2,16 @@
 
 Each field becomes a flag (``sft_steps`` → ``--sft-steps``) with its default, its help text and,
 where given, its allowed choices or lower bound, all taken from the field's metadata (``arg``).
-Tuple fields take one or more values. User mistakes exit with status 2 and one line on stderr
-(``prog: error: ...``), never a traceback and never a usage dump: argparse's own errors, range
-checks here (integers also within int64), any ValueError that ``main`` raises, and an OSError a
-user fixes by choosing another path (permission denied, read-only, a file where a folder must be:
-``os_error_line``; other OS errors keep their traceback). A run whose training produced a NaN or an
-infinity raises ``RunDivergedError`` and exits with status 3 and one line (what it saved, where).
+Tuple fields take one or more values. A field made with ``nested`` holds a frozen dataclass (such
+as ``treemdp.problem.ProblemSpec``) whose chosen fields are flags of the enclosing config, flat,
+where the field stands: ``config_flags`` lists the flags, ``flag_values`` reads them (what
+``config.json`` and the run-folder hash see), ``with_flags`` sets them. User mistakes exit with
+status 2 and one line on stderr (``prog: error: ...``), never a traceback and never a usage dump:
+argparse's own errors, range checks here (integers also within int64), any ValueError that
+``main`` raises, and an OSError a user fixes by choosing another path (permission denied,
+read-only, a file where a folder must be: ``os_error_line``; other OS errors keep their
+traceback). A run whose training produced a NaN or an infinity raises ``RunDivergedError`` and
+exits with status 3 and one line (what it saved, where).
 """
 
 from __future__ import annotations
@@ -18,23 +22,28 @@ import errno
 import math
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
     "DIVERGED_EXIT",
     "INT64",
     "SEED_MAX",
+    "Flag",
     "OneLineParser",
     "RunDivergedError",
     "arg",
     "build_parser",
     "check_device",
+    "config_flags",
     "flag_table",
+    "flag_values",
     "flags_for",
+    "nested",
     "os_error_line",
     "parse_config",
     "run",
+    "with_flags",
 ]
 
 DIVERGED_EXIT = 3
@@ -131,18 +140,106 @@ def arg(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def nested(default: Any, *, flags: Sequence[str] | Mapping[str, str]) -> Any:
+    """A config field holding the frozen dataclass ``default`` (e.g. a ``ProblemSpec``) whose
+    fields ``flags`` are flags of the enclosing config, in that order, where this field stands.
+
+    ``flags`` names the nested fields, or maps a flag's name to the nested field it sets
+    (``{"toy_sft_steps": "sft_steps"}``). Help, choices and bounds come from the nested field's
+    ``arg``; the default from ``default``. Fields not named keep ``default``'s values (constants
+    of the experiment, not part of its config).
+    """
+    names = tuple(flags.items()) if isinstance(flags, Mapping) else tuple((n, n) for n in flags)
+    known = {f.name for f in dataclasses.fields(default)}
+    unknown = [inner for _, inner in names if inner not in known]
+    if unknown:
+        raise TypeError(f"{type(default).__name__} has no fields {unknown}")
+    return dataclasses.field(default=default, metadata={"nested": names})
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One flag of a config class.
+
+    Attributes:
+        name: the flag's field name (``sft_steps`` → ``--sft-steps``), a key of ``config.json``.
+        path: the attributes that lead to its value, e.g. ``("problem", "sft_steps")``.
+        kind: the value's type hint (``int``, ``tuple[float, ...]``, ...).
+        default: the default value.
+        meta: the ``arg`` metadata (help, choices, bounds).
+    """
+
+    name: str
+    path: tuple[str, ...]
+    kind: Any
+    default: Any
+    meta: Mapping[str, Any]
+
+
+def config_flags(cls: type) -> list[Flag]:
+    """The flags of config dataclass ``cls`` in order, a ``nested`` field's flags in its place."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        names = f.metadata.get("nested")
+        if names is None:
+            out.append(Flag(f.name, (f.name,), hints[f.name], f.default, f.metadata))
+            continue
+        inner = {g.name: g for g in dataclasses.fields(f.default)}
+        inner_hints = typing.get_type_hints(type(f.default))
+        for flag, field_name in names:
+            default = getattr(f.default, field_name)
+            meta = inner[field_name].metadata
+            out.append(Flag(flag, (f.name, field_name), inner_hints[field_name], default, meta))
+    return out
+
+
+def flag_values(config: Any) -> dict[str, Any]:
+    """Flag name → value of a config instance (flat: a ``nested`` field's flags by name)."""
+    values = {}
+    for flag in config_flags(type(config)):
+        value = config
+        for attribute in flag.path:
+            value = getattr(value, attribute)
+        values[flag.name] = value
+    return values
+
+
+def with_flags(config: C, values: Mapping[str, Any]) -> C:
+    """A copy of ``config`` with flags ``values`` (flag name → value) set, nested ones included.
+
+    Raises:
+        TypeError: a name that is not a flag of the config.
+    """
+    paths = {flag.name: flag.path for flag in config_flags(type(config))}
+    unknown = sorted(set(values) - set(paths))
+    if unknown:
+        raise TypeError(f"{type(config).__name__} has no flags {unknown}")
+    top: dict[str, Any] = {}
+    inner: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        path = paths[name]
+        if len(path) == 1:
+            top[path[0]] = value
+        else:
+            inner.setdefault(path[0], {})[path[1]] = value
+    for field_name, changes in inner.items():
+        top[field_name] = dataclasses.replace(getattr(config, field_name), **changes)
+    return dataclasses.replace(config, **top)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _bounds(meta: dict[str, Any]) -> list[str]:
+    """The numeric bounds of a flag's metadata: ">= 0", "> 0", "<= 9"."""
+    marks = (("min", ">="), ("xmin", ">"), ("max", "<="))
+    return [f"{mark} {meta[key]}" for key, mark in marks if meta.get(key) is not None]
+
+
 def _describe(meta: dict[str, Any]) -> str:
-    parts = [meta["help"]]
-    if meta.get("min") is not None:
-        parts.append(f"(>= {meta['min']})")
-    if meta.get("xmin") is not None:
-        parts.append(f"(> {meta['xmin']})")
-    if meta.get("max") is not None:
-        parts.append(f"(<= {meta['max']})")
+    parts = [meta["help"], *(f"({bound})" for bound in _bounds(meta))]
     return " ".join(parts) + " [default: %(default)s]"
 
 
@@ -151,10 +248,9 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
     parser = OneLineParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind, meta = hints[f.name], dict(f.metadata)
-        kwargs: dict[str, Any] = {"default": f.default, "help": _describe(meta)}
+    for flag in config_flags(cls):
+        kind, meta = flag.kind, dict(flag.meta)
+        kwargs: dict[str, Any] = {"default": flag.default, "help": _describe(meta)}
         if meta.get("choices") is not None:
             kwargs["choices"] = list(meta["choices"])
         if kind is bool:
@@ -162,29 +258,29 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
         elif typing.get_origin(kind) is tuple:
             kwargs["type"] = typing.get_args(kind)[0]
             kwargs["nargs"] = "+"
-            kwargs["metavar"] = f.name.upper()
+            kwargs["metavar"] = flag.name.upper()
         else:
             kwargs["type"] = kind
-        parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+        parser.add_argument(_flag(flag.name), dest=flag.name, **kwargs)
     return parser
 
 
 def _check_ranges(cls: type, values: dict[str, Any]) -> None:
-    for f in dataclasses.fields(cls):
-        lo, xlo, hi = f.metadata.get("min"), f.metadata.get("xmin"), f.metadata.get("max")
-        vals = values[f.name] if isinstance(values[f.name], tuple) else (values[f.name],)
-        for v in vals:
+    for flag in config_flags(cls):
+        lo, xlo, hi = flag.meta.get("min"), flag.meta.get("xmin"), flag.meta.get("max")
+        name, value = _flag(flag.name), values[flag.name]
+        for v in value if isinstance(value, tuple) else (value,):
             if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{_flag(f.name)} must be a finite number; got {v}")
+                raise ValueError(f"{name} must be a finite number; got {v}")
             if lo is not None and not v >= lo:
-                raise ValueError(f"{_flag(f.name)} must be >= {lo}; got {v}")
+                raise ValueError(f"{name} must be >= {lo}; got {v}")
             if xlo is not None and not v > xlo:
-                raise ValueError(f"{_flag(f.name)} must be > {xlo}; got {v}")
+                raise ValueError(f"{name} must be > {xlo}; got {v}")
             if hi is not None and not v <= hi:
-                raise ValueError(f"{_flag(f.name)} must be <= {hi}; got {v}")
+                raise ValueError(f"{name} must be <= {hi}; got {v}")
             if isinstance(v, int) and not isinstance(v, bool) and not -INT64 <= v < INT64:
                 # torch and numpy take 64-bit integers; a larger one fails far from its flag
-                raise ValueError(f"{_flag(f.name)} must lie in [-2**63, 2**63 - 1]; got {v}")
+                raise ValueError(f"{name} must lie in [-2**63, 2**63 - 1]; got {v}")
 
 
 def flags_for(settings: dict[str, Any]) -> list[str]:
@@ -211,7 +307,7 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
         _check_ranges(cls, values)
     except ValueError as e:
         parser.error(str(e))
-    return cls(**values)
+    return with_flags(cls(), values)
 
 
 def run(
@@ -238,20 +334,15 @@ def run(
         raise SystemExit(DIVERGED_EXIT) from None
 
 
-def _range(f: dataclasses.Field, kind: Any) -> str:
-    meta = f.metadata
+def _range(flag: Flag) -> str:
+    meta, kind = flag.meta, flag.kind
     parts = []
     if meta.get("choices") is not None:
         parts.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
-    if meta.get("min") is not None:
-        parts.append(f">= {meta['min']}")
-    if meta.get("xmin") is not None:
-        parts.append(f"> {meta['xmin']}")
-    if meta.get("max") is not None:
-        parts.append(f"<= {meta['max']}")
+    parts += _bounds(meta)
     if not parts:
         elem = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
-        name = _flag(f.name)
+        name = _flag(flag.name)
         parts.append(f"`{name}` / `--no-{name[2:]}`" if elem is bool else f"any {elem.__name__}")
     if (typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind) is float:
         parts.append("finite")
@@ -261,20 +352,18 @@ def _range(f: dataclasses.Field, kind: Any) -> str:
 def flag_table(cls: type) -> str:
     """The flags of dataclass ``cls`` as a Markdown table: flag, type, default, valid range,
     meaning (docs/reference.md is generated from this)."""
-    hints = typing.get_type_hints(cls)
     rows = ["| flag | type | default | valid values | meaning |", "|---|---|---|---|---|"]
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        multi = typing.get_origin(kind) is tuple
-        elem = typing.get_args(kind)[0] if multi else kind
-        default = " ".join(map(str, f.default)) if multi else f.default
+    for flag in config_flags(cls):
+        multi = typing.get_origin(flag.kind) is tuple
+        elem = typing.get_args(flag.kind)[0] if multi else flag.kind
+        default = " ".join(map(str, flag.default)) if multi else flag.default
         shown = f"`{default}`" if str(default) != "" else "(empty)"
         cells = [
-            f"`{_flag(f.name)}`",
+            f"`{_flag(flag.name)}`",
             f"{elem.__name__}{' …' if multi else ''}",
             shown,
-            _range(f, kind),
-            f.metadata.get("help", ""),
+            _range(flag),
+            flag.meta.get("help", ""),
         ]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from treemdp.results import atomic_write
+from treemdp.runs import atomic_write
 
 __all__ = [
     "OBJECTIVE_COLORS",
