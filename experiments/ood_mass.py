@@ -140,7 +140,8 @@ def main(config: Config) -> Path:
 
     with cached_run(folder, config, ["metrics"], compute, force=config.force) as tables:
         frame = tables["metrics"]
-        quicklook.ood_mass(frame, folder / "ood_mass.png")
+        if config.force or not (folder / "ood_mass.png").exists():  # reused: keep its quick look
+            quicklook.ood_mass(frame, folder / "ood_mass.png")
     final = frame[frame["step"] == frame["step"].max()]
     summary = final.groupby(["objective", "beta"], sort=False)[SUMMARY].mean()
     peak = frame.groupby(["objective", "beta", "run"], sort=False)["p_chosen"].max()

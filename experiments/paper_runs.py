@@ -10,8 +10,9 @@ Families (what figures/make_all.py draws from each):
 - tree: experiments/ood_mass.py at β ∈ {0.01, 0.1, 0.5} on one pair with the log-linear policy
   and an SFT reference, recording every response (the Tree-MDP figures).
 - toy: experiments/toy_scaling.py with DPO, IPO, SLiC and R-DPO (α = 0.3: the registry's 0.01
-  gives runs identical to DPO's to three digits on the toy's margins), the rest at its defaults
-  (the scaling, evolution, length and accuracy figures; "size" = policy capacity).
+  gives runs identical to DPO's to three digits on the toy's margins), no bootstrap intervals in
+  its fits.csv (the figures read none), the rest at its defaults (the scaling, evolution, length
+  and accuracy figures; "size" = policy capacity).
 - llm: experiments/llm_confirm.py for three model sizes standing in for Pythia 1B / 2.8B / 6.9B
   on this CPU (tiny, 14m, 31m: GPT-NeoX shapes, random initialisation, tree language), DPO, IPO
   and SLiC at β ∈ {0.03, 0.1, 0.3}, 40 steps with a checkpoint every 4.
@@ -66,9 +67,12 @@ TOY = {
     "pairs": 512,
     "epochs": 1.0,
     "rdpo_alpha": 0.3,
+    "n_resamples": 0,
 }
-"""toy_scaling.py settings of the toy figures: its defaults, plus rdpo with α = 0.3."""
-TOY_QUICK = {"objectives": TOY["objectives"], "quick": True, "rdpo_alpha": 0.3}
+"""toy_scaling.py settings of the toy figures: its defaults, plus rdpo with α = 0.3, and no
+bootstrap intervals in its fits.csv (``n_resamples`` 0: the figures fit their own curves and read
+no interval; the 200 resamples were a third of the run's time)."""
+TOY_QUICK = {"objectives": TOY["objectives"], "quick": True, "rdpo_alpha": 0.3, "n_resamples": 0}
 """The tiny toy_scaling config of --quick."""
 LLM_SIZES = ("tiny", "14m", "31m")
 """Model sizes standing in for Pythia 1B / 2.8B / 6.9B on this CPU (tree language)."""

@@ -304,7 +304,9 @@ def main(config: Config) -> Path:
     ) as tables:
         table, fits = tables["metrics"], tables["fits"]
         for which in ("final", "all"):
-            quicklook.win_vs_d(table, fits, which, folder / f"win_vs_d_{which}.png")
+            png = folder / f"win_vs_d_{which}.png"
+            if config.force or not png.exists():  # a reused folder keeps its quick look
+                quicklook.win_vs_d(table, fits, which, png)
     summary = summarise(table, fits)
     n_runs = table.groupby(["capacity", "run"]).ngroups
     print(

@@ -62,9 +62,33 @@ def select(table: pd.DataFrame, objective: str | None = None, size: str | None =
     return sub
 
 
+PAPER_SIZES = {"1b": "1B", "2.8b": "2.8B", "6.9b": "6.9B"}
+"""The Pythia shapes the paper's LLM figure names carry (``..._1B``, ``..._2.8B``, ``..._6.9B``):
+``llm.model.PYTHIA_SHAPES`` key → the paper's spelling."""
+
+
+def paper_size(size: str) -> str | None:
+    """The paper's size label of a model that has one of its Pythia shapes, else None.
+
+    Only these spellings count: the ``llm.model.PYTHIA_SHAPES`` key (``1b``), the hub name
+    (``pythia-1b``, ``EleutherAI/pythia-1b``, and ``-deduped``), any letter case. Anything else
+    (``tiny``, ``14m``, ``pythia-160m``, ``1b-ish``) has none: a model is never given a paper size
+    it is not.
+    """
+    name = str(size).strip().lower()
+    if name.startswith("eleutherai/"):
+        name = name.removeprefix("eleutherai/")
+    name = name.removeprefix("pythia-").removesuffix("-deduped")
+    return PAPER_SIZES.get(name)
+
+
 def file_size(size: str) -> str:
-    """A size name safe inside a file name."""
-    return "".join(c if c.isalnum() or c in ".-_" else "-" for c in size)
+    """A size inside a file name: the paper's label for a Pythia 1B / 2.8B / 6.9B shape
+    (``paper_size``), else the size name with characters unsafe in a file name replaced."""
+    label = paper_size(size)
+    if label is not None:
+        return label
+    return "".join(c if c.isalnum() or c in ".-_" else "-" for c in str(size))
 
 
 def beta_label(beta: float) -> str:

@@ -4,10 +4,11 @@
     python figures/make_all.py --only tree     # the Tree-MDP figures
     python figures/make_all.py --fresh         # recompute the experiments too
 
-The data comes from `python experiments/paper_runs.py --results DIR --only FAMILY` run as a
-subprocess (figures never train in-process): it runs the paper's experiments, reusing their
+The data comes from one `python experiments/paper_runs.py --results DIR --only FAMILY...` run as
+a subprocess (figures never train in-process): it runs the paper's experiments, reusing their
 finished run folders, so a second call only redraws, and indexes them in DIR/paper_runs/index.csv,
-which the figures read (figures/run_index.py). Families:
+which the figures read (figures/run_index.py). The figure scripts then draw in --jobs processes
+(default: 2 where the machine has 2 CPUs; the files do not depend on it). Families:
 
 - tree: `Tree-MDP` (diagram) and the Tree-MDP results from experiments/ood_mass.py
   (`{dpo,ipo,slic}-beta-0.1-OOD-probs-summary-1pref`, `-indist-1pref`, the per-β appendix figures,
@@ -22,12 +23,17 @@ which the figures read (figures/run_index.py). Families:
 from __future__ import annotations
 
 import argparse
+import importlib
+import multiprocessing
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from figures import (
     accuracy,
@@ -55,6 +61,7 @@ class Request:
         fresh: recompute the experiments, not reuse their finished runs.
         quick: the tiny experiment configs (a test run).
         llm_runs: LLM evaluation run folders to draw instead of the default LLM runs.
+        jobs: figure-drawing processes (1: draw in this process).
     """
 
     results: Path
@@ -62,14 +69,18 @@ class Request:
     fresh: bool
     quick: bool
     llm_runs: tuple[str, ...]
+    jobs: int = 1
 
 
-def paper_runs(request: Request, family: str) -> list[Path]:
-    """The run folders of ``family``: experiments/paper_runs.py runs (or reuses) them in a
-    subprocess (figures never train in-process) and indexes them; its output (which LLM runs
-    train) passes through, its stderr is shown if it fails."""
+def make_runs(request: Request, families: list[str]) -> None:
+    """experiments/paper_runs.py runs (or reuses) the run folders of ``families`` in one
+    subprocess (figures never train in-process; one process imports the experiments once) and
+    indexes them; its output (which LLM runs train) passes through, its stderr is shown if it
+    fails (SystemExit)."""
+    if not families:
+        return
     command = [sys.executable, str(ROOT / run_index.MAKER), "--results", str(request.results)]
-    command += ["--only", family, "--quiet"]
+    command += ["--only", *families, "--quiet"]
     if request.fresh:
         command.append("--fresh")
     if request.quick:
@@ -77,50 +88,61 @@ def paper_runs(request: Request, family: str) -> list[Path]:
     done = subprocess.run(command, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{run_index.MAKER} failed:\n{done.stderr.strip()}")
+
+
+def paper_runs(request: Request, family: str) -> list[Path]:
+    """The indexed run folders of ``family`` (``make_runs`` has run them)."""
     return run_index.run_folders(request.results, family, quick=request.quick)
 
 
-def tree_family(request: Request) -> list[Path]:
+Task = tuple[str, Callable[..., list[Path]], tuple[Any, ...]]
+"""One drawing job of a family: (label, a module-level function, its arguments), picklable so
+that a worker process can run it."""
+
+
+def draw_module(name: str, data: checkpoints.Data, out: Path) -> list[Path]:
+    """``figures.<name>.main(data, out)``: a checkpoint-table family script."""
+    return importlib.import_module(f"figures.{name}").main(data, out)
+
+
+def tree_family(request: Request) -> list[Task]:
     """The Tree-MDP diagram and result figures."""
-    written = tree_mdp.main(request.out)
     (run,) = paper_runs(request, "tree")
-    return written + ood_probs.main(run, request.out)
+    return [("figures.tree_mdp", tree_mdp.main, (request.out,)),
+            ("figures.ood_probs", ood_probs.main, (run, request.out))]  # fmt: skip
 
 
 CHECKPOINT_FAMILIES = (scaling_fits, evolution, length, accuracy)
 """The figure scripts that draw from a checkpoint table (figures/checkpoints.py)."""
 
 
-def draw_checkpoints(data: checkpoints.Data, out: Path) -> list[Path]:
-    """Every checkpoint-table figure of ``data``, with a progress line per script."""
-    written: list[Path] = []
-    for script in CHECKPOINT_FAMILIES:
-        start = time.perf_counter()
-        files = script.main(data, out)
-        name = script.__name__
-        print(f"  {name}: {len(files)} files in {time.perf_counter() - start:.1f} s", flush=True)
-        written += files
-    return written
+def draw_checkpoints(data: checkpoints.Data, out: Path) -> list[Task]:
+    """Every checkpoint-table figure script of ``data``, one task each."""
+    return [
+        (script.__name__, draw_module, (script.__name__.split(".")[-1], data, out))
+        for script in CHECKPOINT_FAMILIES
+    ]
 
 
-def toy_family(request: Request) -> list[Path]:
+def toy_family(request: Request) -> list[Task]:
     """Scaling / evolution / length / accuracy figures from experiments/toy_scaling.py."""
     (run,) = paper_runs(request, "toy")
     return draw_checkpoints(checkpoints.load_toy(run), request.out)
 
 
-def llm_family(request: Request) -> list[Path]:
+def llm_family(request: Request) -> list[Task]:
     """The same figures from LLM evaluation run folders: --llm-runs, or by default tree-language
     runs of three small model sizes made on this machine (experiments/llm_confirm.py)."""
     runs = list(request.llm_runs) or paper_runs(request, "llm")
     return draw_checkpoints(checkpoints.load_llm(runs), request.out)
 
 
-FAMILIES: dict[str, Callable[[Request], list[Path]]] = {
+FAMILIES: dict[str, Callable[[Request], list[Task]]] = {
     "tree": tree_family,
     "toy": toy_family,
     "llm": llm_family,
 }
+"""Family name → its drawing tasks (after ``make_runs`` has made its data)."""
 
 
 def build_parser() -> OneLineParser:
@@ -140,6 +162,13 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--llm-runs", nargs="+", default=[], metavar="DIR", help="LLM evaluation run folders"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        metavar="N",
+        help="processes drawing figures in parallel (1: in this process) [default: min(2, CPUs)]",
+    )
     return parser
 
 
@@ -147,8 +176,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Make the families of ``argv`` under one lock on --out; return the files written."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1; got {args.jobs}")
     request = Request(
-        Path(args.results), Path(args.out), args.fresh, args.quick, tuple(args.llm_runs)
+        Path(args.results),
+        Path(args.out),
+        args.fresh,
+        args.quick,
+        tuple(args.llm_runs),
+        args.jobs,
     )
     try:
         with run_lock(request.out):  # two make_all on one output folder: the second refuses
@@ -157,21 +193,67 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise SystemExit(f"make_all.py: error: {e}") from None
 
 
-def _make(families: list[str], request: Request) -> list[Path]:
-    """Each family in turn (one that fails is named and the rest still drawn)."""
-    written: list[Path] = []
-    failed: list[str] = []
-    for name in families:
-        start = time.perf_counter()
-        print(f"[{name}] ...", flush=True)
+class _InProcess(Executor):
+    """An executor that runs each task at once in this process (``--jobs 1``)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
         try:
-            files = FAMILIES[name](request)
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
+
+
+def _timed(fn: Callable[..., list[Path]], *args: Any) -> tuple[list[Path], float]:
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start
+
+
+def _make(families: list[str], request: Request) -> list[Path]:
+    """Make the data of every family in one paper_runs call, then draw the families' tasks
+    (in ``request.jobs`` processes); a family that fails is named and the rest still drawn.
+    Files are listed in the families' order whatever order the workers finish in."""
+    start = time.perf_counter()
+    print(f"[data] {' '.join(families)} ...", flush=True)
+    needs_runs = [f for f in families if not (f == "llm" and request.llm_runs)]
+    make_runs(request, needs_runs)
+    print(f"[data] ready in {time.perf_counter() - start:.1f} s", flush=True)
+    failed: list[str] = []
+    plans: dict[str, list[Task]] = {}
+    for name in families:
+        try:
+            plans[name] = FAMILIES[name](request)
         except ValueError as e:  # e.g. an LLM folder lacking eval.csv: say so, keep going
             print(f"[{name}] failed: {e}", file=sys.stderr, flush=True)
             failed.append(name)
-            continue
-        print(f"[{name}] {len(files)} files in {time.perf_counter() - start:.1f} s", flush=True)
-        written += files
+    written: list[Path] = []
+    pool: Executor
+    if request.jobs > 1:  # fork: the workers share the loaded tables, nothing is re-imported
+        pool = ProcessPoolExecutor(request.jobs, mp_context=multiprocessing.get_context("fork"))
+    else:
+        pool = _InProcess()
+    with pool:
+        futures = {
+            name: [(label, pool.submit(_timed, fn, *args)) for label, fn, args in tasks]
+            for name, tasks in plans.items()
+        }
+        for name, jobs in futures.items():
+            files: list[Path] = []
+            seconds = 0.0
+            try:
+                for label, future in jobs:
+                    done, took = future.result()
+                    print(f"  {label}: {len(done)} files in {took:.1f} s", flush=True)
+                    files += done
+                    seconds += took
+            except ValueError as e:
+                print(f"[{name}] failed: {e}", file=sys.stderr, flush=True)
+                failed.append(name)
+                continue
+            print(f"[{name}] {len(files)} files in {seconds:.1f} s of drawing", flush=True)
+            written += files
+    print(f"[all] {len(written)} files in {time.perf_counter() - start:.1f} s", flush=True)
     for path in written:
         print(path)
     if failed:

@@ -54,8 +54,9 @@ def load(run: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _band(ax, g: pd.DataFrame, column: str, color, label: str, ls: str = "-") -> None:
-    stats = g.groupby("step")[column].agg(
-        mean="mean", lo=lambda s: s.quantile(0.1), hi=lambda s: s.quantile(0.9)
+    by_step = g.groupby("step")[column]  # vectorised quantiles (a lambda per step was slow)
+    stats = pd.DataFrame(
+        {"mean": by_step.mean(), "lo": by_step.quantile(0.1), "hi": by_step.quantile(0.9)}
     )
     ax.plot(stats.index, stats["mean"], color=color, lw=2, ls=ls, label=label)
     ax.fill_between(stats.index, stats["lo"], stats["hi"], color=color, alpha=0.15, lw=0)

@@ -105,7 +105,7 @@ def win_vs_d(table: pd.DataFrame, fits: pd.DataFrame, which: str, path: str | Pa
                 & (fits["form"] == "rl")
             ]
             if len(row) and np.isfinite(row["alpha"].iloc[0]):
-                grid = np.linspace(0, max(sub["d"].max(), 1e-9), 200)
+                grid = np.linspace(sub["d"].min(), sub["d"].max(), 200)  # over the data only
                 curve = scaling.evaluate(
                     "rl", grid, alpha=row["alpha"].iloc[0], beta=row["beta"].iloc[0]
                 )

@@ -42,12 +42,21 @@ def initial_win_rate(table: pd.DataFrame) -> pd.Series:
     return runs.index.to_series().map(own).fillna(runs.map(per_size))
 
 
+FITS_TABLE = "scaling_law_fits.csv"
+"""The table every fit of a family's scaling-law figures is written to (under ``out/<kind>/``)."""
+FIT_COLUMNS = (
+    "size", "alpha", "beta", "initial", "offset_fit", "rmse", "n", "peak_d", "d_min", "d_max",
+    "peak_in_data", "note",
+)  # fmt: skip
+"""Columns of ``fit_sizes``."""
+
+
 def fit_sizes(table: pd.DataFrame, objective: str, x: str = "d", final: bool = False):
-    """One RL-form fit per size: a DataFrame (size, alpha, beta, initial, offset_fit, rmse, n,
-    peak_d, d_max, peak_inside, note) with NaN parameters and a note where the fit was
-    impossible. ``d_max`` is the largest d of the fitted points; ``peak_inside`` says whether the
-    fitted peak d* lies inside the data (d* <= d_max): a d* beyond the data is an extrapolation,
-    not a peak the data show."""
+    """One RL-form fit per size: a DataFrame (``FIT_COLUMNS``) with NaN parameters and a note
+    where the fit was impossible. ``d_min``/``d_max`` are the range of the fitted points' d;
+    ``peak_in_data`` says whether the fitted peak d* lies inside it (d_min ≤ d* ≤ d_max,
+    ``treemdp.scaling.Fit.peak_in_data``): a d* before every point or beyond every point is an
+    extrapolation of the form, not a peak the data show."""
     sub = select(table, objective)
     base = initial_win_rate(table)
     rows = []
@@ -57,7 +66,8 @@ def fit_sizes(table: pd.DataFrame, objective: str, x: str = "d", final: bool = F
             points = points[points["final"]]
         initial = base.loc[points["run"]].to_numpy()
         row = {"size": size, "alpha": np.nan, "beta": np.nan, "rmse": np.nan, "peak_d": np.nan}
-        row |= {"n": len(points), "note": "", "d_max": float(points[x].max()), "peak_inside": False}
+        row |= {"n": len(points), "note": "", "peak_in_data": False}
+        row |= {"d_min": float(points[x].min()), "d_max": float(points[x].max())}
         free = bool(np.isnan(initial).any())
         row["offset_fit"] = free
         y = points["win_rate"].to_numpy() - (0 if free else initial)
@@ -69,17 +79,36 @@ def fit_sizes(table: pd.DataFrame, objective: str, x: str = "d", final: bool = F
         else:
             row |= {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "rmse": fit.rmse}
             row["peak_d"] = fit.peak_d
-            row["peak_inside"] = bool(np.isfinite(fit.peak_d) and fit.peak_d <= row["d_max"])
+            row["peak_in_data"] = fit.peak_in_data
             row["initial"] = fit.offset if free else float(np.mean(initial))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
 
 
-def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = False):
-    """Win rate vs d (checkpoints as points) with one fitted RL-form curve per size."""
+def peak_label(f: pd.Series) -> str:
+    """The legend's word on a fit's peak: d* inside the data, or where it lies instead."""
+    if f["peak_in_data"]:
+        return f"d*={f['peak_d']:.2g}"
+    if not np.isfinite(f["peak_d"]):
+        return "no peak"
+    side = "before" if f["peak_d"] < f["d_min"] else "beyond"
+    return f"d*={f['peak_d']:.2g} {side} the data"
+
+
+def plot(
+    table: pd.DataFrame,
+    objective: str,
+    *,
+    x: str = "d",
+    final: bool = False,
+    fits: pd.DataFrame | None = None,
+):
+    """Win rate vs d (checkpoints as points) with one fitted RL-form curve per size, drawn over
+    that size's data range [d_min, d_max] only. ``fits``: ``fit_sizes``'s table (computed if
+    not given)."""
     sub = select(table, objective)
     colors, markers = size_colors(table), size_markers(table)
-    fits = fit_sizes(table, objective, x, final).set_index("size")
+    fits = (fit_sizes(table, objective, x, final) if fits is None else fits).set_index("size")
     fig, (ax,) = style.new_figure(1)
     fig.set_size_inches(style.PANEL_WIDTH * 1.25, style.PANEL_HEIGHT * 1.2)
     for size in sizes(sub):
@@ -100,13 +129,12 @@ def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = Fal
         f = fits.loc[size]
         label = size
         if np.isfinite(f["alpha"]):
-            # The curve is drawn over the data only: a fitted hump beyond the largest d is an
-            # extrapolation, so it is neither drawn nor reported as a peak.
-            grid = np.linspace(0, max(f["d_max"], 1e-9), 200)
+            # The curve is drawn over the data only: a fitted hump before or beyond the points
+            # is an extrapolation, so it is neither drawn nor reported as a peak.
+            grid = np.linspace(f["d_min"], f["d_max"], CURVE_POINTS)
             curve = f["initial"] + scaling.evaluate(FORM, grid, alpha=f["alpha"], beta=f["beta"])
             ax.plot(grid, curve, color=color, lw=2)
-            peak = f["peak_d"]
-            label += f"  (d*={peak:.2g})" if f["peak_inside"] else "  (no peak inside the data)"
+            label += f"  ({peak_label(f)})"
         ax.plot([], [], color=color, marker=markers[size], lw=2, label=label)
     initial = initial_win_rate(table)
     if initial.notna().any() and np.allclose(initial.dropna(), initial.dropna().iloc[0]):
@@ -122,16 +150,28 @@ def plot(table: pd.DataFrame, objective: str, *, x: str = "d", final: bool = Fal
     return fig
 
 
-def describe_fits(table: pd.DataFrame, objective: str, x: str, final: bool) -> str:
+CURVE_POINTS = 200
+"""Points of a drawn fitted curve."""
+
+
+def describe_fits(
+    table: pd.DataFrame,
+    objective: str,
+    x: str,
+    final: bool,
+    fits: pd.DataFrame | None = None,
+) -> str:
     """The fitted parameters, one line per size, for the caption."""
     lines = []
-    for _, f in fit_sizes(table, objective, x, final).iterrows():
+    fits = fit_sizes(table, objective, x, final) if fits is None else fits
+    for _, f in fits.iterrows():
         if np.isfinite(f["alpha"]):
             extra = " (free offset)" if f["offset_fit"] else ""
-            where = "" if f["peak_inside"] else " — no peak inside the data"
+            where = "" if f["peak_in_data"] else " — PEAK OUTSIDE THE DATA"
             lines.append(
                 f"  {f['size']}: α={f['alpha']:.4g}, β={f['beta']:.4g}, d*={f['peak_d']:.3g} "
-                f"(largest d {f['d_max']:.3g}{where}), RMSE={f['rmse']:.3g}, n={f['n']}{extra}"
+                f"(data d {f['d_min']:.3g}–{f['d_max']:.3g}{where}), RMSE={f['rmse']:.3g}, "
+                f"n={f['n']}{extra}"
             )
         else:
             lines.append(f"  {f['size']}: no fit ({f['note']})")
@@ -139,24 +179,42 @@ def describe_fits(table: pd.DataFrame, objective: str, x: str, final: bool) -> s
 
 
 def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
-    """Write the four figures per objective; return the files written."""
+    """Write the four figures per objective and the table of their fits (``FITS_TABLE``, one
+    row per figure and size, with ``peak_in_data``); return the files written."""
     writer = Writer(out, data.kind, data.source)
     table = data.table
+    tables = []
     for objective in objectives(table):
         for x, (part, label) in AXES.items():
             for final in (True, False):
                 name = f"{objective}_scaling_law_curve_fits_{'final_' if final else ''}{part}"
                 which = "final checkpoint of each run" if final else "every checkpoint"
+                fits = fit_sizes(table, objective, x, final)
                 caption = (
                     f"{title(objective)} win rate vs {label} ({which}), one colour per size; "
                     f"curves: R(d) = d(α − β log d) fitted by least squares to the win-rate gain "
-                    f"over the run's step-0 value and drawn at step-0 value + R(d) over the data's "
-                    f"range only; d* = fitted peak, given only when it lies inside the data "
-                    f"(else: no peak inside the data). Dotted line: the step-0 win rate.\n"
-                    + describe_fits(table, objective, x, final)
+                    f"over the run's step-0 value and drawn at step-0 value + R(d) over each "
+                    f"size's data range [d_min, d_max] only; d* = the fitted peak, flagged "
+                    f"(legend: before/beyond the data; here: PEAK OUTSIDE THE DATA) when it lies "
+                    f"outside that range, where it is an extrapolation of the form. Dotted line: "
+                    f"the step-0 win rate. Fits: {FITS_TABLE} (column peak_in_data).\n"
+                    + describe_fits(table, objective, x, final, fits)
                 )
-                writer.save(plot(table, objective, x=x, final=final), name, caption)
+                fig = plot(table, objective, x=x, final=final, fits=fits)
+                writer.save(fig, name, caption)
+                tables.append(fits.assign(figure=name, objective=objective, d_axis=x, final=final))
+    if tables:
+        frame = pd.concat(tables, ignore_index=True)
+        front = ["figure", "objective", "d_axis", "final"]
+        frame = frame[front + [c for c in frame.columns if c not in front]]
+        writer.written.append(write_fits(frame, writer.folder / FITS_TABLE))
     return writer.written
+
+
+def write_fits(frame: pd.DataFrame, path: Path) -> Path:
+    """The fits table as CSV (floats as their repr: the same bytes for the same fits)."""
+    text = frame.to_csv(index=False, float_format=lambda v: repr(float(v)), lineterminator="\n")
+    return style.write_caption(path, text)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ OBJECTIVE_COLORS = {"dpo": "#1f77b4", "ipo": "#2ca02c", "slic": "#d62728", "rdpo
 """Fixed colours for the paper's objectives, the same in every figure."""
 
 PANEL_WIDTH, PANEL_HEIGHT = 4.2, 3.2
+PDF_METADATA = {"CreationDate": None}
+"""PDF metadata: no creation date, so the same figure is the same bytes (reproducible)."""
 
 
 def set_style() -> None:
@@ -62,12 +64,18 @@ def new_figure(n_panels: int, *, sharey: bool = True) -> tuple[Figure, list]:
 
 
 def save_figure(fig: Figure, path: str | Path, *, pdf: bool = False) -> list[Path]:
-    """Save ``fig`` to ``path`` (PNG) and optionally a PDF beside it, atomically; closes it."""
+    """Save ``fig`` to ``path`` (PNG) and optionally a PDF beside it, atomically; closes it.
+
+    Both files depend on the figure only, not on when it was drawn: the PNG carries no time, and
+    the PDF's ``CreationDate`` is left out (``PDF_METADATA``), so a figure redrawn from the same
+    table on the same machine is the same bytes."""
     path = Path(path)
     written = [atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=150))]
     if pdf:
         pdf_path = path.with_suffix(".pdf")
-        written.append(atomic_write(pdf_path, lambda p: fig.savefig(p, format="pdf")))
+        written.append(
+            atomic_write(pdf_path, lambda p: fig.savefig(p, format="pdf", metadata=PDF_METADATA))
+        )
     plt.close(fig)
     return written
 

@@ -121,6 +121,28 @@ def test_make_all_tree_end_to_end_on_a_tiny_config(tmp_path):
             assert f"{objective}-beta-{beta}-OOD-probs-1pref.txt" in names
     assert {"dpo-beta-0.1-1.png", "dpo-beta-0.1-3.png", "Tree-MDP.png"} <= names
     runs = list((tmp_path / "r" / "ood_mass").iterdir())
-    second = run_script("figures/make_all.py", *args)  # cached: reuses the experiment's folder
+    # cached: reuses the experiment's folder; drawn again in this process (--jobs 1) into a
+    # second folder, every PNG and PDF is the same bytes (no time in either; any --jobs)
+    again = [*args[:-1], str(tmp_path / "f2"), "--jobs", "1"]
+    second = run_script("figures/make_all.py", *again)
     assert second.returncode == 0
     assert list((tmp_path / "r" / "ood_mass").iterdir()) == runs
+    figures = sorted(p.name for p in (tmp_path / "f").iterdir() if p.suffix in (".png", ".pdf"))
+    assert len(figures) == 2 * 25
+    for name in figures:
+        assert (tmp_path / "f" / name).read_bytes() == (tmp_path / "f2" / name).read_bytes(), name
+
+
+def test_a_figure_saved_twice_is_the_same_bytes(tmp_path):
+    # the PDF carries no creation date (style.PDF_METADATA), the PNG no time at all
+    from figures import style
+
+    for folder in ("a", "b"):
+        fig, (ax,) = style.new_figure(1)
+        ax.plot([0, 1], [0, 1], label="x")
+        ax.legend()
+        style.save_figure(fig, tmp_path / folder / "f.png", pdf=True)
+    for suffix in (".png", ".pdf"):
+        first = (tmp_path / "a" / f"f{suffix}").read_bytes()
+        assert first == (tmp_path / "b" / f"f{suffix}").read_bytes(), suffix
+    assert b"CreationDate" not in (tmp_path / "a" / "f.pdf").read_bytes()

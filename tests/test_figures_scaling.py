@@ -336,8 +336,55 @@ def test_llm_tables_draw_every_family(tmp_path):
     files = [*scaling_fits.main(d, tmp_path / "out"), *length.main(d, tmp_path / "out")]
     files += evolution.main(d, tmp_path / "out") + accuracy.main(d, tmp_path / "out")
     names = {f.name for f in files}
-    assert {"dpo_rdpo.png", "Winrate_evolution_over_epoch_for_DPO_2.8b.png"} <= names
+    assert {"dpo_rdpo.png", "Winrate_evolution_over_epoch_for_DPO_2.8B.png"} <= names
     assert all(f.parent == tmp_path / "out" / "llm" for f in files)
+
+
+PAPER_SIZE_NAMES = {
+    f"{metric}_evolution_over_epoch_for_{obj}_{size}"
+    for metric in ("Winrate", "KL")
+    for obj in ("DPO", "IPO", "SLiC")
+    for size in ("1B", "2.8B", "6.9B")
+}
+"""The paper's 18 size-named LLM figure names."""
+PAPER_SIZE_SUFFIXES = ("_1B", "_2.8B", "_6.9B")
+
+
+def paper_sized(names) -> set[str]:
+    """The names (without extension) that carry one of the paper's model sizes."""
+    stems = {n.rsplit(".", 1)[0] for n in names}
+    return {s for s in stems if s.endswith(PAPER_SIZE_SUFFIXES) or "_1B_" in s}
+
+
+@pytest.mark.parametrize(
+    "models",
+    [("1b", "2.8b", "6.9b"), ("EleutherAI/pythia-1b", "pythia-2.8b", "EleutherAI/pythia-6.9b")],
+)
+def test_pythia_shaped_runs_get_exactly_the_papers_size_names(tmp_path, models):
+    for model in models:
+        for objective in ("dpo", "ipo", "slic"):
+            for beta in (0.1, 0.3):
+                folder = tmp_path / "runs" / f"{model.replace('/', '-')}-{objective}-{beta}"
+                write_llm_run(folder, model, objective=objective, beta=beta)
+    d = checkpoints.load_llm([tmp_path / "runs"])
+    files = evolution.main(d, tmp_path / "out")
+    assert paper_sized(f.name for f in files) == PAPER_SIZE_NAMES
+    assert {f.name.rsplit(".", 1)[0] for f in files} == PAPER_SIZE_NAMES
+
+
+def test_models_of_other_sizes_never_get_a_paper_size_name(tmp_path):
+    # "1b-ish", "pythia-1.4b", "12b": near misses that are not the paper's shapes.
+    for model in ("tiny", "14m", "31m", "pythia-160m", "1b-ish", "pythia-1.4b", "12b"):
+        write_llm_run(tmp_path / "runs" / model, model)
+        write_llm_run(tmp_path / "runs" / f"{model}-rdpo", model, objective="rdpo")
+    d = checkpoints.load_llm([tmp_path / "runs"])
+    files = [*scaling_fits.main(d, tmp_path / "out"), *length.main(d, tmp_path / "out")]
+    files += evolution.main(d, tmp_path / "out") + accuracy.main(d, tmp_path / "out")
+    names = {f.name for f in files}
+    assert not paper_sized(names)
+    assert {"Winrate_evolution_over_epoch_for_DPO_14m.png",
+            "KL_evolution_over_epoch_for_DPO_pythia-1.4b.pdf",
+            "Winrate_evolution_over_epoch_for_DPO_1b-ish.png"} <= names  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,8 +395,10 @@ def test_llm_tables_draw_every_family(tmp_path):
 def test_make_all_toy_and_llm_end_to_end_on_the_quick_config(tmp_path):
     args = ["--only", "toy", "llm", "--quick"]
     args += ["--results", str(tmp_path / "r"), "--out", str(tmp_path / "f")]
-    first = run_script("figures/make_all.py", *args)
+    first = run_script("figures/make_all.py", *args, "--fresh")
     assert first.returncode == 0, first.stderr
+    # tiny models are never labelled with a paper size (no _1B / _2.8B / _6.9B file)
+    assert not paper_sized(p.name for p in (tmp_path / "f").rglob("*"))
     assert "training and evaluating the tiny model" in first.stdout  # the default LLM runs
     llm_names = {p.name for p in (tmp_path / "f" / "llm").iterdir()}
     assert {"dpo_scaling_law_curve_fits_kl.png", "Winrate_evolution_over_epoch_for_DPO_tiny.png",
@@ -398,19 +447,72 @@ def test_scaling_fit_reports_no_peak_beyond_the_data_and_draws_only_over_the_dat
     inside = scaling_fits.fit_sizes(full, "dpo", "d")
     outside = scaling_fits.fit_sizes(early, "dpo", "d")
     np.testing.assert_allclose(inside["peak_d"], np.e, rtol=1e-6)
-    assert inside["peak_inside"].all() and (inside["d_max"] > np.e).all()
-    assert not outside["peak_inside"].any() and (outside["d_max"] < np.e).all()
+    assert inside["peak_in_data"].all() and (inside["d_max"] > np.e).all()
+    assert not outside["peak_in_data"].any() and (outside["d_max"] < np.e).all()
     for table, inside_data in ((full, True), (early, False)):
         ax = scaling_fits.plot(table, "dpo").axes[0]
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         if inside_data:
-            assert all("d*=2.7" in lab for lab in labels)
+            assert all(lab.endswith("(d*=2.7)") for lab in labels)
         else:
-            assert all(lab.endswith("(no peak inside the data)") for lab in labels)
-        curves = [line for line in ax.lines if len(line.get_xdata()) == 200]
+            assert all(lab.endswith("(d*=2.7 beyond the data)") for lab in labels)
+        curves = [line for line in ax.lines if len(line.get_xdata()) == scaling_fits.CURVE_POINTS]
+        assert len(curves) == len(SIZES)
         assert max(c.get_xdata().max() for c in curves) <= table["d"].max() + 1e-12
     caption = scaling_fits.describe_fits(early, "dpo", "d", False)
-    assert caption.count("no peak inside the data") == len(SIZES)
+    assert caption.count("PEAK OUTSIDE THE DATA") == len(SIZES)
+
+
+def peak_before_the_data() -> pd.DataFrame:
+    """A checkpoint table whose points all lie at d in [1.5, 3] on win rate 0.5 + d(0.1 −
+    0.2 log d) (exact), without step 0: the RL fit's peak d* = exp(0.1/0.2 − 1) ≈ 0.61 lies
+    before every point (the llm family's humps of issue 14)."""
+    rows = []
+    for run, beta in enumerate((0.03, 0.1, 0.3)):
+        for step, d in enumerate(np.linspace(1.5, 3.0, 5) + 0.1 * run):
+            win = 0.5 + d * (0.1 - 0.2 * np.log(d))
+            rows.append({"run": f"r{run}", "objective": "dpo", "beta": beta, "size": "tiny",
+                         "size_rank": 0, "seed": 0, "step": step + 1, "fraction": (step + 1) / 5,
+                         "final": step == 4, "kl_reverse": d**2, "kl_forward": d**2, "d": d,
+                         "d_forward": d, "win_rate": win, "reward_accuracy": 0.5, "loss": 0.6,
+                         "length": 3.0, "length_r2": 0.1, "win_rate_se": np.nan,
+                         "kl_reverse_se": np.nan, "kl_forward_se": np.nan})  # fmt: skip
+    return checkpoints.check(pd.DataFrame(rows))
+
+
+def test_a_peak_before_every_point_is_flagged_in_the_figure_the_caption_and_the_table(tmp_path):
+    table = peak_before_the_data()
+    fits = scaling_fits.fit_sizes(table, "dpo", "d")
+    (f,) = fits.itertuples()
+    assert f.peak_d < f.d_min  # before every point
+    np.testing.assert_allclose(f.peak_d, np.exp(0.1 / 0.2 - 1), rtol=1e-4)
+    assert not f.peak_in_data
+    ax = scaling_fits.plot(table, "dpo", fits=fits).axes[0]
+    (label,) = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert label == "tiny  (d*=0.61 before the data)"
+    (curve,) = [line for line in ax.lines if len(line.get_xdata()) == scaling_fits.CURVE_POINTS]
+    xs = curve.get_xdata()
+    assert xs.min() == pytest.approx(table["d"].min()) and xs.max() == pytest.approx(
+        table["d"].max()
+    )  # the hump before the data is not drawn
+    data = checkpoints.Data(table, "llm", "synthetic")
+    files = scaling_fits.main(data, tmp_path)
+    written = pd.read_csv(tmp_path / "llm" / scaling_fits.FITS_TABLE)
+    assert tmp_path / "llm" / scaling_fits.FITS_TABLE in files
+    assert len(written) == 4 and not written["peak_in_data"].any()
+    every = written[~written["final"]]  # the final checkpoints alone are too few to fit
+    assert len(every) == 2 and (every["peak_d"] < every["d_min"]).all()
+    caption = (tmp_path / "llm" / "dpo_scaling_law_curve_fits_kl.txt").read_text()
+    assert "PEAK OUTSIDE THE DATA" in caption
+
+
+def test_the_fits_table_marks_a_peak_inside_the_data(tmp_path):
+    data = checkpoints.Data(synthetic_table(objectives=("dpo",)), "toy", "synthetic")
+    scaling_fits.main(data, tmp_path)
+    written = pd.read_csv(tmp_path / "toy" / scaling_fits.FITS_TABLE)
+    rows = written[(written["d_axis"] == "d") & ~written["final"]]
+    assert rows["peak_in_data"].all() and len(rows) == len(SIZES)
+    assert ((rows["d_min"] <= rows["peak_d"]) & (rows["peak_d"] <= rows["d_max"])).all()
 
 
 def test_dpo_rdpo_x_axis_is_root_kl():

@@ -447,6 +447,31 @@ def test_fit_table_rows_and_columns() -> None:
     assert by_form.loc["rl", "rmse"] < 0.5 * by_form.loc["quadratic_kl", "rmse"]
 
 
+@pytest.mark.parametrize(
+    "d_points, where",
+    [
+        (np.linspace(1.5, 3.0, 6), "before"),  # d* = e^(−0.5) ≈ 0.61 < every point
+        (np.linspace(0.1, 3.0, 6), "inside"),
+        (np.linspace(0.01, 0.3, 6), "beyond"),
+    ],
+)
+def test_a_fit_says_whether_its_peak_lies_inside_the_data(d_points, where) -> None:
+    y = scaling.evaluate("rl", d_points, alpha=0.1, beta=0.2)  # exact: d* = exp(0.1/0.2 − 1)
+    res = fit("rl", d_points, y)
+    assert res.d_min == d_points.min() and res.d_max == d_points.max()
+    assert res.peak_d == pytest.approx(math.exp(-0.5), rel=1e-6)
+    assert res.peak_in_data == (where == "inside")
+    row = fit_table({"d": d_points, "y": y}, group=None, forms=["rl"]).iloc[0]
+    assert row["peak_in_data"] == (where == "inside")
+    assert (row["d_min"], row["d_max"]) == (d_points.min(), d_points.max())
+
+
+def test_a_fit_without_a_peak_is_not_in_the_data() -> None:
+    d = np.linspace(0.1, 2.0, 6)
+    res = fit("rl", d, scaling.evaluate("rl", d, alpha=0.5, beta=-0.1))  # β < 0: no maximum
+    assert not res.has_peak and not res.peak_in_data
+
+
 def test_fit_table_dataframe_columns_and_form_independent_ci() -> None:
     d, y, group, _ = noisy_runs("rl")
     df = pd.DataFrame({"kl_sqrt": d, "win": y, "seed": group})

@@ -262,8 +262,10 @@ def fit_table(
 
     Returns:
         One row per form with columns: form, alpha, beta, offset (NaN without offset), rmse, n,
-        peak_d, peak_value, then {alpha, beta, offset, peak_d, peak_value}_{lo, hi}, n_resamples,
-        n_failed, n_no_peak, level.
+        peak_d, peak_value, d_min, d_max (the range of the fitted d), peak_in_data (whether
+        d_min ≤ d* ≤ d_max: a peak outside the data is an extrapolation), then
+        {alpha, beta, offset, peak_d, peak_value}_{lo, hi}, n_resamples, n_failed, n_no_peak,
+        level.
 
     Raises:
         ValueError: a named column missing; baseline unknown or "gain" without group and step;
@@ -346,6 +348,9 @@ def _form_row(
         "n": res.n,
         "peak_d": res.peak_d,
         "peak_value": res.peak_value,
+        "d_min": res.d_min,
+        "d_max": res.d_max,
+        "peak_in_data": res.peak_in_data,
     }
     for k in [*PARAMS, "offset", "peak_d", "peak_value"]:
         lo, hi = intervals.get(k, (math.nan, math.nan))

@@ -231,6 +231,7 @@ class Fit:
         n: number of points fitted.
         peak_d: d* of the fitted curve; NaN when it has no interior maximum (see ``peak``).
         peak_value: the fitted curve at d*, offset included (so in the units of y); NaN with peak_d.
+        d_min, d_max: the smallest and largest d of the fitted points (the data's range).
     """
 
     form: str
@@ -240,11 +241,20 @@ class Fit:
     n: int
     peak_d: float
     peak_value: float
+    d_min: float = math.nan
+    d_max: float = math.nan
 
     @property
     def has_peak(self) -> bool:
         """Whether the fitted curve has a finite interior maximum."""
         return math.isfinite(self.peak_d)
+
+    @property
+    def peak_in_data(self) -> bool:
+        """Whether the fitted peak d* lies inside the range of the fitted points,
+        d_min ≤ d* ≤ d_max. A d* before every point or beyond every point is an extrapolation
+        of the form, not a peak the data show (False; also False without a peak)."""
+        return self.has_peak and self.d_min <= self.peak_d <= self.d_max
 
     def predict(self, d: ArrayLike) -> FloatArray:
         """The fitted curve R(d) (+ offset) at ``d``. Shape (N,) ↦ (N,)."""
@@ -285,6 +295,8 @@ def _fit_checked(f: Form, d: FloatArray, y: FloatArray, offset: bool) -> Fit | N
         n=int(d.size),
         peak_d=d_star,
         peak_value=r_star + (c or 0.0),
+        d_min=float(d.min()),
+        d_max=float(d.max()),
     )
 
 
