@@ -14,16 +14,21 @@ import pandas as pd
 import torch
 
 from llm.data import Example
-from llm.eval_run import evaluate_run
+from llm.eval_run import RunEvaluation, evaluate_run
 from llm.evaluate import EvalSettings, EvalTask, TreeTask
 from llm.judges import GoldJudge
-from llm.model import PYTHIA_SHAPES, build_model, load_model
+from llm.model import PYTHIA_SHAPES, build_model, load_model, parse_dtype, progress_bars_off
 from llm.train import DAALoss, TrainConfig, sft_loss, train
 from llm.tree_language import TreeLanguage
 from treemdp.problem import Problem
 from treemdp.runs import atomic_write
 
 __all__ = ["daa_llm", "sft_llm"]
+
+SFT_MODEL = "model"
+"""The SFT's weights-only model folder (``sft_llm(keep_state=False)``)."""
+DONE = "done"
+"""Marks a finished weights-only folder or an in-memory run's finished eval.csv."""
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -44,10 +49,17 @@ def sft_llm(
     device: str,
     progress: bool,
     run: int = 0,
+    keep_state: bool = True,
 ) -> Path:
     """SFT a GPT-NeoX of shape ``model`` (or a hub name / folder) on ``samples`` samples of run
     ``run``'s π_ref (``problem.ref_logp[run]``, drawn with ``seed``) into ``out``; resumes a
-    killed run; returns the final checkpoint folder."""
+    killed run; returns the final checkpoint folder.
+
+    ``keep_state=False`` writes no trainer checkpoint (weights + RMSProp state: ~56 GB at 6.9b)
+    but only the final weights, ``out/model`` (a loadable model folder, ~28 GB at 6.9b in
+    fp32); a finished ``out/model`` is reused, a killed run starts over."""
+    if not keep_state and (Path(out) / SFT_MODEL / DONE).is_file():
+        return Path(out) / SFT_MODEL
     tree = problem.tree
     language = TreeLanguage(tree)
     tok = language.tokenizer()
@@ -83,10 +95,19 @@ def sft_llm(
     )  # fmt: skip
     _write_json(out / "data.json", {"pairs": len(examples), "skipped": 0})
     policy.to(device)
-    return train(
+    final = train(
         policy, examples, sft_loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
-        resume=True, progress=progress,
+        resume=True, progress=progress, save=keep_state,
     )  # fmt: skip
+    if keep_state:
+        assert final is not None
+        return final
+    folder = Path(out) / SFT_MODEL
+    with progress_bars_off():
+        policy.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / DONE).write_text("")
+    return folder
 
 
 def daa_llm(
@@ -106,6 +127,10 @@ def daa_llm(
     device: str,
     progress: bool,
     data_seed: int | None = None,
+    hyper: dict | None = None,
+    keep_weights: bool = True,
+    reference_dtype: str = "fp32",
+    held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
     """Train ``objective`` at ``beta`` from the SFT folder (a frozen copy as reference) on the
     task's pairs into ``out``, with ``checkpoints`` evenly spaced checkpoints, and evaluate every
@@ -113,7 +138,18 @@ def daa_llm(
     steps) is the toy's regime; ``batch_size`` < P with one epoch is the paper's.
     ``data_seed`` (default ``seed``) fixes the pair order: epoch e visits ``randperm(P,
     data_seed + e)`` (``llm.train``), the order ``treemdp.batching.EpochSchedule(P, batch,
-    seed=data_seed)`` gives the toy in its first epoch.
+    seed=data_seed)`` gives the toy in its first epoch. ``hyper``: the objective's other
+    hyperparameters (e.g. R-DPO's α; lengths come from the pairs' token counts).
+    ``held_out``: (chosen, rejected) response indices of the pairs the evaluation's accuracy and
+    loss are measured on (default: the training pairs).
+
+    ``keep_weights=False`` writes no checkpoint: each is evaluated in memory at its step
+    (``llm.train.train(save=False, on_checkpoint=...)`` into ``llm.eval_run.RunEvaluation``),
+    giving the rows a kept checkpoint would get but for ``checkpoint_path`` ("in-memory") and
+    ``checkpoint_sha256`` (of the parameters, not of a file); a killed run starts over, a
+    finished one (``out/done``) is read back. ``reference_dtype``: the frozen reference's
+    precision in the loss and the evaluation (``llm.model.DTYPES``; fp16 halves its memory on a
+    GPU).
 
     Returns:
         The eval table with ``objective``, ``beta``, ``side`` ("llm"), ``step`` and ``fraction``
@@ -127,17 +163,43 @@ def daa_llm(
     batch = min(batch_size, P)
     steps = math.ceil(epochs * P / batch)
     every = max(1, steps // checkpoints)
+    hyper = dict(hyper or {})
+    eval_pairs = examples if held_out is None else language.examples(*held_out)[0]
+    eval_task = EvalTask(
+        prompts=language.prompts(eval_samples),
+        pairs=eval_pairs,
+        tokenizer=tok,
+        eos_id=None,
+        pad_id=tok.pad_token_id,
+        objective=objective,
+        beta=beta,
+        hyper=hyper,
+        tree=task,
+    )
+    settings = EvalSettings(samples=eval_samples, max_new_tokens=tree.max_depth, seed=seed)
+    judge = GoldJudge(tree, task.rewards)
+
+    def finish(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(
+            objective=objective, beta=beta, side="llm", step=frame["checkpoint"],
+            fraction=frame["checkpoint"] / steps,
+        )  # fmt: skip
+
+    if not keep_weights and (out / DONE).is_file():
+        return finish(RunEvaluation(out, eval_task, settings, judge, device=device).table())
     policy = load_model(sft).to(device)
     run_config = {
         "stage": "daa", "objective": objective, "beta": beta, "model": str(sft),
         "size": size, "n_params": sum(p.numel() for p in policy.parameters()),
         "seed": seed, "source": "tree", "tree_branching": tree.branching,
         "tree_depth": tree.max_depth, "batch_size": batch, "lr": lr, "reference": "",
+        "hyper": hyper, "keep_weights": keep_weights, "reference_dtype": reference_dtype,
     }  # fmt: skip
     _write_json(out / "config.json", run_config)
     _write_json(out / "data.json", {"pairs": P, "skipped": 0})
     task.write(out)
-    reference = load_model(sft).to(device).requires_grad_(False)
+    dtype = parse_dtype(reference_dtype)
+    reference = load_model(sft, dtype=dtype).to(device).requires_grad_(False).eval()
     tcfg = TrainConfig(
         lr=lr,
         warmup_steps=0,
@@ -147,27 +209,27 @@ def daa_llm(
         checkpoint_every=every * batch,
         seed=seed if data_seed is None else data_seed,
     )
-    train(
-        policy, examples, DAALoss(objective, beta, reference=reference), tcfg, out,
-        pad_id=tok.pad_token_id, tokenizer=tok, resume=True, progress=progress,
-    )  # fmt: skip
-    del policy, reference
-    eval_task = EvalTask(
-        prompts=language.prompts(eval_samples),
-        pairs=examples,
-        tokenizer=tok,
-        eos_id=None,
-        pad_id=tok.pad_token_id,
-        objective=objective,
-        beta=beta,
-        tree=task,
+    loss = DAALoss(objective, beta, hyper=hyper, reference=reference)
+    if keep_weights:
+        train(
+            policy, examples, loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
+            resume=True, progress=progress,
+        )  # fmt: skip
+        del policy
+        frame = evaluate_run(
+            out, eval_task, settings, judge, device=device, progress=progress,
+            reference=reference,
+        )  # fmt: skip
+        return finish(frame)
+    # In memory: the reference's row and samples first (the very ones evaluate_run draws), then
+    # a row per checkpoint step as training reaches it; no weights are written.
+    evaluation = RunEvaluation(
+        out, eval_task, settings, judge, device=device, force=True, reference=reference
     )
-    settings = EvalSettings(samples=eval_samples, max_new_tokens=tree.max_depth, seed=seed)
-    frame = evaluate_run(
-        out, eval_task, settings, GoldJudge(tree, task.rewards), device=device,
-        progress=progress,
+    evaluation.add(0, reference, path="reference", digest="reference")
+    train(
+        policy, examples, loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
+        progress=progress, save=False, on_checkpoint=lambda step, m: evaluation.add(step, m),
     )  # fmt: skip
-    return frame.assign(
-        objective=objective, beta=beta, side="llm", step=frame["checkpoint"],
-        fraction=frame["checkpoint"] / steps,
-    )  # fmt: skip
+    (out / DONE).write_text("")
+    return finish(evaluation.table())

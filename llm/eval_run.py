@@ -9,6 +9,7 @@ per-model math is ``llm.evaluate``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -35,10 +36,12 @@ from llm.model import PYTHIA_SHAPES, build_model, load_model, progress_bars_off
 from treemdp.runs import atomic_write, read_table, write_table
 from treemdp.runs.eval_table import DIGEST, EVAL_TABLE, check
 
-__all__ = ["evaluate_run", "load_reference"]
+__all__ = ["RunEvaluation", "evaluate_run", "load_reference", "model_digest"]
 
 EVAL_SETTINGS = "eval.json"
 REFERENCE_SAMPLES = "eval_reference.pt"
+IN_MEMORY = "in-memory"
+"""``checkpoint_path`` of a row measured in memory (``RunEvaluation.add``): no folder."""
 
 
 def load_reference(run_config: dict[str, Any], *, vocab_size: int, dtype: torch.dtype) -> nn.Module:
@@ -60,6 +63,105 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+class RunEvaluation:
+    """The evaluation of one run folder, a row at a time: ``eval.csv`` (reusing the rows of an
+    earlier evaluation with the same settings), the reference model and its cached samples.
+
+    ``evaluate_run`` feeds it the run's checkpoints from disk; a trainer that keeps no weights
+    (``llm.train.train(save=False, on_checkpoint=...)``) feeds it the policy in memory at each
+    checkpoint step (``add``), so a checkpoint is measured without ever being written.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        task: EvalTask,
+        settings: EvalSettings,
+        judge: Judge | None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        force: bool = False,
+        reference: nn.Module | None = None,
+    ) -> None:
+        self.run_dir, self.table_path = Path(run_dir), Path(run_dir) / EVAL_TABLE
+        self.task, self.settings, self.judge = task, settings, judge
+        self.device, self.dtype = device, dtype
+        self.config = _run_config(self.run_dir)
+        self.data = _read_json(self.run_dir / "data.json")
+        self.rows = _start(self.run_dir, _settings_record(task, settings, judge), force=force)
+        self._reference = reference
+        self._ref: ReferenceSamples | None = None
+
+    @property
+    def reference(self) -> nn.Module:
+        """The run's reference model (``load_reference``, or the one given), loaded once."""
+        if self._reference is None:
+            vocab = len(self.task.tokenizer)
+            self._reference = load_reference(self.config, vocab_size=vocab, dtype=self.dtype)
+            self._reference = self._reference.to(self.device).eval()
+        return self._reference
+
+    @property
+    def reference_samples(self) -> ReferenceSamples:
+        """The reference's samples, cached in the run folder (drawn once)."""
+        if self._ref is None:
+            self._ref = _reference_samples(self.run_dir, self.reference, self.task, self.settings)
+        return self._ref
+
+    def todo(self) -> list[tuple[int, Path | None, str]]:
+        """``(step, folder, digest)`` of the reference (folder None) and every complete
+        checkpoint on disk whose row is missing or stale; drops the stale rows."""
+        todo, self.rows = _todo(self.run_dir, self.rows)
+        return todo
+
+    def has(self, step: int) -> bool:
+        """Whether ``eval.csv`` has a row for ``step``."""
+        return any(int(r["checkpoint"]) == step for r in self.rows)
+
+    @torch.no_grad()
+    def add(
+        self, step: int, policy: nn.Module, *, path: str = IN_MEMORY, digest: str | None = None
+    ) -> dict[str, Any]:
+        """Measure ``policy`` as checkpoint ``step`` and write its row (replacing any row of that
+        step). ``path`` and ``digest`` default to ``"in-memory"`` and ``model_digest(policy)``:
+        the row of a checkpoint that was never written."""
+        was_training = policy.training
+        policy.eval()
+        try:
+            row = {
+                "checkpoint": step,
+                **_position(step, self.config, self.data),
+                "checkpoint_path": path,
+                DIGEST: model_digest(policy) if digest is None else digest,
+                **evaluate_model(
+                    policy, self.reference, self.reference_samples, self.task, self.settings,
+                    self.judge, step=step,
+                ),
+            }  # fmt: skip
+        finally:
+            policy.train(was_training)
+        kept = [r for r in self.rows if int(r["checkpoint"]) != step]
+        self.rows = sorted([*kept, row], key=lambda r: int(r["checkpoint"]))
+        write_table(self.table_path, check(pd.DataFrame(self.rows), str(self.table_path)))
+        return row
+
+    def table(self) -> pd.DataFrame:
+        """``eval.csv`` as on disk (checked against the schema)."""
+        return check(read_table(self.table_path), str(self.table_path))
+
+
+def model_digest(model: nn.Module) -> str:
+    """``"params:"`` and the sha256 of a model's parameters and buffers (names, shapes, dtypes
+    and bytes, in state-dict order): the digest of an in-memory checkpoint's row."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "params:" + h.hexdigest()
+
+
 @progress_bars_off()  # "Loading weights" bars, once per checkpoint: noise
 def evaluate_run(
     run_dir: Path,
@@ -73,6 +175,7 @@ def evaluate_run(
     force: bool = False,
     progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    reference: nn.Module | None = None,
 ) -> pd.DataFrame:
     """Evaluate the reference (step 0) and every checkpoint of ``run_dir``; write ``eval.csv``.
 
@@ -87,38 +190,29 @@ def evaluate_run(
         force: start over even if an ``eval.csv`` with other settings exists.
         progress: show a progress bar.
         on_row: called with each new row after it is written (tests kill the process there).
+        reference: the reference model, already loaded (default: ``load_reference``).
 
     Returns:
         The whole table, one row per checkpoint, ordered by step.
     """
-    run_dir, table_path = Path(run_dir), Path(run_dir) / EVAL_TABLE
-    config = _run_config(run_dir)
-    data = _read_json(run_dir / "data.json")
+    run = RunEvaluation(
+        run_dir, task, settings, judge, device=device, dtype=dtype, force=force,
+        reference=reference,
+    )  # fmt: skip
     load = load or (lambda p: load_model(p, dtype=dtype))
-    rows = _start(run_dir, _settings_record(task, settings, judge), force=force)
-    todo, rows = _todo(run_dir, rows)
+    todo = run.todo()
     if not todo:
-        return check(read_table(table_path), str(table_path))
-    vocab = len(task.tokenizer)
-    reference = load_reference(config, vocab_size=vocab, dtype=dtype).to(device).eval()
-    ref = _reference_samples(run_dir, reference, task, settings)
+        return run.table()
     for step, folder, digest in tqdm(todo, desc="evaluate", disable=not progress):
-        policy = reference if folder is None else load(folder).to(device).eval()
-        row = {
-            "checkpoint": step,
-            **_position(step, config, data),
-            "checkpoint_path": str(folder) if folder is not None else "reference",
-            DIGEST: digest,
-            **evaluate_model(policy, reference, ref, task, settings, judge, step=step),
-        }
-        rows = sorted([*rows, row], key=lambda r: int(r["checkpoint"]))
-        write_table(table_path, check(pd.DataFrame(rows), str(table_path)))
+        policy = run.reference if folder is None else load(folder).to(device).eval()
+        path = str(folder) if folder is not None else "reference"
+        row = run.add(step, policy, path=path, digest=digest)
         if on_row is not None:
             on_row(row)
         del policy
     # What is on disk, so a caller sees the same table whether the rows were computed now or
     # read back after an interruption.
-    return check(read_table(table_path), str(table_path))
+    return run.table()
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:

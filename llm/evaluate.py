@@ -118,14 +118,22 @@ class TreeTask:
     rejected: Tensor
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able description (complete trees only: branching, depth, prompts)."""
+        """A JSON-able description: complete trees (branching, depth, prompts) and trees with a
+        stop action (``Tree.with_stop``: ``"stop": true``, depth = the longest response)."""
         t = self.tree
-        if not t.is_complete:
-            raise ValueError("only complete trees can be written to tree_problem.json")
+        if _is_stop_tree(t):  # checked first: a stop tree's nodes all have b children too
+            shape: dict[str, Any] = {"stop": True}
+        elif t.is_complete and int(t.depth[t.leaves].min()) == t.max_depth:
+            shape = {}
+        else:
+            raise ValueError(
+                "only complete trees and Tree.with_stop trees can be written to tree_problem.json"
+            )
         return {
             "branching": t.branching,
             "depth": t.max_depth,
             "n_prompts": t.n_prompts,
+            **shape,
             "rewards": self.rewards.tolist(),
             "chosen": self.chosen.tolist(),
             "rejected": self.rejected.tolist(),
@@ -134,7 +142,8 @@ class TreeTask:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TreeTask:
         """Inverse of ``to_json``."""
-        tree = Tree.complete(data["branching"], data["depth"], n_prompts=data.get("n_prompts", 1))
+        build = Tree.with_stop if data.get("stop") else Tree.complete
+        tree = build(data["branching"], data["depth"], n_prompts=data.get("n_prompts", 1))
         return cls(
             tree,
             torch.tensor(data["rewards"], dtype=torch.float64),
@@ -158,6 +167,17 @@ class TreeTask:
         """treemdp's metric context (one run)."""
         pairs = Pairs(self.chosen[None], self.rejected[None])
         return MetricContext.build(self.tree, self.rewards[None], pairs)
+
+
+def _is_stop_tree(tree: Tree) -> bool:
+    """Whether ``tree`` is ``Tree.with_stop(branching, max_depth, n_prompts)``."""
+    try:
+        stop = Tree.with_stop(tree.branching, tree.max_depth, n_prompts=tree.n_prompts)
+    except ValueError:
+        return False
+    return stop.n_nodes == tree.n_nodes and bool(
+        torch.equal(stop.children, tree.children) and torch.equal(stop.parent, tree.parent)
+    )
 
 
 @dataclass(frozen=True, eq=False)

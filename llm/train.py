@@ -522,9 +522,12 @@ def _descend(
     pad_id: int,
     on_step: Callable[[int], None] | None,
     progress: bool,
-) -> Path:
+    save: bool = True,
+    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+) -> Path | None:
     """The optimizer steps from ``start`` to the end: gradients (accumulated) → sum over the
-    processes and clip → checks → update → log → checkpoint. Returns the last checkpoint."""
+    processes and clip → checks → update → log → checkpoint (written when ``save``, handed to
+    ``on_checkpoint``). Returns the last checkpoint (None when nothing is saved)."""
     cfg, out_dir = run.cfg, run.out_dir
     n_steps = math.ceil(cfg.epochs * len(examples) / cfg.batch_size)
     stream = data_stream(len(examples), n_steps, cfg.batch_size, cfg.seed)
@@ -554,11 +557,16 @@ def _descend(
             if run.rank == 0 and (done % cfg.log_every == 0 or done == n_steps):
                 log.append(_log_row(done, lr, names, sums, grad_norm, seconds, G))
             if _checkpoint_due(cfg, step, n_steps):
-                final = run.save(done, final)
+                if save:
+                    final = run.save(done, final)
+                elif not _weights_finite(run.params, run.sharded):
+                    _diverged("the weights", math.nan, done, out_dir, final)
+                if on_checkpoint is not None:
+                    on_checkpoint(done, run.policy)
             bar.update(1)
             if on_step is not None:
                 on_step(done)
-    if final is None:
+    if final is None and save:
         raise RuntimeError(f"no steps to run and no checkpoint in {out_dir}")
     return final
 
@@ -576,7 +584,9 @@ def train(
     run_info: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
     progress: bool = True,
-) -> Path:
+    save: bool = True,
+    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+) -> Path | None:
     """Train ``policy`` in place on ``examples``; write ``log.csv`` and checkpoints to ``out_dir``.
 
     Args:
@@ -595,17 +605,25 @@ def train(
             the checkpoint's to resume.
         on_step: called with the step number after each optimizer step (tests use it).
         progress: show a tqdm bar on rank 0.
+        save: write the checkpoints; False keeps nothing on disk but ``log.csv`` (a 6.9b
+            checkpoint, weights and RMSProp state, is ~56 GB): the run then cannot resume and
+            starts from step 0.
+        on_checkpoint: called at every checkpoint step (after it is written when ``save``) with
+            the step and the policy in memory, e.g. to evaluate it there
+            (``llm.eval_run.RunEvaluation``); it must leave the weights as it found them.
 
     Returns:
-        The path of the final checkpoint folder.
+        The path of the final checkpoint folder (None when ``save`` is False).
 
     Raises:
         treemdp.runs.cli.RunDivergedError: at the first step whose loss or gradient norm (or, before
             a checkpoint, whose weights) is not finite; that step is neither logged nor saved.
     """
     run = _Run.start(policy, len(examples), cfg, out_dir, tokenizer, run_info)
-    start, final = run.restore(resume)
-    return _descend(run, step_loss, examples, start, final, pad_id, on_step, progress)
+    start, final = run.restore(resume and save)
+    return _descend(
+        run, step_loss, examples, start, final, pad_id, on_step, progress, save, on_checkpoint
+    )
 
 
 def _csv_line(values: Sequence[Any]) -> str:

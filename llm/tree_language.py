@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from llm.data import BadRowError, Example
@@ -172,10 +173,18 @@ class TreeLanguage:
     @cached_property
     def leaf_index(self) -> dict[tuple[int, ...], int]:
         """(prompt token, action tokens...) → leaf index, for every leaf of the tree."""
-        return {
-            (*self.prompt(int(self.tree.leaf_prompt[i])), *self.response(i)): i
-            for i in range(self.tree.n_responses)
-        }
+        # One walk up the tree for all leaves at once (level by level), not one per leaf: a
+        # language is built per evaluated checkpoint, and trees have thousands of leaves.
+        tree = self.tree
+        node, depth = tree.leaves.clone(), tree.response_length
+        tokens = torch.zeros(tree.n_responses, tree.max_depth, dtype=torch.long)
+        for back in range(tree.max_depth):
+            live = depth > back  # leaves with a (back+1)-th action from the end
+            tokens[live, depth[live] - 1 - back] = tree.action[node[live]] + self.first_action
+            node = torch.where(live, tree.parent[node], node)
+        prompts = (tree.leaf_prompt + 1).tolist()  # self.prompt(k) == (1 + k,)
+        rows, lengths = tokens.tolist(), depth.tolist()
+        return {(prompts[i], *rows[i][: lengths[i]]): i for i in range(tree.n_responses)}
 
     def decode(self, ids: Sequence[int]) -> int:
         """The leaf whose prompt and response tokens are ``ids``; −1 when ``ids`` is not a

@@ -27,8 +27,8 @@ def test_every_family_has_a_paper_and_a_quick_run_whose_config_holds_its_setting
     toy = next(r for r in runs if r.family == "toy" and not r.quick)
     values = flag_values(toy.config)
     assert all(values[k] == v for k, v in paper_runs.TOY.items())
-    llm = [r.config.model for r in runs if r.family == "llm" and not r.quick]
-    assert tuple(llm) == paper_runs.LLM_SIZES
+    llm = [r.config.sizes for r in runs if r.family == "llm" and not r.quick]
+    assert tuple(llm) == tuple((size,) for size in paper_runs.LLM_SIZES)
 
 
 def test_index_lists_finished_runs_only_and_the_llm_evaluation_folders(tmp_path):
@@ -40,11 +40,12 @@ def test_index_lists_finished_runs_only_and_the_llm_evaluation_folders(tmp_path)
     finish(toy, tmp_path, columns=("step",))  # written before length_r2 existed: not finished
     toy_folder = finish(paper_toy, tmp_path)
     llm_folder = finish(llm, tmp_path)
-    for name in ("sft", "dpo-0.1", "ipo-0.1"):
+    for name in ("sft-tiny", "tiny-dpo-beta0.1", "tiny-rdpo-beta0.1"):
         (llm_folder / "llm" / name).mkdir(parents=True)
     table = paper_runs.index(tmp_path)
     assert list(table.columns) == list(run_index.COLUMNS)
-    evaluations = [str(llm_folder / "llm" / name) for name in ("dpo-0.1", "ipo-0.1")]
+    names = ("tiny-dpo-beta0.1", "tiny-rdpo-beta0.1")  # the SFT folder is not an evaluation
+    evaluations = [str(llm_folder / "llm" / name) for name in names]
     assert list(table["run"]) == [str(tree_folder), str(toy_folder), *evaluations]
     assert list(table["role"]) == ["ood_mass", "toy_scaling", "tiny", "tiny"]
     assert list(table["quick"]) == [True, False, True, True]

@@ -1,0 +1,209 @@
+"""experiments/llm_overopt.py and what it adds to llm/: exact scoring on a tree with a stop action
+(leaves at several depths), R-DPO's lengths, one epoch with checkpoints inside it, and the
+in-memory evaluation (--no-keep-weights) that gives the rows a kept checkpoint gives."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm.checkpoint import checkpoint_folders
+from llm.confirm import daa_llm, sft_llm
+from llm.data import collate_pairs
+from llm.evaluate import TreeTask
+from llm.model import build_model
+from llm.sampling import tree_full_logprobs, tree_logprobs
+from llm.train import DAALoss
+from llm.tree_language import TreeLanguage
+from tests.llm.helpers_llm import perturbed
+from tests.scripts import load_script
+from treemdp.data import sampled_bt_pairs
+from treemdp.problem import ProblemSpec, build_problem
+from treemdp.runs import read_table
+from treemdp.runs.eval_table import DIGEST
+from treemdp.tree import Tree
+
+overopt = load_script("experiments/llm_overopt.py")
+paper_runs = load_script("experiments/paper_runs.py")
+
+
+@pytest.fixture(scope="module")
+def stop_tree() -> Tree:
+    tree = Tree.with_stop(3, 3, n_prompts=2)  # responses of 1, 2 and 3 tokens, two prompts
+    assert len(set(tree.response_length.tolist())) == 3
+    return tree
+
+
+def _brute_force(model, tree: Tree, *, full: bool) -> torch.Tensor:
+    """log π(y|x) of every leaf, one forward per prefix of each response: the softmax over the
+    action tokens (``full``: over the whole vocabulary) at each step, summed."""
+    language = TreeLanguage(tree)
+    out = torch.empty(tree.n_responses, dtype=torch.float64)
+    with torch.no_grad():
+        for leaf in range(tree.n_responses):
+            ids = [*language.prompt(int(tree.leaf_prompt[leaf])), *language.response(leaf)]
+            total = 0.0
+            for t in range(1, len(ids)):
+                logits = model(input_ids=torch.tensor([ids[:t]])).logits[0, -1].double()
+                if full:
+                    total += float(torch.log_softmax(logits, -1)[ids[t]])
+                else:
+                    actions = logits[language.actions]
+                    total += float(torch.log_softmax(actions, -1)[ids[t] - language.first_action])
+            out[leaf] = total
+    return out
+
+
+def test_exact_scoring_of_a_stop_tree_equals_brute_force_enumeration(stop_tree):
+    language = TreeLanguage(stop_tree)
+    model = perturbed(build_model("tiny", seed=0, vocab_size=language.vocab_size), scale=0.5)
+    exact = tree_logprobs(model, stop_tree)
+    torch.testing.assert_close(exact, _brute_force(model, stop_tree, full=False), atol=1e-5, rtol=0)
+    for k in range(stop_tree.n_prompts):  # a distribution over each prompt's leaves, all depths
+        mass = torch.exp(exact[stop_tree.leaf_prompt == k]).sum()
+        assert float(mass) == pytest.approx(1.0, abs=1e-9)
+    full = tree_full_logprobs(model, stop_tree)
+    torch.testing.assert_close(full, _brute_force(model, stop_tree, full=True), atol=1e-5, rtol=0)
+    # every leaf decodes back from its tokens, a stopped prefix is a leaf of its own
+    for leaf in range(stop_tree.n_responses):
+        ids = (*language.prompt(int(stop_tree.leaf_prompt[leaf])), *language.response(leaf))
+        assert language.decode(ids) == leaf
+    assert language.decode((*language.prompt(0), language.action_token(1))) == -1  # internal
+
+
+def test_a_stop_tree_task_round_trips_through_tree_problem_json(stop_tree, tmp_path):
+    rewards = torch.linspace(-1, 1, stop_tree.n_responses, dtype=torch.float64)
+    task = TreeTask(stop_tree, rewards, torch.tensor([0, 1]), torch.tensor([2, 3]))
+    task.write(tmp_path)
+    assert json.loads((tmp_path / "tree_problem.json").read_text())["stop"] is True
+    back = TreeTask.read(tmp_path)
+    assert torch.equal(back.tree.children, stop_tree.children)
+    assert torch.equal(back.tree.response_length, stop_tree.response_length)
+    assert torch.equal(back.rewards, rewards)
+    complete = TreeTask(Tree.complete(2, 2), torch.zeros(4), torch.tensor([0]), torch.tensor([1]))
+    complete.write(tmp_path)
+    assert "stop" not in json.loads((tmp_path / "tree_problem.json").read_text())
+    assert TreeTask.read(tmp_path).tree.n_responses == 4
+
+
+def test_rdpo_gets_the_response_lengths_of_a_stop_tree(stop_tree):
+    language = TreeLanguage(stop_tree)
+    depth = stop_tree.response_length
+    short, long_ = int(torch.nonzero(depth == 1)[0]), int(torch.nonzero(depth == 3)[0])
+    # chosen long / rejected short and the reverse: length gaps of +2 and -2 tokens
+    examples, _ = language.examples(torch.tensor([long_, short]), torch.tensor([short, long_]))
+    batch = collate_pairs(examples, language.PAD_ID)
+    reference = build_model("tiny", seed=0, vocab_size=language.vocab_size)
+    policy = perturbed(reference, scale=0.3)
+    index = torch.arange(2)
+    beta, alpha = 0.1, 0.5
+    rdpo, _ = DAALoss("rdpo", beta, hyper={"alpha": alpha}, reference=reference)(
+        policy, batch, index
+    )
+    dpo, _ = DAALoss("dpo", beta, reference=reference)(policy, batch, index)
+    # the DPO margins h back from the DPO loss: -log σ(β h) per pair
+    from llm.logprobs import concatenated_logps
+
+    def logps(m):
+        return concatenated_logps(m, batch.input_ids, batch.attention_mask, batch.response_mask)
+
+    with torch.no_grad():
+        pol, ref = logps(policy), logps(reference)
+    assert pol.len_chosen.tolist() == [3, 1] and pol.len_rejected.tolist() == [1, 3]
+    h = (pol.chosen - ref.chosen) - (pol.rejected - ref.rejected)
+    gap = torch.tensor([2.0, -2.0])
+    want = -F.logsigmoid(beta * h + alpha * gap).sum()
+    torch.testing.assert_close(rdpo.detach(), want.to(rdpo.dtype), atol=1e-6, rtol=1e-6)
+    assert abs(float(rdpo.detach()) - float(dpo.detach())) > 1e-3  # the lengths changed the loss
+
+
+def _problem(tree: Tree, seed: int = 0):
+    return build_problem(tree, [seed], ProblemSpec(reward="concave", pairs=2, sft_steps=20))
+
+
+def test_no_keep_weights_gives_the_rows_of_a_run_that_kept_its_weights(stop_tree, tmp_path):
+    problem = _problem(stop_tree)
+    pairs = sampled_bt_pairs(stop_tree, problem.rewards[0], problem.ref_logp[0], 24, seed=0)
+    held = sampled_bt_pairs(stop_tree, problem.rewards[0], problem.ref_logp[0], 6, seed=1)
+    task = TreeTask(stop_tree, problem.rewards[0], pairs.chosen, pairs.rejected)
+    sft = sft_llm(
+        problem, tmp_path / "sft", model="tiny", seed=0, samples=32, epochs=1.0, lr=3e-3,
+        batch_size=16, device="cpu", progress=False,
+    )  # fmt: skip
+    tables = {}
+    for keep in (True, False):
+        out = tmp_path / ("keep" if keep else "memory")
+        daa = dict(
+            lr=3e-3, batch_size=4, epochs=1.0, checkpoints=3, seed=0, size="tiny",
+            eval_samples=8, device="cpu", progress=False, hyper={"alpha": 0.3},
+            keep_weights=keep, held_out=(held.chosen, held.rejected),
+        )  # fmt: skip
+        frame = daa_llm(task, sft, "rdpo", 0.1, out, **daa)
+        tables[keep] = read_table(out / "eval.csv")
+        assert bool(checkpoint_folders(out)) == keep  # no weights written without keep
+        if not keep:  # a finished in-memory run is read back, not retrained
+            again = daa_llm(task, sft, "rdpo", 0.1, out, **daa)
+            pd.testing.assert_frame_equal(again, frame)
+    kept, memory = tables[True], tables[False]
+    assert len(kept) == 1 + 3 and list(kept["checkpoint"]) == list(memory["checkpoint"])
+    bookkeeping = ["checkpoint_path", DIGEST]
+    assert memory["checkpoint_path"].iloc[1:].eq("in-memory").all()
+    assert memory[DIGEST].iloc[1:].str.startswith("params:").all()
+    pd.testing.assert_frame_equal(kept.drop(columns=bookkeeping), memory.drop(columns=bookkeeping))
+    assert kept["exact_win_rate"].nunique() > 1  # training moved the policy: rows can differ
+
+
+def test_the_quick_llm_family_is_one_epoch_with_ten_checkpoints_inside_it(tmp_path):
+    run = paper_runs.llm_run(paper_runs.LLM_SIZES[0], quick=True)
+    cfg = replace(run.config, out=str(tmp_path))
+    folder = overopt.main(cfg)
+    summary = read_table(folder / "summary.csv")
+    assert set(summary["objective"]) == set(cfg.objectives) and (summary["checkpoints"] >= 10).all()
+    assert summary["responses"].iloc[0] == Tree.with_stop(cfg.branching, cfg.max_length).n_responses
+    for run_dir in overopt.run_folders(cfg):
+        table = read_table(run_dir / "eval.csv")
+        inside = table[table["checkpoint"] > 0]["fraction_of_epoch"]
+        assert len(inside) >= 10 and inside.gt(0).all() and inside.le(1).all()
+        assert inside.max() == 1.0  # the epoch's last step is a checkpoint
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["size"] == "tiny" and config["stage"] == "daa"  # figures read "size"
+        lengths = TreeTask.read(run_dir).tree.response_length
+        assert lengths.unique().numel() == cfg.max_length  # variable-length responses
+
+
+def test_user_mistakes_are_one_line_errors():
+    with pytest.raises(ValueError, match="--sizes must be Pythia shapes"):
+        overopt.check(overopt.Config(sizes=("1B",)))
+    with pytest.raises(ValueError, match="one epoch has only"):
+        overopt.check(overopt.Config(pairs=16, batch=8, checkpoints=10))
+
+
+@pytest.mark.slow
+def test_smoke_gpu_figures_cpu_dry_run_trains_evaluates_and_draws_the_llm_family(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.llm.helpers_llm import ROOT, subprocess_env
+
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_figures.sh"), "--cpu-dry-run"],
+        env={**subprocess_env(), "OUT": str(tmp_path), "PYTHON": sys.executable},
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    timings = (tmp_path / "timings.txt").read_text()
+    assert timings.count("exit status 0") == 5, timings  # 3 training stages, figures, total
+    runs = sorted(p.parent for p in (tmp_path / "runs").rglob("eval.csv"))
+    assert len(runs) == 8 and len({p.name for p in runs}) == 8  # no run twice
+    for run_dir in runs:
+        assert json.loads((run_dir / "config.json").read_text())["size"] == "tiny"
+        assert not list(run_dir.glob("step-*"))  # evaluated in memory: no weights kept
+        inside = read_table(run_dir / "eval.csv").query("checkpoint > 0")["fraction_of_epoch"]
+        assert len(inside) >= 10 and inside.between(0, 1, inclusive="right").all()
+    drawn = list((tmp_path / "figures").rglob("*.png"))
+    assert drawn and all(p.is_relative_to(tmp_path / "figures") for p in drawn)
