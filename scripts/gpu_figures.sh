@@ -5,7 +5,7 @@
 # MEMORY: no checkpoint weights are written), then figures/make_all.py --only llm on those runs.
 # No network (random init at the Pythia shapes; the tokenizer is built in code).
 #
-#   bash scripts/gpu_figures.sh                 # one H200: ESTIMATED 6-7 min (see docs/llm.md)
+#   bash scripts/gpu_figures.sh                 # one H200: ESTIMATED ~7.5 min (docs/llm.md)
 #   bash scripts/gpu_figures.sh --cpu-dry-run   # the same path on the CPU at tiny size (< 2 min)
 #
 # Writes everything under $OUT (default results/gpu_figures, or results/gpu_figures-dry):
@@ -33,7 +33,7 @@ if [[ "${1:-}" == "--cpu-dry-run" ]]; then
           --no-keep-weights)
   # "size objectives betas timeout": three stages, as on the GPU, all at the CPU's tiny shape
   # (disjoint objectives and β: 8 evaluation runs, none twice)
-  STAGES=("tiny dpo,rdpo 0.1,0.3 60" "tiny ipo,slic 0.1 60" "tiny ipo,slic 0.3 60")
+  STAGES=("tiny dpo,rdpo 0.1,0.3 120" "tiny ipo,slic 0.1 120" "tiny ipo,slic 0.3 120")
   PLOT_LIMIT=120
 elif [[ $# -eq 0 ]]; then
   OUT=${OUT:-results/gpu_figures}
@@ -43,9 +43,10 @@ elif [[ $# -eq 0 ]]; then
   COMMON=(--branching 4 --max-length 6 --pairs 256 --batch 8 --checkpoints 10 --lr 3e-4
           --sft-samples 1024 --sft-epochs 2 --sft-lr 1e-4 --sft-batch-size 64
           --eval-samples 128 --eval-pairs 64 --no-keep-weights --reference-dtype fp16)
-  STAGES=("1b dpo,ipo,slic,rdpo 0.1,0.3 130" "2.8b dpo,ipo,slic,rdpo 0.1 120"
-          "6.9b dpo,ipo,slic 0.1 190")
-  PLOT_LIMIT=60
+  # the limits sum to 475 s: the whole command stays inside 8 minutes whatever happens
+  STAGES=("1b dpo,ipo,slic,rdpo 0.1,0.3 120" "2.8b dpo,ipo,slic,rdpo 0.1 130"
+          "6.9b dpo,ipo,slic 0.1 180")
+  PLOT_LIMIT=45
 else
   echo "usage: $0 [--cpu-dry-run]" >&2
   exit 2
@@ -72,8 +73,9 @@ for stage in "${STAGES[@]}"; do
   [[ $rc -ne 0 ]] && status=$rc
 done
 
-# Every finished evaluation run folder (an eval.csv beside its config.json) feeds the figures.
-mapfile -t RUNS < <(find "$OUT/runs" -name eval.csv -printf '%h\n' 2>/dev/null | sort)
+# Every finished evaluation run (its "done" marker: a run cut by a timeout has a partial
+# eval.csv and is left out) feeds the figures.
+mapfile -t RUNS < <(find "$OUT/runs" -name done -path '*beta*' -printf '%h\n' 2>/dev/null | sort)
 t0=$(date +%s.%N)
 rc=0
 if [[ ${#RUNS[@]} -gt 0 ]]; then
