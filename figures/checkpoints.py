@@ -257,18 +257,33 @@ def _llm_run(folder: Path) -> pd.DataFrame:
             "seed": config["seed"],
             "step": raw["examples_seen"],
             "fraction": raw["fraction_of_epoch"].astype(float),
-            "kl_reverse": raw["kl_reverse"],
-            "kl_forward": raw["kl_forward"],
-            "win_rate": raw["win_rate"],
+            **_kl_and_win_rate(raw),
             "reward_accuracy": raw["reward_accuracy"],
             "loss": raw["loss"],
             "length": raw["length_mean"],
             "length_r2": raw["logratio_length_r2"],
-            "win_rate_se": raw["win_rate_se"],
-            "kl_reverse_se": raw["kl_reverse_se"],
-            "kl_forward_se": raw["kl_forward_se"],
         }
     )
+
+
+EXACT = {"kl_reverse": "exact_kl_reverse", "kl_forward": "exact_kl_forward",
+         "win_rate": "exact_win_rate"}  # fmt: skip
+"""The sampled columns of eval.csv that a tree-language run also has exactly (every response
+scored): the figures draw the exact values where a run has them all."""
+
+
+def is_exact(raw: pd.DataFrame) -> bool:
+    """Whether an eval table carries every ``EXACT`` column, with a value in every row."""
+    return all(c in raw and raw[c].notna().all() for c in EXACT.values())
+
+
+def _kl_and_win_rate(raw: pd.DataFrame) -> dict[str, pd.Series]:
+    """KL both ways and the win rate with their SEs: exact (SE 0) when the run has them, else the
+    sampled estimates (at a few samples a checkpoint those are mostly noise)."""
+    if is_exact(raw):
+        values = {name: raw[column] for name, column in EXACT.items()}
+        return {**values, **{f"{name}_se": 0.0 * raw[column] for name, column in EXACT.items()}}
+    return {name: raw[name] for name in EXACT} | {f"{n}_se": raw[f"{n}_se"] for n in EXACT}
 
 
 def from_llm(folders: str | Path | Sequence[str | Path]) -> pd.DataFrame:
@@ -297,10 +312,18 @@ def load_llm(folders: Sequence[str | Path]) -> Data:
     """``from_llm`` with its caption line."""
     table = from_llm(folders)
     sizes = " < ".join(table.drop_duplicates("size").sort_values("size_rank")["size"])
+    exact = [is_exact(read_table(p / LLM_EVAL)) for p in _llm_folders(folders)]
+    measured = (
+        "KL and win rate exact (every response scored)"
+        if all(exact)
+        else "KL and win rate estimated on sampled responses"
+        if not any(exact)
+        else f"KL and win rate exact in {sum(exact)} of {len(exact)} runs, else sampled"
+    )
     source = (
         f"data: LLM evaluation runs ({table['run'].nunique()} run folders under "
-        f"{', '.join(map(str, folders))}; eval.csv); 'size' is the model ({sizes}); KL, win "
-        "rate and length are estimates on sampled responses."
+        f"{', '.join(map(str, folders))}; eval.csv); 'size' is the model ({sizes}); {measured}; "
+        "length estimated on sampled responses."
     )
     return Data(table, "llm", source)
 

@@ -265,7 +265,9 @@ def test_from_toy_names_the_missing_column_and_the_experiment(tmp_path):
         checkpoints.from_toy(tmp_path / "nothing")
 
 
-def write_llm_run(folder, model, objective="dpo", beta=0.1, seed=0, drop=None, config=None):
+def write_llm_run(
+    folder, model, objective="dpo", beta=0.1, seed=0, drop=None, config=None, exact=None
+):
     folder.mkdir(parents=True)
     n = 4
     frame = pd.DataFrame(
@@ -285,6 +287,8 @@ def write_llm_run(folder, model, objective="dpo", beta=0.1, seed=0, drop=None, c
             "win_rate_se": 0.03,
         }
     )
+    for name, values in (exact or {}).items():  # a tree-language run's exact columns
+        frame[name] = values
     write_table(folder / "eval.csv", frame.drop(columns=drop or []))
     cfg = {"objective": objective, "beta": beta, "model": model, "seed": seed}
     (folder / "config.json").write_text(json.dumps(config if config is not None else cfg))
@@ -304,6 +308,23 @@ def test_from_llm_reads_run_folders_and_orders_models_by_size(tmp_path):
     np.testing.assert_allclose(table["win_rate_se"], 0.03)
     d = checkpoints.load_llm([tmp_path / "runs"])
     assert d.kind == "llm" and "pythia-1b < pythia-2.8b" in d.source
+    assert "estimated on sampled responses" in d.source
+
+
+def test_llm_runs_with_exact_columns_are_drawn_from_them_and_say_so(tmp_path):
+    exact = {"exact_kl_reverse": [0.0, 1.0, 2.0, 3.0], "exact_kl_forward": [0.0, 0.5, 1.0, 1.5],
+             "exact_win_rate": [0.5, 0.7, 0.8, 0.6]}  # fmt: skip
+    write_llm_run(tmp_path / "a", "tiny", exact=exact)
+    table = checkpoints.from_llm(tmp_path / "a")
+    np.testing.assert_array_equal(table["win_rate"], exact["exact_win_rate"])
+    np.testing.assert_array_equal(table["kl_reverse"], exact["exact_kl_reverse"])
+    assert (table["win_rate_se"] == 0).all()
+    assert "KL and win rate exact" in checkpoints.load_llm([tmp_path / "a"]).source
+    write_llm_run(tmp_path / "b", "tiny", exact={**exact, "exact_win_rate": [0.5, np.nan, 1, 1]})
+    partial = checkpoints.from_llm(tmp_path / "b")  # a missing exact value: the sampled columns
+    np.testing.assert_array_equal(partial["win_rate"], [0.4, 0.5, 0.55, 0.5])
+    mixed = checkpoints.load_llm([tmp_path / "a", tmp_path / "b"]).source
+    assert "exact in 1 of 2 runs" in mixed
 
 
 @pytest.mark.parametrize(
