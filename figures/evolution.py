@@ -62,7 +62,7 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
         if stats["count"].max() > 1:  # ±1 standard error of the mean over seeds
             half = stats["sem"]
             band = f"band: ±1 SE of the mean over {int(stats['count'].max())} seeds"
-        elif g[se].notna().any():  # one run: its own standard error (LLM evaluation)
+        elif g[se].fillna(0).gt(0).any():  # one run: its estimate's SE (0: an exact value)
             half = g.groupby("fraction")[se].mean()
             band = "band: ±1 SE of the run's estimate"
         else:

@@ -125,6 +125,13 @@ def test_evolution_band_is_the_runs_own_standard_error_with_one_seed():
     ]
 
 
+def test_evolution_of_exact_values_has_no_band():  # SE 0: a tree-language run's exact values
+    table = synthetic_table(seeds=(0,)).assign(win_rate_se=0.0)
+    fig = evolution.plot(table, "dpo", "small", "win_rate")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert not fig.axes[0].collections and not any("band" in t for t in legend)
+
+
 def test_beta_and_size_colours_are_the_same_in_every_figure():
     table = synthetic_table()
     from figures.common import beta_colors, size_colors
