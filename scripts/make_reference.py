@@ -57,13 +57,13 @@ def make_all_table() -> str:
         if not action.option_strings or action.dest == "help":
             continue
         multi = action.nargs == "+"
-        kind = "bool" if action.nargs == 0 else "str"
+        kind = "bool" if action.nargs == 0 else getattr(action.type, "__name__", "str")
         default = action.default
         shown = " ".join(default) if isinstance(default, list) else default
         valid = (
             "one of " + ", ".join(f"`{c}`" for c in action.choices)
             if action.choices
-            else ("flag" if kind == "bool" else "any str")
+            else ("flag" if kind == "bool" else f"any {kind}")
         )
         shown = f"`{shown}`" if str(shown) else "(empty)"
         help_ = action.help.split(" [default")[0]
