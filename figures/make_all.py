@@ -167,7 +167,8 @@ def build_parser() -> OneLineParser:
         type=int,
         default=min(2, os.cpu_count() or 1),
         metavar="N",
-        help="processes drawing figures in parallel, >= 1 (1: in this process) [default: min(2, CPUs)]",
+        help="processes drawing figures in parallel, >= 1 (1: in this process) "
+        "[default: min(2, CPUs)]",
     )
     return parser
 
