@@ -55,7 +55,7 @@ from figures.confirm_grid import plot_agreement
 from llm.checkpoint import checkpoint_folders
 from llm.confirm import daa_llm, sft_llm
 from llm.evaluate import TreeTask
-from llm.model import PYTHIA_SHAPES, load_model
+from llm.model import PYTHIA_SHAPES, check_shapes, load_model
 from llm.sampling import tree_logprobs
 from treemdp.agreement import (
     METRIC_COLUMNS,
@@ -79,7 +79,7 @@ from treemdp.runs import (
     write_config,
     write_table,
 )
-from treemdp.runs.cli import arg, run
+from treemdp.runs.cli import arg, check_distinct, run
 from treemdp.threads import thread_count, threads
 from treemdp.train import grid
 from treemdp.train import train as train_toy
@@ -171,15 +171,9 @@ def resolve(cfg: Config) -> Config:
     if cfg.quick:
         defaults = {f.name: f.default for f in fields(Config)}
         cfg = replace(cfg, **{k: v for k, v in QUICK.items() if getattr(cfg, k) == defaults[k]})
-    for name in ("objectives", "betas", "lrs", "seeds", "sizes", "regimes", "toy_ks", "toy_widths"):
-        values = getattr(cfg, name)
-        if not values or len(set(values)) != len(values):
-            raise ValueError(f"--{name.replace('_', '-')} values must be distinct (at least one)")
-    unknown = [s for s in cfg.sizes if s not in PYTHIA_SHAPES]
-    if unknown:
-        raise ValueError(
-            f"--sizes must be Pythia shapes ({', '.join(PYTHIA_SHAPES)}); got {unknown[0]!r}"
-        )
+    names = ("objectives", "betas", "lrs", "seeds", "sizes", "regimes", "toy_ks", "toy_widths")
+    check_distinct(cfg, names)
+    check_shapes(cfg.sizes)
     if cfg.branching**cfg.depth > 100_000:
         raise ValueError(f"--branching {cfg.branching} --depth {cfg.depth}: over 100,000 leaves")
     return cfg

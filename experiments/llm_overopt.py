@@ -41,14 +41,14 @@ import torch
 
 from llm.confirm import daa_llm, sft_llm
 from llm.evaluate import TreeTask
-from llm.model import DTYPES, PYTHIA_SHAPES, load_model
+from llm.model import DTYPES, PYTHIA_SHAPES, check_shapes, load_model
 from llm.sampling import tree_logprobs
 from treemdp.data import Pairs, sampled_bt_pairs
 from treemdp.metrics import kl_divergence
 from treemdp.objectives import REGISTRY
 from treemdp.problem import Problem, ProblemSpec, build_problem
 from treemdp.runs import run_folder
-from treemdp.runs.cli import arg, nested, run
+from treemdp.runs.cli import arg, check_distinct, nested, run
 from treemdp.runs.experiment import cached_run
 from treemdp.threads import threads_for
 from treemdp.tree import Tree
@@ -118,15 +118,8 @@ def output_folder(cfg: Config) -> Path:
 
 def check(cfg: Config) -> None:
     """ValueError naming the flag for a config that cannot run."""
-    for name in ("objectives", "betas", "sizes"):
-        values = getattr(cfg, name)
-        if not values or len(set(values)) != len(values):
-            raise ValueError(f"--{name} values must be distinct (at least one)")
-    unknown = [s for s in cfg.sizes if s not in PYTHIA_SHAPES]
-    if unknown:
-        raise ValueError(
-            f"--sizes must be Pythia shapes ({', '.join(PYTHIA_SHAPES)}); got {unknown[0]!r}"
-        )
+    check_distinct(cfg, ("objectives", "betas", "sizes"))
+    check_shapes(cfg.sizes)
     if cfg.checkpoints > cfg.pairs // cfg.batch:
         raise ValueError(
             f"--checkpoints {cfg.checkpoints}: one epoch has only {cfg.pairs // cfg.batch} steps "

@@ -12,7 +12,7 @@ float32 (``llm.logprobs``).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ __all__ = [
     "PYTHIA_SHAPES",
     "PythiaShape",
     "build_model",
+    "check_shapes",
     "compile_blocks",
     "load_model",
     "load_policy_and_reference",
@@ -67,6 +68,15 @@ PYTHIA_SHAPES: dict[str, PythiaShape] = {
     "12b": PythiaShape(5120, 36, 40),
 }
 """Named Pythia shapes for ``build_model`` (random weights)."""
+
+
+def check_shapes(sizes: Sequence[str], flag: str = "--sizes") -> None:
+    """ValueError naming ``flag`` unless every size is a key of ``PYTHIA_SHAPES``."""
+    unknown = [s for s in sizes if s not in PYTHIA_SHAPES]
+    if unknown:
+        raise ValueError(
+            f"{flag} must be Pythia shapes ({', '.join(PYTHIA_SHAPES)}); got {unknown[0]!r}"
+        )
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -35,6 +35,7 @@ __all__ = [
     "arg",
     "build_parser",
     "check_device",
+    "check_distinct",
     "config_flags",
     "flag_table",
     "flag_values",
@@ -296,6 +297,15 @@ def flags_for(settings: dict[str, Any]) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def check_distinct(config: Any, names: Sequence[str]) -> None:
+    """ValueError naming the flag unless each tuple field of ``names`` holds at least one value
+    and no value twice."""
+    for name in names:
+        values = getattr(config, name)
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"{_flag(name)} values must be distinct (at least one)")
 
 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str = "") -> C:
