@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 
 from llm.data import Example, TruncationConfig, byte_tokenizer, tokenize_rows
+from llm.losses import DAALoss
 from llm.model import build_model, compile_blocks, n_params
-from llm.train import DAALoss, TrainConfig, read_log, train
+from llm.train import TrainConfig, read_log, train
 
 
 def make_rows(n: int, seed: int, prompt: tuple[int, int] = (64, 256)) -> list[dict[str, str]]:

@@ -35,9 +35,10 @@ from llm.data import (
     read_tldr,
     tokenize_rows,
 )
+from llm.losses import DAALoss, precompute_reference, sft_loss
 from llm.model import PYTHIA_SHAPES, load_model, load_policy_and_reference, parse_dtype
 from llm.sampling import sample_sft_examples
-from llm.train import LOG, DAALoss, TrainConfig, precompute_reference, sft_loss, train
+from llm.train import LOG, TrainConfig, train
 from llm.tree_language import TreeLanguage
 from treemdp import objectives
 from treemdp.runs import atomic_write_text, run_lock

@@ -17,8 +17,9 @@ from llm.data import Example
 from llm.eval_run import RunEvaluation, evaluate_run
 from llm.evaluate import EvalSettings, EvalTask, TreeTask
 from llm.judges import GoldJudge
+from llm.losses import DAALoss, sft_loss
 from llm.model import PYTHIA_SHAPES, build_model, load_model, parse_dtype, progress_bars_off
-from llm.train import DAALoss, TrainConfig, sft_loss, train
+from llm.train import TrainConfig, train
 from llm.tree_language import TreeLanguage
 from treemdp.problem import Problem
 from treemdp.runs import atomic_write

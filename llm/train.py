@@ -25,9 +25,9 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,18 +41,14 @@ from llm.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from llm.data import Batch, Example, collate_pairs, collate_sft
-from llm.logprobs import PairLogps, concatenated_logps, response_logps
-from treemdp import objectives
+from llm.data import Batch, Example
+from llm.losses import StepLoss
 from treemdp.runs import atomic_write_text
 
 __all__ = [
-    "DAALoss",
     "TrainConfig",
     "data_stream",
-    "precompute_reference",
     "read_log",
-    "sft_loss",
     "train",
 ]
 
@@ -96,139 +92,6 @@ class TrainConfig:
             raise ValueError(f"{k} must be {bound}; got {getattr(self, k)!r}")
 
 
-# ------------------------------------------------------------------------------ step losses
-class StepLoss(Protocol):
-    """Σ over a micro-batch's examples of the per-example loss, plus metric sums."""
-
-    def collate(self, examples: Sequence[Example], pad_id: int) -> Batch: ...
-
-    def __call__(
-        self, policy: nn.Module, batch: Batch, index: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]: ...
-
-
-@dataclass(frozen=True)
-class SFTLoss:
-    """Supervised fine-tuning on the chosen responses: −Σ_t log π(y_w,t | x, y_w,<t) per example
-    (the DPO code's SFT loss: summed, not per-token, negative log-likelihood)."""
-
-    def collate(self, examples: Sequence[Example], pad_id: int) -> Batch:
-        return collate_sft(examples, pad_id)
-
-    def __call__(
-        self, policy: nn.Module, batch: Batch, index: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        logp, n = response_logps(policy, batch.input_ids, batch.attention_mask, batch.response_mask)
-        metrics = {"logps_chosen": logp.detach().sum(), "tokens_chosen": n.sum().float()}
-        return -logp.sum(), metrics
-
-
-sft_loss = SFTLoss()
-
-
-@dataclass(frozen=True)
-class DAALoss:
-    """A registry objective on summed response log-probs (``treemdp.objectives.bind``).
-
-    Attributes:
-        objective: a name in ``treemdp.objectives.names()``.
-        beta: β > 0.
-        hyper: the objective's hyperparameters (e.g. ``alpha`` for rdpo); response lengths
-            ``len_chosen``/``len_rejected`` are filled in from the batch when the entry takes them.
-        reference: the frozen reference model, used when ``ref_table`` is None.
-        ref_table: precomputed reference log-probs of the whole dataset (``precompute_reference``),
-            indexed by example position.
-        bound: the objective bound to β and ``hyper`` (checked once, at construction).
-    """
-
-    objective: str
-    beta: float
-    hyper: dict[str, Any] = field(default_factory=dict)
-    reference: nn.Module | None = None
-    ref_table: PairLogps | None = None
-    bound: objectives.BoundObjective = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        bound = objectives.bind(self.objective, beta=self.beta, **self.hyper)
-        object.__setattr__(self, "bound", bound)  # a frozen dataclass's derived field
-        if bound.objective.needs_reference and self.reference is None and self.ref_table is None:
-            raise ValueError(f"objective {self.objective!r} needs a reference model or ref_table")
-
-    def collate(self, examples: Sequence[Example], pad_id: int) -> Batch:
-        return collate_pairs(examples, pad_id)
-
-    def reference_logps(self, batch: Batch, index: Tensor, like: PairLogps) -> PairLogps:
-        """π_ref's log-probs of the batch: looked up, computed without gradient, or zeros for a
-        reference-free objective."""
-        if not self.bound.objective.needs_reference:
-            zero = torch.zeros_like(like.chosen)
-            return PairLogps(zero, zero, like.len_chosen, like.len_rejected)
-        if self.ref_table is not None:  # kept on the CPU; the batch may live on a GPU
-            t, i, dev = self.ref_table, index.cpu(), like.chosen.device
-            return PairLogps(
-                t.chosen[i].to(dev), t.rejected[i].to(dev), like.len_chosen, like.len_rejected
-            )
-        device = next(self.reference.parameters()).device
-        with torch.no_grad():
-            ref = concatenated_logps(
-                self.reference,
-                batch.input_ids.to(device),
-                batch.attention_mask.to(device),
-                batch.response_mask.to(device),
-            )
-        return PairLogps(
-            *(x.to(like.chosen.device) for x in (ref.chosen, ref.rejected)),
-            like.len_chosen,
-            like.len_rejected,
-        )
-
-    def __call__(
-        self, policy: nn.Module, batch: Batch, index: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        pol = concatenated_logps(policy, batch.input_ids, batch.attention_mask, batch.response_mask)
-        ref = self.reference_logps(batch, index, pol)
-        margins = pol.margins(ref)
-        # The registry takes summed log-probs; "mean" entries divide by the lengths themselves.
-        bound = self.bound.with_lengths(pol.len_chosen, pol.len_rejected)
-        losses = bound.loss(margins)
-        with torch.no_grad():
-            reward_c, reward_r = bound.rewards(margins)
-            metrics = {
-                "rewards_chosen": reward_c.sum(),
-                "rewards_rejected": reward_r.sum(),
-                "margins": (reward_c - reward_r).sum(),
-                "reward_accuracy": (reward_c > reward_r).float().sum(),
-                "logps_chosen": pol.chosen.sum(),
-                "logps_rejected": pol.rejected.sum(),
-            }
-        return losses.sum(), metrics
-
-
-def precompute_reference(
-    reference: nn.Module, examples: Sequence[Example], *, micro_batch_size: int, pad_id: int
-) -> PairLogps:
-    """Reference log-probs of every example once, before training. Shapes (N,), on the CPU."""
-    device = next(reference.parameters()).device
-    parts = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(examples), micro_batch_size), desc="reference", leave=False):
-            b = collate_pairs(examples[i : i + micro_batch_size], pad_id)
-            ref = concatenated_logps(
-                reference,
-                b.input_ids.to(device),
-                b.attention_mask.to(device),
-                b.response_mask.to(device),
-            )
-            parts.append(ref)
-    return PairLogps(
-        *(
-            torch.cat([getattr(p, k).cpu() for p in parts])
-            for k in ("chosen", "rejected", "len_chosen", "len_rejected")
-        )
-    )
-
-
-# ------------------------------------------------------------------------------------ loop
 def data_stream(n_examples: int, n_steps: int, batch_size: int, seed: int) -> Tensor:
     """Example indices of every step: epoch permutations concatenated. Shape (n_steps, G)."""
     need = n_steps * batch_size

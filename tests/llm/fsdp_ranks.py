@@ -15,8 +15,9 @@ import torch
 
 from llm.data import TruncationConfig, byte_tokenizer, tokenize_rows
 from llm.fsdp import init_distributed, shard_model
+from llm.losses import DAALoss
 from llm.model import load_policy_and_reference
-from llm.train import DAALoss, TrainConfig, train
+from llm.train import TrainConfig, train
 
 
 def sharded_run(

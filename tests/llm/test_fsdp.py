@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from llm.checkpoint import latest_checkpoint
 from llm.logprobs import concatenated_logps
+from llm.losses import DAALoss
 from llm.model import load_model
-from llm.train import DAALoss, TrainConfig, read_log, train
+from llm.train import TrainConfig, read_log, train
 from tests.llm.conftest import TEXT_ROWS
 from tests.llm.fsdp_ranks import run_ranks
 from tests.llm.helpers_llm import perturbed

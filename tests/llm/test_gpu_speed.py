@@ -11,8 +11,8 @@ import torch
 
 from llm.data import collate_pairs
 from llm.logprobs import concatenated_logps
+from llm.losses import DAALoss
 from llm.model import build_model, compile_blocks
-from llm.train import DAALoss
 from tests.llm.helpers_llm import ROOT, perturbed, subprocess_env
 
 

@@ -95,7 +95,8 @@ def test_resume_refuses_another_config_or_data(lt, trained, capsys, change, name
 
 def test_resume_checks_the_checkpoints_identity_too(tmp_path, tiny_model, text_examples):
     # Behind config.json (which a user may edit), each checkpoint carries the run's identity.
-    from llm.train import DAALoss, TrainConfig, train
+    from llm.losses import DAALoss
+    from llm.train import TrainConfig, train
 
     cfg = TrainConfig(lr=1e-3, warmup_steps=0, batch_size=4, micro_batch_size=4, epochs=1,
                       checkpoint_every=4)  # fmt: skip

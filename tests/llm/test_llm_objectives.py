@@ -10,7 +10,8 @@ import torch
 
 from llm.data import collate_pairs
 from llm.logprobs import concatenated_logps
-from llm.train import DAALoss, TrainConfig, precompute_reference, read_log, sft_loss, train
+from llm.losses import DAALoss, precompute_reference, sft_loss
+from llm.train import TrainConfig, read_log, train
 from tests.llm.helpers_llm import perturbed
 from treemdp import objectives
 

@@ -16,9 +16,9 @@ from llm.checkpoint import checkpoint_folders
 from llm.confirm import daa_llm, sft_llm
 from llm.data import collate_pairs
 from llm.evaluate import TreeTask
+from llm.losses import DAALoss
 from llm.model import build_model
 from llm.sampling import tree_full_logprobs, tree_logprobs
-from llm.train import DAALoss
 from llm.tree_language import TreeLanguage
 from tests.llm.helpers_llm import perturbed
 from tests.scripts import load_script

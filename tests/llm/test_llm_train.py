@@ -29,7 +29,8 @@ SCRIPT = textwrap.dedent(
     from conftest import TEXT_ROWS
     from llm.data import TruncationConfig, byte_tokenizer, tokenize_rows
     from llm.model import load_policy_and_reference
-    from llm.train import DAALoss, TrainConfig, train
+    from llm.losses import DAALoss
+    from llm.train import TrainConfig, train
 
     out, kill_at, resume = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
     torch.set_num_threads(1)
@@ -213,7 +214,8 @@ def test_sft_on_samples_of_a_given_policy_then_dpo_from_the_sft_folder(tmp_path,
 
 
 def test_resume_refuses_changed_settings(tmp_path, tiny_model, text_examples):
-    from llm.train import DAALoss, TrainConfig, train
+    from llm.losses import DAALoss
+    from llm.train import TrainConfig, train
 
     ref = copy.deepcopy(tiny_model)
     cfg = TrainConfig(lr=1e-3, warmup_steps=0, batch_size=4, micro_batch_size=4, epochs=1,
@@ -231,7 +233,8 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_model, text_examples):
 
 
 def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path, tiny_model, text_examples):
-    from llm.train import DAALoss, TrainConfig, train
+    from llm.losses import DAALoss
+    from llm.train import TrainConfig, train
     from treemdp.runs import atomic_write_text
 
     ref = copy.deepcopy(tiny_model)
