@@ -101,7 +101,15 @@ class _StopError(Exception):
 
 
 def bench_ours(
-    policy, reference, examples, steps, lr, *, micro_batch: int = 0, autocast: bool = False
+    policy,
+    reference,
+    examples,
+    steps,
+    lr,
+    *,
+    micro_batch: int = 0,
+    autocast: bool = False,
+    packed: bool = False,
 ) -> dict[str, float]:
     """``steps`` optimizer steps of ``llm.train`` on all ``examples``; median seconds per step
     after the first, and the first step's loss.
@@ -109,6 +117,7 @@ def bench_ours(
     Args:
         micro_batch: pairs per forward (0: all of them, no accumulation).
         autocast: run the step under bf16 autocast (fp32 master weights in the policy).
+        packed: padding-free forwards (``llm.packing``), checked against padded ones first.
     """
     cfg = TrainConfig(
         lr=lr,
@@ -131,8 +140,8 @@ def bench_ours(
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with context:
-                train(policy, examples, DAALoss("dpo", 0.1, reference=reference), cfg,
-                      Path(tmp), pad_id=0, progress=False, on_step=stop)  # fmt: skip
+                train(policy, examples, DAALoss("dpo", 0.1, reference=reference, packed=packed),
+                      cfg, Path(tmp), pad_id=0, progress=False, on_step=stop)  # fmt: skip
         except _StopError:
             pass
         log = read_log(Path(tmp))
@@ -149,6 +158,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "compile": {"compile": True},  # torch.compile of each decoder block
     "micro8": {"micro_batch": 8},  # gradient accumulation over 8-pair forwards
     "fp32": {"policy_dtype": torch.float32, "reference_dtype": torch.float32},  # loss reference
+    "packed": {"packed": True},  # padding-free rows, varlen attention (llm.packing)
 }
 
 
@@ -231,7 +241,7 @@ def _run_variant(name, reference, examples, args, dtype) -> dict[str, float]:
     t0 = time.perf_counter()
     r = bench_ours(policy, ref, examples, args.steps, lr=1e-6,
                    micro_batch=int(v.get("micro_batch", args.micro_batch)),
-                   autocast=bool(v.get("autocast")))  # fmt: skip
+                   autocast=bool(v.get("autocast")), packed=bool(v.get("packed")))  # fmt: skip
     r["wall_s"] = time.perf_counter() - t0
     if args.device.startswith("cuda"):
         r["peak_memory_gib"] = torch.cuda.max_memory_allocated(args.device) / 2**30

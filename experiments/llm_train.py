@@ -35,7 +35,7 @@ from llm.data import (
     read_tldr,
     tokenize_rows,
 )
-from llm.losses import DAALoss, precompute_reference, sft_loss
+from llm.losses import DAALoss, SFTLoss, precompute_reference
 from llm.model import PYTHIA_SHAPES, load_model, load_policy_and_reference, parse_dtype
 from llm.sampling import sample_sft_examples
 from llm.train import LOG, TrainConfig, train
@@ -135,6 +135,11 @@ class Config:
     precompute_reference: bool = arg(
         False, "compute reference log-probs once for the whole dataset"
     )
+    packed: bool = arg(
+        False,
+        "padding-free forwards: each micro-batch's rows end to end, varlen attention (checked "
+        "against the padded forward on the first micro-batch; refused if they differ)",
+    )
     lr: float = arg(5e-7, "RMSProp learning rate (paper preset)", exclusive_minimum=0)
     warmup_steps: int = arg(150, "linear warm-up steps", minimum=0)
     batch_size: int = arg(128, "pairs per optimizer step, over all processes", minimum=1)
@@ -151,9 +156,9 @@ class Config:
     progress: bool = arg(True, "show progress bars")
 
 
-NOT_IN_IDENTITY = ("out", "run_name", "resume", "progress", "device", "log_every")
-"""Fields that do not change what a run computes: the rest (and the data) must match to share a
-run folder."""
+NOT_IN_IDENTITY = ("out", "run_name", "resume", "progress", "device", "log_every", "packed")
+"""Fields that do not change what a run computes (device and packing change only float rounding):
+the rest (and the data) must match to share a run folder."""
 
 
 # ---------------------------------------------------------------------------------- setup
@@ -330,7 +335,7 @@ def _main(cfg: Config) -> Path:
     if cfg.stage == "sft":
         del reference
         examples = _sft_examples(cfg, examples, tokenizer, device)
-        step_loss = sft_loss
+        step_loss = SFTLoss(packed=cfg.packed)
     else:
         step_loss = _daa_loss(cfg, reference, examples, pad_id, device, fsdp)
     run_info = {"config": dataclasses.asdict(cfg), "skipped_rows": len(skipped),
@@ -434,10 +439,15 @@ def _daa_loss(
     table = None
     if cfg.precompute_reference and entry.needs_reference:
         table = precompute_reference(
-            reference, examples, micro_batch_size=cfg.micro_batch_size, pad_id=pad_id
+            reference,
+            examples,
+            micro_batch_size=cfg.micro_batch_size,
+            pad_id=pad_id,
+            packed=cfg.packed,
         )
         reference = None
-    return DAALoss(cfg.objective, cfg.beta, hyper=hyper, reference=reference, ref_table=table)
+    return DAALoss(cfg.objective, cfg.beta, hyper=hyper, reference=reference, ref_table=table,
+                   packed=cfg.packed)  # fmt: skip
 
 
 if __name__ == "__main__":

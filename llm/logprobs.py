@@ -15,13 +15,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from llm.packing import pack_rows, packed_attention
 from treemdp.objectives import Margins
 
 __all__ = ["PairLogps", "concatenated_logps", "response_logps"]
 
 
 def response_logps(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_mask: Tensor,
+    *,
+    packed: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probability of the response tokens of each row, and their number.
 
@@ -34,6 +40,8 @@ def response_logps(
         input_ids: token ids, right-padded. Shape (N, T), int64.
         attention_mask: 1 for real tokens, 0 for padding. Shape (N, T).
         response_mask: True where the token is a response token. Shape (N, T), bool.
+        packed: run the model on the real tokens only, end to end (``llm.packing``), instead
+            of on the padded (N, T) batch; the same function, without the padding's work.
 
     Returns:
         ``(logp_sum, n_tokens)``: float32 sums Σ_t log π(y_t | x, y_<t) over response tokens,
@@ -53,16 +61,43 @@ def response_logps(
         raise ValueError("response_mask must be False at position 0: each row needs a prompt token")
     if on_pad:
         raise ValueError("response_mask must be False on padding (attention_mask 0)")
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    scored = response_mask[:, 1:]  # (N, T-1): token t+1 is scored from position t
-    rows = scored.nonzero(as_tuple=True)[0]  # (K,)
-    h = hidden[:, :-1][scored]  # (K, H)
-    labels = input_ids[:, 1:][scored]  # (K,)
+    scoring = _packed_scoring if packed else _padded_scoring
+    rows, h, labels = scoring(model, input_ids, attention_mask, response_mask)
     logits = model.get_output_embeddings()(h).float()  # (K, V)
     token_logp = logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
     logp_sum = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
     logp_sum = logp_sum.index_add(0, rows, token_logp)
-    return logp_sum, scored.sum(dim=1)
+    return logp_sum, response_mask.sum(dim=1)
+
+
+def _padded_scoring(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The hidden states that score response tokens, from one forward of the padded batch.
+
+    Returns:
+        ``(rows, h, labels)``: each scored token's row (K,), the hidden state at the position
+        before it (K, H), and its id (K,), K = number of response tokens.
+    """
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    scored = response_mask[:, 1:]  # (N, T-1): token t+1 is scored from position t
+    rows = scored.nonzero(as_tuple=True)[0]  # (K,)
+    return rows, hidden[:, :-1][scored], input_ids[:, 1:][scored]
+
+
+def _packed_scoring(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``_padded_scoring`` from one forward over the real tokens only, end to end.
+
+    A response token is never a row's first token, so the position before it, in the packed
+    sequence, belongs to the same row.
+    """
+    packed = pack_rows(input_ids, attention_mask, response_mask)
+    with packed_attention(model):
+        hidden = model.base_model(**packed.forward_kwargs()).last_hidden_state[0]  # (K, H)
+    scored = packed.response[1:]  # token i+1 of the packed sequence is scored from position i
+    return packed.row[1:][scored], hidden[:-1][scored], packed.input_ids[0, 1:][scored]
 
 
 @dataclass(frozen=True)
@@ -87,7 +122,12 @@ class PairLogps:
 
 
 def concatenated_logps(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_mask: Tensor,
+    *,
+    packed: bool = False,
 ) -> PairLogps:
     """Chosen and rejected log-probs of B pairs from one forward over their 2B rows.
 
@@ -96,6 +136,7 @@ def concatenated_logps(
         input_ids: rows 0..B−1 are prompt+chosen, rows B..2B−1 prompt+rejected. Shape (2B, T).
         attention_mask: Shape (2B, T).
         response_mask: Shape (2B, T), bool.
+        packed: one padding-free forward (see ``response_logps``).
 
     Returns:
         ``PairLogps`` with (B,) tensors.
@@ -103,6 +144,6 @@ def concatenated_logps(
     n = input_ids.shape[0]
     if n % 2:
         raise ValueError(f"input_ids must hold 2B rows (chosen then rejected); got {n} rows")
-    logp, count = response_logps(model, input_ids, attention_mask, response_mask)
+    logp, count = response_logps(model, input_ids, attention_mask, response_mask, packed=packed)
     b = n // 2
     return PairLogps(logp[:b], logp[b:], count[:b], count[b:])

@@ -17,15 +17,24 @@ from tqdm import tqdm
 
 from llm.data import Batch, Example, collate_pairs, collate_sft
 from llm.logprobs import PairLogps, concatenated_logps, response_logps
+from llm.packing import check_packing
 from treemdp import objectives
 
 __all__ = ["DAALoss", "SFTLoss", "StepLoss", "precompute_reference", "sft_loss"]
 
 
 class StepLoss(Protocol):
-    """Σ over a micro-batch's examples of the per-example loss, plus metric sums."""
+    """Σ over a micro-batch's examples of the per-example loss, plus metric sums.
+
+    ``packed`` losses run padding-free forwards (``llm.packing``); ``check_packing`` compares
+    them with padded forwards on one batch and raises ``PackingMismatchError`` if they differ.
+    """
+
+    packed: bool
 
     def collate(self, examples: Sequence[Example], pad_id: int) -> Batch: ...
+
+    def check_packing(self, policy: nn.Module, batch: Batch) -> None: ...
 
     def __call__(
         self, policy: nn.Module, batch: Batch, index: Tensor
@@ -35,15 +44,26 @@ class StepLoss(Protocol):
 @dataclass(frozen=True)
 class SFTLoss:
     """Supervised fine-tuning on the chosen responses: −Σ_t log π(y_w,t | x, y_w,<t) per example
-    (the DPO code's SFT loss: summed, not per-token, negative log-likelihood)."""
+    (the DPO code's SFT loss: summed, not per-token, negative log-likelihood).
+
+    Attributes:
+        packed: padding-free forwards (``llm.packing``).
+    """
+
+    packed: bool = False
 
     def collate(self, examples: Sequence[Example], pad_id: int) -> Batch:
         return collate_sft(examples, pad_id)
 
+    def check_packing(self, policy: nn.Module, batch: Batch) -> None:
+        check_packing(policy, *batch_tensors(batch, policy))
+
     def __call__(
         self, policy: nn.Module, batch: Batch, index: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        logp, n = response_logps(policy, batch.input_ids, batch.attention_mask, batch.response_mask)
+        logp, n = response_logps(
+            policy, batch.input_ids, batch.attention_mask, batch.response_mask, packed=self.packed
+        )
         metrics = {"logps_chosen": logp.detach().sum(), "tokens_chosen": n.sum().float()}
         return -logp.sum(), metrics
 
@@ -63,6 +83,7 @@ class DAALoss:
         reference: the frozen reference model, used when ``ref_table`` is None.
         ref_table: precomputed reference log-probs of the whole dataset (``precompute_reference``),
             indexed by example position.
+        packed: padding-free forwards of the policy and the reference (``llm.packing``).
         bound: the objective bound to β and ``hyper`` (checked once, at construction).
     """
 
@@ -71,6 +92,7 @@ class DAALoss:
     hyper: dict[str, Any] = field(default_factory=dict)
     reference: nn.Module | None = None
     ref_table: PairLogps | None = None
+    packed: bool = False
     bound: objectives.BoundObjective = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +103,13 @@ class DAALoss:
 
     def collate(self, examples: Sequence[Example], pad_id: int) -> Batch:
         return collate_pairs(examples, pad_id)
+
+    def check_packing(self, policy: nn.Module, batch: Batch) -> None:
+        """The packed forward of the policy (and of the reference model, if any) against the
+        padded one on ``batch``."""
+        for model in (policy, self.reference):
+            if model is not None:
+                check_packing(model, *batch_tensors(batch, model))
 
     def reference_logps(self, batch: Batch, index: Tensor, like: PairLogps) -> PairLogps:
         """π_ref's log-probs of the batch: looked up, computed without gradient, or zeros for a
@@ -93,13 +122,9 @@ class DAALoss:
             return PairLogps(
                 t.chosen[i].to(dev), t.rejected[i].to(dev), like.len_chosen, like.len_rejected
             )
-        device = next(self.reference.parameters()).device
         with torch.no_grad():
             ref = concatenated_logps(
-                self.reference,
-                batch.input_ids.to(device),
-                batch.attention_mask.to(device),
-                batch.response_mask.to(device),
+                self.reference, *batch_tensors(batch, self.reference), packed=self.packed
             )
         return PairLogps(
             *(x.to(like.chosen.device) for x in (ref.chosen, ref.rejected)),
@@ -110,7 +135,9 @@ class DAALoss:
     def __call__(
         self, policy: nn.Module, batch: Batch, index: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        pol = concatenated_logps(policy, batch.input_ids, batch.attention_mask, batch.response_mask)
+        pol = concatenated_logps(
+            policy, batch.input_ids, batch.attention_mask, batch.response_mask, packed=self.packed
+        )
         ref = self.reference_logps(batch, index, pol)
         margins = pol.margins(ref)
         # The registry takes summed log-probs; "mean" entries divide by the lengths themselves.
@@ -129,22 +156,27 @@ class DAALoss:
         return losses.sum(), metrics
 
 
+def batch_tensors(batch: Batch, model: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch's ids, attention mask and response mask on ``model``'s device."""
+    device = next(model.parameters()).device
+    return tuple(x.to(device) for x in (batch.input_ids, batch.attention_mask, batch.response_mask))
+
+
 def precompute_reference(
-    reference: nn.Module, examples: Sequence[Example], *, micro_batch_size: int, pad_id: int
+    reference: nn.Module,
+    examples: Sequence[Example],
+    *,
+    micro_batch_size: int,
+    pad_id: int,
+    packed: bool = False,
 ) -> PairLogps:
-    """Reference log-probs of every example once, before training. Shapes (N,), on the CPU."""
-    device = next(reference.parameters()).device
+    """Reference log-probs of every example once, before training (``packed``: padding-free
+    forwards). Shapes (N,), on the CPU."""
     parts = []
     with torch.no_grad():
         for i in tqdm(range(0, len(examples), micro_batch_size), desc="reference", leave=False):
             b = collate_pairs(examples[i : i + micro_batch_size], pad_id)
-            ref = concatenated_logps(
-                reference,
-                b.input_ids.to(device),
-                b.attention_mask.to(device),
-                b.response_mask.to(device),
-            )
-            parts.append(ref)
+            parts.append(concatenated_logps(reference, *batch_tensors(b, reference), packed=packed))
     return PairLogps(
         *(
             torch.cat([getattr(p, k).cpu() for p in parts])
