@@ -109,7 +109,7 @@ def bench_ours(
     *,
     micro_batch: int = 0,
     autocast: bool = False,
-    packed: bool = False,
+    packing: str = "off",
 ) -> dict[str, float]:
     """``steps`` optimizer steps of ``llm.train`` on all ``examples``; median seconds per step
     after the first, and the first step's loss.
@@ -117,7 +117,8 @@ def bench_ours(
     Args:
         micro_batch: pairs per forward (0: all of them, no accumulation).
         autocast: run the step under bf16 autocast (fp32 master weights in the policy).
-        packed: padding-free forwards (``llm.packing``), checked against padded ones first.
+        packing: padding-free forwards (``llm.packing``: rows or pairs), checked against padded
+            ones first.
     """
     cfg = TrainConfig(
         lr=lr,
@@ -140,7 +141,7 @@ def bench_ours(
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with context:
-                train(policy, examples, DAALoss("dpo", 0.1, reference=reference, packed=packed),
+                train(policy, examples, DAALoss("dpo", 0.1, reference=reference, packing=packing),
                       cfg, Path(tmp), pad_id=0, progress=False, on_step=stop)  # fmt: skip
         except _StopError:
             pass
@@ -158,7 +159,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "compile": {"compile": True},  # torch.compile of each decoder block
     "micro8": {"micro_batch": 8},  # gradient accumulation over 8-pair forwards
     "fp32": {"policy_dtype": torch.float32, "reference_dtype": torch.float32},  # loss reference
-    "packed": {"packed": True},  # padding-free rows, varlen attention (llm.packing)
+    "packed": {"packing": "rows"},  # padding-free rows, varlen attention (llm.packing)
+    "pairs": {"packing": "pairs"},  # padding-free, and one prompt per pair
 }
 
 
@@ -241,7 +243,8 @@ def _run_variant(name, reference, examples, args, dtype) -> dict[str, float]:
     t0 = time.perf_counter()
     r = bench_ours(policy, ref, examples, args.steps, lr=1e-6,
                    micro_batch=int(v.get("micro_batch", args.micro_batch)),
-                   autocast=bool(v.get("autocast")), packed=bool(v.get("packed")))  # fmt: skip
+                   autocast=bool(v.get("autocast")),
+                   packing=str(v.get("packing", "off")))  # fmt: skip
     r["wall_s"] = time.perf_counter() - t0
     if args.device.startswith("cuda"):
         r["peak_memory_gib"] = torch.cuda.max_memory_allocated(args.device) / 2**30

@@ -37,6 +37,7 @@ from llm.data import (
 )
 from llm.losses import DAALoss, SFTLoss, precompute_reference
 from llm.model import PYTHIA_SHAPES, load_model, load_policy_and_reference, parse_dtype
+from llm.packing import PACKINGS
 from llm.sampling import sample_sft_examples
 from llm.train import LOG, TrainConfig, train
 from llm.tree_language import TreeLanguage
@@ -135,10 +136,12 @@ class Config:
     precompute_reference: bool = arg(
         False, "compute reference log-probs once for the whole dataset"
     )
-    packed: bool = arg(
-        False,
-        "padding-free forwards: each micro-batch's rows end to end, varlen attention (checked "
-        "against the padded forward on the first micro-batch; refused if they differ)",
+    packing: str = arg(
+        "off",
+        "padding-free forwards: off; rows (each row's real tokens end to end, varlen "
+        "attention); pairs (also one prompt per pair, --stage daa only). Checked against the "
+        "padded forward on the first micro-batch; refused if they differ",
+        choices=PACKINGS,
     )
     lr: float = arg(5e-7, "RMSProp learning rate (paper preset)", exclusive_minimum=0)
     warmup_steps: int = arg(150, "linear warm-up steps", minimum=0)
@@ -156,7 +159,7 @@ class Config:
     progress: bool = arg(True, "show progress bars")
 
 
-NOT_IN_IDENTITY = ("out", "run_name", "resume", "progress", "device", "log_every", "packed")
+NOT_IN_IDENTITY = ("out", "run_name", "resume", "progress", "device", "log_every", "packing")
 """Fields that do not change what a run computes (device and packing change only float rounding):
 the rest (and the data) must match to share a run folder."""
 
@@ -335,7 +338,7 @@ def _main(cfg: Config) -> Path:
     if cfg.stage == "sft":
         del reference
         examples = _sft_examples(cfg, examples, tokenizer, device)
-        step_loss = SFTLoss(packed=cfg.packed)
+        step_loss = SFTLoss(packing=cfg.packing)
     else:
         step_loss = _daa_loss(cfg, reference, examples, pad_id, device, fsdp)
     run_info = {"config": dataclasses.asdict(cfg), "skipped_rows": len(skipped),
@@ -443,11 +446,11 @@ def _daa_loss(
             examples,
             micro_batch_size=cfg.micro_batch_size,
             pad_id=pad_id,
-            packed=cfg.packed,
+            packing=cfg.packing,
         )
         reference = None
     return DAALoss(cfg.objective, cfg.beta, hyper=hyper, reference=reference, ref_table=table,
-                   packed=cfg.packed)  # fmt: skip
+                   packing=cfg.packing)  # fmt: skip
 
 
 if __name__ == "__main__":

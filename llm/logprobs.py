@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from llm.packing import pack_rows, packed_attention
+from llm.packing import PACKINGS, Packed, pack, packed_attention
 from treemdp.objectives import Margins
 
 __all__ = ["PairLogps", "concatenated_logps", "response_logps"]
@@ -27,7 +27,7 @@ def response_logps(
     attention_mask: Tensor,
     response_mask: Tensor,
     *,
-    packed: bool = False,
+    packing: str = "off",
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probability of the response tokens of each row, and their number.
 
@@ -40,8 +40,10 @@ def response_logps(
         input_ids: token ids, right-padded. Shape (N, T), int64.
         attention_mask: 1 for real tokens, 0 for padding. Shape (N, T).
         response_mask: True where the token is a response token. Shape (N, T), bool.
-        packed: run the model on the real tokens only, end to end (``llm.packing``), instead
-            of on the padded (N, T) batch; the same function, without the padding's work.
+        packing: ``off`` (the padded (N, T) batch), ``rows`` (the real tokens only, end to
+            end) or ``pairs`` (also one prompt per pair; rows i and i + N/2 must share their
+            prompt, as ``concatenated_logps``' do). The same function without the padding's (and
+            the repeated prompt's) work; ``llm.packing``.
 
     Returns:
         ``(logp_sum, n_tokens)``: float32 sums Σ_t log π(y_t | x, y_<t) over response tokens,
@@ -61,8 +63,13 @@ def response_logps(
         raise ValueError("response_mask must be False at position 0: each row needs a prompt token")
     if on_pad:
         raise ValueError("response_mask must be False on padding (attention_mask 0)")
-    scoring = _packed_scoring if packed else _padded_scoring
-    rows, h, labels = scoring(model, input_ids, attention_mask, response_mask)
+    if packing not in PACKINGS:
+        raise ValueError(f"packing must be one of {', '.join(PACKINGS)}; got {packing!r}")
+    if packing == "off":
+        rows, h, labels = _padded_scoring(model, input_ids, attention_mask, response_mask)
+    else:
+        rows, h, labels = _packed_scoring(pack(packing, input_ids, attention_mask, response_mask),
+                                          model)  # fmt: skip
     logits = model.get_output_embeddings()(h).float()  # (K, V)
     token_logp = logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
     logp_sum = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
@@ -85,19 +92,13 @@ def _padded_scoring(
     return rows, hidden[:, :-1][scored], input_ids[:, 1:][scored]
 
 
-def _packed_scoring(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``_padded_scoring`` from one forward over the real tokens only, end to end.
-
-    A response token is never a row's first token, so the position before it, in the packed
-    sequence, belongs to the same row.
-    """
-    packed = pack_rows(input_ids, attention_mask, response_mask)
+def _packed_scoring(packed: Packed, model: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """``_padded_scoring`` from one forward over the packed tokens: each response token is
+    scored from the hidden state of the token before it in its original row (``Packed.prev``)."""
     with packed_attention(model):
         hidden = model.base_model(**packed.forward_kwargs()).last_hidden_state[0]  # (K, H)
-    scored = packed.response[1:]  # token i+1 of the packed sequence is scored from position i
-    return packed.row[1:][scored], hidden[:-1][scored], packed.input_ids[0, 1:][scored]
+    scored = packed.response  # (K,)
+    return packed.row[scored], hidden[packed.prev[scored]], packed.input_ids[0, scored]
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def concatenated_logps(
     attention_mask: Tensor,
     response_mask: Tensor,
     *,
-    packed: bool = False,
+    packing: str = "off",
 ) -> PairLogps:
     """Chosen and rejected log-probs of B pairs from one forward over their 2B rows.
 
@@ -136,7 +137,7 @@ def concatenated_logps(
         input_ids: rows 0..B−1 are prompt+chosen, rows B..2B−1 prompt+rejected. Shape (2B, T).
         attention_mask: Shape (2B, T).
         response_mask: Shape (2B, T), bool.
-        packed: one padding-free forward (see ``response_logps``).
+        packing: ``off``, ``rows`` or ``pairs`` (see ``response_logps``).
 
     Returns:
         ``PairLogps`` with (B,) tensors.
@@ -144,6 +145,6 @@ def concatenated_logps(
     n = input_ids.shape[0]
     if n % 2:
         raise ValueError(f"input_ids must hold 2B rows (chosen then rejected); got {n} rows")
-    logp, count = response_logps(model, input_ids, attention_mask, response_mask, packed=packed)
+    logp, count = response_logps(model, input_ids, attention_mask, response_mask, packing=packing)
     b = n // 2
     return PairLogps(logp[:b], logp[b:], count[:b], count[b:])

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from llm.data import Batch, Example, collate_pairs, collate_sft
 from llm.logprobs import PairLogps, concatenated_logps, response_logps
-from llm.packing import check_packing
+from llm.packing import PACKINGS, check_packing
 from treemdp import objectives
 
 __all__ = ["DAALoss", "SFTLoss", "StepLoss", "precompute_reference", "sft_loss"]
@@ -26,11 +26,12 @@ __all__ = ["DAALoss", "SFTLoss", "StepLoss", "precompute_reference", "sft_loss"]
 class StepLoss(Protocol):
     """Σ over a micro-batch's examples of the per-example loss, plus metric sums.
 
-    ``packed`` losses run padding-free forwards (``llm.packing``); ``check_packing`` compares
-    them with padded forwards on one batch and raises ``PackingMismatchError`` if they differ.
+    Losses whose ``packing`` is not ``off`` run padding-free forwards (``llm.packing``);
+    ``check_packing`` compares them with padded forwards on one batch and raises
+    ``PackingMismatchError`` if they differ.
     """
 
-    packed: bool
+    packing: str
 
     def collate(self, examples: Sequence[Example], pad_id: int) -> Batch: ...
 
@@ -47,22 +48,27 @@ class SFTLoss:
     (the DPO code's SFT loss: summed, not per-token, negative log-likelihood).
 
     Attributes:
-        packed: padding-free forwards (``llm.packing``).
+        packing: ``off`` or ``rows`` (padding-free forwards, ``llm.packing``); an SFT row has
+            one response, so there are no pairs to share a prompt.
     """
 
-    packed: bool = False
+    packing: str = "off"
+
+    def __post_init__(self) -> None:
+        if self.packing not in ("off", "rows"):
+            raise ValueError(f"SFT packing must be 'off' or 'rows'; got {self.packing!r}")
 
     def collate(self, examples: Sequence[Example], pad_id: int) -> Batch:
         return collate_sft(examples, pad_id)
 
     def check_packing(self, policy: nn.Module, batch: Batch) -> None:
-        check_packing(policy, *batch_tensors(batch, policy))
+        check_packing(policy, *batch_tensors(batch, policy), packing=self.packing)
 
     def __call__(
         self, policy: nn.Module, batch: Batch, index: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         logp, n = response_logps(
-            policy, batch.input_ids, batch.attention_mask, batch.response_mask, packed=self.packed
+            policy, batch.input_ids, batch.attention_mask, batch.response_mask, packing=self.packing
         )
         metrics = {"logps_chosen": logp.detach().sum(), "tokens_chosen": n.sum().float()}
         return -logp.sum(), metrics
@@ -83,7 +89,8 @@ class DAALoss:
         reference: the frozen reference model, used when ``ref_table`` is None.
         ref_table: precomputed reference log-probs of the whole dataset (``precompute_reference``),
             indexed by example position.
-        packed: padding-free forwards of the policy and the reference (``llm.packing``).
+        packing: ``off``, ``rows`` (padding-free forwards) or ``pairs`` (also one prompt per
+            pair) for the policy and the reference model (``llm.packing``).
         bound: the objective bound to β and ``hyper`` (checked once, at construction).
     """
 
@@ -92,10 +99,12 @@ class DAALoss:
     hyper: dict[str, Any] = field(default_factory=dict)
     reference: nn.Module | None = None
     ref_table: PairLogps | None = None
-    packed: bool = False
+    packing: str = "off"
     bound: objectives.BoundObjective = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {', '.join(PACKINGS)}; got {self.packing!r}")
         bound = objectives.bind(self.objective, beta=self.beta, **self.hyper)
         object.__setattr__(self, "bound", bound)  # a frozen dataclass's derived field
         if bound.objective.needs_reference and self.reference is None and self.ref_table is None:
@@ -109,7 +118,7 @@ class DAALoss:
         padded one on ``batch``."""
         for model in (policy, self.reference):
             if model is not None:
-                check_packing(model, *batch_tensors(batch, model))
+                check_packing(model, *batch_tensors(batch, model), packing=self.packing)
 
     def reference_logps(self, batch: Batch, index: Tensor, like: PairLogps) -> PairLogps:
         """π_ref's log-probs of the batch: looked up, computed without gradient, or zeros for a
@@ -124,7 +133,7 @@ class DAALoss:
             )
         with torch.no_grad():
             ref = concatenated_logps(
-                self.reference, *batch_tensors(batch, self.reference), packed=self.packed
+                self.reference, *batch_tensors(batch, self.reference), packing=self.packing
             )
         return PairLogps(
             *(x.to(like.chosen.device) for x in (ref.chosen, ref.rejected)),
@@ -136,7 +145,7 @@ class DAALoss:
         self, policy: nn.Module, batch: Batch, index: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         pol = concatenated_logps(
-            policy, batch.input_ids, batch.attention_mask, batch.response_mask, packed=self.packed
+            policy, batch.input_ids, batch.attention_mask, batch.response_mask, packing=self.packing
         )
         ref = self.reference_logps(batch, index, pol)
         margins = pol.margins(ref)
@@ -168,15 +177,17 @@ def precompute_reference(
     *,
     micro_batch_size: int,
     pad_id: int,
-    packed: bool = False,
+    packing: str = "off",
 ) -> PairLogps:
-    """Reference log-probs of every example once, before training (``packed``: padding-free
-    forwards). Shapes (N,), on the CPU."""
+    """Reference log-probs of every example once, before training (``packing``: see
+    ``DAALoss``). Shapes (N,), on the CPU."""
     parts = []
     with torch.no_grad():
         for i in tqdm(range(0, len(examples), micro_batch_size), desc="reference", leave=False):
             b = collate_pairs(examples[i : i + micro_batch_size], pad_id)
-            parts.append(concatenated_logps(reference, *batch_tensors(b, reference), packed=packed))
+            parts.append(
+                concatenated_logps(reference, *batch_tensors(b, reference), packing=packing)
+            )
     return PairLogps(
         *(
             torch.cat([getattr(p, k).cpu() for p in parts])

@@ -32,87 +32,216 @@ from transformers import AttentionInterface
 
 __all__ = [
     "PACKED_ATTENTION",
-    "PackedRows",
+    "PACKINGS",
+    "Packed",
     "PackingMismatchError",
     "check_packing",
+    "pack",
+    "pack_pairs",
     "pack_rows",
     "packed_attention",
 ]
 
 PACKED_ATTENTION = "treemdp_packed"
+PACKINGS = ("off", "rows", "pairs")
+"""``off``: the padded batch; ``rows``: each row's real tokens, end to end; ``pairs``: also one
+prompt per pair (the rejected response attends to the chosen row's prompt tokens)."""
 
 
 @dataclass(frozen=True)
-class PackedRows:
-    """The real tokens of N right-padded rows, end to end.
+class Packed:
+    """The real tokens of a right-padded batch end to end, and the attention sequences over them.
+
+    Attention runs over S sequences. A query sequence is a contiguous run of packed tokens; its
+    keys are the packed tokens ``key_index`` lists for it (None: the query run itself). Causal
+    masking aligns each sequence's last query with its last key, so a query sequence shorter
+    than its keys (a rejected response after its shared prompt) sees all the extra leading keys.
 
     Attributes:
-        input_ids: token ids. Shape (1, K), K = number of real tokens.
-        position_ids: each token's position in its own row. Shape (1, K).
-        cu_seqlens: row boundaries [0, n_0, n_0 + n_1, …, K]. Shape (N + 1,), int32.
-        max_len: the longest row's length.
-        row: the row each token came from. Shape (K,), int64.
+        input_ids: token ids. Shape (1, K), K = packed tokens.
+        position_ids: each token's position in its original row. Shape (1, K).
+        cu_q: query-sequence boundaries in the packed tokens. Shape (S + 1,), int32.
+        cu_k: key-sequence boundaries in the key layout. Shape (S + 1,), int32.
+        max_q: the longest query sequence.
+        max_k: the longest key sequence.
+        key_index: the packed token behind each key slot, shape (Kk,), or None when the key
+            sequences are the query sequences.
+        prev: the packed index of the token before each token in its original row (−1 at a
+            row's start): a response token is scored from that position's hidden state. (K,).
+        row: the original row of each token. Shape (K,), int64.
         response: True where the token is a response token. Shape (K,), bool.
     """
 
     input_ids: Tensor
     position_ids: Tensor
-    cu_seqlens: Tensor
-    max_len: int
+    cu_q: Tensor
+    cu_k: Tensor
+    max_q: int
+    max_k: int
+    key_index: Tensor | None
+    prev: Tensor
     row: Tensor
     response: Tensor
 
     def forward_kwargs(self) -> dict[str, object]:
-        """What the base model's forward takes: ids, positions, and the row boundaries that
+        """What the base model's forward takes: ids, positions, and the sequence boundaries that
         transformers passes through to the attention function."""
         return {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
-            "cu_seq_lens_q": self.cu_seqlens,
-            "cu_seq_lens_k": self.cu_seqlens,
-            "max_length_q": self.max_len,
-            "max_length_k": self.max_len,
+            "cu_seq_lens_q": self.cu_q,
+            "cu_seq_lens_k": self.cu_k,
+            "max_length_q": self.max_q,
+            "max_length_k": self.max_k,
+            "packed_key_index": self.key_index,
         }
 
 
-def pack_rows(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> PackedRows:
-    """Pack a right-padded batch (each row's real tokens first, then padding).
+def _boundaries(lengths: Tensor) -> Tensor:
+    """[0, l_0, l_0 + l_1, …]: shape (len + 1,), int32."""
+    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
+    cu[1:] = lengths.cumsum(0)
+    return cu
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Row lengths and prompt lengths, shapes (N,), and the longest row and all real tokens."""
+
+    lengths: Tensor
+    prompts: Tensor
+    longest: int
+    total: int
+
+
+def _check_layout(real: Tensor, response: Tensor) -> _Layout:
+    """Each row: prompt tokens, then response tokens, then padding; ValueError naming what is
+    wrong."""
+    lengths, prompts = real.sum(dim=1), (real & ~response).sum(dim=1)
+    cols = torch.arange(real.shape[1], device=real.device)[None, :]
+    layout = (cols < lengths[:, None]) == real
+    prompt_first = (cols < prompts[:, None]) == (real & ~response)
+    # One device-to-host copy for the checks and the sizes.
+    bad_padding, bad_order, shortest, longest, total = torch.stack(
+        [
+            (~layout).any().long(),
+            (~prompt_first).any().long(),
+            prompts.min(),
+            lengths.max(),
+            lengths.sum(),
+        ]
+    ).tolist()
+    if bad_padding:
+        raise ValueError("attention_mask must be right padding: each row's ones, then its zeros")
+    if bad_order or shortest < 1:
+        raise ValueError("each row must be prompt tokens (at least one), then response tokens")
+    return _Layout(lengths, prompts, longest, total)
+
+
+def pack_rows(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Packed:
+    """Pack a right-padded batch: each row's real tokens, rows in order, one sequence per row.
 
     Args:
         input_ids: Shape (N, T), int64.
-        attention_mask: 1 on real tokens, 0 on padding; each row a run of ones then zeros.
-            Shape (N, T).
-        response_mask: Shape (N, T), bool.
+        attention_mask: 1 on real tokens, then 0 on padding. Shape (N, T).
+        response_mask: True on response tokens, which follow the row's prompt. Shape (N, T).
 
     Returns:
-        ``PackedRows`` of the K = attention_mask.sum() real tokens, in row order.
+        ``Packed`` with K = attention_mask.sum() tokens and N sequences.
 
     Raises:
-        ValueError: if a row is empty or its real tokens are not a prefix (left padding).
+        ValueError: on left padding, holes, a row without a prompt token, or a prompt token
+            after a response token.
     """
-    real = attention_mask.bool()
-    lengths = real.sum(dim=1)  # (N,)
-    prefix = torch.arange(real.shape[1], device=real.device)[None, :] < lengths[:, None]
-    # One device-to-host copy for both checks and the longest row.
-    not_prefix, shortest, longest = torch.stack(
-        [(prefix != real).any().long(), lengths.min(), lengths.max()]
-    ).tolist()
-    if not_prefix:
-        raise ValueError("attention_mask must be right padding: each row's ones, then its zeros")
-    if shortest < 1:
-        raise ValueError("every row needs at least one real token to be packed")
+    real, response = attention_mask.bool(), response_mask.bool()
+    lay = _check_layout(real, response)
+    cu = _boundaries(lay.lengths)
     positions = torch.arange(real.shape[1], device=real.device).expand_as(input_ids)
     rows = torch.arange(real.shape[0], device=real.device)[:, None].expand_as(input_ids)
-    cu = torch.zeros(real.shape[0] + 1, dtype=torch.int32, device=real.device)
-    cu[1:] = lengths.cumsum(0)
-    return PackedRows(
+    return Packed(
         input_ids=input_ids[real][None],
         position_ids=positions[real][None],
-        cu_seqlens=cu,
-        max_len=int(longest),
+        cu_q=cu,
+        cu_k=cu,
+        max_q=lay.longest,
+        max_k=lay.longest,
+        key_index=None,
+        prev=torch.arange(-1, lay.total - 1, device=real.device),
         row=rows[real],
-        response=response_mask.bool()[real],
+        response=response[real],
     )
+
+
+def _interleave(x: Tensor) -> Tensor:
+    """Rows [c_0 … c_{B−1}, r_0 … r_{B−1}] → [c_0, r_0, c_1, r_1, …] (along dim 0)."""
+    b = x.shape[0] // 2
+    return torch.stack([x[:b], x[b:]], dim=1).flatten(0, 1)
+
+
+def pack_pairs(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Packed:
+    """Pack B pairs with one prompt each: per pair, the prompt P, the chosen response C and the
+    rejected response R end to end. Two attention sequences per pair: [P C] (keys [P C]) and R
+    (keys [P R], so R sees the prompt and its own earlier tokens, never C). Positions are the
+    original rows' (R continues from the end of P), so every log-prob is the padded batch's.
+
+    Args:
+        input_ids: rows 0..B−1 prompt+chosen, rows B..2B−1 prompt+rejected, right-padded.
+            Shape (2B, T).
+        attention_mask: Shape (2B, T).
+        response_mask: Shape (2B, T), bool.
+
+    Returns:
+        ``Packed`` with Σ_pairs (|P| + |C| + |R|) tokens and 2B sequences.
+
+    Raises:
+        ValueError: on an odd number of rows, a bad layout (``pack_rows``), an empty response,
+            or a pair whose two rows hold different prompts.
+    """
+    n, t = input_ids.shape
+    if n % 2:
+        raise ValueError(f"pairs need 2B rows (chosen then rejected); got {n}")
+    real, response = attention_mask.bool(), response_mask.bool()
+    lay = _check_layout(real, response)
+    b, cols = n // 2, torch.arange(t, device=real.device)
+    p, lc, lr = lay.prompts[:b], lay.lengths[:b], lay.lengths[b:]
+    same = (input_ids[:b] == input_ids[b:]) | (cols[None, :] >= p[:, None])
+    bad_prompt, empty = torch.stack(
+        [((p != lay.prompts[b:]) | ~same.all(dim=1)).any(), ((lc == p) | (lr == p)).any()]
+    ).tolist()
+    if bad_prompt:
+        raise ValueError("the chosen and rejected rows of a pair must hold the same prompt")
+    if empty:
+        raise ValueError("every response needs at least one token to be packed by pairs")
+    start = _boundaries(lc + lr - p)[:-1].long()[:, None]  # each pair's first packed token
+    # Where each (row, column) of the batch lies in the packed sequence: P and C from the chosen
+    # row, R after C; a rejected row's prompt columns point at the chosen row's P.
+    at_c = start + cols
+    at_r = torch.where(cols < p[:, None], start + cols, start + (lc - p)[:, None] + cols)
+    where = _interleave(torch.cat([at_c, at_r]))  # (2B, T): c_0, r_0, c_1, r_1, …
+    taken = _interleave(torch.cat([real[:b], real[b:] & response[b:]]))
+    prev = torch.cat([torch.full_like(where[:, :1], -1), where[:, :-1]], dim=1)
+    rows = _interleave(torch.arange(n, device=real.device))[:, None].expand(n, t)
+    return Packed(
+        input_ids=_interleave(input_ids)[taken][None],
+        position_ids=cols.expand(n, t)[taken][None],
+        cu_q=_boundaries(_interleave(torch.cat([lc, lr - p]))),
+        cu_k=_boundaries(_interleave(lay.lengths)),
+        max_q=lay.longest,
+        max_k=lay.longest,
+        key_index=where[_interleave(real)],
+        prev=prev[taken],
+        row=rows[taken],
+        response=_interleave(response)[taken],
+    )
+
+
+def pack(packing: str, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Packed:
+    """``pack_rows`` (``packing="rows"``) or ``pack_pairs`` (``"pairs"``)."""
+    if packing == "rows":
+        return pack_rows(input_ids, attention_mask, response_mask)
+    if packing == "pairs":
+        return pack_pairs(input_ids, attention_mask, response_mask)
+    raise ValueError(f"packing must be 'rows' or 'pairs' to pack; got {packing!r}")
 
 
 def _varlen_kernel() -> object | None:
@@ -123,33 +252,46 @@ def _varlen_kernel() -> object | None:
     return varlen_attn
 
 
-def _attend_repadded(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, scale: float
-                     ) -> Tensor:  # fmt: skip
-    """Causal attention of each row on its own: q, k, v scattered back into right-padded rows
-    (N, H, max_len, D), one SDPA call, and the real positions gathered again. Exact (a real
-    query sees only its own row's earlier keys; padding comes after them) and one kernel call;
-    the linear layers still run on the K real tokens only.
+def _repad(x: Tensor, cu: Tensor, longest: int) -> tuple[Tensor, Tensor]:
+    """Packed (L, H, D) → right-padded sequences (S, H, longest, D), and each packed position's
+    flat index in the padded layout (L,)."""
+    n_seq, (n, heads, dim) = cu.numel() - 1, x.shape
+    seq = torch.repeat_interleave(
+        torch.arange(n_seq, device=x.device), cu.diff().long(), output_size=n
+    )
+    flat = seq * longest + torch.arange(n, device=x.device) - cu.long()[seq]
+    out = x.new_zeros(n_seq * longest, heads, dim).index_copy(0, flat, x)
+    return out.view(n_seq, longest, heads, dim).transpose(1, 2), flat
+
+
+def _attend_repadded(
+    q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int,
+    scale: float, same_keys: bool,
+) -> Tensor:  # fmt: skip
+    """Causal attention of each sequence on its own keys: q and k, v scattered back into padded
+    sequences, one SDPA call, the real query positions gathered again. Exact, one kernel call;
+    the linear layers still run on the packed tokens only.
 
     Args:
-        q, k, v: Shape (K, H, D).
-        cu: row boundaries, shape (N + 1,).
-        max_len: the longest row.
+        q: Shape (K, H, D). k, v: Shape (Kk, H, D), in the key layout.
+        cu_q, cu_k: query and key boundaries, shapes (S + 1,).
+        max_q, max_k: the longest query and key sequences.
+        same_keys: the key sequences are the query sequences (``pack_rows``).
 
     Returns:
         Shape (K, H, D).
     """
-    n_rows, (n_tokens, heads, dim) = cu.numel() - 1, q.shape
-    row = torch.repeat_interleave(
-        torch.arange(n_rows, device=q.device), cu.diff().long(), output_size=n_tokens
-    )
-    flat = row * max_len + torch.arange(n_tokens, device=q.device) - cu.long()[row]  # (K,)
-
-    def repad(x: Tensor) -> Tensor:
-        out = x.new_zeros(n_rows * max_len, heads, dim).index_copy(0, flat, x)
-        return out.view(n_rows, max_len, heads, dim).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(repad(q), repad(k), repad(v), is_causal=True, scale=scale)
-    return out.transpose(1, 2).reshape(n_rows * max_len, heads, dim)[flat]
+    (qp, flat), (kp, _), (vp, _) = (_repad(q, cu_q, max_q), _repad(k, cu_k, max_k),
+                                    _repad(v, cu_k, max_k))  # fmt: skip
+    if same_keys:  # SDPA's own causal mask
+        out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale)
+    else:  # the last query meets the last key; padded queries see key 0 (no empty softmax)
+        i = torch.arange(max_q, device=q.device)[None, :, None]
+        j = torch.arange(max_k, device=q.device)[None, None, :]
+        lq, lk = cu_q.diff().long()[:, None, None], cu_k.diff().long()[:, None, None]
+        mask = ((j <= i + lk - lq) & (j < lk)) | (j == 0)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask[:, None], scale=scale)
+    return out.transpose(1, 2).reshape(-1, *q.shape[1:])[flat]
 
 
 def varlen_attention(
@@ -165,17 +307,19 @@ def varlen_attention(
     cu_seq_lens_k: Tensor | None = None,
     max_length_q: int | None = None,
     max_length_k: int | None = None,
+    packed_key_index: Tensor | None = None,
     **kwargs: object,
 ) -> tuple[Tensor, None]:
-    """transformers' attention-function contract for packed rows.
+    """transformers' attention-function contract for a ``Packed`` forward.
 
     Args:
         module: the attention module (unused).
         query, key, value: Shape (1, H, K, D).
-        attention_mask: must be None (packing replaces the mask by row boundaries).
+        attention_mask: must be None (packing replaces the mask by sequence boundaries).
         scaling: softmax scale (None: 1/√D).
-        cu_seq_lens_q, cu_seq_lens_k: the row boundaries (``PackedRows.cu_seqlens``), equal.
-        max_length_q, max_length_k: the longest row.
+        cu_seq_lens_q, cu_seq_lens_k: ``Packed.cu_q``, ``Packed.cu_k``.
+        max_length_q, max_length_k: ``Packed.max_q``, ``Packed.max_k``.
+        packed_key_index: ``Packed.key_index`` (None: the keys are the queries).
 
     Returns:
         ``(output, None)``, output of shape (1, K, H, D).
@@ -183,22 +327,24 @@ def varlen_attention(
     if cu_seq_lens_q is None or attention_mask is not None or query.shape[0] != 1:
         raise ValueError(
             f"attention {PACKED_ATTENTION!r} runs only inside llm.packing's packed forward "
-            "(one packed row, row boundaries, no mask)"
+            "(one packed row, sequence boundaries, no mask)"
         )
     if dropout:
         raise ValueError(f"packed attention has no dropout; got dropout={dropout}")
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (K, H, D)
+    if packed_key_index is not None:
+        k, v = k[packed_key_index], v[packed_key_index]  # (Kk, H, D)
     if q.is_cuda and torch.is_autocast_enabled(q.device.type):
         dtype = torch.get_autocast_dtype(q.device.type)  # what SDPA would compute in
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    bounds = (cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k)
     kernel = _varlen_kernel()
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and kernel is not None:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # flash's layout: (K, H, D)
-        out = kernel(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
-                     scale=scale, window_size=(-1, 0))  # fmt: skip
+        out = kernel(q, k, v, *bounds, scale=scale, window_size=(-1, 0))
     else:
-        out = _attend_repadded(q, k, v, cu_seq_lens_q, max_length_q, scale)
+        out = _attend_repadded(q, k, v, *bounds, scale, same_keys=packed_key_index is None)
     return out[None], None
 
 
@@ -230,9 +376,14 @@ def tolerance(dtype: torch.dtype) -> float:
 
 
 def check_packing(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_mask: Tensor,
+    packing: str = "rows",
 ) -> float:
-    """Compare the packed and padded log-probs of one batch (no gradient).
+    """Compare the packed (``packing``: rows or pairs) and padded log-probs of one batch, without
+    gradient.
 
     The tolerance is that of the dtype the model's matmuls run in (its weights', or bf16 under
     autocast or FSDP mixed precision), read from the first linear layer's output. A random
@@ -250,18 +401,19 @@ def check_packing(
     seen: list[torch.dtype] = []
     first_linear = next(m for m in model.base_model.modules() if isinstance(m, nn.Linear))
     hook = first_linear.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    args = (model, input_ids, attention_mask, response_mask)
     try:
         with torch.no_grad():
-            padded, n = response_logps(model, input_ids, attention_mask, response_mask)
-            packed, _ = response_logps(model, input_ids, attention_mask, response_mask, packed=True)
+            padded, n = response_logps(*args)
+            packed, _ = response_logps(*args, packing=packing)
     finally:
         hook.remove()
     worst = float(((packed - padded).abs() / n.clamp_min(1)).max())
     limit = max(tolerance(dtype) for dtype in seen)
     if not math.isfinite(worst) or worst > limit:
         raise PackingMismatchError(
-            f"packed and padded response log-probs differ by {worst:.3g} nats per token, more "
-            f"than {limit:g} for {seen[0]} compute; packed: {packed.tolist()[:4]}, padded: "
-            f"{padded.tolist()[:4]}. Train without --packed and report this."
+            f"{packing}-packed and padded response log-probs differ by {worst:.3g} nats per "
+            f"token, more than {limit:g} for {seen[0]} compute; packed: {packed.tolist()[:4]}, "
+            f"padded: {padded.tolist()[:4]}. Train with --packing off and report this."
         )
     return worst

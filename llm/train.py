@@ -455,9 +455,9 @@ def train(
     Args:
         policy: the trained model (float32 in the paper's dtype policy), on its device.
         examples: the dataset (``llm.data.Example``), in source order.
-        step_loss: ``sft_loss`` or a ``DAALoss``. A ``packed`` one is first checked on the
-            first micro-batch (``llm.packing.check_packing``): PackingMismatchError when its
-            padding-free forward disagrees with the padded one.
+        step_loss: ``sft_loss`` or a ``DAALoss``. One with ``packing`` (not ``off``) is first
+            checked on the first micro-batch (``llm.packing.check_packing``):
+            PackingMismatchError when its padding-free forward disagrees with the padded one.
         cfg: optimisation settings.
         out_dir: run folder; with several processes only rank 0 writes.
         pad_id: padding token id.
@@ -486,8 +486,9 @@ def train(
     """
     run = _Run.start(policy, len(examples), cfg, out_dir, tokenizer, run_info)
     start, final = run.restore(resume and save)
-    if step_loss.packed:  # every process, on the same batch: sharded forwards are collective
-        step_loss.check_packing(policy, step_loss.collate(examples[: cfg.micro_batch_size], pad_id))
+    if step_loss.packing != "off":  # every process, the same batch: sharded forwards are collective
+        first = step_loss.collate(examples[: cfg.micro_batch_size], pad_id)
+        step_loss.check_packing(policy, first)
     return _descend(
         run, step_loss, examples, start, final, pad_id, on_step, progress, save, on_checkpoint
     )

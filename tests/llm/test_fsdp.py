@@ -92,10 +92,10 @@ def group_of_one():
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packing", ["off", "rows", "pairs"])
 @pytest.mark.parametrize("mixed", [False, True])
 def test_response_logps_and_gradients_under_fsdp_hooks(group_of_one, tiny_model, text_examples,
-                                                       mixed, packed):  # fmt: skip
+                                                       mixed, packing):  # fmt: skip
     from llm.data import collate_pairs
     from llm.fsdp import is_sharded, shard_model
 
@@ -104,7 +104,9 @@ def test_response_logps_and_gradients_under_fsdp_hooks(group_of_one, tiny_model,
     sharded = shard_model(copy.deepcopy(plain), mixed_precision=mixed)
     assert is_sharded(sharded) and not is_sharded(plain)
     want = concatenated_logps(plain, b.input_ids, b.attention_mask, b.response_mask)
-    got = concatenated_logps(sharded, b.input_ids, b.attention_mask, b.response_mask, packed=packed)
+    got = concatenated_logps(
+        sharded, b.input_ids, b.attention_mask, b.response_mask, packing=packing
+    )
     assert got.chosen.dtype == torch.float32
     # fp32: the same numbers; bf16 compute: within bf16 rounding of sums of ~10 log-probs.
     tol = dict(rtol=2e-2, atol=0.5) if mixed else dict(rtol=1e-6, atol=1e-5)
