@@ -37,7 +37,9 @@ def response_logps(
     Args:
         model: a transformers causal LM (``base_model`` gives hidden states,
             ``get_output_embeddings()`` the output projection).
-        input_ids: token ids, right-padded. Shape (N, T), int64.
+        input_ids: token ids, right-padded. Shape (N, T), int64. The inputs may live on the
+            CPU (packing there costs no device synchronisation); they are moved to the model's
+            device, where the results are.
         attention_mask: 1 for real tokens, 0 for padding. Shape (N, T).
         response_mask: True where the token is a response token. Shape (N, T), bool.
         packing: ``off`` (the padded (N, T) batch), ``rows`` (the real tokens only, end to
@@ -65,16 +67,18 @@ def response_logps(
         raise ValueError("response_mask must be False on padding (attention_mask 0)")
     if packing not in PACKINGS:
         raise ValueError(f"packing must be one of {', '.join(PACKINGS)}; got {packing!r}")
+    device = next(model.parameters()).device
     if packing == "off":
-        rows, h, labels = _padded_scoring(model, input_ids, attention_mask, response_mask)
+        tensors = (x.to(device) for x in (input_ids, attention_mask, response_mask))
+        rows, h, labels = _padded_scoring(model, *tensors)
     else:
-        rows, h, labels = _packed_scoring(pack(packing, input_ids, attention_mask, response_mask),
-                                          model)  # fmt: skip
+        packed = pack(packing, input_ids, attention_mask, response_mask).to(device)
+        rows, h, labels = _packed_scoring(packed, model)
     logits = model.get_output_embeddings()(h).float()  # (K, V)
     token_logp = logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
-    logp_sum = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    logp_sum = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=device)
     logp_sum = logp_sum.index_add(0, rows, token_logp)
-    return logp_sum, response_mask.sum(dim=1)
+    return logp_sum, response_mask.sum(dim=1).to(device)
 
 
 def _padded_scoring(

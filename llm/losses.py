@@ -62,7 +62,7 @@ class SFTLoss:
         return collate_sft(examples, pad_id)
 
     def check_packing(self, policy: nn.Module, batch: Batch) -> None:
-        check_packing(policy, *batch_tensors(batch, policy), packing=self.packing)
+        check_packing(policy, *batch.tensors(), packing=self.packing)
 
     def __call__(
         self, policy: nn.Module, batch: Batch, index: Tensor
@@ -118,7 +118,7 @@ class DAALoss:
         padded one on ``batch``."""
         for model in (policy, self.reference):
             if model is not None:
-                check_packing(model, *batch_tensors(batch, model), packing=self.packing)
+                check_packing(model, *batch.tensors(), packing=self.packing)
 
     def reference_logps(self, batch: Batch, index: Tensor, like: PairLogps) -> PairLogps:
         """π_ref's log-probs of the batch: looked up, computed without gradient, or zeros for a
@@ -132,9 +132,7 @@ class DAALoss:
                 t.chosen[i].to(dev), t.rejected[i].to(dev), like.len_chosen, like.len_rejected
             )
         with torch.no_grad():
-            ref = concatenated_logps(
-                self.reference, *batch_tensors(batch, self.reference), packing=self.packing
-            )
+            ref = concatenated_logps(self.reference, *batch.tensors(), packing=self.packing)
         return PairLogps(
             *(x.to(like.chosen.device) for x in (ref.chosen, ref.rejected)),
             like.len_chosen,
@@ -165,12 +163,6 @@ class DAALoss:
         return losses.sum(), metrics
 
 
-def batch_tensors(batch: Batch, model: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-    """The batch's ids, attention mask and response mask on ``model``'s device."""
-    device = next(model.parameters()).device
-    return tuple(x.to(device) for x in (batch.input_ids, batch.attention_mask, batch.response_mask))
-
-
 def precompute_reference(
     reference: nn.Module,
     examples: Sequence[Example],
@@ -185,9 +177,7 @@ def precompute_reference(
     with torch.no_grad():
         for i in tqdm(range(0, len(examples), micro_batch_size), desc="reference", leave=False):
             b = collate_pairs(examples[i : i + micro_batch_size], pad_id)
-            parts.append(
-                concatenated_logps(reference, *batch_tensors(b, reference), packing=packing)
-            )
+            parts.append(concatenated_logps(reference, *b.tensors(), packing=packing))
     return PairLogps(
         *(
             torch.cat([getattr(p, k).cpu() for p in parts])

@@ -21,6 +21,7 @@ before training starts (``llm.train``), refusing to train when they differ.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,6 +83,12 @@ class Packed:
     prev: Tensor
     row: Tensor
     response: Tensor
+
+    def to(self, device: torch.device) -> Packed:
+        """The same packing with its tensors on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Packed(**{k: v.to(device) if isinstance(v, Tensor) else v
+                         for k, v in moved.items()})  # fmt: skip
 
     def forward_kwargs(self) -> dict[str, object]:
         """What the base model's forward takes: ids, positions, and the sequence boundaries that

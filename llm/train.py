@@ -41,7 +41,7 @@ from llm.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from llm.data import Batch, Example
+from llm.data import Example
 from llm.losses import StepLoss
 from treemdp.runs import atomic_write_text
 
@@ -151,7 +151,10 @@ def _accumulate(
         part = index[i : i + micro]
         b = step_loss.collate([examples[j] for j in part.tolist()], pad_id)
         n_tokens += b.n_tokens  # counted on the host: no device sync
-        b = Batch(b.input_ids.to(device), b.attention_mask.to(device), b.response_mask.to(device))
+        if (
+            step_loss.packing == "off"
+        ):  # else packed on the host, where nothing waits for the device
+            b = b.to(device)
         loss_sum, metrics = step_loss(policy, b, part)
         (loss_sum / scale).backward()
         for k, v in {"loss": loss_sum, **metrics}.items():  # summed on the device
