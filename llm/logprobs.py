@@ -101,7 +101,7 @@ def _packed_scoring(packed: Packed, model: nn.Module) -> tuple[Tensor, Tensor, T
     scored from the hidden state of the token before it in its original row (``Packed.prev``)."""
     with packed_attention(model):
         hidden = model.base_model(**packed.forward_kwargs()).last_hidden_state[0]  # (K, H)
-    scored = packed.response  # (K,)
+    scored = packed.scored  # (R,) integer indices: no device sync
     return packed.row[scored], hidden[packed.prev[scored]], packed.input_ids[0, scored]
 
 

@@ -71,6 +71,8 @@ class Packed:
             row's start): a response token is scored from that position's hidden state. (K,).
         row: the original row of each token. Shape (K,), int64.
         response: True where the token is a response token. Shape (K,), bool.
+        scored: the packed indices of the response tokens, ``response.nonzero()``, computed where
+            the layout is built (on the host, no device waits for it). Shape (R,), int64.
     """
 
     input_ids: Tensor
@@ -83,6 +85,7 @@ class Packed:
     prev: Tensor
     row: Tensor
     response: Tensor
+    scored: Tensor
 
     def to(self, device: torch.device) -> Packed:
         """The same packing with its tensors on ``device``."""
@@ -176,6 +179,7 @@ def pack_rows(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) 
         prev=torch.arange(-1, lay.total - 1, device=real.device),
         row=rows[real],
         response=response[real],
+        scored=response[real].nonzero().squeeze(1),
     )
 
 
@@ -239,6 +243,7 @@ def pack_pairs(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor)
         prev=prev[taken],
         row=rows[taken],
         response=_interleave(response)[taken],
+        scored=_interleave(response)[taken].nonzero().squeeze(1),
     )
 
 

@@ -49,6 +49,7 @@ def test_pack_rows_keeps_real_tokens_in_row_order_with_restarting_positions():
     assert p.prev.tolist() == list(range(-1, 8))
     assert p.row.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
     assert p.response.tolist() == [False, True, True, False, True, False, False, True, True]
+    assert p.scored.tolist() == [1, 2, 4, 7, 8]
 
 
 def test_pack_pairs_lays_out_prompt_chosen_rejected_with_the_prompt_shared():
@@ -62,6 +63,7 @@ def test_pack_pairs_lays_out_prompt_chosen_rejected_with_the_prompt_shared():
     assert p.position_ids.tolist() == [[0, 1, 2, 2, 3, 0, 1, 2, 1]]
     assert p.row.tolist() == [0, 0, 0, 2, 2, 1, 1, 1, 3]
     assert p.response.tolist() == [False, False, True, True, True, False, True, True, True]
+    assert p.scored.tolist() == [2, 3, 4, 6, 7, 8]
     # queries: [P C] and R per pair; keys: [P C] and [P R]
     assert p.cu_q.tolist() == [0, 3, 5, 8, 9] and p.cu_k.tolist() == [0, 3, 7, 10, 12]
     assert p.key_index.tolist() == [0, 1, 2, 0, 1, 3, 4, 5, 6, 7, 5, 8]
@@ -229,7 +231,7 @@ def _scored_one_position_late(packed, model):
     """_packed_scoring with an off-by-one: each response token scored from its own state."""
     with packed_attention(model):
         hidden = model.base_model(**packed.forward_kwargs()).last_hidden_state[0]
-    scored = packed.response
+    scored = packed.scored
     return packed.row[scored], hidden[scored], packed.input_ids[0, scored]
 
 
