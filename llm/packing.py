@@ -1,19 +1,21 @@
-"""Padding-free forwards: the rows of a right-padded batch packed into one sequence.
+"""Padding-free forwards: the real tokens of a right-padded batch, end to end, in one sequence.
 
 A DPO micro-batch of B pairs is 2B rows padded to the longest one; with TL;DR-like lengths a third
-of the positions are padding, and every linear layer computes them. Packing keeps only the real
-tokens: the rows are laid end to end in one (1, K) sequence, each row's positions restart at 0
-(so rotary embeddings see what they see in the padded batch), and attention is restricted to
-each row by cumulative row boundaries (``cu_seqlens``), as varlen flash attention does.
+of the positions are padding, and every linear layer computes them; and each prompt is computed
+twice, once before each response. Packing keeps only the real tokens (``pack_rows``), or also one
+prompt per pair (``pack_pairs``): the tokens are laid end to end in one (1, K) sequence, each
+keeps its position in its original row (so rotary embeddings see what they see in the padded
+batch), and attention runs over sequences given by boundaries (``cu_q``, ``cu_k``) and, for
+pairs, a gather of the keys (a rejected response's keys are its prompt and itself).
 
 Attention runs through ``PACKED_ATTENTION``, an implementation registered with transformers'
 ``AttentionInterface`` and switched on only for the duration of a packed forward
 (``packed_attention``). On a CUDA device with 16-bit inputs it calls PyTorch's own varlen flash
 kernel (``torch.nn.attention.varlen.varlen_attn``); elsewhere (CPU, float32) it scatters the
-rows back into a padded (N, H, T, D) layout for one causal ``scaled_dot_product_attention`` call
+sequences back into a padded (S, H, T, D) layout for one ``scaled_dot_product_attention`` call
 and gathers the real positions again (exact; only attention sees the padding).
 
-The packed forward computes the same function as the padded one: a test holds its log-probs and
+The packed forward computes the same function as the padded one: tests hold its log-probs and
 gradients to the padded path's, and ``check_packing`` repeats that comparison on a real batch
 before training starts (``llm.train``), refusing to train when they differ.
 """
@@ -89,9 +91,10 @@ class Packed:
 
     def to(self, device: torch.device) -> Packed:
         """The same packing with its tensors on ``device``."""
-        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return Packed(**{k: v.to(device) if isinstance(v, Tensor) else v
-                         for k, v in moved.items()})  # fmt: skip
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(
+            self, **{k: v.to(device) for k, v in fields.items() if isinstance(v, Tensor)}
+        )
 
     def forward_kwargs(self) -> dict[str, object]:
         """What the base model's forward takes: ids, positions, and the sequence boundaries that
