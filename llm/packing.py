@@ -12,8 +12,8 @@ Attention runs through ``PACKED_ATTENTION``, an implementation registered with t
 ``AttentionInterface`` and switched on only for the duration of a packed forward
 (``packed_attention``). On a CUDA device with 16-bit inputs it calls PyTorch's own varlen flash
 kernel (``torch.nn.attention.varlen.varlen_attn``); elsewhere (CPU, float32) it scatters the
-sequences back into a padded (S, H, T, D) layout for one ``scaled_dot_product_attention`` call
-and gathers the real positions again (exact; only attention sees the padding).
+sequences back into a padded (S, H, T, D) layout for one causal ``scaled_dot_product_attention``
+call and gathers the real positions again (exact; only attention sees the padding).
 
 The packed forward computes the same function as the padded one: tests hold its log-probs and
 gradients to the padded path's, and ``check_packing`` repeats that comparison on a real batch
@@ -267,45 +267,39 @@ def _varlen_kernel() -> object | None:
     return varlen_attn
 
 
-def _repad(x: Tensor, cu: Tensor, longest: int) -> tuple[Tensor, Tensor]:
-    """Packed (L, H, D) → right-padded sequences (S, H, longest, D), and each packed position's
-    flat index in the padded layout (L,)."""
+def _repad(x: Tensor, cu: Tensor, longest: int, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Packed (L, H, D) → right-padded sequences (S, H, longest, D), sequence s's tokens starting
+    at slot ``shift[s]``; and each packed position's flat index in the padded layout (L,)."""
     n_seq, (n, heads, dim) = cu.numel() - 1, x.shape
     seq = torch.repeat_interleave(
         torch.arange(n_seq, device=x.device), cu.diff().long(), output_size=n
     )
-    flat = seq * longest + torch.arange(n, device=x.device) - cu.long()[seq]
+    flat = seq * longest + torch.arange(n, device=x.device) - cu.long()[seq] + shift[seq]
     out = x.new_zeros(n_seq * longest, heads, dim).index_copy(0, flat, x)
     return out.view(n_seq, longest, heads, dim).transpose(1, 2), flat
 
 
 def _attend_repadded(
-    q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int,
-    scale: float, same_keys: bool,
-) -> Tensor:  # fmt: skip
-    """Causal attention of each sequence on its own keys: q and k, v scattered back into padded
-    sequences, one SDPA call, the real query positions gathered again. Exact, one kernel call;
-    the linear layers still run on the packed tokens only.
+    q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_k: int, scale: float
+) -> Tensor:
+    """Causal attention of each sequence on its own keys, in one SDPA call: the keys scattered
+    back into padded sequences (S, H, max_k, D), each sequence's queries into the same slots as
+    its last keys (a rejected response's queries sit after its prompt's keys, as in its padded
+    row), SDPA's own causal mask, and the real query slots gathered again. Exact; only attention
+    sees the padding (and, for pairs, empty query slots under the prompt).
 
     Args:
         q: Shape (K, H, D). k, v: Shape (Kk, H, D), in the key layout.
         cu_q, cu_k: query and key boundaries, shapes (S + 1,).
-        max_q, max_k: the longest query and key sequences.
-        same_keys: the key sequences are the query sequences (``pack_rows``).
+        max_k: the longest key sequence (no query sequence is longer than its keys).
 
     Returns:
         Shape (K, H, D).
     """
-    (qp, flat), (kp, _), (vp, _) = (_repad(q, cu_q, max_q), _repad(k, cu_k, max_k),
-                                    _repad(v, cu_k, max_k))  # fmt: skip
-    if same_keys:  # SDPA's own causal mask
-        out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale)
-    else:  # the last query meets the last key; padded queries see key 0 (no empty softmax)
-        i = torch.arange(max_q, device=q.device)[None, :, None]
-        j = torch.arange(max_k, device=q.device)[None, None, :]
-        lq, lk = cu_q.diff().long()[:, None, None], cu_k.diff().long()[:, None, None]
-        mask = ((j <= i + lk - lq) & (j < lk)) | (j == 0)
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask[:, None], scale=scale)
+    zero = torch.zeros_like(cu_k[1:]).long()
+    qp, flat = _repad(q, cu_q, max_k, shift=(cu_k.diff() - cu_q.diff()).long())
+    kp, vp = (_repad(x, cu_k, max_k, shift=zero)[0] for x in (k, v))
+    out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale)
     return out.transpose(1, 2).reshape(-1, *q.shape[1:])[flat]
 
 
@@ -359,7 +353,7 @@ def varlen_attention(
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # flash's layout: (K, H, D)
         out = kernel(q, k, v, *bounds, scale=scale, window_size=(-1, 0))
     else:
-        out = _attend_repadded(q, k, v, *bounds, scale, same_keys=packed_key_index is None)
+        out = _attend_repadded(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_k, scale)
     return out[None], None
 
 
