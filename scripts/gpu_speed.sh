@@ -9,7 +9,8 @@
 #   bash scripts/gpu_speed.sh                 # one GPU (the device call carries .whl)
 #   bash scripts/gpu_speed.sh --cpu-dry-run   # the same code path on the CPU at tiny size
 #   ONLY=bench-trl,fsdp bash scripts/gpu_speed.sh   # only these stages (a rerun within a lease;
-#                                                   # the others' files of the last run are kept)
+#     the others' files of the last run are kept). Stages: bench-small, bench-large,
+#     bench-compile, bench-trl, bench-trl-small, fsdp.
 #
 # TRL and datasets are not on the GPU machine (nor dependencies of the project): when .whl/ holds
 # wheels and PYTHON is 3.12 (what they are built for), they are installed into a fresh
@@ -106,7 +107,12 @@ trl_setup() {  # sets TRL_PATH (a folder for PYTHONPATH, may be empty) or TRL_SK
     fi
   fi
   if ! PYTHONPATH="$PYTHONPATH${TRL_PATH:+:$TRL_PATH}" timeout 60 "$PY" -c \
-      'import datasets, trl; print("trl", trl.__version__, "datasets", datasets.__version__)' \
+      'import importlib.metadata as m, datasets, trl
+for p in ("trl", "datasets", "dill", "multiprocess", "pyarrow", "fsspec", "accelerate"):
+    try:
+        print(p, m.version(p))
+    except m.PackageNotFoundError:
+        print(p, "absent")' \
       >> "$log" 2>&1; then
     if [[ -z $TRL_PATH ]]; then
       TRL_SKIP="skipped: trl not importable ($whl)"
@@ -114,8 +120,8 @@ trl_setup() {  # sets TRL_PATH (a folder for PYTHONPATH, may be empty) or TRL_SK
     fi
     local pa
     pa=$("$PY" -c 'import pyarrow; print(pyarrow.__version__)' 2>/dev/null || echo none)
-    TRL_SKIP="skipped: trl not importable after installing .whl/ (the image's pyarrow: $pa;"
-    TRL_SKIP+=" datasets 5.2 needs >= 21: bash scripts/trl_wheels.sh --pyarrow; trl-wheels.log)"
+    TRL_SKIP="skipped: trl not importable after installing .whl/ (pyarrow $pa here; if below"
+    TRL_SKIP+=" 21: bash scripts/trl_wheels.sh --pyarrow; the error: trl-wheels.log)"
     return 1
   fi
 }

@@ -12,10 +12,11 @@
 #
 # Then, on the device: carry .whl (it is git-ignored) and run `bash scripts/gpu_speed.sh`.
 #
-# The GPU image (Python 3.12, transformers 5.17, accelerate 1.15, pyarrow, pandas, xxhash, fsspec,
-# huggingface_hub 1.33) lacks exactly these four. The pins work together with transformers 5.17
-# and 5.24 (CPU runs of the whole benchmark on both) and with pyarrow 21 to 26 (datasets 5.2
-# imports pyarrow.json_, added in 21; checked on Python 3.12). datasets 5.2 is the oldest
+# The GPU image (Python 3.12, transformers 5.17, accelerate 1.15, pyarrow of unknown version,
+# pandas, xxhash, fsspec, huggingface_hub 1.33) lacks exactly these four. The pins work together
+# with transformers 5.17 and 5.24 (CPU runs of the whole benchmark on both). TRL's dataset mapping
+# ran on Python 3.12 with pyarrow 21 and 26 (trl declares >= 21, datasets 5.2 >= 24); with 18
+# datasets fails at import (no pyarrow.json_), hence --pyarrow. datasets 5.2 is the oldest
 # datasets that accepts huggingface_hub 2.x (the project's .venv has 2.4).
 #
 # Where they are installed matters: dill pickles a module by value unless its file lies under

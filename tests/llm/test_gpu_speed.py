@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import subprocess
 import sys
 
@@ -17,8 +17,14 @@ from llm.model import build_model, compile_blocks
 from tests.llm.helpers_llm import ROOT, perturbed, subprocess_env
 from tests.scripts import load_script
 
-# What the venv running the tests can import decides which TRL path gpu_speed.sh takes.
-HAS_TRL = all(importlib.util.find_spec(m) is not None for m in ("trl", "datasets"))
+
+@functools.cache
+def has_trl() -> bool:
+    """Whether gpu_speed.sh's Python, in the environment the tests give it, imports trl and
+    datasets: that decides which way its TRL stage goes."""
+    check = "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))"
+    argv = [sys.executable, "-c", check, "trl", "datasets"]
+    return subprocess.run(argv, env=subprocess_env()).returncode == 0
 
 
 def _logps(model, batch):
@@ -80,7 +86,7 @@ def test_smoke_gpu_speed_cpu_dry_run_writes_the_results_table(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = pd.read_csv(tmp_path / "results.csv")
-    assert set(table["stage"]) == {"benchmark", "fsdp", "timing", "trl" if HAS_TRL else "skipped"}
+    assert set(table["stage"]) == {"benchmark", "fsdp", "timing", "trl" if has_trl() else "skipped"}
     _check_trl_rows(table)
     bench = table[table["stage"] == "benchmark"]
     levers = {item.split()[1] for item in bench["item"]}
@@ -102,7 +108,7 @@ def _check_trl_rows(table: pd.DataFrame) -> None:
     """The TRL stage either ran (TRL's row and our speed-up over it) or left a row that says
     why not: it never passes silently."""
     skipped = table[table["stage"] == "skipped"]
-    if HAS_TRL:
+    if has_trl():
         trl = table[table["stage"] == "trl"].set_index(["item", "metric"])["value"]
         assert trl[("tiny trl.DPOTrainer 8 pairs fp32", "seconds_per_step")] > 0
         assert trl[("tiny llm.train 8 pairs fp32", "speedup_vs_trl")] > 0
@@ -115,7 +121,7 @@ def _check_trl_rows(table: pd.DataFrame) -> None:
 
 
 def test_gpu_speed_trl_stage_without_trl_leaves_a_skipped_row(tmp_path):
-    if HAS_TRL:
+    if has_trl():
         pytest.skip("trl is importable here: the dry run above runs TRL's stage")
     res = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_speed.sh"), "--cpu-dry-run"],
