@@ -1,9 +1,13 @@
 """Throughput of one DPO training step: llm.train against TRL's DPOTrainer, same model/data/batch.
 
-For each model shape (``tiny``; ``14m`` = Pythia-14m, vocab 50,304), fp32 on CPU:
+For each model shape (``tiny``; ``14m`` = Pythia-14m, vocab 50,304; ``160m`` … ``6.9b`` on a GPU),
+fp32 on CPU or ``--dtype bf16`` on ``--device cuda``:
 
 * the same random GPT-NeoX policy (a reference copy moved by small noise, so the first loss is not
-  trivially log 2) and the same frozen fp32 reference, computed on the fly each step in both;
+  trivially log 2) and the same frozen reference, both in ``--dtype`` with ``--attn`` attention,
+  the reference computed on the fly each step in both; TRL with bf16 autocast when the weights
+  are bf16 (its ``bf16`` setting), without gradient checkpointing (TRL's default is on; ours
+  never recomputes; ``--trl-gradient-checkpointing`` for TRL's default);
 * the same data: B pairs of random lowercase text under the byte tokenizer (one token per
   character, so both pipelines see identical token ids), prompt and response lengths drawn
   TL;DR-like (prompts 64–256 tokens, responses 8–48 tokens + EOS);
@@ -11,11 +15,18 @@ For each model shape (``tiny``; ``14m`` = Pythia-14m, vocab 50,304), fp32 on CPU
 
 Reported per implementation: median seconds per step after one warm-up step, pairs/s, tokens/s
 (non-padding tokens of the 2B chosen/rejected sequences), the first step's loss, and the share of
-the CPU's measured fp32 matmul rate reached, counting ~6·params·tokens FLOPs for the policy
-(forward + backward) and 2·params·tokens for the reference forward; and the same share counting
-only the FLOPs a step needs (blocks on all tokens, output projection on response tokens only).
+the device's measured matmul rate reached, counting ~6·params·tokens FLOPs for the policy
+(forward + backward) and 2·params·tokens for the reference forward (with ``--peak-tflops``: MFU,
+the same count against the datasheet peak); and the same share counting only the FLOPs a step
+needs (blocks on all tokens, output projection on response tokens only). With TRL: each
+llm.train row's speed-up over it (``speedup_vs_trl``) and first-loss difference.
+
+TRL and datasets are not dependencies of the project (``scripts/trl_wheels.sh`` installs pinned
+versions; ``--no-trl`` runs without them).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/llm_dpo_step.py --shapes tiny,14m
+    python benchmarks/llm_dpo_step.py --device cuda --dtype bf16 --shapes 1b --batch 32 \
+        --peak-tflops 989     # one H200, TRL side by side
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
+import importlib.util
 import json
 import math
 import platform
@@ -164,7 +177,28 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def bench_trl(policy, reference, rows, tokenizer, steps, lr) -> dict[str, float]:
+def bench_trl(
+    policy,
+    reference,
+    rows,
+    tokenizer,
+    steps,
+    lr,
+    *,
+    device: str = "cpu",
+    bf16: bool = False,
+    gradient_checkpointing: bool = False,
+) -> dict[str, float]:
+    """``steps`` optimizer steps of TRL's DPOTrainer on all ``rows``; median seconds per step
+    after the first (on_step_begin to on_step_end, the device synchronised at both), and the
+    first step's loss.
+
+    Args:
+        device: where ``policy`` and ``reference`` are (cpu: ``use_cpu=True``).
+        bf16: TRL's bf16 setting (autocast); True for bf16 weights, False for fp32 ones.
+        gradient_checkpointing: TRL's default is True (recompute in the backward); llm.train
+            never recomputes, so the comparison turns it off.
+    """
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -172,10 +206,13 @@ def bench_trl(policy, reference, rows, tokenizer, steps, lr) -> dict[str, float]
     times: list[float] = []
 
     class Timer(TrainerCallback):
+        # CUDA runs asynchronously: without the syncs a step's kernels spill into the next.
         def on_step_begin(self, args, state, control, **kw):
+            _sync(device)
             self.t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
+            _sync(device)
             times.append(time.perf_counter() - self.t)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,8 +231,9 @@ def bench_trl(policy, reference, rows, tokenizer, steps, lr) -> dict[str, float]
             logging_steps=10**6,
             save_strategy="no",
             report_to=[],
-            use_cpu=True,
-            bf16=False,  # TRL configs default to bf16 autocast; this benchmark is fp32
+            use_cpu=device == "cpu",
+            bf16=bf16,  # TRL configs default to bf16 autocast; fp32 weights run without it
+            gradient_checkpointing=gradient_checkpointing,
             seed=0,
             dataloader_num_workers=0,
             disable_tqdm=True,
@@ -218,7 +256,47 @@ def bench_trl(policy, reference, rows, tokenizer, steps, lr) -> dict[str, float]
             callbacks=[Timer()],
         )
         trainer.train()
+        del trainer
     return {"first_loss": exact[0], "seconds_per_step": statistics.median(times[1:])}
+
+
+def _run_trl(reference, rows, tokenizer, args, dtype) -> dict[str, float]:
+    """TRL's DPOTrainer on the policy and reference of ``base`` (both in ``dtype``, ``--attn``),
+    timed steps, wall time and peak memory as for a lever."""
+    torch.manual_seed(0)
+    policy = perturbed_policy(reference, seed=1, dtype=dtype)
+    ref = copy.deepcopy(reference).to(dtype).requires_grad_(False)
+    for m in (policy, ref):
+        m.config._attn_implementation = args.attn
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(args.device)
+    t0 = time.perf_counter()
+    r = bench_trl(policy, ref, rows, tokenizer, args.steps, lr=1e-6, device=args.device,
+                  bf16=dtype == torch.bfloat16,
+                  gradient_checkpointing=args.trl_gradient_checkpointing)  # fmt: skip
+    r["wall_s"] = time.perf_counter() - t0
+    if cuda:
+        r["peak_memory_gib"] = torch.cuda.max_memory_allocated(args.device) / 2**30
+    del policy, ref
+    gc.collect()  # the trainer's accelerator keeps the models in reference cycles
+    if cuda:
+        torch.cuda.empty_cache()
+    return r
+
+
+TRL_MISSING = (
+    "TRL's DPOTrainer needs trl and datasets, which are not dependencies of the project: "
+    "install them (bash scripts/trl_wheels.sh --here DIR, then PYTHONPATH=DIR/site-packages; "
+    "on the GPU machine, carried wheels: scripts/trl_wheels.sh) or pass --no-trl"
+)
+
+
+def trl_missing() -> list[str]:
+    """The packages TRL's side of the benchmark needs that cannot be imported (not importing
+    them: a cheap check at argument parsing)."""
+    return [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
 
 
 def tokens_of(examples: list[Example]) -> int:
@@ -252,7 +330,8 @@ def _run_variant(name, reference, examples, args, dtype) -> dict[str, float]:
     return r
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: known variants, and trl importable unless ``--no-trl``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="tiny,14m", help="model shapes, comma-separated")
     parser.add_argument("--batch", type=int, default=8, help="pairs per step")
@@ -262,8 +341,16 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs; best is kept")
     parser.add_argument("--no-trl", action="store_true", help="benchmark only llm.train")
+    parser.add_argument(
+        "--trl-gradient-checkpointing",
+        action="store_true",
+        help="TRL with its default gradient checkpointing (recompute in the backward; off by "
+        "default here: llm.train does not recompute)",
+    )
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (TRL runs only on cpu here)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (TRL too: bf16 autocast when --dtype bf16)"
+    )
     parser.add_argument(
         "--dtype", default="fp32", choices=("fp32", "bf16"), help="policy and reference dtype"
     )
@@ -293,14 +380,19 @@ def main() -> None:
         help="the device's peak dense TFLOP/s for model FLOP utilisation (H100/H200 SXM bf16: "
         "989); 0: report fractions of the measured matmul rate only",
     )
-    args = parser.parse_args()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in variants if v not in VARIANTS]
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
-    if args.device != "cpu" and not args.no_trl:
-        parser.error("--device other than cpu needs --no-trl")
+    if not args.no_trl and trl_missing():
+        parser.error(f"cannot import {', '.join(trl_missing())}. {TRL_MISSING}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    variants = [v for v in args.variants.split(",") if v]
     torch.set_num_threads(args.threads)
     tokenizer = byte_tokenizer()
     lo, hi = (int(x) for x in args.prompt_tokens.split(","))
@@ -354,10 +446,7 @@ def main() -> None:
                         variant = name.partition(":")[2] or "base"
                         r = _run_variant(variant, reference, examples, args, dtype)
                     else:
-                        torch.manual_seed(0)
-                        policy = perturbed_policy(reference, seed=1)
-                        ref = copy.deepcopy(reference)
-                        r = bench_trl(policy, ref, rows, tokenizer, args.steps, lr=1e-6)
+                        r = _run_trl(reference, rows, tokenizer, args, dtype)
                 except Exception as err:  # report, keep the other numbers
                     print(f"{shape} {name}: failed: {type(err).__name__}: {err}")
                     continue
@@ -382,12 +471,11 @@ def main() -> None:
             }
             results.append(row)
         by = {r["impl"]: r for r in results if r["shape"] == shape}
-        if "llm.train" in by and "trl.DPOTrainer" in by:
-            ours, trl = by["llm.train"], by["trl.DPOTrainer"]
-            print(
-                f"{shape:>5} speed-up {trl['seconds_per_step'] / ours['seconds_per_step']:.2f}x, "
-                f"first-loss difference {abs(ours['first_loss'] - trl['first_loss']):.2e}"
-            )
+        if "trl.DPOTrainer" in by:  # every llm.train row's speed-up over TRL (> 1: ours faster)
+            trl = by["trl.DPOTrainer"]
+            for row in (r for r in results if r["shape"] == shape and r is not trl):
+                row["speedup_vs_trl"] = trl["seconds_per_step"] / row["seconds_per_step"]
+                row["first_loss_vs_trl"] = row["first_loss"] - trl["first_loss"]
         if "llm.train:fp32" in by:  # every lever's first loss against the fp32 step's
             for row in (r for r in results if r["shape"] == shape):
                 row["first_loss_vs_fp32"] = row["first_loss"] - by["llm.train:fp32"]["first_loss"]
@@ -418,6 +506,18 @@ def main() -> None:
                 if "first_loss_vs_fp32" in row
                 else ""
             )
+        )
+    for row in (r for r in results if r["impl"] == "llm.train" and "speedup_vs_trl" in r):
+        trl = next(
+            t for t in results if t["shape"] == row["shape"] and t["impl"] == "trl.DPOTrainer"
+        )
+        mfu = "mfu" if "mfu" in row else "matmul_fraction"
+        print(
+            f"{row['shape']:>5} llm.train vs TRL: {row['speedup_vs_trl']:.2f}x TRL's throughput "
+            f"({row['seconds_per_step'] * 1e3:.1f} vs {trl['seconds_per_step'] * 1e3:.1f} ms/step, "
+            f"{row['tokens_per_s']:.0f} vs {trl['tokens_per_s']:.0f} tokens/s, "
+            f"{'MFU' if mfu == 'mfu' else 'matmul rate'} {100 * row[mfu]:.1f}% vs "
+            f"{100 * trl[mfu]:.1f}%); first loss - TRL's {row['first_loss_vs_trl']:+.1e}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_rate": rate, "results": results}, indent=2))

@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# GPU speed: the DPO step's levers at 160m and 1b (32 pairs, bf16, one GPU) and a one-GPU FSDP
-# smoke run (torchrun, --fsdp on --mixed-precision: sharded save, resume, full-weight export).
-# Needs no network (random Pythia-shaped models). Budget: within 4 minutes on one H200; every
+# GPU speed: the DPO step's levers at 160m and 1b (32 pairs, bf16, one GPU), TRL's DPOTrainer
+# side by side with ours at 1b and 160m, and a one-GPU FSDP smoke run (torchrun, --fsdp on
+# --mixed-precision: sharded save, resume, full-weight export). Needs no network (random
+# Pythia-shaped models). Budget: within 8 minutes on one H200 (stage timeouts sum to 345 s); every
 # stage has its own timeout, and a failed stage leaves the others' rows in the table.
 #
-#   bash scripts/gpu_speed.sh                 # one GPU
+#   bash scripts/trl_wheels.sh                # once, where pip works: TRL's wheels into .whl/
+#   bash scripts/gpu_speed.sh                 # one GPU (the device call carries .whl)
 #   bash scripts/gpu_speed.sh --cpu-dry-run   # the same code path on the CPU at tiny size
+#   ONLY=bench-trl,fsdp bash scripts/gpu_speed.sh   # only these stages (a rerun within a lease;
+#     the others' files of the last run are kept). Stages: bench-small, bench-large,
+#     bench-compile, bench-trl, bench-trl-small, fsdp.
+#
+# TRL and datasets are not on the GPU machine (nor dependencies of the project): when .whl/ holds
+# wheels and PYTHON is 3.12 (what they are built for), they are installed into a fresh
+# .../site-packages folder that only the TRL stages see (trl-wheels.log). Without them and
+# without an importable trl, the TRL stages are skipped with one line in the log and a row in
+# results.csv (stage "skipped") that says why; a failed install or import of carried wheels is a
+# failure (exit 1) that the other stages survive.
 #
 # PYTHON (default .venv/bin/python) runs everything; results go to $OUT (default
 # results/gpu_speed, or results/gpu_speed-dry): results.csv and results.json (one row per
 # measurement: stage, item, metric, value), bench-*.json/.log, fsdp/ and fsdp.log, timings.txt.
-# TRL's DPOTrainer is not run: it is not installed on the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -26,6 +37,7 @@ if [[ "${1:-}" == "--cpu-dry-run" ]]; then
   V_SMALL=base,eager,autocast,micro8,fp32,compile V_LARGE=""
   BACKEND=eager
   T_SMALL=120 T_LARGE=120 T_COMPILE=120 T_FSDP=120
+  TRL_LARGE=tiny TRL_SMALL="" T_TRL=120 T_TRL_SMALL=0  # TRL runs only where trl is importable
 elif [[ $# -eq 0 ]]; then
   OUT=${OUT:-results/gpu_speed}
   DEVICE=cuda DTYPE=bf16 PEAK=989 NPAIRS=32 STEPS=5 EXTRA=()  # PEAK: H200 SXM dense bf16
@@ -34,6 +46,8 @@ elif [[ $# -eq 0 ]]; then
   V_SMALL=base,eager,autocast,micro8,fp32 V_LARGE=base,autocast,fp32
   BACKEND=inductor
   T_SMALL=45 T_LARGE=55 T_COMPILE=55 T_FSDP=70  # 225 s of stages + ~10 s around them
+  # TRL at 1b: ~0.3-0.6 s/step, its first step compiles Triton kernels; 160m only after it
+  TRL_LARGE=1b TRL_SMALL=160m T_TRL=75 T_TRL_SMALL=45
 else
   echo "usage: $0 [--cpu-dry-run]" >&2
   exit 2
@@ -43,9 +57,13 @@ mkdir -p "$OUT"
 [[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 status=0
 
+selected() { [[ -z ${ONLY:-} || ",$ONLY," == *",$1,"* ]]; }
+
 stage() {  # stage NAME TIMEOUT CMD...: run with a timeout, log, record its wall time
   local name=$1 limit=$2 t0=$SECONDS rc=0
+  selected "$name" || return 0
   shift 2
+  rm -f "$OUT/$name.json"  # a stage that fails leaves no stale rows of an earlier run
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
   tail -n 15 "$OUT/$name.log"
   echo "$name $((SECONDS - t0)) s (rc $rc)" | tee -a "$OUT/timings.txt"
@@ -64,6 +82,70 @@ if [[ -n $LARGE ]]; then
   bench bench-compile "$SMALL,$LARGE" compile "$T_COMPILE"
 fi
 
+# TRL's DPOTrainer side by side with ours (base): the same policy, reference, rows and settings
+# (benchmarks/llm_dpo_step.py), bf16 weights and TRL's bf16 autocast on the GPU.
+TRL_PATH="" TRL_SKIP="" TRL_TMP=""
+trap '[[ -z $TRL_TMP ]] || rm -rf "$TRL_TMP"' EXIT
+trl_setup() {  # sets TRL_PATH (a folder for PYTHONPATH, may be empty) or TRL_SKIP (why not)
+  local log="$OUT/trl-wheels.log" pyver whl="no .whl/: bash scripts/trl_wheels.sh, carry .whl"
+  : > "$log"
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [[ $pyver != 3.12 ]]; then
+      whl=".whl/ is ignored: wheels for Python 3.12 (the GPU image), PYTHON is $pyver"
+      echo "$whl" | tee -a "$log"
+    else
+      # A folder named site-packages: dill pickles any module outside sys.prefix and such a folder
+      # by value, and datasets' fingerprinting then fails on pyarrow (scripts/trl_wheels.sh).
+      TRL_TMP=$(mktemp -d)
+      TRL_PATH="$TRL_TMP/site-packages"
+      if ! timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+          --upgrade --target "$TRL_PATH" .whl/*.whl >> "$log" 2>&1; then
+        TRL_SKIP="skipped: installing .whl/ failed (trl-wheels.log)"
+        return 1
+      fi
+    fi
+  fi
+  if ! PYTHONPATH="$PYTHONPATH${TRL_PATH:+:$TRL_PATH}" timeout 60 "$PY" -c \
+      'import importlib.metadata as m, datasets, trl
+for p in ("trl", "datasets", "dill", "multiprocess", "pyarrow", "fsspec", "accelerate"):
+    try:
+        print(p, m.version(p))
+    except m.PackageNotFoundError:
+        print(p, "absent")' \
+      >> "$log" 2>&1; then
+    if [[ -z $TRL_PATH ]]; then
+      TRL_SKIP="skipped: trl not importable ($whl)"
+      return 0
+    fi
+    local pa
+    pa=$("$PY" -c 'import pyarrow; print(pyarrow.__version__)' 2>/dev/null || echo none)
+    TRL_SKIP="skipped: trl not importable after installing .whl/ (pyarrow $pa here; if below"
+    TRL_SKIP+=" 21: bash scripts/trl_wheels.sh --pyarrow; the error: trl-wheels.log)"
+    return 1
+  fi
+}
+
+trl_bench() {  # trl_bench NAME SHAPE TIMEOUT
+  selected "$1" || return 0
+  if [[ -n $TRL_SKIP ]]; then
+    printf '%s\t%s\n' "$1" "$TRL_SKIP" >> "$OUT/skipped.txt"
+    echo "$1: $TRL_SKIP" | tee -a "$OUT/trl-wheels.log"
+    return 0
+  fi
+  stage "$1" "$3" env PYTHONPATH="$PYTHONPATH${TRL_PATH:+:$TRL_PATH}" "$PY" \
+    benchmarks/llm_dpo_step.py --shapes "$2" --variants base --device "$DEVICE" --dtype "$DTYPE" \
+    --batch "$NPAIRS" --steps "$STEPS" --peak-tflops "$PEAK" "${EXTRA[@]}" --json "$OUT/$1.json"
+}
+: > "$OUT/skipped.txt"
+if selected bench-trl || selected bench-trl-small; then
+  trl_setup || status=1
+fi
+trl_bench bench-trl "$TRL_LARGE" "$T_TRL"
+if [[ -n $TRL_SMALL ]]; then
+  trl_bench bench-trl-small "$TRL_SMALL" "$T_TRL_SMALL"
+fi
+
 # FSDP smoke run on one process: 4 steps with sharded checkpoints at steps 2 and 4, then the
 # run is rolled back to step 2 and resumed; the resumed steps 3-4 must match the first run's.
 FSDP=(experiments/llm_train.py --fsdp on --mixed-precision --model "$FSDP_MODEL" --source tree
@@ -77,7 +159,9 @@ fsdp_smoke() {
   echo '{"checkpoint": "step-0000002", "step": 2}' > "$OUT/fsdp/smoke/latest.json"
   $LAUNCH "${FSDP[@]}" --resume
 }
-rm -rf "$OUT/fsdp"
+if selected fsdp; then
+  rm -rf "$OUT/fsdp"
+fi
 stage fsdp "$T_FSDP" bash -c "$(declare -p PY OUT FSDP LAUNCH); $(declare -f fsdp_smoke); fsdp_smoke"
 
 "$PY" - "$OUT" <<'PYEOF'
@@ -89,16 +173,22 @@ import pandas as pd
 
 out = Path(sys.argv[1])
 rows = []
-for name in ("bench-small", "bench-large", "bench-compile"):
+stages = {"bench-small": "benchmark", "bench-large": "benchmark", "bench-compile": "benchmark",
+          "bench-trl": "trl", "bench-trl-small": "trl"}
+for name, kind in stages.items():
     path = out / f"{name}.json"
     if not path.is_file():
         continue
     for r in json.loads(path.read_text())["results"]:
         item = f"{r['shape']} {r['impl']} {r['pairs']} pairs {r['dtype']}"
         for m in ("seconds_per_step", "tokens_per_s", "mfu", "mfu_needed", "peak_memory_gib",
-                  "first_loss", "first_loss_vs_fp32"):
+                  "first_loss", "first_loss_vs_fp32", "speedup_vs_trl", "first_loss_vs_trl"):
             if m in r:
-                rows.append(("benchmark", item, m, r[m]))
+                rows.append((kind, item, m, r[m]))
+skipped = out / "skipped.txt"
+for line in skipped.read_text().splitlines() if skipped.is_file() else []:
+    name, why = line.split("\t", 1)
+    rows.append(("skipped", name, why, float("nan")))  # the reason, never a silent pass
 smoke = out / "fsdp" / "smoke"
 if (smoke / "log.csv").is_file() and (out / "fsdp" / "first-log.csv").is_file():
     first = pd.read_csv(out / "fsdp" / "first-log.csv").set_index("step")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
@@ -14,6 +15,16 @@ from llm.logprobs import concatenated_logps
 from llm.losses import DAALoss
 from llm.model import build_model, compile_blocks
 from tests.llm.helpers_llm import ROOT, perturbed, subprocess_env
+from tests.scripts import load_script
+
+
+@functools.cache
+def has_trl() -> bool:
+    """Whether gpu_speed.sh's Python, in the environment the tests give it, imports trl and
+    datasets: that decides which way its TRL stage goes."""
+    check = "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))"
+    argv = [sys.executable, "-c", check, "trl", "datasets"]
+    return subprocess.run(argv, env=subprocess_env()).returncode == 0
 
 
 def _logps(model, batch):
@@ -75,7 +86,8 @@ def test_smoke_gpu_speed_cpu_dry_run_writes_the_results_table(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = pd.read_csv(tmp_path / "results.csv")
-    assert set(table["stage"]) == {"benchmark", "fsdp", "timing"}
+    assert set(table["stage"]) == {"benchmark", "fsdp", "timing", "trl" if has_trl() else "skipped"}
+    _check_trl_rows(table)
     bench = table[table["stage"] == "benchmark"]
     levers = {item.split()[1] for item in bench["item"]}
     want = ("eager", "autocast", "micro8", "fp32", "compile")
@@ -90,3 +102,53 @@ def test_smoke_gpu_speed_cpu_dry_run_writes_the_results_table(tmp_path):
     assert fsdp[("resume from step 2", "max |resumed - first run| (steps 3-4)")] == 0
     assert fsdp[("sharded checkpoint", "dcp files")] >= 1
     assert fsdp[("export", "from_pretrained parameters")] > 0
+
+
+def _check_trl_rows(table: pd.DataFrame) -> None:
+    """The TRL stage either ran (TRL's row and our speed-up over it) or left a row that says
+    why not: it never passes silently."""
+    skipped = table[table["stage"] == "skipped"]
+    if has_trl():
+        trl = table[table["stage"] == "trl"].set_index(["item", "metric"])["value"]
+        assert trl[("tiny trl.DPOTrainer 8 pairs fp32", "seconds_per_step")] > 0
+        assert trl[("tiny llm.train 8 pairs fp32", "speedup_vs_trl")] > 0
+        assert abs(trl[("tiny llm.train 8 pairs fp32", "first_loss_vs_trl")]) < 1e-5
+        assert skipped.empty
+    else:
+        assert list(skipped["item"]) == ["bench-trl"]
+        assert skipped["metric"].iloc[0].startswith("skipped: trl not importable (")
+        assert not (table["stage"] == "trl").any()
+
+
+def test_gpu_speed_trl_stage_without_trl_leaves_a_skipped_row(tmp_path):
+    if has_trl():
+        pytest.skip("trl is importable here: the dry run above runs TRL's stage")
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_speed.sh"), "--cpu-dry-run"],
+        env={**subprocess_env(), "OUT": str(tmp_path), "PYTHON": sys.executable,
+             "ONLY": "bench-trl"},
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "bench-trl: skipped: trl not importable" in res.stdout  # one line in the log
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert set(table["stage"]) == {"skipped"}  # ONLY: no other stage ran
+    _check_trl_rows(table)
+
+
+def test_benchmark_runs_trl_on_cuda_and_asks_for_trl_or_no_trl(monkeypatch, capsys):
+    bench = load_script("benchmarks/llm_dpo_step.py")
+    monkeypatch.setattr(bench, "trl_missing", lambda: [])
+    args = bench.parse_args(["--device", "cuda", "--dtype", "bf16"])  # no --no-trl needed now
+    assert (args.device, args.no_trl, args.trl_gradient_checkpointing) == ("cuda", False, False)
+    monkeypatch.setattr(bench, "trl_missing", lambda: ["trl", "datasets"])
+    with pytest.raises(SystemExit) as stop:
+        bench.parse_args(["--device", "cuda"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot import trl, datasets" in err
+    assert "scripts/trl_wheels.sh" in err and "--no-trl" in err
+    assert bench.parse_args(["--device", "cuda", "--no-trl"]).no_trl  # ours alone needs no TRL
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--no-trl", "--variants", "base,fast"])
+    assert "unknown ['fast']" in capsys.readouterr().err
