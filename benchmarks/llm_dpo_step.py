@@ -49,7 +49,7 @@ import torch
 from llm.data import Example, TruncationConfig, byte_tokenizer, tokenize_rows
 from llm.losses import DAALoss
 from llm.model import build_model, compile_blocks, n_params
-from llm.train import TrainConfig, read_log, train
+from llm.train import TrainConfig, data_stream, read_log, train
 
 
 def make_rows(n: int, seed: int, prompt: tuple[int, int] = (64, 256)) -> list[dict[str, str]]:
@@ -303,6 +303,27 @@ def tokens_of(examples: list[Example]) -> int:
     return sum(e.n_tokens for e in examples)
 
 
+def forward_tokens(examples: list[Example], variant: str, args: argparse.Namespace) -> float:
+    """Tokens the blocks of one timed ``llm.train`` step run through, per policy forward (the
+    reference's is the same): the padded rows of each micro-batch, in the order the timed steps
+    draw them (mean over the steps), or the packed tokens (rows: the real ones; pairs: minus one
+    prompt per pair)."""
+    v = VARIANTS[variant]
+    packing = str(v.get("packing", "off"))
+    if packing == "rows":
+        return float(tokens_of(examples))
+    if packing == "pairs":
+        return float(tokens_of(examples) - sum(len(e.prompt) for e in examples))
+    micro = int(v.get("micro_batch", args.micro_batch)) or len(examples)
+    stream = data_stream(len(examples), args.steps, len(examples), seed=0)[1:]  # the timed steps
+    per_step = []
+    for order in stream.tolist():
+        parts = [[examples[i] for i in order[j : j + micro]] for j in range(0, len(order), micro)]
+        per_step.append(sum(2 * len(part) * max(len(e.prompt) + max(len(e.chosen), len(e.rejected))
+                                                 for e in part) for part in parts))  # fmt: skip
+    return statistics.mean(per_step)
+
+
 def _run_variant(name, reference, examples, args, dtype) -> dict[str, float]:
     """One lever setting: a fresh policy and reference from ``reference``, timed steps."""
     v = VARIANTS[name]
@@ -456,6 +477,11 @@ def main() -> None:
         for name, r in best.items():
             t = r["seconds_per_step"]
             flops = 8 * N * n_tok  # 6·N·tokens (policy fwd+bwd) + 2·N·tokens (reference fwd)
+            run = {}  # what the blocks ran (padding, or one prompt per pair, counted as is)
+            if name.startswith("llm.train"):
+                tokens_run = forward_tokens(examples, name.partition(":")[2] or "base", args)
+                flops_run = 8 * (N - 2 * head) * tokens_run + 8 * head * n_resp
+                run = {"tokens_run": tokens_run, "flops_run": flops_run}
             row = {
                 "shape": shape,
                 "params": N,
@@ -467,6 +493,7 @@ def main() -> None:
                 "first_loss": r["first_loss"],
                 "flops_counted": flops,
                 "flops_needed": needed,
+                **run,
                 **{k: r[k] for k in ("peak_memory_gib", "wall_s") if k in r},
             }
             results.append(row)
@@ -490,6 +517,10 @@ def main() -> None:
             row["mfu_needed"] = (
                 row["flops_needed"] / row["seconds_per_step"] / (args.peak_tflops * 1e12)
             )
+            if "flops_run" in row:  # the device's use on the work it was given
+                row["mfu_run"] = (
+                    row["flops_run"] / row["seconds_per_step"] / (args.peak_tflops * 1e12)
+                )
         print(
             f"{row['shape']:>5} {row['impl']:<15} {row['seconds_per_step'] * 1e3:8.1f} ms/step "
             f"{row['pairs_per_s']:8.2f} pairs/s {row['tokens_per_s']:9.0f} tokens/s  "
@@ -500,6 +531,7 @@ def main() -> None:
                 if "mfu" in row
                 else ""
             )
+            + (f" ({100 * row['mfu_run']:.1f}% on the tokens run)" if "mfu_run" in row else "")
             + (f"; peak {row['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in row else "")
             + (
                 f"; first loss - fp32 {row['first_loss_vs_fp32']:+.1e}"
@@ -507,13 +539,13 @@ def main() -> None:
                 else ""
             )
         )
-    for row in (r for r in results if r["impl"] == "llm.train" and "speedup_vs_trl" in r):
+    for row in (r for r in results if r["impl"].startswith("llm.train") and "speedup_vs_trl" in r):
         trl = next(
             t for t in results if t["shape"] == row["shape"] and t["impl"] == "trl.DPOTrainer"
         )
         mfu = "mfu" if "mfu" in row else "matmul_fraction"
         print(
-            f"{row['shape']:>5} llm.train vs TRL: {row['speedup_vs_trl']:.2f}x TRL's throughput "
+            f"{row['shape']:>5} {row['impl']} vs TRL: {row['speedup_vs_trl']:.2f}x its throughput "
             f"({row['seconds_per_step'] * 1e3:.1f} vs {trl['seconds_per_step'] * 1e3:.1f} ms/step, "
             f"{row['tokens_per_s']:.0f} vs {trl['tokens_per_s']:.0f} tokens/s, "
             f"{'MFU' if mfu == 'mfu' else 'matmul rate'} {100 * row[mfu]:.1f}% vs "

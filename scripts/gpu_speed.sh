@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# GPU speed: the DPO step's levers at 160m and 1b (32 pairs, bf16, one GPU), TRL's DPOTrainer
-# side by side with ours at 1b and 160m, and a one-GPU FSDP smoke run (torchrun, --fsdp on
-# --mixed-precision: sharded save, resume, full-weight export). Needs no network (random
-# Pythia-shaped models). Budget: within 8 minutes on one H200 (stage timeouts sum to 345 s); every
-# stage has its own timeout, and a failed stage leaves the others' rows in the table.
+# GPU speed: the DPO step's levers at 160m and 1b (32 pairs, bf16, one GPU; packed rows and pairs
+# among them), the packed attention's CUDA tests (torch's varlen flash kernel against each
+# sequence alone), TRL's DPOTrainer side by side with ours (padded and packed by pairs) at 1b
+# and 160m, and a one-GPU FSDP smoke run (torchrun, --fsdp on --mixed-precision --packing pairs:
+# sharded save, resume, full-weight export). Needs no network (random Pythia-shaped models).
+# Budget: within 8 minutes on one H200 (stage timeouts sum to 410 s); every stage has its own
+# timeout, and a failed stage leaves the others' rows in the table.
 #
 #   bash scripts/trl_wheels.sh                # once, where pip works: TRL's wheels into .whl/
 #   bash scripts/gpu_speed.sh                 # one GPU (the device call carries .whl)
 #   bash scripts/gpu_speed.sh --cpu-dry-run   # the same code path on the CPU at tiny size
 #   ONLY=bench-trl,fsdp bash scripts/gpu_speed.sh   # only these stages (a rerun within a lease;
-#     the others' files of the last run are kept). Stages: bench-small, bench-large,
-#     bench-compile, bench-trl, bench-trl-small, fsdp.
+#     the others' files of the last run are kept). Stages: packing-cuda, bench-small,
+#     bench-large, bench-compile, bench-trl, bench-trl-small, fsdp.
 #
 # TRL and datasets are not on the GPU machine (nor dependencies of the project): when .whl/ holds
 # wheels and PYTHON is 3.12 (what they are built for), they are installed into a fresh
@@ -34,20 +36,20 @@ if [[ "${1:-}" == "--cpu-dry-run" ]]; then
   DEVICE=cpu DTYPE=fp32 PEAK=1 NPAIRS=8 STEPS=2 EXTRA=(--prompt-tokens 8,32 --matmul-n 128)
   SMALL=tiny LARGE="" FSDP_MODEL=tiny
   LAUNCH="$PY"  # --fsdp on without torchrun: a process group of one (saves the launcher)
-  V_SMALL=base,eager,autocast,micro8,fp32,compile V_LARGE=""
+  V_SMALL=base,eager,autocast,micro8,fp32,packed,pairs,compile V_LARGE=""
   BACKEND=eager
-  T_SMALL=120 T_LARGE=120 T_COMPILE=120 T_FSDP=120
+  T_PACKING=120 T_SMALL=120 T_LARGE=120 T_COMPILE=120 T_FSDP=120
   TRL_LARGE=tiny TRL_SMALL="" T_TRL=120 T_TRL_SMALL=0  # TRL runs only where trl is importable
 elif [[ $# -eq 0 ]]; then
   OUT=${OUT:-results/gpu_speed}
   DEVICE=cuda DTYPE=bf16 PEAK=989 NPAIRS=32 STEPS=5 EXTRA=()  # PEAK: H200 SXM dense bf16
   SMALL=160m LARGE=1b FSDP_MODEL=160m
   LAUNCH="$PY -m torch.distributed.run --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 29531"
-  V_SMALL=base,eager,autocast,micro8,fp32 V_LARGE=base,autocast,fp32
+  V_SMALL=base,eager,autocast,micro8,fp32,packed,pairs V_LARGE=base,autocast,fp32,packed,pairs
   BACKEND=inductor
-  T_SMALL=45 T_LARGE=55 T_COMPILE=55 T_FSDP=70  # 225 s of stages + ~10 s around them
+  T_PACKING=40 T_SMALL=55 T_LARGE=70 T_COMPILE=55 T_FSDP=60  # 280 s of stages
   # TRL at 1b: ~0.3-0.6 s/step, its first step compiles Triton kernels; 160m only after it
-  TRL_LARGE=1b TRL_SMALL=160m T_TRL=75 T_TRL_SMALL=45
+  TRL_LARGE=1b TRL_SMALL=160m T_TRL=85 T_TRL_SMALL=45  # ours padded and packed, then TRL
 else
   echo "usage: $0 [--cpu-dry-run]" >&2
   exit 2
@@ -75,6 +77,10 @@ bench() {  # bench NAME SHAPES VARIANTS TIMEOUT
     --device "$DEVICE" --dtype "$DTYPE" --batch "$NPAIRS" --steps "$STEPS" --peak-tflops "$PEAK" \
     --compile-backend "$BACKEND" "${EXTRA[@]}" --json "$OUT/$1.json"
 }
+# The packed attention's CUDA tests first: the packed levers below are only as good as they are
+# (on a CPU they are skipped, and the row says so).
+stage packing-cuda "$T_PACKING" "$PY" -m pytest -q -rs -p no:cacheprovider \
+  tests/llm/test_llm_packing.py -k cuda
 bench bench-small "$SMALL" "$V_SMALL" "$T_SMALL"
 if [[ -n $LARGE ]]; then
   bench bench-large "$LARGE" "$V_LARGE" "$T_LARGE"
@@ -134,7 +140,8 @@ trl_bench() {  # trl_bench NAME SHAPE TIMEOUT
     return 0
   fi
   stage "$1" "$3" env PYTHONPATH="$PYTHONPATH${TRL_PATH:+:$TRL_PATH}" "$PY" \
-    benchmarks/llm_dpo_step.py --shapes "$2" --variants base --device "$DEVICE" --dtype "$DTYPE" \
+    benchmarks/llm_dpo_step.py --shapes "$2" --variants base,pairs --device "$DEVICE" \
+    --dtype "$DTYPE" \
     --batch "$NPAIRS" --steps "$STEPS" --peak-tflops "$PEAK" "${EXTRA[@]}" --json "$OUT/$1.json"
 }
 : > "$OUT/skipped.txt"
@@ -151,7 +158,7 @@ fi
 FSDP=(experiments/llm_train.py --fsdp on --mixed-precision --model "$FSDP_MODEL" --source tree
       --tree-pairs 0\>1,5\>7,3\>20,11\>2 --batch-size 4 --micro-batch-size 2 --lr 1e-4
       --warmup-steps 0 --epochs 4 --checkpoint-every 8 --device "$DEVICE" --out "$OUT/fsdp"
-      --run-name smoke --no-progress)
+      --packing pairs --run-name smoke --no-progress)
 fsdp_smoke() {
   $LAUNCH "${FSDP[@]}"
   cp "$OUT/fsdp/smoke/log.csv" "$OUT/fsdp/first-log.csv"
@@ -181,10 +188,18 @@ for name, kind in stages.items():
         continue
     for r in json.loads(path.read_text())["results"]:
         item = f"{r['shape']} {r['impl']} {r['pairs']} pairs {r['dtype']}"
-        for m in ("seconds_per_step", "tokens_per_s", "mfu", "mfu_needed", "peak_memory_gib",
-                  "first_loss", "first_loss_vs_fp32", "speedup_vs_trl", "first_loss_vs_trl"):
+        for m in ("seconds_per_step", "tokens_per_s", "mfu", "mfu_needed", "mfu_run", "tokens_run",
+                  "peak_memory_gib", "first_loss", "first_loss_vs_fp32", "speedup_vs_trl",
+                  "first_loss_vs_trl"):
             if m in r:
                 rows.append((kind, item, m, r[m]))
+packing = out / "packing-cuda.log"
+if packing.is_file():  # pytest's summary line: the CUDA tests passed, failed, or were skipped
+    import re
+
+    summary = packing.read_text().strip().splitlines()[-1]
+    for n, outcome in re.findall(r"(\d+) (passed|failed|skipped|error)", summary):
+        rows.append(("packing", "cuda attention tests", outcome, float(n)))
 skipped = out / "skipped.txt"
 for line in skipped.read_text().splitlines() if skipped.is_file() else []:
     name, why = line.split("\t", 1)

@@ -86,15 +86,22 @@ def test_smoke_gpu_speed_cpu_dry_run_writes_the_results_table(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = pd.read_csv(tmp_path / "results.csv")
-    assert set(table["stage"]) == {"benchmark", "fsdp", "timing", "trl" if has_trl() else "skipped"}
+    assert set(table["stage"]) == {"benchmark", "fsdp", "timing", "packing",
+                                   "trl" if has_trl() else "skipped"}  # fmt: skip
+    packing = table[table["stage"] == "packing"].set_index("metric")["value"]
+    assert packing.to_dict() == {"skipped": 12.0}  # the CUDA tests, said so (no CUDA here)
     _check_trl_rows(table)
     bench = table[table["stage"] == "benchmark"]
     levers = {item.split()[1] for item in bench["item"]}
-    want = ("eager", "autocast", "micro8", "fp32", "compile")
+    want = ("eager", "autocast", "micro8", "fp32", "packed", "pairs", "compile")
     assert levers == {"llm.train", *(f"llm.train:{v}" for v in want)}
     assert "tiny llm.train 8 pairs fp32" in set(bench["item"])  # the base row
     mfu = bench[bench["metric"] == "mfu"]["value"]
-    assert len(mfu) == 6 and (mfu > 0).all()
+    assert len(mfu) == 8 and (mfu > 0).all()
+    run = bench[bench["metric"] == "tokens_run"].set_index("item")["value"]
+    base, rows, pairs = (run[f"tiny llm.train{v} 8 pairs fp32"] for v in ("", ":packed", ":pairs"))
+    assert base > rows > pairs > 0  # padding, then the repeated prompts, left out
+    assert abs(vs_fp32_of(bench, "tiny llm.train:pairs 8 pairs fp32")) < 1e-5
     vs_fp32 = bench[bench["metric"] == "first_loss_vs_fp32"].set_index("item")["value"]
     assert abs(vs_fp32["tiny llm.train 8 pairs fp32"]) == 0  # base is fp32 in the dry run
     assert abs(vs_fp32["tiny llm.train:autocast 8 pairs fp32"]) < 1e-2
@@ -102,6 +109,10 @@ def test_smoke_gpu_speed_cpu_dry_run_writes_the_results_table(tmp_path):
     assert fsdp[("resume from step 2", "max |resumed - first run| (steps 3-4)")] == 0
     assert fsdp[("sharded checkpoint", "dcp files")] >= 1
     assert fsdp[("export", "from_pretrained parameters")] > 0
+
+
+def vs_fp32_of(bench: pd.DataFrame, item: str) -> float:
+    return bench[bench["metric"] == "first_loss_vs_fp32"].set_index("item")["value"][item]
 
 
 def _check_trl_rows(table: pd.DataFrame) -> None:
