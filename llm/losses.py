@@ -67,9 +67,7 @@ class SFTLoss:
     def __call__(
         self, policy: nn.Module, batch: Batch, index: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        logp, n = response_logps(
-            policy, batch.input_ids, batch.attention_mask, batch.response_mask, packing=self.packing
-        )
+        logp, n = response_logps(policy, *batch.tensors(), packing=self.packing)
         metrics = {"logps_chosen": logp.detach().sum(), "tokens_chosen": n.sum().float()}
         return -logp.sum(), metrics
 
@@ -142,9 +140,7 @@ class DAALoss:
     def __call__(
         self, policy: nn.Module, batch: Batch, index: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        pol = concatenated_logps(
-            policy, batch.input_ids, batch.attention_mask, batch.response_mask, packing=self.packing
-        )
+        pol = concatenated_logps(policy, *batch.tensors(), packing=self.packing)
         ref = self.reference_logps(batch, index, pol)
         margins = pol.margins(ref)
         # The registry takes summed log-probs; "mean" entries divide by the lengths themselves.
