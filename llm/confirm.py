@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
 from llm.data import Example
 from llm.eval_run import RunEvaluation, evaluate_run
@@ -35,6 +38,62 @@ DONE = "done"
 def _write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=2) + "\n"
     atomic_write(path, lambda p: p.write_text(text))
+
+
+def _train_config(
+    *, lr: float, batch: int, epochs: float, seed: int, checkpoint_every: int = 0
+) -> TrainConfig:
+    """The bridge's optimisation settings: no warmup, no gradient accumulation (a micro-batch
+    is the whole ``batch``); ``checkpoint_every`` in examples (0: no intermediate checkpoint)."""
+    return TrainConfig(
+        lr=lr,
+        warmup_steps=0,
+        batch_size=batch,
+        micro_batch_size=batch,
+        epochs=epochs,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+
+
+# ------------------------------------------------------------------------------------ SFT
+def _sft_examples(
+    problem: Problem, language: TreeLanguage, *, samples: int, seed: int, run: int
+) -> list[Example]:
+    """``samples`` responses drawn (with replacement, generator seeded with ``seed``) from run
+    ``run``'s π_ref (``problem.ref_logp[run]``, shape (L,)), each an SFT example of its
+    prompt; SFT reads only ``chosen``, so ``rejected`` repeats it."""
+    tree = problem.tree
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.exp(problem.ref_logp[run])
+    leaves = torch.multinomial(probs, samples, replacement=True, generator=gen).tolist()
+    examples = []
+    for i, y in enumerate(leaves):
+        prompt, tokens = language.prompt(int(tree.leaf_prompt[y])), language.response(y)
+        examples.append(Example(prompt, tokens, tokens, i + 1))
+    return examples
+
+
+def _sft_start(model: str, *, seed: int, vocab_size: int, device: str) -> nn.Module:
+    """The model SFT starts from: a Pythia shape built with ``seed``, or a hub name / folder
+    (ValueError when its vocabulary cannot hold the tree language's ``vocab_size`` tokens)."""
+    if model in PYTHIA_SHAPES:
+        # built directly on the device: initialising a 1b model on a GPU takes a fraction of the
+        # seconds it takes on a CPU (the weights then come from that device's generator)
+        return build_model(model, seed=seed, vocab_size=vocab_size, device=device)
+    policy = load_model(model)
+    if policy.config.vocab_size < vocab_size:
+        raise ValueError(f"--model {model} has fewer tokens than the tree language")
+    return policy
+
+
+def _save_weights_only(policy: nn.Module, tok: Any, folder: Path) -> Path:
+    """Write ``policy`` and ``tok`` as a loadable model folder, then its ``DONE`` marker."""
+    with progress_bars_off():
+        policy.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / DONE).write_text("")
+    return folder
 
 
 def sft_llm(
@@ -61,34 +120,11 @@ def sft_llm(
     fp32); a finished ``out/model`` is reused, a killed run starts over."""
     if not keep_state and (Path(out) / SFT_MODEL / DONE).is_file():
         return Path(out) / SFT_MODEL
-    tree = problem.tree
-    language = TreeLanguage(tree)
+    language = TreeLanguage(problem.tree)
     tok = language.tokenizer()
-    gen = torch.Generator().manual_seed(seed)
-    probs = torch.exp(problem.ref_logp[run])
-    leaves = torch.multinomial(probs, samples, replacement=True, generator=gen).tolist()
-    examples = []
-    for i, y in enumerate(leaves):
-        prompt, tokens = language.prompt(int(tree.leaf_prompt[y])), language.response(y)
-        examples.append(Example(prompt, tokens, tokens, i + 1))  # SFT reads only ``chosen``
-    if model in PYTHIA_SHAPES:
-        # built directly on the device: initialising a 1b model on a GPU takes a fraction of the
-        # seconds it takes on a CPU (the weights then come from that device's generator)
-        policy = build_model(model, seed=seed, vocab_size=len(tok), device=device)
-    else:
-        policy = load_model(model)
-        if policy.config.vocab_size < len(tok):
-            raise ValueError(f"--model {model} has fewer tokens than the tree language")
+    examples = _sft_examples(problem, language, samples=samples, seed=seed, run=run)
+    policy = _sft_start(model, seed=seed, vocab_size=len(tok), device=device)
     batch = min(batch_size, len(examples))
-    tcfg = TrainConfig(
-        lr=lr,
-        warmup_steps=0,
-        batch_size=batch,
-        micro_batch_size=batch,
-        epochs=epochs,
-        checkpoint_every=0,
-        seed=seed,
-    )
     _write_json(
         out / "config.json",
         {"stage": "sft", "model": model, "seed": seed, "source": "tree",
@@ -97,18 +133,122 @@ def sft_llm(
     _write_json(out / "data.json", {"pairs": len(examples), "skipped": 0})
     policy.to(device)
     final = train(
-        policy, examples, sft_loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
-        resume=True, progress=progress, save=keep_state,
+        policy, examples, sft_loss, _train_config(lr=lr, batch=batch, epochs=epochs, seed=seed),
+        out, pad_id=tok.pad_token_id, tokenizer=tok, resume=True, progress=progress,
+        save=keep_state,
     )  # fmt: skip
     if keep_state:
         assert final is not None
         return final
-    folder = Path(out) / SFT_MODEL
-    with progress_bars_off():
-        policy.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    (folder / DONE).write_text("")
-    return folder
+    return _save_weights_only(policy, tok, Path(out) / SFT_MODEL)
+
+
+# ------------------------------------------------------------------------------------ DAA
+@dataclass(frozen=True)
+class _Evaluation:
+    """How every checkpoint of a DAA run is evaluated: on what (``task``), how (``settings``),
+    judged by whom (``judge``), on which ``device``."""
+
+    task: EvalTask
+    settings: EvalSettings
+    judge: GoldJudge
+    device: str
+
+    def read_back(self, out: Path) -> pd.DataFrame:
+        """The eval table a finished run folder ``out`` holds."""
+        return RunEvaluation(out, self.task, self.settings, self.judge, device=self.device).table()
+
+    def start_fresh(self, out: Path, reference: nn.Module) -> RunEvaluation:
+        """A new evaluation of run folder ``out`` (earlier rows dropped) against ``reference``."""
+        return RunEvaluation(
+            out, self.task, self.settings, self.judge, device=self.device, force=True,
+            reference=reference,
+        )  # fmt: skip
+
+    def of_checkpoints(self, out: Path, *, reference: nn.Module, progress: bool) -> pd.DataFrame:
+        """Every checkpoint ``out`` holds, from disk (``evaluate_run``); the eval table."""
+        return evaluate_run(
+            out, self.task, self.settings, self.judge, device=self.device, progress=progress,
+            reference=reference,
+        )  # fmt: skip
+
+
+def _daa_evaluation(
+    task: TreeTask,
+    language: TreeLanguage,
+    tok: Any,
+    pairs: list[Example],
+    *,
+    objective: str,
+    beta: float,
+    hyper: dict,
+    samples: int,
+    seed: int,
+    device: str,
+) -> _Evaluation:
+    """Gold-judged evaluation on ``pairs`` (accuracy, held-out loss of ``objective`` at
+    ``beta``) and ``samples`` prompts cycling through the tree's roots (sampled with ``seed``,
+    each as long as the tree is deep), with exact metrics on ``task``'s tree."""
+    eval_task = EvalTask(
+        prompts=language.prompts(samples),
+        pairs=pairs,
+        tokenizer=tok,
+        eos_id=None,
+        pad_id=tok.pad_token_id,
+        objective=objective,
+        beta=beta,
+        hyper=hyper,
+        tree=task,
+    )
+    settings = EvalSettings(samples=samples, max_new_tokens=task.tree.max_depth, seed=seed)
+    return _Evaluation(eval_task, settings, GoldJudge(task.tree, task.rewards), device)
+
+
+def _labelled(frame: pd.DataFrame, *, objective: str, beta: float, steps: int) -> pd.DataFrame:
+    """The eval table with ``objective``, ``beta``, ``side`` ("llm"), ``step`` (its
+    ``checkpoint``) and ``fraction`` (of all ``steps`` training steps) added."""
+    return frame.assign(
+        objective=objective, beta=beta, side="llm", step=frame["checkpoint"],
+        fraction=frame["checkpoint"] / steps,
+    )  # fmt: skip
+
+
+def _write_daa_run(out: Path, task: TreeTask, run_config: dict, *, pairs: int) -> None:
+    """The run folder's ``config.json``, ``data.json`` (``pairs`` pairs, none skipped) and the
+    tree problem (``TreeTask.write``)."""
+    _write_json(out / "config.json", run_config)
+    _write_json(out / "data.json", {"pairs": pairs, "skipped": 0})
+    task.write(out)
+
+
+def _frozen_reference(sft: Path, dtype: str, device: str) -> nn.Module:
+    """The SFT model in ``dtype`` (``llm.model.DTYPES``) on ``device``, frozen, in eval mode."""
+    return load_model(sft, dtype=parse_dtype(dtype)).to(device).requires_grad_(False).eval()
+
+
+def _train_evaluating_in_memory(
+    policy: nn.Module,
+    examples: list[Example],
+    loss: DAALoss,
+    tcfg: TrainConfig,
+    out: Path,
+    *,
+    tok: Any,
+    evaluation: _Evaluation,
+    reference: nn.Module,
+    progress: bool,
+) -> pd.DataFrame:
+    """Train without writing weights, evaluating the policy in memory at each checkpoint step;
+    the reference's row and samples come first (the very ones ``evaluate_run`` draws). Marks
+    ``out`` ``DONE``; returns the eval table."""
+    run = evaluation.start_fresh(out, reference)
+    run.add(0, reference, path="reference", digest="reference")
+    train(
+        policy, examples, loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
+        progress=progress, save=False, on_checkpoint=lambda step, m: run.add(step, m),
+    )  # fmt: skip
+    (out / DONE).write_text("")
+    return run.table()
 
 
 def daa_llm(
@@ -163,31 +303,14 @@ def daa_llm(
     P = len(examples)
     batch = min(batch_size, P)
     steps = math.ceil(epochs * P / batch)
-    every = max(1, steps // checkpoints)
     hyper = dict(hyper or {})
-    eval_pairs = examples if held_out is None else language.examples(*held_out)[0]
-    eval_task = EvalTask(
-        prompts=language.prompts(eval_samples),
-        pairs=eval_pairs,
-        tokenizer=tok,
-        eos_id=None,
-        pad_id=tok.pad_token_id,
-        objective=objective,
-        beta=beta,
-        hyper=hyper,
-        tree=task,
-    )
-    settings = EvalSettings(samples=eval_samples, max_new_tokens=tree.max_depth, seed=seed)
-    judge = GoldJudge(tree, task.rewards)
-
-    def finish(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.assign(
-            objective=objective, beta=beta, side="llm", step=frame["checkpoint"],
-            fraction=frame["checkpoint"] / steps,
-        )  # fmt: skip
-
+    evaluation = _daa_evaluation(
+        task, language, tok, examples if held_out is None else language.examples(*held_out)[0],
+        objective=objective, beta=beta, hyper=hyper, samples=eval_samples, seed=seed,
+        device=device,
+    )  # fmt: skip
     if not keep_weights and (out / DONE).is_file():
-        return finish(RunEvaluation(out, eval_task, settings, judge, device=device).table())
+        return _labelled(evaluation.read_back(out), objective=objective, beta=beta, steps=steps)
     policy = load_model(sft).to(device)
     run_config = {
         "stage": "daa", "objective": objective, "beta": beta, "model": str(sft),
@@ -196,41 +319,23 @@ def daa_llm(
         "tree_depth": tree.max_depth, "batch_size": batch, "lr": lr, "reference": "",
         "hyper": hyper, "keep_weights": keep_weights, "reference_dtype": reference_dtype,
     }  # fmt: skip
-    _write_json(out / "config.json", run_config)
-    _write_json(out / "data.json", {"pairs": P, "skipped": 0})
-    task.write(out)
-    dtype = parse_dtype(reference_dtype)
-    reference = load_model(sft, dtype=dtype).to(device).requires_grad_(False).eval()
-    tcfg = TrainConfig(
-        lr=lr,
-        warmup_steps=0,
-        batch_size=batch,
-        micro_batch_size=batch,
-        epochs=epochs,
-        checkpoint_every=every * batch,
+    _write_daa_run(out, task, run_config, pairs=P)
+    reference = _frozen_reference(sft, reference_dtype, device)
+    tcfg = _train_config(
+        lr=lr, batch=batch, epochs=epochs, checkpoint_every=max(1, steps // checkpoints) * batch,
         seed=seed if data_seed is None else data_seed,
-    )
+    )  # fmt: skip
     loss = DAALoss(objective, beta, hyper=hyper, reference=reference)
     if keep_weights:
         train(
             policy, examples, loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
             resume=True, progress=progress,
         )  # fmt: skip
-        del policy
-        frame = evaluate_run(
-            out, eval_task, settings, judge, device=device, progress=progress,
-            reference=reference,
+        del policy  # the trained weights leave memory before evaluate_run loads each checkpoint
+        frame = evaluation.of_checkpoints(out, reference=reference, progress=progress)
+    else:
+        frame = _train_evaluating_in_memory(
+            policy, examples, loss, tcfg, out, tok=tok, evaluation=evaluation,
+            reference=reference, progress=progress,
         )  # fmt: skip
-        return finish(frame)
-    # In memory: the reference's row and samples first (the very ones evaluate_run draws), then
-    # a row per checkpoint step as training reaches it; no weights are written.
-    evaluation = RunEvaluation(
-        out, eval_task, settings, judge, device=device, force=True, reference=reference
-    )
-    evaluation.add(0, reference, path="reference", digest="reference")
-    train(
-        policy, examples, loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
-        progress=progress, save=False, on_checkpoint=lambda step, m: evaluation.add(step, m),
-    )  # fmt: skip
-    (out / DONE).write_text("")
-    return finish(evaluation.table())
+    return _labelled(frame, objective=objective, beta=beta, steps=steps)

@@ -28,8 +28,10 @@ export HF_HUB_OFFLINE=1 PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 if [[ "${1:-}" == "--cpu-dry-run" ]]; then
   OUT=${OUT:-results/gpu_figures-dry}
   DEVICE=cpu
-  COMMON=(--branching 3 --max-length 4 --pairs 40 --batch 4 --checkpoints 10 --lr 3e-3
-          --sft-samples 64 --sft-epochs 1 --toy-sft-steps 30 --eval-samples 8 --eval-pairs 8
+  # the smallest problem with the GPU run's shape: responses of 1-3 tokens, 10 steps of 2 pairs
+  # with a checkpoint after each (the suite runs this: tests/llm/test_llm_overopt.py)
+  COMMON=(--branching 3 --max-length 3 --pairs 20 --batch 2 --checkpoints 10 --lr 3e-3
+          --sft-samples 32 --sft-epochs 1 --toy-sft-steps 10 --eval-samples 4 --eval-pairs 4
           --no-keep-weights)
   # "size objectives betas timeout": three stages, as on the GPU, all at the CPU's tiny shape
   # (disjoint objectives and β: 8 evaluation runs, none twice)

@@ -70,8 +70,9 @@ class Command:
             dates, renderer details) are only checked to be complete, ``log.csv`` of llm runs
             is compared without its wall-clock columns.
         setup: (script, args) commands run to completion into the output folder before the
-            command's first start (and before the reference run): what it reads, e.g. the
-            trained run that llm_eval evaluates. Never killed.
+            reference run: what it reads, e.g. the trained run that llm_eval evaluates. Never
+            killed; the interrupted runs start from a copy of what it wrote (same path, same
+            bytes).
         suite_kills: kill points in the default test suite when fewer than
             ``kill_points_per_command()`` (0: that number); $TREEMDP_KILL_POINTS and the
             thorough profile override it.
@@ -325,13 +326,16 @@ def run_harness(
     """Reference run, ``kills`` SIGKILLs at random points with a restart after each, a final
     run; assert everything the module docstring promises. Returns the counts."""
     report = Report(command.name)
-    out, reference = work / "out", work / "reference"
+    out, reference, prepared = work / "out", work / "reference", work / "prepared"
     _prepare(command, out)
+    if command.setup:  # the interrupted runs start from a copy: the setup runs once
+        shutil.copytree(out, prepared, symlinks=True)
     start = time.perf_counter()
     _finish(_start(command, out), command)
     report.reference_seconds = time.perf_counter() - start
     out.rename(reference)
-    _prepare(command, out)
+    if command.setup:
+        shutil.copytree(prepared, out, symlinks=True)
     rng = random.Random(f"{command.name}-{seed}")
     for _ in range(kills):
         proc = _start(command, out)

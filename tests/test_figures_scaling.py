@@ -2,6 +2,7 @@
 errors, and make_all --only toy end to end on the quick config."""
 
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from figures import accuracy, checkpoints, evolution, length, scaling_fits
+from figures import accuracy, checkpoints, evolution, length, make_all, scaling_fits, style
 from tests.scripts import run_script
 from treemdp.runs import write_table
 
@@ -384,11 +385,27 @@ def paper_sized(names) -> set[str]:
     return {s for s in stems if s.endswith(PAPER_SIZE_SUFFIXES) or "_1B_" in s}
 
 
+@pytest.fixture
+def names_only(monkeypatch):
+    """Every figure is built (each family's plot() runs in full) but not rendered to PNG/PDF:
+    the naming tests below read the file names ``save_figure`` returns. Rendering is what
+    costs (about 90% of a family's main) and is checked by the tests that draw every family
+    (test_family_mains_write_png_pdf_and_caption, test_llm_tables_draw_every_family, make_all
+    end to end)."""
+
+    def named(fig, path, *, pdf=False):
+        plt.close(fig)
+        path = Path(path)
+        return [path, path.with_suffix(".pdf")] if pdf else [path]
+
+    monkeypatch.setattr(style, "save_figure", named)
+
+
 @pytest.mark.parametrize(
     "models",
     [("1b", "2.8b", "6.9b"), ("EleutherAI/pythia-1b", "pythia-2.8b", "EleutherAI/pythia-6.9b")],
 )
-def test_pythia_shaped_runs_get_exactly_the_papers_size_names(tmp_path, models):
+def test_pythia_shaped_runs_get_exactly_the_papers_size_names(tmp_path, models, names_only):
     for model in models:
         for objective in ("dpo", "ipo", "slic"):
             for beta in (0.1, 0.3):
@@ -400,7 +417,7 @@ def test_pythia_shaped_runs_get_exactly_the_papers_size_names(tmp_path, models):
     assert {f.name.rsplit(".", 1)[0] for f in files} == PAPER_SIZE_NAMES
 
 
-def test_models_of_other_sizes_never_get_a_paper_size_name(tmp_path):
+def test_models_of_other_sizes_never_get_a_paper_size_name(tmp_path, names_only):
     # "1b-ish", "pythia-1.4b", "12b": near misses that are not the paper's shapes.
     for model in ("tiny", "14m", "31m", "pythia-160m", "1b-ish", "pythia-1.4b", "12b"):
         write_llm_run(tmp_path / "runs" / model, model)
@@ -420,7 +437,7 @@ def test_models_of_other_sizes_never_get_a_paper_size_name(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_make_all_toy_and_llm_end_to_end_on_the_quick_config(tmp_path):
+def test_make_all_toy_and_llm_end_to_end_on_the_quick_config(tmp_path, capfd):
     args = ["--only", "toy", "llm", "--quick"]
     args += ["--results", str(tmp_path / "r"), "--out", str(tmp_path / "f")]
     first = run_script("figures/make_all.py", *args, "--fresh")
@@ -452,8 +469,11 @@ def test_make_all_toy_and_llm_end_to_end_on_the_quick_config(tmp_path):
     assert "toy_scaling.py" in caption and "capacity" in caption
     runs = sorted((tmp_path / "r" / "toy_scaling").iterdir())
     assert len(runs) == 1
-    again = run_script("figures/make_all.py", *args)  # cached: no experiment runs again
-    assert again.returncode == 0 and "training and evaluating" not in again.stdout
+    # cached: make_all's data step without --fresh runs no experiment again (only the data step:
+    # drawing the same tables a second time would repeat what the first call checked)
+    request = make_all.Request(tmp_path / "r", tmp_path / "f2", False, True, ())
+    make_all.make_runs(request, ["toy", "llm"])
+    assert "training and evaluating" not in capfd.readouterr().out
     assert sorted((tmp_path / "r" / "toy_scaling").iterdir()) == runs
 
 
