@@ -7,19 +7,19 @@
 # Budget: within 8 minutes on one H200 (stage timeouts sum to 410 s); every stage has its own
 # timeout, and a failed stage leaves the others' rows in the table.
 #
-#   bash scripts/trl_wheels.sh                # once, where pip works: TRL's wheels into .whl/
-#   bash scripts/gpu_speed.sh                 # one GPU (the device call carries .whl)
+#   bash scripts/gpu_speed.sh                 # one GPU (PYTHON=python3 on the device)
 #   bash scripts/gpu_speed.sh --cpu-dry-run   # the same code path on the CPU at tiny size
 #   ONLY=bench-trl,fsdp bash scripts/gpu_speed.sh   # only these stages (a rerun within a lease;
 #     the others' files of the last run are kept). Stages: packing-cuda, bench-small,
 #     bench-large, bench-compile, bench-trl, bench-trl-small, fsdp.
 #
-# TRL and datasets are not on the GPU machine (nor dependencies of the project): when .whl/ holds
-# wheels and PYTHON is 3.12 (what they are built for), they are installed into a fresh
-# .../site-packages folder that only the TRL stages see (trl-wheels.log). Without them and
-# without an importable trl, the TRL stages are skipped with one line in the log and a row in
-# results.csv (stage "skipped") that says why; a failed install or import of carried wheels is a
-# failure (exit 1) that the other stages survive.
+# TRL and datasets are not on the GPU machine (nor dependencies of the project): when PYTHON is
+# 3.12 (what they are built for), the wheels in benchmarks/wheels/ (checked against SHA256SUMS)
+# and any in the git-ignored .whl/ (scripts/trl_wheels.sh --pyarrow) are installed into a fresh
+# .../site-packages folder that only the TRL stages see (trl-wheels.log). Elsewhere, without an
+# importable trl, the TRL stages are skipped with one line in the log and a row in results.csv
+# (stage "skipped") that says why; a failed check, install or import of the wheels is a failure
+# (exit 1) that the other stages survive.
 #
 # PYTHON (default .venv/bin/python) runs everything; results go to $OUT (default
 # results/gpu_speed, or results/gpu_speed-dry): results.csv and results.json (one row per
@@ -93,24 +93,27 @@ fi
 TRL_PATH="" TRL_SKIP="" TRL_TMP=""
 trap '[[ -z $TRL_TMP ]] || rm -rf "$TRL_TMP"' EXIT
 trl_setup() {  # sets TRL_PATH (a folder for PYTHONPATH, may be empty) or TRL_SKIP (why not)
-  local log="$OUT/trl-wheels.log" pyver whl="no .whl/: bash scripts/trl_wheels.sh, carry .whl"
+  local log="$OUT/trl-wheels.log" pyver wheels=(benchmarks/wheels/*.whl) why
   : > "$log"
-  if compgen -G ".whl/*.whl" > /dev/null; then
-    pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    if [[ $pyver != 3.12 ]]; then
-      whl=".whl/ is ignored: wheels for Python 3.12 (the GPU image), PYTHON is $pyver"
-      echo "$whl" | tee -a "$log"
-    else
-      # A folder named site-packages: dill pickles any module outside sys.prefix and such a folder
-      # by value, and datasets' fingerprinting then fails on pyarrow (scripts/trl_wheels.sh).
-      TRL_TMP=$(mktemp -d)
-      TRL_PATH="$TRL_TMP/site-packages"
-      if ! timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-          --upgrade --target "$TRL_PATH" .whl/*.whl >> "$log" 2>&1; then
-        TRL_SKIP="skipped: installing .whl/ failed (trl-wheels.log)"
-        return 1
-      fi
+  compgen -G ".whl/*.whl" > /dev/null && wheels+=(.whl/*.whl)  # e.g. pyarrow for an old image
+  pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  why="the wheels are for Python 3.12 (the GPU image), PYTHON is $pyver"
+  if [[ $pyver == 3.12 ]]; then
+    if ! (cd benchmarks/wheels && sha256sum --quiet -c SHA256SUMS) >> "$log" 2>&1; then
+      TRL_SKIP="skipped: benchmarks/wheels/ does not match its SHA256SUMS (trl-wheels.log)"
+      return 1
     fi
+    # A folder named site-packages: dill pickles any module outside sys.prefix and such a folder
+    # by value, and datasets' fingerprinting then fails on pyarrow (scripts/trl_wheels.sh).
+    TRL_TMP=$(mktemp -d)
+    TRL_PATH="$TRL_TMP/site-packages"
+    if ! timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target "$TRL_PATH" "${wheels[@]}" >> "$log" 2>&1; then
+      TRL_SKIP="skipped: installing the wheels failed (trl-wheels.log)"
+      return 1
+    fi
+  else
+    echo "wheels not installed: $why" | tee -a "$log"
   fi
   if ! PYTHONPATH="$PYTHONPATH${TRL_PATH:+:$TRL_PATH}" timeout 60 "$PY" -c \
       'import importlib.metadata as m, datasets, trl
@@ -121,13 +124,14 @@ for p in ("trl", "datasets", "dill", "multiprocess", "pyarrow", "fsspec", "accel
         print(p, "absent")' \
       >> "$log" 2>&1; then
     if [[ -z $TRL_PATH ]]; then
-      TRL_SKIP="skipped: trl not importable ($whl)"
+      TRL_SKIP="skipped: trl not importable ($why)"
       return 0
     fi
     local pa
     pa=$("$PY" -c 'import pyarrow; print(pyarrow.__version__)' 2>/dev/null || echo none)
-    TRL_SKIP="skipped: trl not importable after installing .whl/ (pyarrow $pa here; if below"
-    TRL_SKIP+=" 21: bash scripts/trl_wheels.sh --pyarrow; the error: trl-wheels.log)"
+    TRL_SKIP="skipped: trl not importable after installing the wheels (pyarrow $pa here; if"
+    TRL_SKIP+=" below 21: bash scripts/trl_wheels.sh --pyarrow, carry .whl; the error:"
+    TRL_SKIP+=" trl-wheels.log)"
     return 1
   fi
 }

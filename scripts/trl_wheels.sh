@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Wheels of TRL's DPOTrainer for the GPU machine, which has no network and no package index
-# (shared/GPU.md): scripts/gpu_speed.sh installs whatever lies in .whl/ and runs TRL side by side
-# with llm.train there (benchmarks/llm_dpo_step.py). Not a dependency of the project.
+# (shared/GPU.md): scripts/gpu_speed.sh installs the tracked benchmarks/wheels/ (checked against
+# its SHA256SUMS) and whatever lies in the git-ignored .whl/, and runs TRL side by side with
+# llm.train there (benchmarks/llm_dpo_step.py). Not a dependency of the project.
 #
-#   bash scripts/trl_wheels.sh             # .whl/: trl, datasets, dill, multiprocess (~1.8 MB)
-#   bash scripts/trl_wheels.sh --pyarrow   # also pyarrow (55 MB): only for an image whose
+#   bash scripts/trl_wheels.sh             # benchmarks/wheels/ again from PyPI: trl, datasets,
+#                                          # dill, multiprocess (1.8 MB), and its SHA256SUMS
+#   bash scripts/trl_wheels.sh --pyarrow   # pyarrow (55 MB) into .whl/: only for an image whose
 #                                          # pyarrow is older than 21 (gpu_speed.sh says so)
 #   bash scripts/trl_wheels.sh --here DIR  # the same pins for this machine's Python, plus what
 #       # the project's venvs lack (accelerate, pyarrow, xxhash, psutil), installed into
 #       # DIR/site-packages; then PYTHONPATH=DIR/site-packages runs TRL on the CPU
 #
-# Then, on the device: carry .whl (it is git-ignored) and run `bash scripts/gpu_speed.sh`.
+# Then, on the device: `PYTHON=python3 bash scripts/gpu_speed.sh` (carry .whl if it holds pyarrow).
 #
 # The GPU image (Python 3.12, transformers 5.17, accelerate 1.15, pyarrow of unknown version,
 # pandas, xxhash, fsspec, huggingface_hub 1.33) lacks exactly these four. The pins work together
@@ -42,18 +44,17 @@ if [[ "${1:-}" == "--here" ]]; then
   exit 0
 fi
 
-want=("${PINS[@]}")
 case "${1:-}" in
-  --pyarrow) want+=("$PYARROW") ;;
-  "") ;;
+  --pyarrow) dest=.whl want=("$PYARROW") ;;
+  "") dest=benchmarks/wheels want=("${PINS[@]}") ;;
   *) echo "usage: $0 [--pyarrow | --here DIR]" >&2; exit 2 ;;
 esac
-mkdir -p .whl
-rm -f .whl/*.whl  # one version of each: two stop the whole install on the device
+mkdir -p "$dest"
+rm -f "$dest"/*.whl  # one version of each: two stop the whole install on the device
 # The device README's recipe: CPython 3.12 wheels for the manylinux platforms pip must name.
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --platform manylinux1_x86_64 -d .whl "${want[@]}"
-ls -l .whl/*.whl
-echo ".whl/: $(ls .whl/*.whl | wc -l) wheels, $(du -ch .whl/*.whl | tail -n 1 | cut -f1) (the device carries at most 64 MiB with the repository)"
+  --platform manylinux1_x86_64 -d "$dest" "${want[@]}"
+(cd "$dest" && sha256sum ./*.whl | sed 's| \./| |' > SHA256SUMS && cat SHA256SUMS)
+echo "$dest/: $(ls "$dest"/*.whl | wc -l) wheels, $(du -ch "$dest"/*.whl | tail -n 1 | cut -f1) (the device carries at most 64 MiB with the repository)"
