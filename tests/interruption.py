@@ -165,6 +165,19 @@ COMMANDS: dict[str, Command] = {
             loose=("*.png", "*.pdf", "log.csv"),
             suite_kills=2,
         ),
+        Command(
+            "llm_overopt",
+            "experiments/llm_overopt.py",
+            (
+                *("--objectives", "dpo", "rdpo", "--betas", "0.1", "--pairs", "16", "--batch"),
+                *("4", "--checkpoints", "2", "--eval-samples", "8", "--eval-pairs", "8"),
+                *("--sft-samples", "32", "--sft-epochs", "1", "--toy-sft-steps", "20"),
+                *("--sizes", "tiny", "--branching", "3", "--max-length", "3"),
+                *("--no-keep-weights", "--device", "cpu", "--no-progress", "--out", "{out}"),
+            ),
+            loose=("log.csv",),
+            suite_kills=1,
+        ),
     ]
 }
 
