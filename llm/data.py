@@ -332,10 +332,6 @@ class Batch:
         """``(input_ids, attention_mask, response_mask)``, as ``llm.logprobs`` takes them."""
         return self.input_ids, self.attention_mask, self.response_mask
 
-    def to(self, device: torch.device | str) -> Batch:
-        """The same batch on ``device``."""
-        return Batch(*(x.to(device) for x in self.tensors()))
-
 
 def _collate(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> Batch:
     T = max(len(p) + len(r) for p, r in rows)

@@ -243,7 +243,6 @@ def sequence_logps(
     batch_size: int,
 ) -> Tensor:
     """Σ_t log π(y_t|x, y_<t) of each (prompt, response), full vocabulary. Shape (n,), float64."""
-    device = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for s in range(0, len(prompts), batch_size):
@@ -251,12 +250,7 @@ def sequence_logps(
                 zip(prompts[s : s + batch_size], responses[s : s + batch_size], strict=True)
             )
             b = _collate(rows, pad_id)
-            logp, _ = response_logps(
-                model,
-                b.input_ids.to(device),
-                b.attention_mask.to(device),
-                b.response_mask.to(device),
-            )
+            logp, _ = response_logps(model, *b.tensors())  # moved to the model's device there
             out.append(logp.double().cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
@@ -287,10 +281,7 @@ def _pair_metrics(
 
 def _pair_logps(model: nn.Module, batch: Batch) -> PairLogps:
     """Summed log-probs of a batch of pairs under ``model``, as float64 on the CPU."""
-    dev = next(model.parameters()).device
-    lp = concatenated_logps(
-        model, batch.input_ids.to(dev), batch.attention_mask.to(dev), batch.response_mask.to(dev)
-    )
+    lp = concatenated_logps(model, *batch.tensors())  # moved to the model's device there
     chosen, rejected = lp.chosen.double().cpu(), lp.rejected.double().cpu()
     return PairLogps(chosen, rejected, lp.len_chosen.cpu(), lp.len_rejected.cpu())
 

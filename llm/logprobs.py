@@ -10,6 +10,7 @@ float32 on the selected rows only, so no (rows × T × V) log-prob tensor is eve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,14 @@ from torch import Tensor, nn
 from llm.packing import PACKINGS, Packed, pack, packed_attention
 from treemdp.objectives import Margins
 
-__all__ = ["PairLogps", "concatenated_logps", "response_logps"]
+__all__ = [
+    "PACKED_TOLERANCE",
+    "PackingMismatchError",
+    "PairLogps",
+    "check_packing",
+    "concatenated_logps",
+    "response_logps",
+]
 
 
 def response_logps(
@@ -103,6 +111,65 @@ def _packed_scoring(packed: Packed, model: nn.Module) -> tuple[Tensor, Tensor, T
         hidden = model.base_model(**packed.forward_kwargs()).last_hidden_state[0]  # (K, H)
     scored = packed.scored  # (R,) integer indices: no device sync
     return packed.row[scored], hidden[packed.prev[scored]], packed.input_ids[0, scored]
+
+
+class PackingMismatchError(RuntimeError):
+    """The packed forward's log-probs differ from the padded forward's beyond tolerance."""
+
+
+PACKED_TOLERANCE: dict[torch.dtype, float] = {
+    torch.float64: 1e-5,
+    torch.float32: 1e-5,
+    torch.float16: 2e-2,
+    torch.bfloat16: 2e-2,
+}
+"""Largest |packed − padded| of a row's summed log-prob per response token, in nats, by the dtype
+the matmuls run in: float32 differs only by summation order (~1e-7 measured); a 16-bit kernel
+rounds every activation (~1e-3 measured between bf16 SDPA and its row-by-row form at
+Pythia-14m). Tighter than ``llm.sampling.TOKEN_TOLERANCE``, which bounds the largest single
+token of cached decoding, not a mean over a row."""
+
+
+def check_packing(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_mask: Tensor,
+    packing: str = "rows",
+) -> float:
+    """Compare the packed (``packing``: rows or pairs) and padded log-probs of one batch, without
+    gradient.
+
+    The tolerance is that of the dtype the model's matmuls run in (its weights', or bf16 under
+    autocast or FSDP mixed precision), read from the first linear layer's output. A random
+    model's log-probs hardly depend on the context, so the check has its teeth on trained
+    models (an SFT policy), where a row that saw another row's tokens would score differently.
+
+    Returns:
+        the largest |packed − padded| / (response tokens) over the rows, in nats per token.
+
+    Raises:
+        PackingMismatchError: when that exceeds ``PACKED_TOLERANCE`` of the compute dtype.
+    """
+    seen: list[torch.dtype] = []
+    first_linear = next(m for m in model.base_model.modules() if isinstance(m, nn.Linear))
+    hook = first_linear.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    args = (model, input_ids, attention_mask, response_mask)
+    try:
+        with torch.no_grad():
+            padded, n = response_logps(*args)
+            packed, _ = response_logps(*args, packing=packing)
+    finally:
+        hook.remove()
+    worst = float(((packed - padded).abs() / n.clamp_min(1)).max())
+    limit = max(PACKED_TOLERANCE.get(dtype, PACKED_TOLERANCE[torch.bfloat16]) for dtype in seen)
+    if not math.isfinite(worst) or worst > limit:
+        raise PackingMismatchError(
+            f"{packing}-packed and padded response log-probs differ by {worst:.3g} nats per "
+            f"token, more than {limit:g} for {seen[0]} compute; packed: {packed.tolist()[:4]}, "
+            f"padded: {padded.tolist()[:4]}. Train with --packing off and report this."
+        )
+    return worst
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from llm.data import Batch, Example, collate_pairs, collate_sft
-from llm.logprobs import PairLogps, concatenated_logps, response_logps
-from llm.packing import PACKINGS, check_packing
+from llm.logprobs import PairLogps, check_packing, concatenated_logps, response_logps
+from llm.packing import PACKINGS
 from treemdp import objectives
 
 __all__ = ["DAALoss", "SFTLoss", "StepLoss", "precompute_reference", "sft_loss"]

@@ -16,8 +16,8 @@ sequences back into a padded (S, H, T, D) layout for one causal ``scaled_dot_pro
 call and gathers the real positions again (exact; only attention sees the padding).
 
 The packed forward computes the same function as the padded one: tests hold its log-probs and
-gradients to the padded path's, and ``check_packing`` repeats that comparison on a real batch
-before training starts (``llm.train``), refusing to train when they differ.
+gradients to the padded path's, and ``llm.logprobs.check_packing`` repeats that comparison on a
+real batch before training starts (``llm.train``), refusing to train when they differ.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ __all__ = [
     "PACKED_ATTENTION",
     "PACKINGS",
     "Packed",
-    "PackingMismatchError",
-    "check_packing",
     "pack",
     "pack_pairs",
     "pack_rows",
@@ -72,9 +70,8 @@ class Packed:
         prev: the packed index of the token before each token in its original row (−1 at a
             row's start): a response token is scored from that position's hidden state. (K,).
         row: the original row of each token. Shape (K,), int64.
-        response: True where the token is a response token. Shape (K,), bool.
-        scored: the packed indices of the response tokens, ``response.nonzero()``, computed where
-            the layout is built (on the host, no device waits for it). Shape (R,), int64.
+        scored: the packed indices of the response tokens, computed where the layout is built
+            (on the host, no device waits for it). Shape (R,), int64.
     """
 
     input_ids: Tensor
@@ -86,7 +83,6 @@ class Packed:
     key_index: Tensor | None
     prev: Tensor
     row: Tensor
-    response: Tensor
     scored: Tensor
 
     def to(self, device: torch.device) -> Packed:
@@ -181,7 +177,6 @@ def pack_rows(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) 
         key_index=None,
         prev=torch.arange(-1, lay.total - 1, device=real.device),
         row=rows[real],
-        response=response[real],
         scored=response[real].nonzero().squeeze(1),
     )
 
@@ -219,9 +214,9 @@ def pack_pairs(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor)
     b, cols = n // 2, torch.arange(t, device=real.device)
     p, lc, lr = lay.prompts[:b], lay.lengths[:b], lay.lengths[b:]
     same = (input_ids[:b] == input_ids[b:]) | (cols[None, :] >= p[:, None])
-    bad_prompt, empty = torch.stack(
-        [((p != lay.prompts[b:]) | ~same.all(dim=1)).any(), ((lc == p) | (lr == p)).any()]
-    ).tolist()
+    q_len = _interleave(torch.cat([lc, lr - p]))  # [P C] and R of each pair
+    checks = [((p != lay.prompts[b:]) | ~same.all(dim=1)).any(), ((lc == p) | (lr == p)).any()]
+    bad_prompt, empty, longest_q = torch.stack([*(c.long() for c in checks), q_len.max()]).tolist()
     if bad_prompt:
         raise ValueError("the chosen and rejected rows of a pair must hold the same prompt")
     if empty:
@@ -238,14 +233,13 @@ def pack_pairs(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor)
     return Packed(
         input_ids=_interleave(input_ids)[taken][None],
         position_ids=cols.expand(n, t)[taken][None],
-        cu_q=_boundaries(_interleave(torch.cat([lc, lr - p]))),
+        cu_q=_boundaries(q_len),
         cu_k=_boundaries(_interleave(lay.lengths)),
-        max_q=lay.longest,
+        max_q=longest_q,
         max_k=lay.longest,
         key_index=where[_interleave(real)],
         prev=prev[taken],
         row=rows[taken],
-        response=_interleave(response)[taken],
         scored=_interleave(response)[taken].nonzero().squeeze(1),
     )
 
@@ -371,58 +365,3 @@ def packed_attention(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = before
-
-
-class PackingMismatchError(RuntimeError):
-    """The packed forward's log-probs differ from the padded forward's beyond tolerance."""
-
-
-def tolerance(dtype: torch.dtype) -> float:
-    """Allowed |packed − padded| of a row's summed log-prob per response token, in nats: float32
-    differs only by summation order (~1e-7 measured); a 16-bit kernel rounds every activation
-    (~1e-3 measured between bf16 SDPA and its row-by-row form at Pythia-14m)."""
-    return 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
-
-
-def check_packing(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    response_mask: Tensor,
-    packing: str = "rows",
-) -> float:
-    """Compare the packed (``packing``: rows or pairs) and padded log-probs of one batch, without
-    gradient.
-
-    The tolerance is that of the dtype the model's matmuls run in (its weights', or bf16 under
-    autocast or FSDP mixed precision), read from the first linear layer's output. A random
-    model's log-probs hardly depend on the context, so the check has its teeth on trained
-    models (an SFT policy), where a row that saw another row's tokens would score differently.
-
-    Returns:
-        the largest |packed − padded| / (response tokens) over the rows, in nats per token.
-
-    Raises:
-        PackingMismatchError: when that exceeds ``tolerance`` of the compute dtype.
-    """
-    from llm.logprobs import response_logps
-
-    seen: list[torch.dtype] = []
-    first_linear = next(m for m in model.base_model.modules() if isinstance(m, nn.Linear))
-    hook = first_linear.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
-    args = (model, input_ids, attention_mask, response_mask)
-    try:
-        with torch.no_grad():
-            padded, n = response_logps(*args)
-            packed, _ = response_logps(*args, packing=packing)
-    finally:
-        hook.remove()
-    worst = float(((packed - padded).abs() / n.clamp_min(1)).max())
-    limit = max(tolerance(dtype) for dtype in seen)
-    if not math.isfinite(worst) or worst > limit:
-        raise PackingMismatchError(
-            f"{packing}-packed and padded response log-probs differ by {worst:.3g} nats per "
-            f"token, more than {limit:g} for {seen[0]} compute; packed: {packed.tolist()[:4]}, "
-            f"padded: {padded.tolist()[:4]}. Train with --packing off and report this."
-        )
-    return worst

@@ -143,18 +143,16 @@ def _accumulate(
     pad_id: int,
 ) -> tuple[list[str], Tensor]:
     """Forward and backward over ``index`` in micro-batches, adding Σ loss / ``scale`` to the
-    gradients. Returns the metric names and their sums, with the token count last."""
-    device = next(policy.parameters()).device
+    gradients. Returns the metric names and their sums, with the token count last.
+
+    Batches stay on the host: ``llm.logprobs`` moves them (padded or packed) to each model's
+    device, after its input checks and packing, which then wait for no device."""
     sums: dict[str, Tensor] = {}
     n_tokens = 0
     for i in range(0, len(index), micro):
         part = index[i : i + micro]
         b = step_loss.collate([examples[j] for j in part.tolist()], pad_id)
         n_tokens += b.n_tokens  # counted on the host: no device sync
-        if (
-            step_loss.packing == "off"
-        ):  # else packed on the host, where nothing waits for the device
-            b = b.to(device)
         loss_sum, metrics = step_loss(policy, b, part)
         (loss_sum / scale).backward()
         for k, v in {"loss": loss_sum, **metrics}.items():  # summed on the device
@@ -459,7 +457,7 @@ def train(
         policy: the trained model (float32 in the paper's dtype policy), on its device.
         examples: the dataset (``llm.data.Example``), in source order.
         step_loss: ``sft_loss`` or a ``DAALoss``. One with ``packing`` (not ``off``) is first
-            checked on the first micro-batch (``llm.packing.check_packing``):
+            checked on the first micro-batch (``llm.logprobs.check_packing``):
             PackingMismatchError when its padding-free forward disagrees with the padded one.
         cfg: optimisation settings.
         out_dir: run folder; with several processes only rank 0 writes.
