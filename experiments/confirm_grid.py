@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from figures.confirm_grid import plot_agreement
 from llm.checkpoint import checkpoint_folders
-from llm.confirm import daa_llm, sft_llm
+from llm.confirm import DAARun, daa_llm, sft_llm
 from llm.evaluate import TreeTask
 from llm.model import PYTHIA_SHAPES, check_shapes, load_model
 from llm.sampling import tree_logprobs
@@ -316,23 +316,12 @@ def run_llm(
     _, batch = _schedule(cfg, item.regime, problem.pairs.n_pairs, llm=True)
     P = problem.pairs.n_pairs
     batch_size, epochs = (P, float(cfg.steps)) if batch is None else (batch, 1.0)
-    frame = daa_llm(
-        task,
-        sft,
-        item.objective,
-        item.beta,
-        folder / "llm" / item.name,
-        lr=item.lr,
-        batch_size=batch_size,
-        epochs=epochs,
-        checkpoints=cfg.checkpoints,
-        seed=item.seed,
-        size=item.size,
-        eval_samples=cfg.eval_samples,
-        device=device,
-        progress=False,
-        data_seed=0,
-    )
+    spec = DAARun(
+        item.objective, item.beta, lr=item.lr, batch_size=batch_size, epochs=epochs,
+        checkpoints=cfg.checkpoints, seed=item.seed, size=item.size,
+        eval_samples=cfg.eval_samples, data_seed=0,
+    )  # fmt: skip
+    frame = daa_llm(task, sft, spec, folder / "llm" / item.name, device=device, progress=False)
     out = pd.DataFrame(
         {
             "regime": item.regime,

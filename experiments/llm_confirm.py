@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from figures import quicklook
-from llm.confirm import daa_llm, sft_llm
+from llm.confirm import DAARun, daa_llm, sft_llm
 from llm.evaluate import TreeTask
 from llm.model import PYTHIA_SHAPES, load_model
 from llm.sampling import tree_logprobs
@@ -134,11 +134,12 @@ def run_daa(
 ) -> pd.DataFrame:
     """Train one objective from the SFT model and evaluate every checkpoint; its eval table."""
     P = len(task.chosen)
-    return daa_llm(
-        task, sft, objective, beta, folder / f"{objective}-beta{beta:g}", lr=cfg.lr,
-        batch_size=P, epochs=cfg.steps, checkpoints=cfg.checkpoints, seed=cfg.seed,
-        size=cfg.model, eval_samples=cfg.eval_samples, device=device, progress=cfg.progress,
+    spec = DAARun(
+        objective, beta, lr=cfg.lr, batch_size=P, epochs=cfg.steps, checkpoints=cfg.checkpoints,
+        seed=cfg.seed, size=cfg.model, eval_samples=cfg.eval_samples,
     )  # fmt: skip
+    out = folder / f"{objective}-beta{beta:g}"
+    return daa_llm(task, sft, spec, out, device=device, progress=cfg.progress)
 
 
 def run_llm(

@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from llm.confirm import daa_llm, sft_llm
+from llm.confirm import DAARun, daa_llm, sft_llm
 from llm.evaluate import TreeTask
 from llm.model import DTYPES, PYTHIA_SHAPES, check_shapes, load_model
 from llm.sampling import tree_logprobs
@@ -180,13 +180,16 @@ def run_size(
     frames = []
     for objective in cfg.objectives:
         for beta in cfg.betas:
-            frame = daa_llm(
-                task, sft, objective, beta, folder / run_name(size, objective, beta), lr=cfg.lr,
-                batch_size=cfg.batch, epochs=1.0, checkpoints=cfg.checkpoints, seed=cfg.seed,
-                size=size, eval_samples=cfg.eval_samples, device=device, progress=cfg.progress,
-                hyper={"alpha": cfg.rdpo_alpha} if objective == "rdpo" else None,
+            spec = DAARun(
+                objective, beta, lr=cfg.lr, batch_size=cfg.batch, epochs=1.0,
+                checkpoints=cfg.checkpoints, seed=cfg.seed, size=size,
+                eval_samples=cfg.eval_samples,
+                hyper={"alpha": cfg.rdpo_alpha} if objective == "rdpo" else {},
                 keep_weights=cfg.keep_weights, reference_dtype=cfg.reference_dtype,
-                held_out=(held_out.chosen, held_out.rejected),
+            )  # fmt: skip
+            frame = daa_llm(
+                task, sft, spec, folder / run_name(size, objective, beta), device=device,
+                progress=cfg.progress, held_out=(held_out.chosen, held_out.rejected),
             )  # fmt: skip
             frames.append(frame.assign(size=size))
     if not cfg.keep_weights:  # the SFT weights (~28 GB at 6.9b) leave room for the next size

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from llm.tree_language import TreeLanguage
 from treemdp.problem import Problem
 from treemdp.runs import atomic_write
 
-__all__ = ["daa_llm", "sft_llm"]
+__all__ = ["DAARun", "daa_llm", "sft_llm"]
 
 SFT_MODEL = "model"
 """The SFT's weights-only model folder (``sft_llm(keep_state=False)``)."""
@@ -41,19 +42,21 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _train_config(
-    *, lr: float, batch: int, epochs: float, seed: int, checkpoint_every: int = 0
+    *,
+    lr: float,
+    batch: int,
+    epochs: float,
+    seed: int,
+    checkpoint_every: int = 0,
+    warmup_steps: int = 0,
 ) -> TrainConfig:
-    """The bridge's optimisation settings: no warmup, no gradient accumulation (a micro-batch
-    is the whole ``batch``); ``checkpoint_every`` in examples (0: no intermediate checkpoint)."""
+    """The bridge's optimisation settings: RMSProp with ``warmup_steps`` of linear warm-up, no
+    gradient accumulation (a micro-batch is the whole ``batch``); ``checkpoint_every`` in
+    examples (0: no intermediate checkpoint)."""
     return TrainConfig(
-        lr=lr,
-        warmup_steps=0,
-        batch_size=batch,
-        micro_batch_size=batch,
-        epochs=epochs,
-        checkpoint_every=checkpoint_every,
-        seed=seed,
-    )
+        lr=lr, warmup_steps=warmup_steps, batch_size=batch, micro_batch_size=batch,
+        epochs=epochs, checkpoint_every=checkpoint_every, seed=seed,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ SFT
@@ -145,6 +148,72 @@ def sft_llm(
 
 # ------------------------------------------------------------------------------------ DAA
 @dataclass(frozen=True)
+class DAARun:
+    """One DAA run of the bridge: what it optimises, how, and how its checkpoints are evaluated.
+
+    Full batch (``batch_size`` >= the number of pairs P, ``epochs`` = steps) is the toy's
+    regime; ``batch_size`` < P with one epoch is the paper's. Epoch e visits the pairs in
+    ``randperm(P, data_seed + e)`` (``llm.train``), the order
+    ``treemdp.batching.EpochSchedule(P, batch, seed=data_seed)`` gives the toy in its first epoch.
+    """
+
+    objective: str  # a registry objective (treemdp.objectives)
+    beta: float  # β
+    lr: float  # RMSProp learning rate (after warm-up)
+    batch_size: int  # pairs per step (at most P are used)
+    epochs: float  # passes over the pairs (full batch: the number of steps)
+    checkpoints: int  # evenly spaced checkpoints (every max(1, steps // checkpoints) steps)
+    seed: int  # the evaluation's sampling seed, and the pair order unless data_seed is set
+    size: str  # the model's shape name (recorded in config.json; the figures read it)
+    eval_samples: int  # samples per checkpoint for the sampled estimates
+    warmup_steps: int = 0  # linear warm-up of the lr (llm.train: lr·(s+1)/(warmup+1))
+    data_seed: int | None = None  # the pair order's seed (None: seed)
+    hyper: Mapping[str, Any] = field(default_factory=dict)  # the objective's other hyperparameters
+    keep_weights: bool = True  # write checkpoints (False: evaluate each in memory)
+    reference_dtype: str = "fp32"  # the frozen reference's precision (llm.model.DTYPES)
+
+    def batch(self, n_pairs: int) -> int:
+        """Pairs per step on ``n_pairs`` pairs."""
+        return min(self.batch_size, n_pairs)
+
+    def steps(self, n_pairs: int) -> int:
+        """Optimizer steps on ``n_pairs`` pairs: ceil(epochs · P / batch)."""
+        return math.ceil(self.epochs * n_pairs / self.batch(n_pairs))
+
+    def train_config(self, n_pairs: int) -> TrainConfig:
+        """``llm.train``'s settings on ``n_pairs`` pairs."""
+        batch = self.batch(n_pairs)
+        return _train_config(
+            lr=self.lr, batch=batch, epochs=self.epochs, warmup_steps=self.warmup_steps,
+            checkpoint_every=max(1, self.steps(n_pairs) // self.checkpoints) * batch,
+            seed=self.seed if self.data_seed is None else self.data_seed,
+        )  # fmt: skip
+
+    def config_json(self, sft: Path, task: TreeTask, *, n_pairs: int, n_params: int) -> dict:
+        """The run folder's ``config.json``."""
+        tree = task.tree
+        config = {
+            "stage": "daa", "objective": self.objective, "beta": self.beta, "model": str(sft),
+            "size": self.size, "n_params": n_params, "seed": self.seed, "source": "tree",
+            "tree_branching": tree.branching, "tree_depth": tree.max_depth,
+            "batch_size": self.batch(n_pairs), "lr": self.lr, "reference": "",
+            "hyper": dict(self.hyper), "keep_weights": self.keep_weights,
+            "reference_dtype": self.reference_dtype,
+        }  # fmt: skip
+        if self.warmup_steps:  # absent at 0, so earlier run folders keep their config
+            config["warmup_steps"] = self.warmup_steps
+        return config
+
+    def labelled(self, frame: pd.DataFrame, *, n_pairs: int) -> pd.DataFrame:
+        """The eval table with ``objective``, ``beta``, ``side`` ("llm"), ``step`` (its
+        ``checkpoint``) and ``fraction`` (of all training steps) added."""
+        return frame.assign(
+            objective=self.objective, beta=self.beta, side="llm", step=frame["checkpoint"],
+            fraction=frame["checkpoint"] / self.steps(n_pairs),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class _Evaluation:
     """How every checkpoint of a DAA run is evaluated: on what (``task``), how (``settings``),
     judged by whom (``judge``), on which ``device``."""
@@ -178,39 +247,22 @@ def _daa_evaluation(
     language: TreeLanguage,
     tok: Any,
     pairs: list[Example],
+    run: DAARun,
     *,
-    objective: str,
-    beta: float,
-    hyper: dict,
-    samples: int,
-    seed: int,
     device: str,
 ) -> _Evaluation:
-    """Gold-judged evaluation on ``pairs`` (accuracy, held-out loss of ``objective`` at
-    ``beta``) and ``samples`` prompts cycling through the tree's roots (sampled with ``seed``,
-    each as long as the tree is deep), with exact metrics on ``task``'s tree."""
+    """Gold-judged evaluation on ``pairs`` (accuracy, held-out loss of the run's objective at
+    its β) and ``run.eval_samples`` prompts cycling through the tree's roots (sampled with
+    ``run.seed``, each as long as the tree is deep), with exact metrics on ``task``'s tree."""
     eval_task = EvalTask(
-        prompts=language.prompts(samples),
-        pairs=pairs,
-        tokenizer=tok,
-        eos_id=None,
-        pad_id=tok.pad_token_id,
-        objective=objective,
-        beta=beta,
-        hyper=hyper,
+        prompts=language.prompts(run.eval_samples), pairs=pairs, tokenizer=tok, eos_id=None,
+        pad_id=tok.pad_token_id, objective=run.objective, beta=run.beta, hyper=dict(run.hyper),
         tree=task,
-    )
-    settings = EvalSettings(samples=samples, max_new_tokens=task.tree.max_depth, seed=seed)
-    return _Evaluation(eval_task, settings, GoldJudge(task.tree, task.rewards), device)
-
-
-def _labelled(frame: pd.DataFrame, *, objective: str, beta: float, steps: int) -> pd.DataFrame:
-    """The eval table with ``objective``, ``beta``, ``side`` ("llm"), ``step`` (its
-    ``checkpoint``) and ``fraction`` (of all ``steps`` training steps) added."""
-    return frame.assign(
-        objective=objective, beta=beta, side="llm", step=frame["checkpoint"],
-        fraction=frame["checkpoint"] / steps,
     )  # fmt: skip
+    settings = EvalSettings(
+        samples=run.eval_samples, max_new_tokens=task.tree.max_depth, seed=run.seed
+    )
+    return _Evaluation(eval_task, settings, GoldJudge(task.tree, task.rewards), device)
 
 
 def _write_daa_run(out: Path, task: TreeTask, run_config: dict, *, pairs: int) -> None:
@@ -254,79 +306,45 @@ def _train_evaluating_in_memory(
 def daa_llm(
     task: TreeTask,
     sft: Path,
-    objective: str,
-    beta: float,
+    run: DAARun,
     out: Path,
     *,
-    lr: float,
-    batch_size: int,
-    epochs: float,
-    checkpoints: int,
-    seed: int,
-    size: str,
-    eval_samples: int,
     device: str,
     progress: bool,
-    data_seed: int | None = None,
-    hyper: dict | None = None,
-    keep_weights: bool = True,
-    reference_dtype: str = "fp32",
     held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
-    """Train ``objective`` at ``beta`` from the SFT folder (a frozen copy as reference) on the
-    task's pairs into ``out``, with ``checkpoints`` evenly spaced checkpoints, and evaluate every
-    checkpoint (exact and sampled, gold judge). Full batch (``batch_size`` = P, ``epochs`` =
-    steps) is the toy's regime; ``batch_size`` < P with one epoch is the paper's.
-    ``data_seed`` (default ``seed``) fixes the pair order: epoch e visits ``randperm(P,
-    data_seed + e)`` (``llm.train``), the order ``treemdp.batching.EpochSchedule(P, batch,
-    seed=data_seed)`` gives the toy in its first epoch. ``hyper``: the objective's other
-    hyperparameters (e.g. R-DPO's α; lengths come from the pairs' token counts).
-    ``held_out``: (chosen, rejected) response indices of the pairs the evaluation's accuracy and
-    loss are measured on (default: the training pairs).
+    """Train ``run`` (an objective at β, ``DAARun``) from the SFT folder (a frozen copy as
+    reference) on the task's pairs into ``out``, and evaluate every checkpoint (exact and
+    sampled, gold judge) on ``device``.
 
-    ``keep_weights=False`` writes no checkpoint: each is evaluated in memory at its step
+    ``held_out``: (chosen, rejected) response indices of the pairs the evaluation's accuracy and
+    loss are measured on (default: the training pairs). With ``run.keep_weights`` False no
+    checkpoint is written: each is evaluated in memory at its step
     (``llm.train.train(save=False, on_checkpoint=...)`` into ``llm.eval_run.RunEvaluation``),
     giving the rows a kept checkpoint would get but for ``checkpoint_path`` ("in-memory") and
     ``checkpoint_sha256`` (of the parameters, not of a file); a killed run starts over, a
-    finished one (``out/done``) is read back. ``reference_dtype``: the frozen reference's
-    precision in the loss and the evaluation (``llm.model.DTYPES``; fp16 halves its memory on a
-    GPU).
+    finished one (``out/done``) is read back.
 
     Returns:
         The eval table with ``objective``, ``beta``, ``side`` ("llm"), ``step`` and ``fraction``
         (of all training steps) added.
     """
-    tree = task.tree
-    language = TreeLanguage(tree)
+    language = TreeLanguage(task.tree)
     tok = language.tokenizer()
     examples, _ = language.examples(task.chosen, task.rejected)
-    P = len(examples)
-    batch = min(batch_size, P)
-    steps = math.ceil(epochs * P / batch)
-    hyper = dict(hyper or {})
-    evaluation = _daa_evaluation(
-        task, language, tok, examples if held_out is None else language.examples(*held_out)[0],
-        objective=objective, beta=beta, hyper=hyper, samples=eval_samples, seed=seed,
-        device=device,
-    )  # fmt: skip
-    if not keep_weights and (out / DONE).is_file():
-        return _labelled(evaluation.read_back(out), objective=objective, beta=beta, steps=steps)
+    measured_on = examples if held_out is None else language.examples(*held_out)[0]
+    evaluation = _daa_evaluation(task, language, tok, measured_on, run, device=device)
+    if not run.keep_weights and (out / DONE).is_file():
+        return run.labelled(evaluation.read_back(out), n_pairs=len(examples))
+
     policy = load_model(sft).to(device)
-    run_config = {
-        "stage": "daa", "objective": objective, "beta": beta, "model": str(sft),
-        "size": size, "n_params": sum(p.numel() for p in policy.parameters()),
-        "seed": seed, "source": "tree", "tree_branching": tree.branching,
-        "tree_depth": tree.max_depth, "batch_size": batch, "lr": lr, "reference": "",
-        "hyper": hyper, "keep_weights": keep_weights, "reference_dtype": reference_dtype,
-    }  # fmt: skip
-    _write_daa_run(out, task, run_config, pairs=P)
-    reference = _frozen_reference(sft, reference_dtype, device)
-    tcfg = _train_config(
-        lr=lr, batch=batch, epochs=epochs, checkpoint_every=max(1, steps // checkpoints) * batch,
-        seed=seed if data_seed is None else data_seed,
-    )  # fmt: skip
-    loss = DAALoss(objective, beta, hyper=hyper, reference=reference)
-    if keep_weights:
+    n_params = sum(p.numel() for p in policy.parameters())
+    _write_daa_run(out, task, run.config_json(sft, task, n_pairs=len(examples), n_params=n_params),
+                   pairs=len(examples))  # fmt: skip
+    reference = _frozen_reference(sft, run.reference_dtype, device)
+    loss = DAALoss(run.objective, run.beta, hyper=dict(run.hyper), reference=reference)
+    tcfg = run.train_config(len(examples))
+    if run.keep_weights:
         train(
             policy, examples, loss, tcfg, out, pad_id=tok.pad_token_id, tokenizer=tok,
             resume=True, progress=progress,
@@ -338,4 +356,4 @@ def daa_llm(
             policy, examples, loss, tcfg, out, tok=tok, evaluation=evaluation,
             reference=reference, progress=progress,
         )  # fmt: skip
-    return _labelled(frame, objective=objective, beta=beta, steps=steps)
+    return run.labelled(frame, n_pairs=len(examples))

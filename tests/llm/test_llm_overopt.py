@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.checkpoint import checkpoint_folders
-from llm.confirm import daa_llm, sft_llm
+from llm.confirm import DAARun, daa_llm, sft_llm
 from llm.data import collate_pairs
 from llm.evaluate import TreeTask
 from llm.losses import DAALoss
@@ -138,16 +138,16 @@ def test_no_keep_weights_gives_the_rows_of_a_run_that_kept_its_weights(stop_tree
     tables = {}
     for keep in (True, False):
         out = tmp_path / ("keep" if keep else "memory")
-        daa = dict(
-            lr=3e-3, batch_size=4, epochs=1.0, checkpoints=3, seed=0, size="tiny",
-            eval_samples=8, device="cpu", progress=False, hyper={"alpha": 0.3},
-            keep_weights=keep, held_out=(held.chosen, held.rejected),
+        spec = DAARun(
+            "rdpo", 0.1, lr=3e-3, batch_size=4, epochs=1.0, checkpoints=3, seed=0, size="tiny",
+            eval_samples=8, hyper={"alpha": 0.3}, keep_weights=keep,
         )  # fmt: skip
-        frame = daa_llm(task, sft, "rdpo", 0.1, out, **daa)
+        daa = dict(device="cpu", progress=False, held_out=(held.chosen, held.rejected))
+        frame = daa_llm(task, sft, spec, out, **daa)
         tables[keep] = read_table(out / "eval.csv")
         assert bool(checkpoint_folders(out)) == keep  # no weights written without keep
         if not keep:  # a finished in-memory run is read back, not retrained
-            again = daa_llm(task, sft, "rdpo", 0.1, out, **daa)
+            again = daa_llm(task, sft, spec, out, **daa)
             pd.testing.assert_frame_equal(again, frame)
     kept, memory = tables[True], tables[False]
     assert len(kept) == 1 + 3 and list(kept["checkpoint"]) == list(memory["checkpoint"])
