@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import shutil
 import sys
@@ -65,12 +66,14 @@ from treemdp.agreement import (
     closest_toy,
     summarise,
 )
+from treemdp.bridge import bridge
 from treemdp.capacity import capacity_batches, capacity_names
 from treemdp.data import Pairs, sampled_bt_pairs
 from treemdp.metrics import kl_divergence
 from treemdp.problem import Problem, ProblemSpec, build_problem
 from treemdp.runs import (
     atomic_write,
+    config_dict,
     remove_temporaries,
     run_folder,
     run_lock,
@@ -94,12 +97,14 @@ class Config:
     """The confirm grid: toy capacities vs GPT-NeoX sizes over objectives, β, lr, seeds."""
 
     objectives: tuple[str, ...] = arg(PAPER_OBJECTIVES, "objectives", choices=PAPER_OBJECTIVES)
-    betas: tuple[float, ...] = arg((0.1,), "β values", exclusive_minimum=0)
+    betas: tuple[float, ...] = arg((0.03, 0.1), "β values", exclusive_minimum=0)
     lrs: tuple[float, ...] = arg(
-        (1e-3, 3e-3), "LLM DAA learning rates (RMSProp)", exclusive_minimum=0
+        (3e-3,), "LLM DAA learning rates (RMSProp, after warm-up)", exclusive_minimum=0
     )
-    seeds: tuple[int, ...] = arg((0, 1, 2), "seeds (problem: features, rewards, pairs; LLM)")
-    sizes: tuple[str, ...] = arg(("tiny", "14m"), "Pythia shapes (random init), smallest first")
+    seeds: tuple[int, ...] = arg(
+        tuple(range(8)), "seeds (problem: features, rewards, pairs; LLM); half select the toy"
+    )
+    sizes: tuple[str, ...] = arg(("tiny",), "Pythia shapes (random init), smallest first")
     regimes: tuple[str, ...] = arg(
         REGIMES,
         "pairs regimes (1pref; bt: many BT-labelled pairs of π_ref samples, one epoch)",
@@ -117,16 +122,25 @@ class Config:
     toy_lr: float = arg(0.01, "toy learning rate (Adam)", exclusive_minimum=0)
     bt_support: int = arg(4, "bt: random pairs whose responses π_ref is fitted to", minimum=1)
     bt_pairs: int = arg(128, "bt: preference pairs sampled from π_ref", minimum=2)
-    bt_batch: int = arg(2, "bt: pairs per step (toy and LLM; one epoch)", minimum=1)
+    bt_batch: int = arg(8, "bt: pairs per step (toy and LLM)", minimum=1)
+    bt_epochs: int = arg(4, "bt: passes over the pairs (toy and LLM)", minimum=1)
     bt_temperature: float = arg(1.0, "bt: Bradley–Terry temperature", exclusive_minimum=0)
     sft_samples: int = arg(256, "samples of π_ref the LLM is SFT'd on", minimum=1)
     sft_epochs: float = arg(4.0, "LLM SFT epochs", exclusive_minimum=0)
     sft_lr: float = arg(3e-3, "LLM SFT learning rate (RMSProp)", exclusive_minimum=0)
     sft_batch_size: int = arg(32, "LLM SFT batch size", minimum=1)
     steps: int = arg(100, "LLM DAA steps in the 1pref regime (full batch)", minimum=1)
+    warmup_steps: int = arg(
+        16, "LLM DAA linear warm-up steps (RMSProp's first steps move ~10x lr without)", minimum=0
+    )
     checkpoints: int = arg(4, "LLM checkpoints per run, evenly spaced", minimum=1)
     eval_samples: int = arg(8, "samples per checkpoint for the sampled estimates", minimum=2)
     margin: float = arg(0.1, "mass change that counts as degradation", exclusive_minimum=0)
+    resamples: int = arg(1000, "bootstrap resamples per bridge interval", minimum=0)
+    target_effect: float = arg(
+        0.5, "bridge: the effect (rank correlation above its bar, κ) to plan seeds for",
+        exclusive_minimum=0,
+    )  # fmt: skip
     device: str = arg("auto", "cpu, cuda, or auto")
     budget_s: float = arg(
         0.0,
@@ -147,9 +161,10 @@ class Config:
 
 QUICK = {
     "objectives": ("dpo", "ipo"),
+    "betas": (0.1,),
     "lrs": (1e-3, 3e-3),
-    "seeds": (0, 1),
-    "sizes": ("tiny", "14m"),
+    "seeds": (0, 1, 2, 3),
+    "sizes": ("tiny",),
     "regimes": ("1pref",),
     "toy_ks": (2, 8),
     "toy_widths": (8,),
@@ -160,6 +175,8 @@ QUICK = {
     "steps": 24,
     "checkpoints": 3,
     "eval_samples": 4,
+    "warmup_steps": 4,
+    "resamples": 100,
 }
 """What ``--quick`` overrides (where the flag is left at its default)."""
 
@@ -217,7 +234,7 @@ def regime_problem(cfg: Config, tree: Tree, regime: str) -> Problem:
 def _schedule(cfg: Config, regime: str, n_pairs: int, *, llm: bool) -> tuple[int, int | None]:
     """(steps, batch size or None for full batch) of a side in a regime."""
     if regime == "bt":
-        return math.ceil(n_pairs / min(cfg.bt_batch, n_pairs)), cfg.bt_batch
+        return cfg.bt_epochs * math.ceil(n_pairs / min(cfg.bt_batch, n_pairs)), cfg.bt_batch
     return (cfg.steps if llm else cfg.toy_steps), None
 
 
@@ -315,11 +332,11 @@ def run_llm(
     )
     _, batch = _schedule(cfg, item.regime, problem.pairs.n_pairs, llm=True)
     P = problem.pairs.n_pairs
-    batch_size, epochs = (P, float(cfg.steps)) if batch is None else (batch, 1.0)
+    batch_size, epochs = (P, float(cfg.steps)) if batch is None else (batch, cfg.bt_epochs)
     spec = DAARun(
         item.objective, item.beta, lr=item.lr, batch_size=batch_size, epochs=epochs,
         checkpoints=cfg.checkpoints, seed=item.seed, size=item.size,
-        eval_samples=cfg.eval_samples, data_seed=0,
+        eval_samples=cfg.eval_samples, data_seed=0, warmup_steps=cfg.warmup_steps,
     )  # fmt: skip
     frame = daa_llm(task, sft, spec, folder / "llm" / item.name, device=device, progress=False)
     out = pd.DataFrame(
@@ -472,6 +489,7 @@ def main(cfg: Config) -> Path:
         write_config(folder, cfg)
         timings: list[dict] = []
         trajectories, skipped = run_grid(cfg, folder, device, start, timings)
+        trajectories["config"] = config_id(cfg)
         write_table(folder / "trajectories.csv", trajectories)
         cells = cells_table(summarise(trajectories, cfg.margin))
         agree = agreement(cells)
@@ -483,13 +501,53 @@ def main(cfg: Config) -> Path:
         write_table(folder / "closest_toy.csv", closest)
         write_table(folder / "closest_toy_by_size.csv", by_size)
         plot_agreement(agree, by_size, folder / "agreement.png")
+        t0 = time.perf_counter()
+        bridge_table, selection = bridge(
+            trajectories, capacities, margin=cfg.margin, n_resamples=cfg.resamples,
+            target_effect=cfg.target_effect,
+        )  # fmt: skip
+        timings.append({"stage": "bridge", "size": "", "seconds": _since(t0)})
+        write_table(folder / "bridge.csv", bridge_table)
+        write_table(folder / "bridge_selection.csv", selection)
         # wall seconds of what this invocation computed (not part of the results: a resumed
         # run times only what it redid)
         timing = pd.DataFrame(timings, columns=["stage", "size", "seconds"])
         atomic_write(folder / "timings.csv", lambda p: timing.to_csv(p, index=False))
     _report_timings(timing)
     _report(cfg, agree, by_size, closest, skipped, folder, time.perf_counter() - start)
+    _report_bridge(cfg, bridge_table, selection)
     return folder
+
+
+def config_id(cfg: Config) -> str:
+    """The grid's configuration without its seeds (and without what does not change results):
+    the identity the bridge pools seeds under (``treemdp.bridge.check_poolable``)."""
+    settings = config_dict(replace(cfg, seeds=()))
+    for name in NOT_IN_HASH:
+        settings.pop(name.replace("_", "-"), None)
+        settings.pop(name, None)
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _report_bridge(cfg: Config, table: pd.DataFrame, selection: pd.DataFrame) -> None:
+    """The bridge table (one verdict per quantity: its spearman or κ row), the minimal
+    detectable effect at the seeds run and the seeds ``--target-effect`` needs."""
+    verdicts = table[table["statistic"].isin(["spearman", "kappa", "llm_rate_vs_shuffled"])]
+    plan = selection.set_index(["quantity", "statistic"])["seeds_needed"]
+    shown = verdicts.join(plan, on=["quantity", "statistic"])
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print("bridge: does the toy predict the LLM? (held-out seeds; bar = max(baseline, 0))")
+        print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    n = int(table["n_seeds"].max()) if len(table) else 0
+    mdes = verdicts["mde"].replace([np.inf, -np.inf], np.nan).dropna()
+    if len(mdes):
+        print(
+            f"power: {n} scoring seeds detect a rank correlation / κ above its bar of "
+            f"{mdes.median():.2f} (median MDE over quantities, 80% power); "
+            f"an effect of {cfg.target_effect:g} needs {int(shown['seeds_needed'].median())} "
+            "scoring seeds (median; -1: no interval to plan from)"
+        )
 
 
 def _report_timings(timing: pd.DataFrame) -> None:
@@ -548,7 +606,8 @@ def _report(
         )
     print(
         f"grid: {len(closest)} LLM runs in {seconds:.1f} s; results in {folder}/ "
-        "(cells.csv, agreement.csv, closest_toy.csv, agreement.png)",
+        "(bridge.csv, bridge_selection.csv, cells.csv, agreement.csv, closest_toy.csv, "
+        "agreement.png)",
         file=sys.stdout,
     )
 

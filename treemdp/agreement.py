@@ -28,7 +28,9 @@ __all__ = [
 
 CELL = ["regime", "objective", "beta", "lr", "seed", "size"]
 """The columns that name one cell of the grid."""
-METRIC_COLUMNS = ["mass_ood", "mass_in_dist", "kl_reverse", "win_rate", "p_chosen"]
+METRIC_COLUMNS = [
+    "mass_ood", "mass_in_dist", "kl_reverse", "kl_forward", "win_rate", "p_chosen", "p_rejected",
+]  # fmt: skip
 """The exact metrics every trajectory row holds."""
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 

@@ -233,14 +233,22 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
+MIN_SEEDS = 3
+"""Fewer scoring seeds than this give no verdict but "undecided": with two seeds the bootstrap
+has three distinct resamples, and its interval says nothing about the next seed."""
+
+
 def _row(
     quantity: str, statistic: str, est: ev.Estimate, *, baseline: float, ceiling: float,
     bar: float,
 ) -> dict:  # fmt: skip
+    decided = ev.verdict(est, bar=bar)
+    if est.n < MIN_SEEDS and decided in ("yes", "no"):
+        decided = "undecided"
     return {
         "quantity": quantity, "statistic": statistic, "value": est.value, "ci_low": est.low,
         "ci_high": est.high, "baseline": baseline, "noise_ceiling": ceiling, "n_seeds": est.n,
-        "mde": _mde(est), "verdict": ev.verdict(est, bar=bar),
+        "mde": _mde(est), "verdict": decided,
     }  # fmt: skip
 
 
