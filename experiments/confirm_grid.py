@@ -1,5 +1,5 @@
-"""The confirm grid: over which settings does a GPT-NeoX degrade as the Tree-MDP toy predicts, and
-which toy capacity predicts it best? (``experiments/llm_confirm.py`` runs one setting.)
+"""The confirm grid: does a GPT-NeoX move as the Tree-MDP toy predicts, quantity by quantity, over
+seeds? (``experiments/llm_confirm.py`` runs one setting.)
 
     python experiments/llm_confirm.py --grid                    # the documented CPU grid
     python experiments/llm_confirm.py --grid --quick --out DIR  # a test-sized grid
@@ -17,18 +17,25 @@ A cell is (regime, objective, β, lr, seed, size). Per cell:
   with the objective (``llm.confirm``), every checkpoint decoded on the tree and scored exactly.
 
 Regimes: ``1pref`` (the toy's: one random pair, full batch, ``--steps`` steps; the toy runs
-``--toy-steps``) and ``bt`` (the paper's: a π_ref fitted to the responses of ``--bt-support``
-random pairs, then ``--bt-pairs`` pairs drawn from samples of π_ref and labelled by
-Bradley–Terry on the gold reward (``treemdp.data.sampled_bt_pairs``), one epoch of
-``--bt-batch``-pair steps, checkpoints inside the epoch; toy and LLM see the same batches in the
-same order).
+``--toy-steps``) and ``bt`` (the paper's data: a π_ref fitted to the responses of
+``--bt-support`` random pairs, then ``--bt-pairs`` pairs drawn from samples of π_ref and labelled
+by Bradley–Terry on the gold reward (``treemdp.data.sampled_bt_pairs``), ``--bt-epochs`` passes
+of ``--bt-batch``-pair steps, checkpoints inside; toy and LLM see the same batches in the first
+epoch). The LLM trains with RMSProp after ``--warmup-steps`` of linear warm-up (docs/llm.md: why).
 
-A side *degrades* when its OOD mass rises by at least ``--margin`` and its in-distribution mass
-ends at least ``--margin`` below its peak (as in ``llm_confirm``); a toy capacity *agrees* with
-the LLM on a cell when both degrade or neither does.
+The bridge (``treemdp.bridge``, issue 24) compares exact quantities, not labels: per setting
+(regime, objective, β, lr, size) the toy's prediction against the LLM's seed mean, with the toy
+capacity chosen on half of the seeds and scored on the other half, beside an objective-β
+baseline, the LLM's split-half noise ceiling and the minimal detectable effect; one verdict per
+quantity (yes / no / undecided). A side *degrades* when its OOD mass rises by at least
+``--margin`` and its in-distribution mass ends at least ``--margin`` below its peak; that label
+(and the win rate's rises-then-falls) is reported only beside its shuffled-checkpoint null and
+with Cohen's κ. ``agreement.csv`` keeps the older raw agreement for comparison.
 
 Writes <out>/grid-<hash>/: config.json; parts/ (one file per finished toy regime and LLM run: a
-rerun, e.g. after a kill, skips them); trajectories.csv (every logged step of every side);
+rerun, e.g. after a kill, skips them); trajectories.csv (every logged step of every side, with
+its ``config`` id); bridge.csv (``treemdp.bridge.BRIDGE_COLUMNS``) and bridge_selection.csv (the
+capacity chosen per quantity on the selection seeds, the seeds a target effect needs);
 cells.csv (a row per cell and side); agreement.csv (per toy capacity and group: cells, agree,
 rate, 95% Wilson interval); closest_toy.csv (per LLM run, the capacity with the closest
 trajectory) and closest_toy_by_size.csv; agreement.png; timings.csv (wall seconds of the

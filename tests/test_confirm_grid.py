@@ -17,6 +17,7 @@ import pytest
 
 import treemdp.agreement as ag
 from tests.scripts import ROOT, load_script
+from treemdp.bridge import BRIDGE_COLUMNS
 
 grid = load_script("experiments/confirm_grid.py")
 
@@ -160,6 +161,7 @@ TINY = [
     *("--sizes", "tiny", "--objectives", "dpo", "--lrs", "1e-3", "--seeds", "0"),
     *("--regimes", "1pref", "bt", "--toy-ks", "2", "--toy-widths", "4", "--toy-steps", "40"),
     *("--toy-sft-steps", "20", "--bt-support", "2", "--bt-pairs", "8", "--bt-batch", "4"),
+    *("--bt-epochs", "1", "--betas", "0.1", "--warmup-steps", "2", "--resamples", "20"),
     *("--sft-samples", "32", "--sft-epochs", "1", "--steps", "4", "--checkpoints", "2"),
     *("--eval-samples", "2", "--depth", "2", "--no-progress"),
 ]
@@ -169,6 +171,8 @@ TABLES = (
     "agreement.csv",
     "closest_toy.csv",
     "closest_toy_by_size.csv",
+    "bridge.csv",
+    "bridge_selection.csv",
 )
 
 
@@ -222,6 +226,11 @@ def test_resume_after_sigkill_gives_the_uninterrupted_tables(tmp_path):
     bt = pd.read_csv(fresh / "trajectories.csv").query("regime == 'bt' and side == 'llm'")
     assert sorted(bt["step"].unique()) == [0, 1, 2]  # 8 pairs / 4 per step: one epoch
     assert not list(fresh.glob("llm/*/step-*"))  # checkpoints dropped once summarised
+    bridge = pd.read_csv(fresh / "bridge.csv")
+    assert list(bridge.columns) == BRIDGE_COLUMNS
+    # one seed: nothing is held out and no interval exists, so nothing is decided
+    assert set(bridge["verdict"]) <= {"undecided", "no data"}
+    assert not pd.read_csv(fresh / "bridge_selection.csv")["held_out"].any()
 
 
 def test_grid_flag_dispatch_and_help(capsys):
@@ -250,6 +259,6 @@ def test_gpu_confirm_script_cpu_dry_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     (folder,) = (out / "grid").iterdir()
-    for name in ("agreement.csv", "closest_toy.csv", "cells.csv", "agreement.png"):
+    for name in ("agreement.csv", "closest_toy.csv", "cells.csv", "agreement.png", "bridge.csv"):
         assert (folder / name).is_file(), name
     assert "timings" in done.stdout and (out / "timings.txt").is_file()
