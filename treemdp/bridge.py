@@ -24,6 +24,7 @@ shuffled-checkpoint null, with Cohen's κ and the majority-class rate instead of
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -230,7 +231,9 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     x, y = x[ok], y[ok]
     if len(x) < 3 or np.ptp(x) == 0:
         return math.nan
-    return float(np.polyfit(x, y, 1)[0])
+    with warnings.catch_warnings():  # a resample with nearly equal x: a poorly conditioned fit
+        warnings.simplefilter("ignore", np.exceptions.RankWarning)
+        return float(np.polyfit(x, y, 1)[0])
 
 
 MIN_SEEDS = 3
