@@ -586,7 +586,10 @@ def _report(
         (agree["objective"] == "all") & (agree["size"] == "all") & (agree["lr"] == "all")
     ]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print("agreement with the LLM over all cells (95% Wilson interval):")
+        print(
+            "raw agreement with the LLM over all cells (95% Wilson interval), beside the "
+            "majority-class rate and κ (not a verdict: see the bridge below):"
+        )
         print(
             overall[
                 [
@@ -597,6 +600,8 @@ def _report(
                     "rate",
                     "ci_low",
                     "ci_high",
+                    "majority_rate",
+                    "kappa",
                     "toy_degrades",
                     "llm_degrades",
                 ]

@@ -56,6 +56,9 @@ def test_agreement_summary_from_a_hand_made_table():
     ].iloc[0]
     assert (fine["cells"], fine["agree"], fine["rate"]) == (4, 3, 0.75)
     assert (fine["toy_degrades"], fine["llm_degrades"]) == (3, 2)
+    # the LLM says yes 2 of 4 times: majority 0.5; toy (1, 1, 0, 1) vs LLM (1, 0, 0, 1):
+    # p_o = 3/4, p_e = 3/4·2/4 + 1/4·2/4 = 1/2, κ = (3/4 − 1/2) / (1/2) = 1/2
+    assert (fine["majority_rate"], fine["kappa"]) == (0.5, pytest.approx(0.5))
     # Wilson 95%, k = 3, n = 4, z² = 3.841459, denominator 1 + z²/4 = 1.960365:
     # centre (0.75 + z²/8) / 1.960365 = 1.230182 / 1.960365 = 0.627527; half-width
     # z·sqrt(0.75·0.25/4 + z²/64) / 1.960365 = 1.959964 · 0.326953 / 1.960365 = 0.326884

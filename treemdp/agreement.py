@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from treemdp.claims.evidence import cohen_kappa, majority_rate
+
 __all__ = [
     "CELL",
     "GROUPINGS",
@@ -116,7 +118,9 @@ def agreement(cells: pd.DataFrame) -> pd.DataFrame:
         then by objective and size, by objective, by size, by lr, and over all cells ("all"
         where a key is pooled); columns toy, regime, objective, size, lr, beta, cells, agree,
         rate, ci_low, ci_high (95% Wilson score interval), toy_degrades and llm_degrades (cells
-        where each side degrades).
+        where each side degrades), majority_rate (the rate of always giving the LLM's more
+        frequent answer: the bar raw agreement must clear) and kappa (Cohen's κ; NaN when both
+        sides give one constant answer). Raw agreement is no verdict: ``treemdp.bridge`` is.
     """
     toy = cells[cells["side"] != "llm"]
     rows = []
@@ -136,6 +140,10 @@ def agreement(cells: pd.DataFrame) -> pd.DataFrame:
                 ci_high=hi,
                 toy_degrades=int(g["degrades"].sum()),
                 llm_degrades=int(g["llm_degrades"].sum()),
+                majority_rate=majority_rate(g["llm_degrades"].astype(bool).tolist()),
+                kappa=cohen_kappa(
+                    g["degrades"].astype(bool).tolist(), g["llm_degrades"].astype(bool).tolist()
+                ),
             )
             rows.append(row)
     return pd.DataFrame(rows)
