@@ -114,7 +114,7 @@ class Config:
     sizes: tuple[str, ...] = arg(("tiny",), "Pythia shapes (random init), smallest first")
     regimes: tuple[str, ...] = arg(
         REGIMES,
-        "pairs regimes (1pref; bt: many BT-labelled pairs of π_ref samples, one epoch)",
+        "pairs regimes (1pref; bt: many BT-labelled pairs of π_ref samples, minibatches)",
         choices=REGIMES,
     )
     branching: int = arg(3, "actions per state (b)", minimum=2)
@@ -187,7 +187,12 @@ QUICK = {
 }
 """What ``--quick`` overrides (where the flag is left at its default)."""
 
-NOT_IN_HASH = ("out", "force", "device", "progress", "budget_s", "keep_checkpoints", "quick")
+NOT_IN_HASH = (
+    "out", "force", "device", "progress", "budget_s", "keep_checkpoints", "quick", "resamples",
+    "target_effect",
+)  # fmt: skip
+"""Fields that change no run: a rerun with other values reuses the folder's parts (the bridge's
+``resamples`` and ``target_effect`` are recomputed from them)."""
 
 
 def resolve(cfg: Config) -> Config:
@@ -531,7 +536,6 @@ def config_id(cfg: Config) -> str:
     the identity the bridge pools seeds under (``treemdp.bridge.check_poolable``)."""
     settings = config_dict(replace(cfg, seeds=()))
     for name in NOT_IN_HASH:
-        settings.pop(name.replace("_", "-"), None)
         settings.pop(name, None)
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
