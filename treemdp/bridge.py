@@ -35,13 +35,20 @@ from treemdp.claims import evidence as ev
 __all__ = [
     "BRIDGE_COLUMNS",
     "LABELS",
+    "MIN_SEEDS",
     "QUANTITIES",
     "SETTING",
     "SUMMARIES",
     "aligned",
     "bridge",
     "check_poolable",
+    "degrades",
+    "label_table",
     "paired",
+    "rises_then_falls",
+    "run_labels",
+    "score_label",
+    "score_quantity",
     "summaries",
 ]
 
@@ -315,7 +322,8 @@ def score_label(
         _row(name, "kappa", kappa, baseline=0.0, ceiling=math.nan, bar=0.0),
         _row(name, "agreement", agree, baseline=majority, ceiling=math.nan, bar=majority),
     ]
-    llm_points = label_points[label_points["side"] == "llm"]
+    at = label_points
+    llm_points = at[(at["side"] == "llm") & at["seed"].isin(llm["seed"].unique())]
     # the starts are constant within a run, so the joint shuffle leaves them where they are
     null = ev.label_null(
         llm_points, lambda run: LABELS[name](run, margin), unit="run", order="point",
