@@ -6,6 +6,7 @@ written (atomically, so the file is whole on disk when the process dies).
 against the written file's absolute path. Unset (always, but in tests): nothing happens. Tests
 use it to kill a command at a point they choose rather than after a delay, which bets on how
 fast the machine is (a fast one finishes first, a loaded one is killed too early).
+``$TREEMDP_KILL_SIGNAL`` (e.g. ``INT``, a Ctrl-C) sends another signal instead of SIGKILL.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import os
 import signal
 from pathlib import Path
 
-__all__ = ["KILL_ENV", "kill_point"]
+__all__ = ["KILL_ENV", "SIGNAL_ENV", "kill_point"]
 
 KILL_ENV = "TREEMDP_KILL_AFTER"
 """The environment variable that arms the hook: ``<glob>:<N>``."""
+SIGNAL_ENV = "TREEMDP_KILL_SIGNAL"
+"""The signal's name without ``SIG`` (default ``KILL``)."""
 
 _seen: dict[str, int] = {}  # pattern → files written that matched it, in this process
 
@@ -36,4 +39,5 @@ def kill_point(path: str | Path) -> None:
         return
     _seen[pattern] = _seen.get(pattern, 0) + 1
     if _seen[pattern] == int(count):
-        os.kill(os.getpid(), signal.SIGKILL)
+        name = os.environ.get(SIGNAL_ENV) or "KILL"
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
