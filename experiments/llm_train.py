@@ -337,6 +337,34 @@ def main(cfg: Config) -> Path:
 
 def _main(cfg: Config) -> Path:
     fsdp, device, rank = _start_processes(cfg)
+    finished = False
+    try:
+        final, out_dir = _run_stage(cfg, fsdp, device, rank)
+        finished = True
+    finally:
+        _end_processes(finished=finished)
+    if rank == 0:
+        print(f"done: final checkpoint {final}; log {out_dir / 'log.csv'}", flush=True)
+    return final
+
+
+def _end_processes(*, finished: bool) -> None:
+    """Tear the process group down (if one runs): after a barrier when every rank finished, so
+    no rank closes its connections while another still talks on them (a gloo rank once aborted
+    after ``done:`` with "terminate called without an active exception"); at once after an
+    error, which the other ranks may never reach a barrier after. The models, sharded on the
+    group, are freed before (``_run_stage`` holds them)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run_stage(cfg: Config, fsdp: bool, device: torch.device, rank: int) -> tuple[Path, Path]:
+    """Load the data and models, train; the final checkpoint and the run folder."""
     try:
         examples, tokenizer, skipped = load_data(cfg)
         if not examples:
@@ -366,11 +394,7 @@ def _main(cfg: Config) -> Path:
         policy, examples, step_loss, _train_config(cfg), out_dir, pad_id=pad_id,
         tokenizer=tokenizer, resume=cfg.resume, run_info=run_info, progress=cfg.progress,
     )  # fmt: skip
-    if rank == 0:
-        print(f"done: final checkpoint {final}; log {out_dir / 'log.csv'}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return final
+    return final, out_dir
 
 
 def _start_processes(cfg: Config) -> tuple[bool, torch.device, int]:
