@@ -19,13 +19,13 @@ from treemdp.runs.cli import parse_config
 
 HOLDER = textwrap.dedent(
     """
-    import contextlib, sys, time
+    import contextlib, sys
     from treemdp.runs import run_lock
     with contextlib.ExitStack() as stack:
         for folder in sys.argv[1:]:
             stack.enter_context(run_lock(folder))
         print("held", flush=True)
-        time.sleep(120)
+        sys.stdin.read()  # held until killed, or until the test process ends (EOF): no timeout
     """
 )
 
@@ -36,6 +36,7 @@ class Holder:
     def __init__(self, *folders: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, *map(str, folders)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -45,6 +46,7 @@ class Holder:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self.proc.stdin.close()
         self.proc.stdout.close()
 
 
