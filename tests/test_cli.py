@@ -132,3 +132,18 @@ def test_nested_flags_are_range_checked_and_unknown_names_refused(capsys):
         with_flags(Outer(), {"width": 3})
     with pytest.raises(TypeError, match="no fields"):
         nested(Inner(), flags=("depth",))
+
+
+def test_a_nested_flag_can_say_what_it_means_here():
+    @dataclass(frozen=True)
+    class Renamed:
+        inner: Inner = nested(
+            Inner(), flags={"support": "width"}, help={"support": "pairs π_ref is fitted to"}
+        )
+
+    (flag,) = config_flags(Renamed)
+    assert flag.meta["help"] == "pairs π_ref is fitted to" and flag.meta["min"] == 1
+    assert "pairs π_ref is fitted to (>= 1)" in build_parser(Renamed, "").format_help()
+    assert config_flags(Outer)[1].meta["help"] == "hidden units"  # others keep the field's text
+    with pytest.raises(TypeError, match="not nested here"):
+        nested(Inner(), flags=("width",), help={"reward": "x"})
