@@ -256,6 +256,7 @@ def test_ctrl_c_then_no_keep_weights_finishes_without_weights_and_a_deleted_eval
     """Ctrl-C (SIGINT right after the DAA run's first checkpoint, ``$TREEMDP_KILL_AFTER``) is one
     line and exit 130; finishing with --no-keep-weights leaves no weights of the --keep-weights
     start; a tampered sub-run eval.csv is named, and deleting it as advised recomputes it."""
+    import signal
     import subprocess
     import sys
 
@@ -268,6 +269,9 @@ def test_ctrl_c_then_no_keep_weights_finishes_without_weights_and_a_deleted_eval
     done = subprocess.run(
         [sys.executable, str(ROOT / "experiments/llm_overopt.py"), *TINY_RUN, "--out", str(out)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        # a test run started in the background by a shell inherits SIGINT ignored; Ctrl-C needs
+        # the default disposition, which Python then turns into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert done.returncode == 130, done.stderr[-3000:]
     (line,) = done.stderr.strip().splitlines()

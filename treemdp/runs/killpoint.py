@@ -6,7 +6,9 @@ written (atomically, so the file is whole on disk when the process dies).
 against the written file's absolute path. Unset (always, but in tests): nothing happens. Tests
 use it to kill a command at a point they choose rather than after a delay, which bets on how
 fast the machine is (a fast one finishes first, a loaded one is killed too early).
-``$TREEMDP_KILL_SIGNAL`` (e.g. ``INT``, a Ctrl-C) sends another signal instead of SIGKILL.
+``$TREEMDP_KILL_SIGNAL`` (e.g. ``INT``, a Ctrl-C) sends another signal instead of SIGKILL; a
+process that inherited SIGINT ignored (started in the background by a non-interactive shell)
+ignores it here too, so a test restores the default disposition in the child first.
 """
 
 from __future__ import annotations
