@@ -26,6 +26,7 @@ from llm.train import TrainConfig, train
 from llm.tree_language import TreeLanguage
 from treemdp.problem import Problem
 from treemdp.runs import atomic_write
+from treemdp.runs.eval_table import EVAL_TABLE
 
 __all__ = ["daa_llm", "sft_llm"]
 
@@ -241,6 +242,7 @@ def _train_evaluating_in_memory(
     """Train without writing weights, evaluating the policy in memory at each checkpoint step;
     the reference's row and samples come first (the very ones ``evaluate_run`` draws). Marks
     ``out`` ``DONE``; returns the eval table."""
+    (out / DONE).unlink(missing_ok=True)  # a stale marker must not outlive a rerun's kill
     run = evaluation.start_fresh(out, reference)
     run.add(0, reference, path="reference", digest="reference")
     train(
@@ -309,7 +311,8 @@ def daa_llm(
         objective=objective, beta=beta, hyper=hyper, samples=eval_samples, seed=seed,
         device=device,
     )  # fmt: skip
-    if not keep_weights and (out / DONE).is_file():
+    if not keep_weights and (out / DONE).is_file() and (out / EVAL_TABLE).is_file():
+        # (a deleted eval.csv, as a corrupt one's error advises, is recomputed)
         return _labelled(evaluation.read_back(out), objective=objective, beta=beta, steps=steps)
     policy = load_model(sft).to(device)
     run_config = {
