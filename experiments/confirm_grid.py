@@ -81,6 +81,7 @@ from treemdp.problem import Problem, ProblemSpec, build_problem
 from treemdp.runs import (
     atomic_write,
     config_dict,
+    number_name,
     remove_temporaries,
     run_folder,
     run_lock,
@@ -89,7 +90,7 @@ from treemdp.runs import (
     write_config,
     write_table,
 )
-from treemdp.runs.cli import arg, check_distinct, run
+from treemdp.runs.cli import arg, check_device, check_distinct, run
 from treemdp.threads import thread_count, threads
 from treemdp.train import grid
 from treemdp.train import train as train_toy
@@ -205,6 +206,13 @@ def resolve(cfg: Config) -> Config:
     check_shapes(cfg.sizes)
     if cfg.branching**cfg.depth > 100_000:
         raise ValueError(f"--branching {cfg.branching} --depth {cfg.depth}: over 100,000 leaves")
+    if "bt" in cfg.regimes and cfg.bt_pairs % min(cfg.bt_batch, cfg.bt_pairs):
+        # the toy's last step would take the remainder, the LLM's a whole batch that wraps into
+        # a second epoch: the same batches only when the epoch is whole batches
+        raise ValueError(
+            f"--bt-pairs {cfg.bt_pairs} is not a multiple of --bt-batch {cfg.bt_batch}: one "
+            "epoch is --bt-pairs / --bt-batch full steps"
+        )
     return cfg
 
 
@@ -301,8 +309,8 @@ class LLMRun:
     @property
     def name(self) -> str:
         return (
-            f"{self.regime}-{self.size}-seed{self.seed}-lr{self.lr:g}-{self.objective}-"
-            f"beta{self.beta:g}"
+            f"{self.regime}-{self.size}-seed{self.seed}-lr{number_name(self.lr)}-"
+            f"{self.objective}-beta{number_name(self.beta)}"
         )
 
     @property
@@ -408,8 +416,10 @@ def _since(t0: float) -> float:
 
 
 def _device(name: str) -> str:
+    """The device of ``--device`` (ValueError naming the flag for one torch cannot use)."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(name)
     return name
 
 
@@ -491,8 +501,6 @@ def main(cfg: Config) -> Path:
 
     hf_logging.disable_progress_bar()
     device = _device(cfg.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
     folder = output_folder(cfg)
     with run_lock(folder):
         if cfg.force:
@@ -502,6 +510,12 @@ def main(cfg: Config) -> Path:
         timings: list[dict] = []
         trajectories, skipped = run_grid(cfg, folder, device, start, timings)
         trajectories["config"] = config_id(cfg)
+        if not trajectories["side"].eq("llm").any():
+            raise ValueError(
+                f"--budget-s {cfg.budget_s:g}: reached before the first LLM run, so there is "
+                "nothing to compare (the toy parts are saved); rerun with a larger --budget-s "
+                "(0: no limit) to continue"
+            )
         write_table(folder / "trajectories.csv", trajectories)
         cells = cells_table(summarise(trajectories, cfg.margin))
         agree = agreement(cells)

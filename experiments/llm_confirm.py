@@ -45,8 +45,8 @@ from llm.sampling import tree_logprobs
 from treemdp.metrics import kl_divergence
 from treemdp.policy import Policy, Tabular
 from treemdp.problem import Problem, ProblemSpec, build_problem
-from treemdp.runs import atomic_write, run_folder
-from treemdp.runs.cli import arg, nested, run
+from treemdp.runs import atomic_write, number_name, run_folder
+from treemdp.runs.cli import arg, check_device, nested, run
 from treemdp.runs.experiment import cached_run
 from treemdp.train import grid
 from treemdp.train import train as train_toy
@@ -115,8 +115,10 @@ def run_toy(cfg: Config, problems: dict[str, Problem]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------ LLM
 def _device(name: str) -> str:
+    """The device of ``--device`` (ValueError naming the flag for one torch cannot use)."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(name)
     return name
 
 
@@ -138,7 +140,7 @@ def run_daa(
         objective, beta, lr=cfg.lr, batch_size=P, epochs=cfg.steps, checkpoints=cfg.checkpoints,
         seed=cfg.seed, size=cfg.model, eval_samples=cfg.eval_samples,
     )  # fmt: skip
-    out = folder / f"{objective}-beta{beta:g}"
+    out = folder / f"{objective}-beta{number_name(beta)}"
     return daa_llm(task, sft, spec, out, device=device, progress=cfg.progress)
 
 
@@ -275,8 +277,6 @@ def main(cfg: Config) -> Path:
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars, once per model load
     device = _device(cfg.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
     if cfg.model not in PYTHIA_SHAPES:  # fail before the toy trains, in one line
         from transformers import AutoConfig
 

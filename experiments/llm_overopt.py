@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from llm.checkpoint import LATEST, checkpoint_folders
 from llm.confirm import DAARun, daa_llm, sft_llm
 from llm.evaluate import TreeTask
 from llm.model import DTYPES, PYTHIA_SHAPES, check_shapes, load_model
@@ -47,8 +48,8 @@ from treemdp.data import Pairs, sampled_bt_pairs
 from treemdp.metrics import kl_divergence
 from treemdp.objectives import REGISTRY
 from treemdp.problem import Problem, ProblemSpec, build_problem
-from treemdp.runs import run_folder
-from treemdp.runs.cli import arg, check_distinct, nested, run
+from treemdp.runs import number_name, run_folder
+from treemdp.runs.cli import arg, check_device, check_distinct, nested, run
 from treemdp.runs.experiment import cached_run
 from treemdp.threads import threads_for
 from treemdp.tree import Tree
@@ -75,13 +76,17 @@ class Config:
             "reward": "reward", "peak": "peak", "explained": "explained",
             "features": "features", "support": "pairs", "toy_sft_steps": "sft_steps",
         },
+        help={"support": "random pairs whose responses π_ref is fitted to (its support; the "
+              "preference data is --pairs)"},
     )  # fmt: skip
     seed: int = arg(0, "seed of the problem (features, gold reward, π_ref), the pairs and the LLM")
     pairs: int = arg(
         512, "preference pairs sampled from π_ref and labelled by Bradley–Terry", minimum=2
     )
     bt_temperature: float = arg(1.0, "Bradley–Terry temperature", exclusive_minimum=0)
-    batch: int = arg(8, "pairs per step (one epoch: pairs / batch steps)", minimum=1)
+    batch: int = arg(
+        8, "pairs per step (one epoch: pairs / batch steps; --pairs must be a multiple)", minimum=1
+    )
     checkpoints: int = arg(10, "checkpoints inside the epoch, evenly spaced", minimum=1)
     objectives: tuple[str, ...] = arg(OBJECTIVES, "objectives", choices=tuple(REGISTRY))
     betas: tuple[float, ...] = arg((0.03, 0.1, 0.3), "β values", exclusive_minimum=0)
@@ -120,18 +125,27 @@ def check(cfg: Config) -> None:
     """ValueError naming the flag for a config that cannot run."""
     check_distinct(cfg, ("objectives", "betas", "sizes"))
     check_shapes(cfg.sizes)
-    if cfg.checkpoints > cfg.pairs // cfg.batch:
+    if cfg.pairs % cfg.batch:
+        # one epoch is pairs / batch full steps: llm.train's steps are whole batches, so a
+        # remainder would wrap into a second epoch (fraction_of_epoch > 1)
+        whole = cfg.pairs // cfg.batch * cfg.batch or cfg.batch
         raise ValueError(
-            f"--checkpoints {cfg.checkpoints}: one epoch has only {cfg.pairs // cfg.batch} steps "
+            f"--pairs {cfg.pairs} is not a multiple of --batch {cfg.batch}: one epoch is "
+            f"--pairs / --batch full steps (e.g. --pairs {whole})"
+        )
+    steps = cfg.pairs // cfg.batch
+    if cfg.checkpoints > steps:
+        raise ValueError(
+            f"--checkpoints {cfg.checkpoints}: one epoch has only {steps} step(s) "
             f"(--pairs {cfg.pairs} / --batch {cfg.batch})"
         )
 
 
 def _device(name: str) -> str:
+    """The device of ``--device`` (ValueError naming the flag for one torch cannot use)."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+    check_device(name)
     return name
 
 
@@ -154,7 +168,7 @@ def build(cfg: Config) -> tuple[Problem, TreeTask, Pairs]:
 
 def run_name(size: str, objective: str, beta: float) -> str:
     """The evaluation run folder's name under ``llm/``."""
-    return f"{size}-{objective}-beta{beta:g}"
+    return f"{size}-{objective}-beta{number_name(beta)}"
 
 
 def run_size(
@@ -194,7 +208,20 @@ def run_size(
             frames.append(frame.assign(size=size))
     if not cfg.keep_weights:  # the SFT weights (~28 GB at 6.9b) leave room for the next size
         shutil.rmtree(sft, ignore_errors=True)
+        # and whatever a killed --keep-weights start of this run left (checkpoints, latest.json)
+        drop_weights(folder / f"sft-{size}")
+        for objective in cfg.objectives:
+            for beta in cfg.betas:
+                drop_weights(folder / run_name(size, objective, beta))
     return frames, kl
+
+
+def drop_weights(run_dir: Path) -> None:
+    """Remove the checkpoint folders of ``run_dir`` (finished, unfinished and temporary ones)
+    and its ``latest.json``: a --no-keep-weights run leaves none (its eval.csv stays)."""
+    for step in [*checkpoint_folders(run_dir), *run_dir.glob(".step-*")]:
+        shutil.rmtree(step, ignore_errors=True)
+    (run_dir / LATEST).unlink(missing_ok=True)
 
 
 def summarise(runs: pd.DataFrame, margin: float) -> pd.DataFrame:

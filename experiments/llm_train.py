@@ -42,7 +42,7 @@ from llm.sampling import sample_sft_examples
 from llm.train import LOG, TrainConfig, train
 from llm.tree_language import TreeLanguage
 from treemdp import objectives
-from treemdp.runs import atomic_write_text, run_lock
+from treemdp.runs import atomic_write_text, number_name, run_lock
 from treemdp.runs.cli import SEED_MAX, arg, check_device, run
 from treemdp.runs.eval_table import EVAL_TABLE
 from treemdp.tree import Tree
@@ -179,7 +179,8 @@ def run_dir(cfg: Config) -> Path:
             )
         return folder
     model = Path(cfg.model).name if cfg.model not in PYTHIA_SHAPES else cfg.model
-    what = f"sft-{cfg.sft_source}" if cfg.stage == "sft" else f"{cfg.objective}-beta{cfg.beta:g}"
+    daa = f"{cfg.objective}-beta{number_name(cfg.beta)}"
+    what = f"sft-{cfg.sft_source}" if cfg.stage == "sft" else daa
     return Path(cfg.out) / f"{what}-{model}-{cfg.source}-seed{cfg.seed}"
 
 
@@ -301,6 +302,23 @@ def load_data(cfg: Config) -> tuple[list, Any, list[str]]:
     return examples, tokenizer, skipped
 
 
+def check(cfg: Config) -> None:
+    """ValueError naming the flag for flags that cannot go together; called before anything is
+    written (the run folder, its lock, config.json and data.json)."""
+    if cfg.stage == "sft" and cfg.packing == "pairs":
+        raise ValueError(
+            "--packing pairs shares one prompt between a pair's two responses, so it needs "
+            "--stage daa; use --packing rows (or off) with --stage sft"
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.batch_size % (cfg.micro_batch_size * world):
+        processes = f" × {world} processes" if world > 1 else ""
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size "
+            f"{cfg.micro_batch_size}{processes} (a step is whole micro-batches on every process)"
+        )
+
+
 def main(cfg: Config) -> Path:
     """Run one training stage; returns the final checkpoint folder.
 
@@ -310,6 +328,7 @@ def main(cfg: Config) -> Path:
     Raises ValueError (exit 2 with one line from the command line) for a user mistake: bad flags,
     bad rows, a missing model folder or an uninstalled optional package, a busy run folder.
     """
+    check(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return _main(cfg)
     with run_lock(run_dir(cfg)):
@@ -318,6 +337,34 @@ def main(cfg: Config) -> Path:
 
 def _main(cfg: Config) -> Path:
     fsdp, device, rank = _start_processes(cfg)
+    finished = False
+    try:
+        final, out_dir = _run_stage(cfg, fsdp, device, rank)
+        finished = True
+    finally:
+        _end_processes(finished=finished)
+    if rank == 0:
+        print(f"done: final checkpoint {final}; log {out_dir / 'log.csv'}", flush=True)
+    return final
+
+
+def _end_processes(*, finished: bool) -> None:
+    """Tear the process group down (if one runs): after a barrier when every rank finished, so
+    no rank closes its connections while another still talks on them (a gloo rank once aborted
+    after ``done:`` with "terminate called without an active exception"); at once after an
+    error, which the other ranks may never reach a barrier after. The models, sharded on the
+    group, are freed before (``_run_stage`` holds them)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run_stage(cfg: Config, fsdp: bool, device: torch.device, rank: int) -> tuple[Path, Path]:
+    """Load the data and models, train; the final checkpoint and the run folder."""
     try:
         examples, tokenizer, skipped = load_data(cfg)
         if not examples:
@@ -347,11 +394,7 @@ def _main(cfg: Config) -> Path:
         policy, examples, step_loss, _train_config(cfg), out_dir, pad_id=pad_id,
         tokenizer=tokenizer, resume=cfg.resume, run_info=run_info, progress=cfg.progress,
     )  # fmt: skip
-    if rank == 0:
-        print(f"done: final checkpoint {final}; log {out_dir / 'log.csv'}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return final
+    return final, out_dir
 
 
 def _start_processes(cfg: Config) -> tuple[bool, torch.device, int]:

@@ -27,6 +27,7 @@ from llm.train import TrainConfig, train
 from llm.tree_language import TreeLanguage
 from treemdp.problem import Problem
 from treemdp.runs import atomic_write
+from treemdp.runs.eval_table import EVAL_TABLE
 
 __all__ = ["DAARun", "daa_llm", "sft_llm"]
 
@@ -293,6 +294,7 @@ def _train_evaluating_in_memory(
     """Train without writing weights, evaluating the policy in memory at each checkpoint step;
     the reference's row and samples come first (the very ones ``evaluate_run`` draws). Marks
     ``out`` ``DONE``; returns the eval table."""
+    (out / DONE).unlink(missing_ok=True)  # a stale marker must not outlive a rerun's kill
     run = evaluation.start_fresh(out, reference)
     run.add(0, reference, path="reference", digest="reference")
     train(
@@ -334,7 +336,8 @@ def daa_llm(
     examples, _ = language.examples(task.chosen, task.rejected)
     measured_on = examples if held_out is None else language.examples(*held_out)[0]
     evaluation = _daa_evaluation(task, language, tok, measured_on, run, device=device)
-    if not run.keep_weights and (out / DONE).is_file():
+    if not run.keep_weights and (out / DONE).is_file() and (out / EVAL_TABLE).is_file():
+        # (a deleted eval.csv, as a corrupt one's error advises, is recomputed)
         return run.labelled(evaluation.read_back(out), n_pairs=len(examples))
 
     policy = load_model(sft).to(device)

@@ -247,6 +247,30 @@ RUN_CASES: list[RunCase] = [
     RunCase("ood_mass (any cached run)", "a finished run with a 0-byte responses.csv, a "
             "truncated config.json, no manifest.json", "refused, naming the file; --force",
             "tests/test_run_folders.py::test_reuse_checks_every_file_of_the_finished_run"),
+    RunCase("llm_overopt", "--device tpu, --explained 2, --pairs 7 --batch 4 (an epoch that is "
+            "not whole batches)", "refused, naming the flags; nothing written",
+            "tests/llm/test_llm_overopt.py::test_user_mistakes_are_one_line_errors"),
+    RunCase("llm_confirm, llm_confirm --grid", "--device tpu", "refused, naming --device; "
+            "nothing written", "tests/test_confirm_grid.py::"
+            "test_an_unknown_device_is_one_line_before_anything_is_written"),
+    RunCase("llm_confirm --grid", "--budget-s spent before the first LLM run",
+            "one line naming --budget-s; the toy parts are kept for the rerun",
+            "tests/test_confirm_grid.py::test_a_budget_spent_before_the_first_llm_run_is_one_line"),
+    RunCase("llm_confirm --grid", "--bt-pairs 7 --bt-batch 4", "refused: one epoch is whole "
+            "batches", "tests/test_confirm_grid.py::test_a_bt_epoch_must_be_whole_batches"),
+    RunCase("llm_overopt, llm_confirm --grid", "--betas 0.1 0.1000001, --lrs 0.001 0.0010000001",
+            "each value its own run folder (names read back as the exact value)",
+            "tests/test_confirm_grid.py::test_distinct_lrs_and_betas_get_distinct_run_names"),
+    RunCase("llm_train", "--stage sft --packing pairs; --batch-size not a multiple of "
+            "--micro-batch-size", "refused, naming the flags, before config.json is written",
+            "tests/llm/test_llm_identity.py::test_llm_train_bad_inputs_are_one_line"),
+    RunCase("every command built on treemdp.runs.cli.run", "Ctrl-C", "one line, exit 130; the "
+            "same command resumes",
+            "tests/test_cli.py::test_ctrl_c_in_main_exits_130_with_one_line"),
+    RunCase("llm_overopt", "Ctrl-C in a --keep-weights run, finished with --no-keep-weights; "
+            "a tampered sub-run eval.csv, deleted as advised", "no weights left; the eval.csv "
+            "is named, then recomputed", "tests/llm/test_llm_overopt.py::"
+            "test_ctrl_c_then_no_keep_weights_finishes_without_weights_and_a_deleted_eval_recomputes"),
 ]  # fmt: skip
 
 

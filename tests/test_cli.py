@@ -64,6 +64,28 @@ def test_value_errors_from_main_exit_2_with_one_line(capsys):
     )
 
 
+def test_ctrl_c_in_main_exits_130_with_one_line(capsys):
+    def main(config):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        run(Cfg, main, [])
+    assert exit_.value.code == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "interrupted" in line and "run the same command to resume" in line
+
+
+def test_distinct_floats_get_distinct_names():
+    from treemdp.runs import number_name
+
+    assert [number_name(x) for x in (0.1, 1e-3, 3e-5, 2.0, 0.03)] == [
+        "0.1", "0.001", "3e-05", "2", "0.03",
+    ]  # fmt: skip
+    close = [0.001, 0.0010000001, 0.1, 0.1000001, 1 / 3, 0.3333333]
+    assert len({number_name(x) for x in close}) == len(close)
+    assert all(float(number_name(x)) == x for x in close)  # each name reads back as its value
+
+
 def test_help_lists_defaults_and_ranges():
     text = build_parser(Cfg, "").format_help()
     assert "(> 0) [default: (0.1,)]" in text and "(>= 1) [default: 3]" in text
@@ -110,3 +132,18 @@ def test_nested_flags_are_range_checked_and_unknown_names_refused(capsys):
         with_flags(Outer(), {"width": 3})
     with pytest.raises(TypeError, match="no fields"):
         nested(Inner(), flags=("depth",))
+
+
+def test_a_nested_flag_can_say_what_it_means_here():
+    @dataclass(frozen=True)
+    class Renamed:
+        inner: Inner = nested(
+            Inner(), flags={"support": "width"}, help={"support": "pairs π_ref is fitted to"}
+        )
+
+    (flag,) = config_flags(Renamed)
+    assert flag.meta["help"] == "pairs π_ref is fitted to" and flag.meta["min"] == 1
+    assert "pairs π_ref is fitted to (>= 1)" in build_parser(Renamed, "").format_help()
+    assert config_flags(Outer)[1].meta["help"] == "hidden units"  # others keep the field's text
+    with pytest.raises(TypeError, match="not nested here"):
+        nested(Inner(), flags=("width",), help={"reward": "x"})

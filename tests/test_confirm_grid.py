@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -180,11 +179,20 @@ TABLES = (
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_tables(tmp_path):
-    """Kill the grid (SIGKILL, whole process group) once its first LLM part is saved and the
-    next run is under way, rerun it: every table equals an uninterrupted run's."""
+    """The grid SIGKILLs itself (``$TREEMDP_KILL_AFTER``, ``treemdp.runs.killpoint``) right after
+    the second LLM run (bt) publishes its first checkpoint: the first run's part is saved, the
+    second is mid-training. The rerun's tables equal an uninterrupted run's. No delay decides
+    where the kill lands, so a fast or a loaded machine kills at the same point."""
     from treemdp.runs.cli import parse_config
+    from treemdp.runs.killpoint import KILL_ENV
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(ROOT),
+        **{KILL_ENV: "*/llm/bt-*/latest.json:1"},
+    )
     killed = tmp_path / "killed"
     argv = [
         sys.executable,
@@ -194,29 +202,16 @@ def test_resume_after_sigkill_gives_the_uninterrupted_tables(tmp_path):
         "--out",
         str(killed),
     ]
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+    done = subprocess.run(
+        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    try:
-        deadline = time.monotonic() + 600  # a busy machine: imports alone can take a minute
-        while not list(killed.glob("*/parts/llm-*.pkl")):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(0.3)  # into the next run (its SFT or training)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-3000:]
     (folder,) = killed.iterdir()
-    assert not (folder / "cells.csv").exists(), "the grid finished before the kill"
+    assert not (folder / "cells.csv").exists()
     done_before = sorted(p.name for p in (folder / "parts").glob("llm-*.pkl"))
-    assert 1 <= len(done_before) <= 2, done_before  # of 2 LLM runs (1pref, then bt)
+    assert done_before == ["llm-1pref-tiny-seed0-lr0.001-dpo-beta0.1.pkl"], done_before
+    (run,) = (folder / "llm").glob("bt-*")
+    assert (run / "latest.json").is_file() and not (run / "eval.csv").exists()
     resumed = grid.main(parse_config(grid.Config, [*TINY, "--out", str(killed)]))
     fresh = grid.main(parse_config(grid.Config, [*TINY, "--out", str(tmp_path / "fresh")]))
     assert resumed.name == fresh.name
@@ -265,3 +260,47 @@ def test_gpu_confirm_script_cpu_dry_run(tmp_path):
     for name in ("agreement.csv", "closest_toy.csv", "cells.csv", "agreement.png", "bridge.csv"):
         assert (folder / name).is_file(), name
     assert "timings" in done.stdout and (out / "timings.txt").is_file()
+
+
+def test_a_budget_spent_before_the_first_llm_run_is_one_line(tmp_path, capsys):
+    confirm = load_script("experiments/llm_confirm.py")
+    argv = ["--grid", *TINY, "--regimes", "1pref", "--budget-s", "1e-9", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        confirm.cli(argv)
+    assert e.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--budget-s 1e-09: reached before the first LLM run" in line
+    (folder,) = tmp_path.iterdir()
+    assert (folder / "parts" / "toy-1pref.pkl").is_file()  # the toy's part is kept for the rerun
+    assert not (folder / "cells.csv").exists()
+
+
+def test_distinct_lrs_and_betas_get_distinct_run_names():
+    def name(lr, beta):
+        return grid.LLMRun("1pref", "tiny", 0, lr, "dpo", beta).name
+
+    assert name(1e-3, 0.1) == "1pref-tiny-seed0-lr0.001-dpo-beta0.1"  # ordinary values: as before
+    assert name(3e-5, 0.03) == "1pref-tiny-seed0-lr3e-05-dpo-beta0.03"
+    assert name(0.001, 0.1) != name(0.0010000001, 0.1)  # %g gave both "lr0.001"
+    assert name(0.001, 0.1) != name(0.001, 0.1000001)
+    assert name(0.0010000001, 0.1) == "1pref-tiny-seed0-lr0.0010000001-dpo-beta0.1"
+    names = {item.name for item in grid.plan(grid.resolve(grid.Config(lrs=(1e-3, 1.0000001e-3))))}
+    assert len(names) == len(grid.plan(grid.resolve(grid.Config(lrs=(1e-3, 1.0000001e-3)))))
+
+
+def test_a_bt_epoch_must_be_whole_batches():
+    with pytest.raises(ValueError, match="--bt-pairs 7 is not a multiple of --bt-batch 4"):
+        grid.resolve(grid.Config(bt_pairs=7, bt_batch=4))
+    grid.resolve(grid.Config(bt_pairs=7, bt_batch=4, regimes=("1pref",)))  # no bt: no epoch
+
+
+@pytest.mark.parametrize("grid_flag", [True, False], ids=["grid", "one-setting"])
+def test_an_unknown_device_is_one_line_before_anything_is_written(grid_flag, tmp_path, capsys):
+    confirm = load_script("experiments/llm_confirm.py")
+    argv = [*(["--grid"] if grid_flag else []), "--device", "tpu", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        confirm.cli(argv)
+    assert e.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--device 'tpu' is not a device torch knows" in line
+    assert not (tmp_path / "o").exists()

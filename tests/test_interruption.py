@@ -19,13 +19,13 @@ from treemdp.runs.cli import parse_config
 
 HOLDER = textwrap.dedent(
     """
-    import contextlib, sys, time
+    import contextlib, sys
     from treemdp.runs import run_lock
     with contextlib.ExitStack() as stack:
         for folder in sys.argv[1:]:
             stack.enter_context(run_lock(folder))
         print("held", flush=True)
-        time.sleep(120)
+        sys.stdin.read()  # held until killed, or until the test process ends (EOF): no timeout
     """
 )
 
@@ -36,6 +36,7 @@ class Holder:
     def __init__(self, *folders: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, *map(str, folders)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -45,6 +46,7 @@ class Holder:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self.proc.stdin.close()
         self.proc.stdout.close()
 
 
@@ -145,3 +147,34 @@ def test_a_busy_run_folder_is_one_line_and_exit_2_on_the_command_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ood_mass.py: error: "), done.stderr
     assert f"{folder} is in use by another process (pid {holder.proc.pid})" in lines[0]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from treemdp.runs import atomic_write_text
+    for name in ("a-1", "b-1", "a-2", "b-2", "b-3"):
+        atomic_write_text(Path(sys.argv[1]) / f"{name}.txt", name)
+    """
+)
+
+
+def test_the_kill_hook_kills_right_after_the_nth_matching_write(tmp_path, monkeypatch):
+    from treemdp.runs.killpoint import KILL_ENV, kill_point
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), KILL_ENV: "*/b-*.txt:2"}
+    done = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path)], env=env)
+    assert done.returncode == -signal.SIGKILL
+    # killed after the second b- file, whole on disk; nothing after it; no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a-1.txt",
+        "a-2.txt",
+        "b-1.txt",
+        "b-2.txt",
+    ]
+    assert (tmp_path / "b-2.txt").read_text() == "b-2"
+    for bad in ("*.txt", "*.txt:0", "*.txt:x", ":3"):
+        monkeypatch.setenv(KILL_ENV, bad)
+        with pytest.raises(ValueError, match=KILL_ENV):
+            kill_point(tmp_path / "x.txt")

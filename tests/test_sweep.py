@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
@@ -75,6 +74,10 @@ KILL = replace(SMALL, depth=(3,), pairs=(1,), steps=400, log_every=50, chunk_run
 
 
 def test_a_killed_sweep_resumes_to_the_identical_table(tmp_path):
+    """The sweep SIGKILLs itself right after its k-th chunk is saved (``$TREEMDP_KILL_AFTER``,
+    k seeded at random): the kill lands where the test chooses, however fast the machine."""
+    from treemdp.runs.killpoint import KILL_ENV
+
     whole = _reference_table(tmp_path, KILL)
     out = tmp_path / "killed"
     args = [
@@ -83,22 +86,18 @@ def test_a_killed_sweep_resumes_to_the_identical_table(tmp_path):
         *("--log-every", "50", "--sft-steps", "10", "--chunk-runs", "1", "--no-progress"),
         *("--out", str(out)),
     ]
-    proc = subprocess.Popen(
+    n_chunks = len(sweep.plan(KILL))
+    k = random.Random(0).randint(1, n_chunks - 1)
+    done = subprocess.run(
         [sys.executable, str(ROOT / "experiments/sweep.py"), *args],
         cwd=ROOT,
+        env={**os.environ, KILL_ENV: f"*/parts/*.pkl:{k}"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    n_chunks = len(sweep.plan(KILL))
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*/parts/*.pkl")) and time.monotonic() < deadline:
-        time.sleep(0.02)  # wait for the first finished chunk, then kill at a random point
-    delay = random.uniform(0.0, 0.2)
-    time.sleep(delay)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert done.returncode == -signal.SIGKILL
     parts = list(out.glob("*/parts/*.pkl"))
-    assert 1 <= len(parts) < n_chunks, f"kill after {delay:.2f} s left {len(parts)} parts"
+    assert len(parts) == k, f"killed after chunk {k} left {len(parts)} parts"
     assert not list(out.glob("*/metrics.csv"))
     folder = sweep.main(replace(KILL, out=str(out)))  # the rerun
     assert (folder / "metrics.csv").read_bytes() == whole

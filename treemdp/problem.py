@@ -187,7 +187,9 @@ class ProblemSpec:
     pair_source: str = arg("random", "how pairs are drawn", choices=tuple(PAIR_SOURCES))
     reward: str = arg("normal", "gold reward (treemdp.rewards)", choices=tuple(REWARDS))
     peak: float = arg(1.0, "where a concave/saturating/length reward peaks", exclusive_minimum=0)
-    explained: float = arg(1.0, "share of gold-reward variance the signal explains", minimum=0)
+    explained: float = arg(
+        1.0, "share of gold-reward variance the signal explains", minimum=0, maximum=1
+    )
 
     def needs_features(self) -> bool:
         """Whether φ is drawn: the policy or the gold reward reads it."""

@@ -131,3 +131,28 @@ def test_a_cuda_device_without_an_index_is_the_local_rank_gpu(monkeypatch):
     assert with_local_rank(torch.device("cuda", 1)) == torch.device("cuda", 1)
     assert with_local_rank(torch.device("cpu")) == torch.device("cpu")
     assert _device(Config(device="cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finishes", "fails"])
+def test_llm_train_tears_its_process_group_down_whether_it_finishes_or_fails(tmp_path, fails):
+    # a process group left running (an error before the old code reached destroy_process_group)
+    # or torn down while models sharded on it live on is what aborts a rank at exit
+    from tests.llm.helpers_llm import load_cli
+    from treemdp.runs.cli import parse_config
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already running in this process")
+    lt = load_cli()
+    argv = [
+        *("--fsdp", "on", "--device", "cpu", "--model", "tiny", "--batch-size", "2"),
+        *("--micro-batch-size", "2", "--warmup-steps", "0", "--reference-dtype", "fp32"),
+        *("--checkpoint-every", "0", "--no-progress", "--out", str(tmp_path)),
+        *(("--source", "jsonl") if fails else ("--source", "tree", "--tree-pairs", "0>1,5>7")),
+    ]
+    cfg = parse_config(lt.Config, argv)
+    if fails:  # no --data: refused after the group started
+        with pytest.raises(ValueError, match="--data must name a JSONL file"):
+            lt.main(cfg)
+    else:
+        assert lt.main(cfg).name == "step-0000001"
+    assert not dist.is_initialized()

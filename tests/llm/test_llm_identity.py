@@ -234,6 +234,9 @@ def test_corrupt_eval_files_name_the_file_to_delete_not_the_run_folder(trained, 
         (["--seed", str(2**63)], "--seed must be <= 4294967295"),
         (["--run-name", "../../x"], "--run-name '../../x' leaves --out"),
         (["--run-name", "/tmp/x"], "--run-name '/tmp/x' leaves --out"),
+        # flags that cannot go together: refused before config.json and data.json are written
+        (["--stage", "sft", "--packing", "pairs"], "--packing pairs"),
+        (["--micro-batch-size", "3"], "--batch-size 2 must be a multiple of --micro-batch-size 3"),
     ],
 )
 def test_llm_train_bad_inputs_are_one_line(lt, tmp_path, capsys, argv, message):

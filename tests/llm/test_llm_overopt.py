@@ -176,11 +176,44 @@ def test_the_quick_llm_family_is_one_epoch_with_ten_checkpoints_inside_it(tmp_pa
         assert lengths.unique().numel() == cfg.max_length  # variable-length responses
 
 
-def test_user_mistakes_are_one_line_errors():
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+    from treemdp.runs.cli import run
+
     with pytest.raises(ValueError, match="--sizes must be Pythia shapes"):
         overopt.check(overopt.Config(sizes=("1B",)))
-    with pytest.raises(ValueError, match="one epoch has only"):
+    with pytest.raises(ValueError, match="one epoch has only 2 step"):
         overopt.check(overopt.Config(pairs=16, batch=8, checkpoints=10))
+    # one epoch is whole batches: 7 pairs of 4 would train 8 examples (fraction_of_epoch 8/7)
+    with pytest.raises(ValueError, match="--pairs 7 is not a multiple of --batch 4"):
+        overopt.check(overopt.Config(pairs=7, batch=4, checkpoints=1))
+    for argv, message in [
+        (["--device", "tpu"], "--device 'tpu' is not a device torch knows"),
+        (["--explained", "2"], "--explained must be <= 1; got 2.0"),
+        (["--betas", "0.1", "0.1"], "--betas values must be distinct"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            run(overopt.Config, overopt.main, [*argv, "--out", str(tmp_path / "o")])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and message in line, line
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_help_says_what_support_and_explained_are(capsys):
+    from treemdp.runs.cli import build_parser
+
+    text = " ".join(build_parser(overopt.Config, "").format_help().split())
+    assert "--support SUPPORT random pairs whose responses π_ref is fitted to" in text
+    assert (
+        "--explained EXPLAINED share of gold-reward variance the signal explains (>= 0) (<= 1)"
+        in text
+    )
+
+
+def test_close_betas_get_their_own_run_folders():
+    assert overopt.run_name("tiny", "dpo", 0.1) == "tiny-dpo-beta0.1"  # ordinary: as before
+    assert overopt.run_name("tiny", "dpo", 0.1) != overopt.run_name("tiny", "dpo", 0.1000001)
+    folders = overopt.run_folders(overopt.Config(betas=(0.1, 0.1000001)))
+    assert len(set(folders)) == len(folders)
 
 
 @pytest.mark.slow
@@ -207,3 +240,57 @@ def test_smoke_gpu_figures_cpu_dry_run_trains_evaluates_and_draws_the_llm_family
         assert len(inside) >= 10 and inside.between(0, 1, inclusive="right").all()
     drawn = list((tmp_path / "figures").rglob("*.png"))
     assert drawn and all(p.is_relative_to(tmp_path / "figures") for p in drawn)
+
+
+TINY_RUN = [
+    *("--objectives", "dpo", "--betas", "0.1", "--pairs", "8", "--batch", "4"),
+    *("--checkpoints", "2", "--eval-samples", "4", "--eval-pairs", "4", "--sft-samples", "16"),
+    *("--sft-epochs", "1", "--toy-sft-steps", "10", "--sizes", "tiny", "--branching", "3"),
+    *("--max-length", "2", "--device", "cpu", "--no-progress"),
+]
+
+
+def test_ctrl_c_then_no_keep_weights_finishes_without_weights_and_a_deleted_eval_recomputes(
+    tmp_path,
+):
+    """Ctrl-C (SIGINT right after the DAA run's first checkpoint, ``$TREEMDP_KILL_AFTER``) is one
+    line and exit 130; finishing with --no-keep-weights leaves no weights of the --keep-weights
+    start; a tampered sub-run eval.csv is named, and deleting it as advised recomputes it."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.llm.helpers_llm import ROOT, subprocess_env
+    from treemdp.runs.cli import parse_config
+    from treemdp.runs.killpoint import KILL_ENV, SIGNAL_ENV
+
+    out = tmp_path / "out"
+    env = {**subprocess_env(), KILL_ENV: "*/llm/tiny-dpo-*/latest.json:1", SIGNAL_ENV: "INT"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "experiments/llm_overopt.py"), *TINY_RUN, "--out", str(out)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        # a test run started in the background by a shell inherits SIGINT ignored; Ctrl-C needs
+        # the default disposition, which Python then turns into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr[-3000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert "interrupted" in line and "Traceback" not in done.stderr
+    assert list(out.rglob("step-*")) and list(out.rglob("latest.json"))  # --keep-weights wrote
+
+    cfg = parse_config(overopt.Config, [*TINY_RUN, "--no-keep-weights", "--out", str(out)])
+    folder = overopt.main(cfg)
+    assert not list(out.rglob("step-*")) and not list(out.rglob("latest.json"))
+    assert not list(out.rglob("*.safetensors")) and not list(out.rglob("trainer_state.pt"))
+    runs = read_table(folder / "runs.csv")
+
+    (run_dir,) = overopt.run_folders(cfg)
+    eval_csv = run_dir / "eval.csv"
+    eval_csv.write_bytes(eval_csv.read_bytes() + b"0\n")  # tampered
+    (folder / "summary.csv").unlink()  # the run is recomputed from its sub-runs
+    with pytest.raises(ValueError, match=f"delete {eval_csv}") as e:
+        overopt.main(cfg)
+    assert (run_dir / "done").is_file(), e  # the stale marker the advice must get past
+    eval_csv.unlink()  # as advised
+    again = overopt.main(cfg)
+    pd.testing.assert_frame_equal(read_table(again / "runs.csv"), runs)

@@ -30,7 +30,13 @@ from treemdp.runs.files import (
     write_checked,
     write_listing,
 )
-from treemdp.runs.folders import cached_tables, find_runs, run_folder, save_diverged
+from treemdp.runs.folders import (
+    cached_tables,
+    find_runs,
+    number_name,
+    run_folder,
+    save_diverged,
+)
 from treemdp.runs.locks import LOCK_NAME, RunFolderBusyError, run_lock
 from treemdp.runs.tables import (
     config_dict,
@@ -54,6 +60,7 @@ __all__ = [
     "find_runs",
     "is_temporary",
     "missing_files",
+    "number_name",
     "read_checked",
     "read_config",
     "read_table",

@@ -11,7 +11,8 @@ argparse's own errors, range checks here (integers also within int64), any Value
 ``main`` raises, and an OSError a user fixes by choosing another path (permission denied,
 read-only, a file where a folder must be: ``os_error_line``; other OS errors keep their
 traceback). A run whose training produced a NaN or an infinity raises ``RunDivergedError`` and
-exits with status 3 and one line (what it saved, where).
+exits with status 3 and one line (what it saved, where). Ctrl-C exits with status 130 and one
+line (a rerun resumes from what was saved).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 __all__ = [
     "DIVERGED_EXIT",
     "INT64",
+    "INTERRUPTED_EXIT",
     "SEED_MAX",
     "Flag",
     "OneLineParser",
@@ -49,6 +51,8 @@ __all__ = [
 
 DIVERGED_EXIT = 3
 """Exit status of a run stopped by a NaN or an infinity (``RunDivergedError``)."""
+INTERRUPTED_EXIT = 130
+"""Exit status of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it)."""
 INT64 = 2**63
 """Integer flags must lie in [-INT64, INT64): the range torch and numpy accept."""
 SEED_MAX = 2**32 - 1
@@ -141,21 +145,32 @@ def arg(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def nested(default: Any, *, flags: Sequence[str] | Mapping[str, str]) -> Any:
+def nested(
+    default: Any,
+    *,
+    flags: Sequence[str] | Mapping[str, str],
+    help: Mapping[str, str] | None = None,
+) -> Any:
     """A config field holding the frozen dataclass ``default`` (e.g. a ``ProblemSpec``) whose
     fields ``flags`` are flags of the enclosing config, in that order, where this field stands.
 
     ``flags`` names the nested fields, or maps a flag's name to the nested field it sets
     (``{"toy_sft_steps": "sft_steps"}``). Help, choices and bounds come from the nested field's
-    ``arg``; the default from ``default``. Fields not named keep ``default``'s values (constants
-    of the experiment, not part of its config).
+    ``arg``; the default from ``default``; ``help`` replaces the help text of the flags it names
+    (where the experiment gives the field another meaning, e.g. ``--support`` for
+    ``ProblemSpec.pairs``). Fields not named keep ``default``'s values (constants of the
+    experiment, not part of its config).
     """
     names = tuple(flags.items()) if isinstance(flags, Mapping) else tuple((n, n) for n in flags)
     known = {f.name for f in dataclasses.fields(default)}
     unknown = [inner for _, inner in names if inner not in known]
     if unknown:
         raise TypeError(f"{type(default).__name__} has no fields {unknown}")
-    return dataclasses.field(default=default, metadata={"nested": names})
+    texts = dict(help or {})
+    stray = sorted(set(texts) - {flag for flag, _ in names})
+    if stray:
+        raise TypeError(f"help names flags that are not nested here: {stray}")
+    return dataclasses.field(default=default, metadata={"nested": names, "help": texts})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,9 +203,12 @@ def config_flags(cls: type) -> list[Flag]:
             continue
         inner = {g.name: g for g in dataclasses.fields(f.default)}
         inner_hints = typing.get_type_hints(type(f.default))
+        texts = f.metadata.get("help", {})
         for flag, field_name in names:
             default = getattr(f.default, field_name)
             meta = inner[field_name].metadata
+            if flag in texts:
+                meta = {**meta, "help": texts[flag]}
             out.append(Flag(flag, (f.name, field_name), inner_hints[field_name], default, meta))
     return out
 
@@ -342,6 +360,13 @@ def run(
         prog = build_parser(cls, description).prog
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(DIVERGED_EXIT) from None
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT
+        prog = build_parser(cls, description).prog
+        print(
+            f"{prog}: interrupted; what was finished is saved: run the same command to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(INTERRUPTED_EXIT) from None
 
 
 def _range(flag: Flag) -> str:

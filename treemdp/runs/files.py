@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from treemdp.runs.killpoint import kill_point
+
 __all__ = [
     "MANIFEST",
     "atomic_write",
@@ -68,6 +70,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    kill_point(path)  # a test hook ($TREEMDP_KILL_AFTER); nothing when unset
     return path
 
 

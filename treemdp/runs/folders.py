@@ -18,7 +18,16 @@ import pandas as pd
 from treemdp.runs.files import missing_files, verify_folder
 from treemdp.runs.tables import config_dict, read_config, read_table, write_config, write_table
 
-__all__ = ["cached_tables", "find_runs", "run_folder", "save_diverged"]
+__all__ = ["cached_tables", "find_runs", "number_name", "run_folder", "save_diverged"]
+
+
+def number_name(value: float) -> str:
+    """``value`` as it appears in a folder or file name: ``%g`` (``0.1``, ``0.001``, ``1e-05``)
+    where that reads back as the same float, else the shortest string that does (``repr``:
+    ``0.0010000001``), so distinct values always get distinct names (``%g`` alone gave
+    ``0.001`` for both 0.001 and 0.0010000001, and the second run reused the first's folder)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def run_folder(root: str | Path, config: Any, *, prefix: str, ignore: tuple[str, ...] = ()) -> Path:
