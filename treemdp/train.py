@@ -115,6 +115,10 @@ class TrainingDivergedError(FloatingPointError):
         super().__init__(message)
         self.history = history
 
+    def __reduce__(self) -> tuple:
+        """Picklable with its history (a Ray worker's error reaches the driver whole)."""
+        return (type(self), (str(self), self.history), self.__dict__)
+
 
 def _check_arguments(
     problem: Problem, specs: Sequence[RunSpec], steps: int, log_every: int

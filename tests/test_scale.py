@@ -1,0 +1,162 @@
+"""Ray fan-out (treemdp.runs.backends): the same tables as the serial backend, a worker killed
+mid-cell, two drivers on one results folder, and the engine never importing Ray.
+
+One local Ray cluster (2 CPUs, no dashboard) serves the whole module: starting one costs about
+10-15 s on the 2 shared cores, so every Ray test lives here and shares it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.scripts import ROOT, load_script
+from treemdp.runs import MANIFEST
+from treemdp.runs.backends import Backend, check_backend, map_cells
+from treemdp.runs.cli import with_flags
+
+ray = pytest.importorskip("ray")  # the `scale` extra; scripts/setup.sh installs it
+sweep = load_script("experiments/sweep.py")
+
+# Ray's token authentication would make the drivers started below look for the token file; a
+# cluster that listens on loopback for one test session needs none
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+GRID = with_flags(
+    sweep.Config(),
+    dict(
+        objectives=("dpo", "ipo"),
+        betas=(0.1, 0.5),
+        seeds=("0-2",),
+        branching=(2,),
+        depth=(2,),
+        steps=30,
+        log_every=10,
+        sft_steps=10,
+        chunk_runs=3,  # 4 cells
+        progress=False,
+    ),
+)
+RAY = Backend("ray")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One local Ray for the session; its address for drivers started as processes."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _table(folder: Path) -> bytes:
+    return (folder / "metrics.csv").read_bytes()
+
+
+def _parts(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "parts").glob("*.pkl"))}
+
+
+def test_importing_the_engine_does_not_import_ray():
+    code = (
+        "import sys, treemdp, treemdp.train, treemdp.runs, treemdp.runs.backends, "
+        "treemdp.runs.experiment; assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_backend_flags_are_one_line_errors():
+    with pytest.raises(ValueError, match="--backend must be one of serial, ray"):
+        check_backend(Backend("dask"))
+    with pytest.raises(ValueError, match="--address needs --backend ray"):
+        check_backend(Backend("serial", address="auto"))
+    with pytest.raises(ValueError, match="--cell-gpus above 1 must be a whole number"):
+        check_backend(Backend("ray", cell_gpus=1.5))
+
+
+def test_a_ray_sweep_writes_the_serial_sweeps_bytes_and_a_rerun_reuses_it(tmp_path, cluster):
+    serial = sweep.main(replace(GRID, out=str(tmp_path / "serial")))
+    fanned = sweep.main(replace(GRID, out=str(tmp_path / "ray"), run=RAY))
+    assert fanned.name == serial.name  # the backend is not part of the run folder's identity
+    assert _table(fanned) == _table(serial)
+    assert _parts(fanned) == _parts(serial)
+    before = {p: p.stat().st_mtime_ns for p in fanned.rglob("*") if p.is_file()}
+    sweep.main(replace(GRID, out=str(tmp_path / "ray"), run=RAY))  # idempotent: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in fanned.rglob("*") if p.is_file()} == before
+
+
+def _dies_once(run_chunk, marker: Path):
+    """``run_chunk``, except that the first attempt at chunk 1 SIGKILLs its own worker."""
+
+    def run(config, chunk, tree, **kwargs):
+        if chunk.index == 1 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return run_chunk(config, chunk, tree, **kwargs)
+
+    return run
+
+
+def test_a_worker_killed_mid_cell_is_retried_and_nothing_is_lost_or_written_twice(
+    tmp_path, cluster, monkeypatch
+):
+    reference = sweep.main(replace(GRID, out=str(tmp_path / "serial")))
+    marker = tmp_path / "killed-once"
+    writes: list[str] = []
+    write_checked = sweep.write_checked
+
+    def counted(path, data):
+        writes.append(Path(path).name)
+        return write_checked(path, data)
+
+    monkeypatch.setattr(sweep, "run_chunk", _dies_once(sweep.run_chunk, marker))
+    monkeypatch.setattr(sweep, "write_checked", counted)
+    folder = sweep.main(replace(GRID, out=str(tmp_path / "ray"), run=RAY))
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died
+    parts = [w for w in writes if w.endswith(".pkl")]
+    assert sorted(parts) == sorted(set(parts)) and len(parts) == 4  # each part written once
+    assert _table(folder) == _table(reference)
+    assert _parts(folder) == _parts(reference)
+    assert (folder / "parts" / MANIFEST).is_file()
+
+
+def test_two_drivers_on_one_results_folder_end_with_one_table(tmp_path, cluster):
+    out = tmp_path / "shared"
+    flags = ["--objectives", "dpo", "ipo", "--betas", "0.1", "0.5", "--seeds", "0-2"]
+    flags += ["--branching", "2", "--depth", "2", "--steps", "30", "--log-every", "10"]
+    flags += ["--sft-steps", "10", "--chunk-runs", "3", "--no-progress", "--out", str(out)]
+    flags += ["--backend", "ray", "--address", cluster]
+    command = [sys.executable, str(ROOT / "experiments/sweep.py"), *flags]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    drivers = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    results = [(d.wait(timeout=300), *(s.read().decode() for s in (d.stdout, d.stderr))) for d in drivers]
+    for rc, stdout, stderr in results:  # each one computed it, reused it, or refused in one line
+        assert rc == 0 or (rc == 2 and "is in use by another process" in stderr), (rc, stderr)
+    assert any(rc == 0 for rc, *_ in results)
+    (folder,) = out.glob("sweep-*")
+    reference = sweep.main(replace(GRID, out=str(tmp_path / "serial")))
+    assert _table(folder) == _table(reference)
+    assert not list(folder.rglob(".*.tmp")) and not (folder / ".lock").exists()
+
+
+def test_map_cells_gives_every_result_once_and_raises_a_cells_own_error(cluster):
+    got = dict(map_cells(abs, [-3, 1, -2], RAY))
+    assert got == {0: 3, 1: 1, 2: 2}
+    with pytest.raises(ValueError, match="math domain error"):
+        dict(map_cells(_sqrt, [4.0, -1.0], RAY))
+
+
+def _sqrt(x: float) -> float:
+    import math
+
+    return math.sqrt(x)
