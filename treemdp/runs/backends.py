@@ -49,7 +49,7 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Backend:
-    """How the cells of a grid run (nest it in a config: ``nested(Backend(), flags=BACKEND_FLAGS)``).
+    """How the cells of a grid run (in a config: ``nested(Backend(), flags=BACKEND_FLAGS)``).
 
     Attributes:
         backend: ``serial`` (this process, in order) or ``ray`` (Ray tasks).
@@ -74,7 +74,7 @@ def check_backend(backend: Backend) -> Backend:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend.backend!r}")
     if not backend.cell_cpus > 0:
         raise ValueError(f"--cell-cpus must be > 0; got {backend.cell_cpus}")
-    if not 0 <= backend.cell_gpus:
+    if not backend.cell_gpus >= 0:
         raise ValueError(f"--cell-gpus must be >= 0; got {backend.cell_gpus}")
     if backend.cell_gpus > 1 and backend.cell_gpus != int(backend.cell_gpus):
         raise ValueError(f"--cell-gpus above 1 must be a whole number; got {backend.cell_gpus}")
@@ -135,7 +135,7 @@ def map_cells(
                 yield i, result
     finally:
         for ref in pending:  # an error, Ctrl-C or an abandoned generator: stop the rest
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)  # not force: killing workers makes the next cells start new ones
 
 
 def _call(fn: Callable[[C], R], cell: C) -> R:
