@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from treemdp import objectives
+from treemdp.devices import PRECISIONS, resolve_device
 from treemdp.metrics import METRICS
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import PAIR_SOURCES, ProblemSpec, build_problem
@@ -91,8 +92,12 @@ class Config:
     # how it runs (chunking is part of the run folder's identity; the rest is not)
     chunk_runs: int = arg(0, "most runs per batch; 0 = as many as --memory-mb allows", minimum=0)
     memory_mb: int = arg(2048, "memory budget of one batch, in MiB (estimate)", minimum=1)
-    # how it runs (none of these changes the results)
-    device: str = arg("cpu", "where the runs train: cpu, cuda[:N], or auto (cuda if present)")
+    # where and how (precision is part of the identity, float64 left out of the hash; the
+    # device and the backend are not: the same tables whatever runs them)
+    device: str = arg("cpu", "where the runs train: cpu, cuda, cuda:N or auto (cuda if present)")
+    precision: str = arg(
+        "float64", "float64, or float32 (checked against float64 on a sample)", choices=PRECISIONS
+    )
     run: Backend = nested(Backend(), flags=BACKEND_FLAGS)  # chunks as Ray tasks: docs/scale.md
     out: str = arg("results/sweep", "root folder for sweep folders")
     force: bool = arg(False, "recompute everything even if finished parts exist")
@@ -358,6 +363,8 @@ def run_chunk(config: Config, chunk: Chunk, tree: Tree, *, progress: bool = Fals
             optimizer=config.optimizer,
             log_every=config.log_every,
             progress=progress,
+            device=config.device,
+            precision=config.precision,
         )
     except TrainingDivergedError as e:  # run ids in the message and the partial table: global
         where = f"chunk {chunk.index} (b={chunk.branching}, D={chunk.depth}, global run ids)"
@@ -469,6 +476,7 @@ def output_folder(config: Config) -> Path:
 def main(config: Config) -> Path:
     """Run (or resume, or reuse) the sweep of ``config``; return its folder."""
     config = check_config(config)
+    resolve_device(config.device)  # a device this torch cannot use: one line, nothing written
     folder = output_folder(config)
     start = time.perf_counter()
 
