@@ -23,17 +23,26 @@ module, never imports it (it is the optional extra ``scale``: ``pip install -e '
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from treemdp.runs.cli import arg
+from treemdp.runs.cli import SEED_MAX, arg, run
 
-__all__ = ["BACKENDS", "BACKEND_FLAGS", "Backend", "check_backend", "map_cells"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_FLAGS",
+    "Backend",
+    "check_backend",
+    "map_cells",
+    "parse_seed_list",
+    "run_seeds",
+]
 
 BACKENDS = ("serial", "ray")
 """The fan-out backends ``--backend`` chooses from."""
@@ -185,3 +194,68 @@ def _ship(ray: Any, fn: Callable) -> None:
 
 def _installed(path: str) -> bool:
     return f"{os.sep}site-packages{os.sep}" in path
+
+
+def parse_seed_list(specs: Sequence[str]) -> list[int]:
+    """Seeds from ``7``, ``0-19`` (inclusive) specs, in order; ValueError naming a bad one."""
+    seeds: list[int] = []
+    for spec in specs:
+        lo, sep, hi = str(spec).partition("-")
+        try:
+            a, b = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+        except ValueError:
+            raise ValueError(
+                f"--seeds: {spec!r} is neither an integer nor a range such as 0-9"
+            ) from None
+        if not 0 <= a <= b <= SEED_MAX:
+            raise ValueError(
+                f"--seeds: {spec!r} must be a seed or a range a-b, 0 <= a <= b <= {SEED_MAX}"
+            )
+        seeds.extend(range(a, b + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("--seeds must be distinct")
+    return seeds
+
+
+SEED_SWEEP_HELP = """
+seed sweeps (each seed's config is one cell, its own run folder; treemdp.runs.backends):
+  --seeds S [S ...]     seeds or ranges (0-9): run the command once per seed
+  --backend {serial,ray}  --address ADDR  --cell-cpus N  --cell-gpus F  --cell-retries N
+"""
+
+
+def run_seeds(
+    cls: type, main: Callable[[Any], Any], argv: Sequence[str] | None = None, description: str = ""
+) -> Any:
+    """``treemdp.runs.cli.run(cls, main)``, plus a seed sweep: with ``--seeds``, ``main`` runs
+    once per seed (the config with ``seed`` replaced), each a cell of ``--backend``; every run
+    writes its own content-addressed folder under its lock, so a rerun reuses the finished ones.
+
+    Returns:
+        ``main``'s result, or the list of its results in seed order.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--seeds", nargs="+")
+    for name in BACKEND_FLAGS:
+        pre.add_argument("--" + name.replace("_", "-"), dest=name)
+    known, rest = pre.parse_known_args(argv)
+    given = {k: v for k, v in vars(known).items() if v is not None and k != "seeds"}
+    description = description + SEED_SWEEP_HELP
+    if known.seeds is None and not given:
+        return run(cls, main, rest, description)
+    kinds = {"cell_cpus": float, "cell_gpus": float, "cell_retries": int}
+
+    def sweep(config: Any) -> list[Any]:
+        try:
+            values = {k: kinds.get(k, str)(v) for k, v in given.items()}
+        except ValueError as e:
+            raise ValueError(f"backend flags: {e}") from None
+        backend = check_backend(Backend(**values))
+        seeds = parse_seed_list(known.seeds) if known.seeds else [config.seed]
+        results: list[Any] = [None] * len(seeds)
+        for i, result in map_cells(main, [replace(config, seed=s) for s in seeds], backend):
+            results[i] = result
+        print(f"{len(seeds)} seeds on {backend.backend}: " + ", ".join(map(str, results)))
+        return results
+
+    return run(cls, sweep, rest, description)
