@@ -164,3 +164,56 @@ def _sqrt(x: float) -> float:
     import math
 
     return math.sqrt(x)
+
+
+# ------------------------------------------ the hooks of claims --search and the confirm grid
+
+
+def _fake_toy_run(script, settings, results):
+    """claims.find_or_run in a worker: marks the variant's run with the worker's pid."""
+    (Path(results) / f"pairs-{settings['pairs']}.pid").write_text(str(os.getpid()))
+    return Path(results)
+
+
+def test_claims_search_runs_every_variants_toy_run_as_a_ray_task(tmp_path, cluster, monkeypatch):
+    claims = load_script("experiments/claims.py")
+    monkeypatch.setattr(claims, "find_or_run", _fake_toy_run)
+    config = replace(claims.Config(), run=RAY)
+    settings = [claims.search_settings(config, change) for _, change in claims.SEARCH.values()]
+    claims.fan_out(config, tmp_path, settings)
+    pids = {p.name: int(p.read_text()) for p in tmp_path.glob("*.pid")}
+    assert set(pids) == {f"pairs-{s['pairs']}.pid" for s in settings}
+    assert os.getpid() not in pids.values()  # each ran in a worker
+
+
+def _fake_sft(problem, folder, **kwargs):
+    return Path(folder)
+
+
+def _fake_run_llm(cfg, problem, r, item, sft, folder, device, kl):
+    import pandas as pd
+
+    return pd.DataFrame({"name": [item.name], "sft": [sft.name], "pid": [os.getpid()], "kl": [kl]})
+
+
+def test_the_confirm_grid_runs_each_sft_group_as_a_ray_task_and_writes_each_part_once(
+    tmp_path, cluster, monkeypatch
+):
+    grid = load_script("experiments/confirm_grid.py")
+    monkeypatch.setattr(grid, "sft_llm", _fake_sft)
+    monkeypatch.setattr(grid, "_sft_report", lambda *a: 0.5)
+    monkeypatch.setattr(grid, "run_llm", _fake_run_llm)
+    cfg = grid.resolve(replace(grid.Config(), quick=True, run=RAY, out=str(tmp_path)))
+    items = grid.plan(cfg)
+    timings: list[dict] = []
+    grid.fan_out_llm(cfg, tmp_path, {"1pref": None}, items, timings)
+    parts = sorted((tmp_path / "parts").glob("llm-*.pkl"))
+    assert [p.name for p in parts] == sorted(f"llm-{i.name}.pkl" for i in items)
+    frames = [grid._read_part(p) for p in parts]  # checked against parts/manifest.json
+    by_name = {i.name: i for i in items}
+    for f in frames:  # each run trained on its own group's SFT
+        key = by_name[f["name"].iloc[0]].sft_key
+        assert f["sft"].iloc[0] == grid._sft_dir(tmp_path, key).name
+    assert os.getpid() not in {int(f["pid"].iloc[0]) for f in frames}
+    groups = {i.sft_key for i in items}
+    assert len(timings) == len(items) + len(groups)  # one SFT per group, one row per run
