@@ -49,7 +49,7 @@ from treemdp.runs import (
     write_checked,
     write_config,
 )
-from treemdp.runs.backends import BACKEND_FLAGS, Backend, map_cells
+from treemdp.runs.backends import BACKEND_FLAGS, Backend, check_backend, map_cells
 from treemdp.runs.cli import (
     DIVERGED_EXIT,
     SEED_MAX,
@@ -477,6 +477,7 @@ def main(config: Config) -> Path:
     """Run (or resume, or reuse) the sweep of ``config``; return its folder."""
     config = check_config(config)
     resolve_device(config.device)  # a device this torch cannot use: one line, nothing written
+    check_backend(config.run)
     folder = output_folder(config)
     start = time.perf_counter()
 

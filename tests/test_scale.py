@@ -72,7 +72,14 @@ def test_importing_the_engine_does_not_import_ray():
     assert result.returncode == 0, result.stderr
 
 
-def test_bad_backend_flags_are_one_line_errors():
+def test_bad_backend_flags_are_one_line_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="--address needs --backend ray"):
+        sweep.main(replace(GRID, out=str(tmp_path), run=Backend(address="auto")))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the `scale` extra is missing
+    with pytest.raises(ValueError, match=r"--backend ray needs Ray: pip install"):
+        list(map_cells(abs, [1], RAY))
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="--backend must be one of serial, ray"):
         check_backend(Backend("dask"))
     with pytest.raises(ValueError, match="--address needs --backend ray"):
