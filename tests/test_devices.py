@@ -126,3 +126,32 @@ def test_cuda_float32_passes_its_own_check_and_a_ray_free_sweep_runs_there(tmp_p
     )
     assert (cpu["mass_ood"] - gpu["mass_ood"]).abs().max() < 1e-9
     sweep.main(replace(config, device="cuda", precision="float32", out=str(tmp_path / "f32")))
+
+
+class _StoppedError(Exception):
+    """Stops an experiment at its call of ``train``, with the keyword arguments it passed."""
+
+
+def _stop(*args, **kwargs):
+    raise _StoppedError(kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "small"),
+    [
+        ("ood_mass", {"seed": (0,), "steps": 1}),
+        ("theory_check", {"seed": (0,), "steps": 1}),
+        ("toy_scaling", {"quick": True, "seed": (0,)}),
+        ("sweep", {"seeds": ("0",), "steps": 1, "progress": False}),
+    ],
+)
+def test_every_toy_experiment_passes_its_device_and_precision_to_train(
+    name, small, tmp_path, monkeypatch
+):
+    module = load_script(f"experiments/{name}.py")
+    monkeypatch.setattr(module, "train", _stop)
+    settings = {**small, "device": "auto", "precision": "float32", "out": str(tmp_path)}
+    with pytest.raises(_StoppedError) as sent:
+        module.main(with_flags(module.Config(), settings))
+    assert sent.value.args[0]["device"] == "auto"
+    assert sent.value.args[0]["precision"] == "float32"
