@@ -155,3 +155,15 @@ def test_every_toy_experiment_passes_its_device_and_precision_to_train(
         module.main(with_flags(module.Config(), settings))
     assert sent.value.args[0]["device"] == "auto"
     assert sent.value.args[0]["precision"] == "float32"
+
+
+def test_an_extra_metrics_hook_sees_cpu_float64_whatever_the_precision(batch):
+    seen = []
+
+    def hook(logp):
+        seen.append((logp.device.type, logp.dtype))
+        return {"total": logp.exp().sum(-1)}
+
+    history = _train(batch, precision="float32", extra_metrics=hook)
+    assert set(seen) == {("cpu", torch.float64)}
+    assert (history.frame["total"] - 1).abs().max() < 1e-5  # π sums to 1 (float32 rounding)

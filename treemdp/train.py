@@ -274,6 +274,11 @@ def _check_finite(
             )
 
 
+def _on_the_cpu(t: Tensor) -> Tensor:
+    """``t`` on the CPU in float64 (itself when it already is)."""
+    return t if t.device.type == "cpu" and t.dtype == torch.float64 else t.to("cpu", torch.float64)
+
+
 def _frame(
     specs: Sequence[RunSpec], seeds: Tensor, steps: list[int], logs: list[dict]
 ) -> pd.DataFrame:
@@ -340,9 +345,9 @@ class _Log:
                 self.ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=self.ref_weights
             )
             _check_finite(log, self.specs, step, self.history)
-            self.logs.append(
-                log if self.extra_metrics is None else {**log, **self.extra_metrics(logp)}
-            )
+            if self.extra_metrics is not None:  # a caller's hook sees CPU float64, as built
+                log = {**log, **self.extra_metrics(_on_the_cpu(logp))}
+            self.logs.append(log)
         if self.record_responses:
             self.snapshots.append(logp.clone())
         self.steps.append(step)
@@ -447,8 +452,9 @@ def train(
             ``fraction_of_epoch`` columns. Logged ``loss`` and ``reward_accuracy`` are always
             over the whole dataset.
         batch_seed: seed of the per-epoch shuffles.
-        extra_metrics: called with log π (shape (R, L), detached) at every logged step; its
-            name → (R,) tensors become extra columns after ``METRICS``.
+        extra_metrics: called with log π (shape (R, L), detached, on the CPU in float64
+            whatever ``device`` and ``precision``) at every logged step; its name → (R,)
+            tensors become extra columns after ``METRICS``.
         device: where the runs train: "cpu" (default), "cuda", "cuda:N" or "auto"
             (``treemdp.devices.resolve_device``); the problem is moved there, the History
             comes back on the CPU.
