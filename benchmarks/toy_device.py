@@ -11,8 +11,9 @@ trains ``--steps`` Adam steps of DPO, IPO and SLiC runs (β 0.1) with exact metr
 ``--log-every`` steps, as a sweep does; problems are drawn for ``--problems`` seeds and tiled to
 the run count (drawing 10^5 problems would time the problem builder, not training). Each timing
 is the best of ``--repeats`` after one warm-up (CUDA context, kernel caches), with the device
-synchronised. On CUDA, float32 (self-checked against float64 on 4 runs, as ``--precision
-float32`` does) is timed beside float64.
+synchronised; a CUDA timing includes moving the problem to the GPU, as ``train`` does. On
+CUDA, float32 (self-checked against float64 on 4 runs, as ``--precision float32`` does) is timed
+beside float64.
 
 Prints one table (device, precision, tree, runs, seconds, run-steps/s) and the CUDA/CPU ratio
 per tree and run count, and writes them to ``--out`` (JSON).

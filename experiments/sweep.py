@@ -4,12 +4,15 @@ batched tensor programs, resumable, written as one tidy table.
     python experiments/sweep.py --objectives dpo ipo slic --betas 0.01 0.03 0.1 0.3 0.5 \\
         --seeds 0-19 --depth 3
     python experiments/sweep.py --grid grid.toml --steps 500    # flags override the file
+    python experiments/sweep.py ... --backend ray [--address HEAD:6379]   # chunks as Ray tasks
+    python experiments/sweep.py ... --device cuda [--precision float32]  # on a GPU
 
 Runs that share a tree shape and a dataset kind (branching, depth, pairs, pair source) train
 together, in chunks of at most --chunk-runs runs (by default as many as --memory-mb allows).
 Each finished chunk is written atomically to parts/; a rerun of the same command skips the
 finished chunks, so an interrupted sweep (Ctrl-C, a kill) loses at most the chunk in flight.
-The parts are merged in a fixed order into metrics.csv, identical to an uninterrupted sweep's.
+The parts are merged in a fixed order into metrics.csv, identical to an uninterrupted sweep's
+(and to a serial one's when the chunks ran on Ray workers: docs/scale.md).
 
 Writes results/sweep/sweep-<hash>/{config.json, parts/, metrics.csv}; see docs/sweeps.md.
 """
