@@ -11,15 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from tests.scripts import ROOT, load_script
-from treemdp.runs import MANIFEST, RunFolderBusyError
-from treemdp.runs.backends import Backend, check_backend, map_cells
-from treemdp.runs.cli import with_flags
+from treemdp.runs import MANIFEST, RunFolderBusyError, run_lock
+from treemdp.runs.backends import Backend, check_backend, map_cells, run_seeds
+from treemdp.runs.cli import arg, with_flags
 
 ray = pytest.importorskip("ray")  # the `scale` extra; scripts/setup.sh installs it
 sweep = load_script("experiments/sweep.py")
@@ -224,3 +224,27 @@ def test_the_confirm_grid_runs_each_sft_group_as_a_ray_task_and_writes_each_part
     assert os.getpid() not in {int(f["pid"].iloc[0]) for f in frames}
     groups = {i.sft_key for i in items}
     assert len(timings) == len(items) + len(groups)  # one SFT per group, one row per run
+
+
+@dataclass(frozen=True)
+class SeedConfig:
+    seed: int = arg(0, "seed")
+    out: str = arg("", "folder")
+
+
+def _one_seed(config: SeedConfig) -> str:
+    """A stand-in for llm_overopt's main: one run folder per seed, under its lock."""
+    folder = Path(config.out) / f"seed-{config.seed}"
+    with run_lock(folder):
+        (folder / "pid").write_text(str(os.getpid()))
+    return folder.name
+
+
+def test_a_seed_sweep_runs_each_seed_once_in_seed_order_on_either_backend(tmp_path, cluster):
+    here = ["--out", str(tmp_path / "serial"), "--seeds", "3", "0-1"]
+    assert run_seeds(SeedConfig, _one_seed, here) == ["seed-3", "seed-0", "seed-1"]
+    on_ray = ["--out", str(tmp_path / "ray"), "--seeds", "0-2", "--backend", "ray"]
+    assert run_seeds(SeedConfig, _one_seed, on_ray) == ["seed-0", "seed-1", "seed-2"]
+    pids = {int(p.read_text()) for p in (tmp_path / "ray").glob("seed-*/pid")}
+    assert len(list((tmp_path / "ray").iterdir())) == 3 and os.getpid() not in pids
+    assert run_seeds(SeedConfig, _one_seed, ["--out", str(tmp_path), "--seed", "7"]) == "seed-7"

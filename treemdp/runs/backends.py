@@ -234,7 +234,7 @@ def run_seeds(
     Returns:
         ``main``'s result, or the list of its results in seed order.
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --seed is not --seeds
     pre.add_argument("--seeds", nargs="+")
     for name in BACKEND_FLAGS:
         pre.add_argument("--" + name.replace("_", "-"), dest=name)
