@@ -55,6 +55,12 @@ def cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    """The grid's folder written by the serial backend (the reference of every Ray test)."""
+    return sweep.main(replace(GRID, out=str(tmp_path_factory.mktemp("serial"))))
+
+
 def _table(folder: Path) -> bytes:
     return (folder / "metrics.csv").read_bytes()
 
@@ -88,8 +94,9 @@ def test_bad_backend_flags_are_one_line_errors(tmp_path, monkeypatch):
         check_backend(Backend("ray", cell_gpus=1.5))
 
 
-def test_a_ray_sweep_writes_the_serial_sweeps_bytes_and_a_rerun_reuses_it(tmp_path, cluster):
-    serial = sweep.main(replace(GRID, out=str(tmp_path / "serial")))
+def test_a_ray_sweep_writes_the_serial_sweeps_bytes_and_a_rerun_reuses_it(
+    tmp_path, cluster, serial
+):
     fanned = sweep.main(replace(GRID, out=str(tmp_path / "ray"), run=RAY))
     assert fanned.name == serial.name  # the backend is not part of the run folder's identity
     assert _table(fanned) == _table(serial)
@@ -112,9 +119,9 @@ def _dies_once(run_chunk, marker: Path):
 
 
 def test_a_worker_killed_mid_cell_is_retried_and_nothing_is_lost_or_written_twice(
-    tmp_path, cluster, monkeypatch
+    tmp_path, cluster, monkeypatch, serial
 ):
-    reference = sweep.main(replace(GRID, out=str(tmp_path / "serial")))
+    reference = serial
     marker = tmp_path / "killed-once"
     writes: list[str] = []
     write_checked = sweep.write_checked
@@ -134,7 +141,7 @@ def test_a_worker_killed_mid_cell_is_retried_and_nothing_is_lost_or_written_twic
     assert (folder / "parts" / MANIFEST).is_file()
 
 
-def test_two_drivers_on_one_results_folder_end_with_one_table(tmp_path, cluster):
+def test_two_drivers_on_one_results_folder_end_with_one_table(tmp_path, cluster, serial):
     """A driver started as a process and one in this process, on the same sweep at once: each
     computes it, reuses it or refuses in one line; one table, no leftovers."""
     out = tmp_path / "shared"
@@ -155,8 +162,7 @@ def test_two_drivers_on_one_results_folder_end_with_one_table(tmp_path, cluster)
     ), (other.returncode, stderr)
     assert here is not None or other.returncode == 0
     (folder,) = out.glob("sweep-*")
-    reference = sweep.main(replace(GRID, out=str(tmp_path / "serial")))
-    assert _table(folder) == _table(reference)
+    assert _table(folder) == _table(serial)
     assert not list(folder.rglob(".*.tmp")) and not (folder / ".lock").exists()
 
 
