@@ -20,6 +20,7 @@ refuted or depends), rule, kind (summary or setting), depends_on and the setting
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -43,7 +44,8 @@ from treemdp.runs import (
     write_config,
     write_table,
 )
-from treemdp.runs.cli import arg, flags_for, run
+from treemdp.runs.backends import BACKEND_FLAGS, Backend, map_cells
+from treemdp.runs.cli import arg, flags_for, nested, run
 from treemdp.runs.eval_table import EVAL_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +61,7 @@ class Config:
     docs: str = arg("", "also write this Markdown page (docs/claims.md) and its data next to it")
     quick: bool = arg(False, "tiny experiment configs (a test run; not the paper's numbers)")
     progress: bool = arg(True, "show progress bars")
+    run: Backend = nested(Backend(), flags=BACKEND_FLAGS)  # --search's toy runs as Ray tasks
 
 
 OOD_POLICIES = ("loglinear", "tabular")
@@ -211,13 +214,12 @@ def search(config: Config, results: Path) -> pd.DataFrame:
     """Claims 3b, 4, 5b and 8a under each variant of ``SEARCH``: one summary row per (claim,
     variant) (the claim's verdict over that variant's settings)."""
     variants = {k: SEARCH[k] for k in SEARCH_QUICK} if config.quick else SEARCH
+    fan_out(config, results, [search_settings(config, change) for _, change in variants.values()])
     rows = []
     bar = tqdm(variants.items(), desc="search", disable=not config.progress)
     for name, (factor, change) in bar:
         bar.set_postfix_str(name)
-        settings = {**SEARCH_DEFAULTS, **change}
-        if config.quick:
-            settings = {**settings, "quick": True, "capacities": ("mlp4", "mlp16", "mlp64")}
+        settings = search_settings(config, change)
         try:
             table = toy_table(config, results, settings)
         except ValueError as e:  # e.g. a diverged optimiser: a result of the search, say so
@@ -245,6 +247,33 @@ def search(config: Config, results: Path) -> pd.DataFrame:
                 "n_depends"]]  # fmt: skip
 
 
+def search_settings(config: Config, change: dict) -> dict:
+    """toy_scaling's settings of a search variant (``SEARCH_DEFAULTS`` changed by ``change``)."""
+    settings = {**SEARCH_DEFAULTS, **change}
+    if config.quick:
+        settings = {**settings, "quick": True, "capacities": ("mlp4", "mlp16", "mlp64")}
+    return settings
+
+
+def _toy_run(results: str, settings: dict) -> str:
+    """A cell of ``fan_out``: the toy_scaling run with ``settings`` (found or run); a failure is
+    left for the serial pass to report."""
+    try:
+        return str(find_or_run("experiments/toy_scaling.py", settings, Path(results)))
+    except ValueError as e:
+        return f"failed: {str(e).strip().splitlines()[-1]}"
+
+
+def fan_out(config: Config, results: Path, settings: list[dict]) -> None:
+    """With ``--backend ray``, run every search variant's toy run at once as Ray tasks (each
+    its own locked, content-addressed folder); the search then finds them all finished."""
+    if config.run.backend == "serial":
+        return
+    cell = functools.partial(_toy_run, str(results))
+    for _ in map_cells(cell, settings, config.run):
+        pass
+
+
 def load_average() -> str:
     """The 1-minute load average over the CPU count (the machine is shared)."""
     try:
@@ -258,7 +287,10 @@ def main(config: Config) -> Path:
     start = time.perf_counter()
     results = Path(config.results)
     folder = run_folder(
-        config.out, config, prefix="claims", ignore=("out", "docs", "progress", "results")
+        config.out,
+        config,
+        prefix="claims",
+        ignore=("out", "docs", "progress", "results", *BACKEND_FLAGS),
     )
     load_start = load_average()
     with run_lock(folder):

@@ -44,6 +44,7 @@ stages this invocation computed); llm/ (the LLM runs' eval.csv and logs).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -90,7 +91,8 @@ from treemdp.runs import (
     write_config,
     write_table,
 )
-from treemdp.runs.cli import arg, check_device, check_distinct, run
+from treemdp.runs.backends import BACKEND_FLAGS, Backend, map_cells
+from treemdp.runs.cli import arg, check_device, check_distinct, nested, run
 from treemdp.threads import thread_count, threads
 from treemdp.train import grid
 from treemdp.train import train as train_toy
@@ -165,6 +167,7 @@ class Config:
     out: str = arg("results/confirm_grid", "root folder for run folders")
     force: bool = arg(False, "recompute everything even if finished parts exist")
     progress: bool = arg(True, "show a progress bar over the LLM runs")
+    run: Backend = nested(Backend(), flags=BACKEND_FLAGS)  # SFT groups as Ray tasks
 
 
 QUICK = {
@@ -189,9 +192,10 @@ QUICK = {
 """What ``--quick`` overrides (where the flag is left at its default)."""
 
 NOT_IN_HASH = (
-    "out", "force", "device", "progress", "budget_s", "keep_checkpoints", "quick", "resamples",
-    "target_effect",
-)  # fmt: skip
+    *("out", "force", "device", "progress", "budget_s", "keep_checkpoints", "quick"),
+    *("resamples", "target_effect"),
+    *BACKEND_FLAGS,
+)
 """Fields that change no run: a rerun with other values reuses the folder's parts (the bridge's
 ``resamples`` and ``target_effect`` are recomputed from them)."""
 
@@ -452,6 +456,8 @@ def run_grid(
     for item in runs:
         if not (parts / f"llm-{item.name}.pkl").exists():
             remaining[item.sft_key] = remaining.get(item.sft_key, 0) + 1
+    if cfg.run.backend != "serial":  # every missing part at once; the loop below reads them
+        fan_out_llm(cfg, folder, problems, [i for i in runs if remaining.get(i.sft_key)], timings)
     sft_done: dict[tuple, tuple[Path, float]] = {}
     skipped = 0
     bar = tqdm(runs, desc="LLM runs", unit="run", disable=not cfg.progress)
@@ -491,6 +497,49 @@ def run_grid(
         frames.append(_read_part(path))
     bar.close()
     return pd.concat(frames, ignore_index=True), skipped
+
+
+def _llm_group(cfg: Config, folder: Path, cell: tuple[Problem, list[LLMRun]]) -> list:
+    """A cell of ``fan_out_llm``: one SFT (regime, size, seed) and its unfinished runs, as the
+    serial loop of ``run_grid`` does them; (part path, part bytes, timing rows) per run."""
+    problem, items = cell
+    first = items[0]
+    device, r = _device(cfg.device), cfg.seeds.index(first.seed)
+    n = thread_count(_largest_op(first.size)) if device == "cpu" else None
+    out, timings = [], []
+    with threads(n or torch.get_num_threads()):
+        t0 = time.perf_counter()
+        sft = sft_llm(
+            problem, _sft_dir(folder, first.sft_key), model=first.size, seed=first.seed,
+            samples=cfg.sft_samples, epochs=cfg.sft_epochs, lr=cfg.sft_lr,
+            batch_size=cfg.sft_batch_size, device=device, progress=False, run=r,
+        )  # fmt: skip
+        kl = _sft_report(problem, r, sft, device)
+        stage = f"sft {first.regime} seed {first.seed}"
+        timings.append({"stage": stage, "size": first.size, "seconds": _since(t0)})
+        for item in items:
+            t0 = time.perf_counter()
+            buf = io.BytesIO()
+            run_llm(cfg, problem, r, item, sft, folder, device, kl).to_pickle(buf)
+            timing = {"stage": item.name, "size": item.size, "seconds": _since(t0)}
+            out.append((folder / "parts" / f"llm-{item.name}.pkl", buf.getvalue(), [timing]))
+    out[0][2][:0] = timings
+    return out
+
+
+def fan_out_llm(
+    cfg: Config, folder: Path, problems: dict[str, Problem], items: list[LLMRun], timings: list
+) -> None:
+    """With ``--backend ray``: the unfinished LLM runs, one Ray task per SFT group (reserving
+    ``--cell-cpus`` and ``--cell-gpus``); the driver writes each part as its group finishes."""
+    groups: dict[tuple, list[LLMRun]] = {}
+    for item in items:
+        groups.setdefault(item.sft_key, []).append(item)
+    cells = [(problems[key[0]], group) for key, group in groups.items()]
+    for _, parts in map_cells(functools.partial(_llm_group, cfg, folder), cells, cfg.run):
+        for path, data, rows in parts:
+            write_checked(path, data)
+            timings.extend(rows)
 
 
 def main(cfg: Config) -> Path:

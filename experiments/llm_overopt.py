@@ -49,7 +49,8 @@ from treemdp.metrics import kl_divergence
 from treemdp.objectives import REGISTRY
 from treemdp.problem import Problem, ProblemSpec, build_problem
 from treemdp.runs import number_name, run_folder
-from treemdp.runs.cli import arg, check_device, check_distinct, nested, run
+from treemdp.runs.backends import run_seeds
+from treemdp.runs.cli import arg, check_device, check_distinct, nested
 from treemdp.runs.experiment import cached_run
 from treemdp.threads import threads_for
 from treemdp.tree import Tree
@@ -301,4 +302,4 @@ def run_folders(cfg: Config) -> list[Path]:
 
 
 if __name__ == "__main__":
-    run(Config, main, description=__doc__)
+    run_seeds(Config, main, description=__doc__)  # --seeds 0-9 [--backend ray]: docs/scale.md

@@ -24,6 +24,7 @@ import torch
 
 from figures import quicklook
 from treemdp import objectives
+from treemdp.devices import PRECISIONS, resolve_device
 from treemdp.memory import DEFAULT_MEMORY_MB, complete_tree_for_runs
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import Problem, ProblemSpec, build_problem
@@ -61,6 +62,10 @@ class Config:
     memory_mb: int = arg(
         DEFAULT_MEMORY_MB, "memory budget in MiB (estimate, checked before allocating)", minimum=1
     )
+    device: str = arg("cpu", "where the runs train: cpu, cuda, cuda:N or auto (cuda if present)")
+    precision: str = arg(
+        "float64", "float64, or float32 (checked against float64 on a sample)", choices=PRECISIONS
+    )
     out: str = arg("results/ood_mass", "root folder for run folders")
     force: bool = arg(False, "recompute even if this config's results exist")
 
@@ -88,6 +93,8 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     history = train(
         problem,
         specs,
+        device=config.device,
+        precision=config.precision,
         steps=config.steps,
         optimizer=config.optimizer,
         log_every=config.log_every,
@@ -118,12 +125,13 @@ def output_folder(config: Config) -> Path:
         config.out,
         config,
         prefix=f"b{config.branching}-d{config.depth}",
-        ignore=("out", "force", "memory_mb"),
+        ignore=("out", "force", "memory_mb", "device"),
     )
 
 
 def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; return its run folder."""
+    resolve_device(config.device)  # a device this torch cannot use: one line, nothing written
     if len(set(config.seed)) != len(config.seed):
         raise ValueError("--seed values must be distinct")
     if config.responses and config.branching**config.depth > MAX_RECORDED_RESPONSES:

@@ -4,12 +4,15 @@ batched tensor programs, resumable, written as one tidy table.
     python experiments/sweep.py --objectives dpo ipo slic --betas 0.01 0.03 0.1 0.3 0.5 \\
         --seeds 0-19 --depth 3
     python experiments/sweep.py --grid grid.toml --steps 500    # flags override the file
+    python experiments/sweep.py ... --backend ray [--address HEAD:6379]   # chunks as Ray tasks
+    python experiments/sweep.py ... --device cuda [--precision float32]  # on a GPU
 
 Runs that share a tree shape and a dataset kind (branching, depth, pairs, pair source) train
 together, in chunks of at most --chunk-runs runs (by default as many as --memory-mb allows).
 Each finished chunk is written atomically to parts/; a rerun of the same command skips the
 finished chunks, so an interrupted sweep (Ctrl-C, a kill) loses at most the chunk in flight.
-The parts are merged in a fixed order into metrics.csv, identical to an uninterrupted sweep's.
+The parts are merged in a fixed order into metrics.csv, identical to an uninterrupted sweep's
+(and to a serial one's when the chunks ran on Ray workers: docs/scale.md).
 
 Writes results/sweep/sweep-<hash>/{config.json, parts/, metrics.csv}; see docs/sweeps.md.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import io
 import itertools
 import json
@@ -37,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from treemdp import objectives
+from treemdp.devices import PRECISIONS, resolve_device
 from treemdp.metrics import METRICS
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import PAIR_SOURCES, ProblemSpec, build_problem
@@ -47,6 +52,7 @@ from treemdp.runs import (
     write_checked,
     write_config,
 )
+from treemdp.runs.backends import BACKEND_FLAGS, Backend, check_backend, map_cells
 from treemdp.runs.cli import (
     DIVERGED_EXIT,
     SEED_MAX,
@@ -61,7 +67,7 @@ from treemdp.runs.cli import (
 )
 from treemdp.runs.experiment import cached_run
 from treemdp.train import RunSpec, TrainingDivergedError, train
-from treemdp.tree import DEFAULT_MAX_BYTES, Tree, tree_bytes
+from treemdp.tree import DEFAULT_MAX_BYTES, Tree, complete_tree, tree_bytes
 
 
 @dataclass(frozen=True)
@@ -89,12 +95,19 @@ class Config:
     # how it runs (chunking is part of the run folder's identity; the rest is not)
     chunk_runs: int = arg(0, "most runs per batch; 0 = as many as --memory-mb allows", minimum=0)
     memory_mb: int = arg(2048, "memory budget of one batch, in MiB (estimate)", minimum=1)
+    # where and how (precision is part of the identity, float64 left out of the hash; the
+    # device and the backend are not: the same tables whatever runs them)
+    device: str = arg("cpu", "where the runs train: cpu, cuda, cuda:N or auto (cuda if present)")
+    precision: str = arg(
+        "float64", "float64, or float32 (checked against float64 on a sample)", choices=PRECISIONS
+    )
+    run: Backend = nested(Backend(), flags=BACKEND_FLAGS)  # chunks as Ray tasks: docs/scale.md
     out: str = arg("results/sweep", "root folder for sweep folders")
     force: bool = arg(False, "recompute everything even if finished parts exist")
     progress: bool = arg(True, "show a progress bar over the grid")
 
 
-NOT_IN_HASH = ("out", "force", "progress")
+NOT_IN_HASH = ("out", "force", "progress", "device", *BACKEND_FLAGS)
 GRID_AXES = ("branching", "depth", "pairs", "pair_source", "objectives", "betas", "lrs", "seeds")
 COLUMNS = (
     "run",
@@ -353,10 +366,13 @@ def run_chunk(config: Config, chunk: Chunk, tree: Tree, *, progress: bool = Fals
             optimizer=config.optimizer,
             log_every=config.log_every,
             progress=progress,
+            device=config.device,
+            precision=config.precision,
         )
     except TrainingDivergedError as e:  # run ids in the message and the partial table: global
         where = f"chunk {chunk.index} (b={chunk.branching}, D={chunk.depth}, global run ids)"
         e.args = (f"{where}: {_global_run_ids(str(e), chunk)}",)
+        e.chunk_index = chunk.index  # which part it was (a Ray worker's error crosses a pickle)
         if not e.history.frame.empty:
             e.history.frame = _label(e.history.frame, chunk)
         raise
@@ -396,8 +412,20 @@ def read_part(path: Path) -> pd.DataFrame:
         ) from None
 
 
+def chunk_part(config: Config, chunk: Chunk, *, progress: bool = False) -> bytes:
+    """One cell of the sweep: train ``chunk`` and return its frame, pickled (the part's bytes).
+
+    Runs wherever the backend puts it (this process, a Ray worker); the driver writes it."""
+    torch.set_default_dtype(torch.float64)
+    frame = run_chunk(config, chunk, complete_tree(chunk.branching, chunk.depth), progress=progress)
+    buffer = io.BytesIO()
+    frame.to_pickle(buffer)
+    return buffer.getvalue()
+
+
 def run_sweep(config: Config, folder: Path) -> pd.DataFrame:
-    """Run every unfinished chunk of the plan, then merge all parts in plan order."""
+    """Run every unfinished chunk of the plan (``--backend``: here, or as Ray tasks), writing
+    each one's part as it finishes, then merge all parts in plan order."""
     n_runs = math.prod(len(getattr(config, a)) for a in GRID_AXES) * len(parse_seeds(config.seeds))
     if n_runs >= 100_000:  # planning and checking finished parts takes seconds: say so
         print(f"sweep: planning {n_runs:,} runs ...", file=sys.stderr, flush=True)
@@ -415,26 +443,19 @@ def run_sweep(config: Config, folder: Path) -> pd.DataFrame:
         disable=not config.progress,
         dynamic_ncols=True,
     )
-    trees: dict[tuple[int, int], Tree] = {}
-    torch.set_default_dtype(torch.float64)
+    todo = [(c, p) for c, p in zip(chunks, parts, strict=True) if not p.exists()]
+    serial = config.run.backend == "serial"
+    inner = serial and config.progress and sys.stderr.isatty() and config.steps >= 200
+    cell = functools.partial(chunk_part, config, progress=inner)
     try:
-        for chunk, path in zip(chunks, parts, strict=True):
-            if path.exists():
-                continue
-            key = (chunk.branching, chunk.depth)
-            if key not in trees:
-                trees.clear()  # one tree in memory at a time
-                trees[key] = Tree.complete(*key)
-            inner = config.progress and sys.stderr.isatty() and config.steps >= 200
-            try:
-                frame = run_chunk(config, chunk, trees[key], progress=inner)
-            except TrainingDivergedError as e:
-                bar.close()
-                raise RunDivergedError(save_diverged(folder, config, e, name=path.stem)) from None
-            buffer = io.BytesIO()
-            frame.to_pickle(buffer)
-            write_checked(path, buffer.getvalue())
+        for i, data in map_cells(cell, [c for c, _ in todo], config.run):
+            chunk, path = todo[i]
+            write_checked(path, data)  # the driver is the one writer of parts/
             bar.update(len(chunk.runs))
+    except TrainingDivergedError as e:
+        bar.close()
+        path = parts[e.chunk_index]
+        raise RunDivergedError(save_diverged(folder, config, e, name=path.stem)) from None
     except KeyboardInterrupt:
         bar.close()
         finished = sum(p.exists() for p in parts)
@@ -458,6 +479,8 @@ def output_folder(config: Config) -> Path:
 def main(config: Config) -> Path:
     """Run (or resume, or reuse) the sweep of ``config``; return its folder."""
     config = check_config(config)
+    resolve_device(config.device)  # a device this torch cannot use: one line, nothing written
+    check_backend(config.run)
     folder = output_folder(config)
     start = time.perf_counter()
 

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from figures import quicklook
 from treemdp import objectives, theory
 from treemdp.data import Pairs
+from treemdp.devices import PRECISIONS, resolve_device
 from treemdp.memory import DEFAULT_MEMORY_MB, complete_tree_for_runs
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import ProblemSpec, build_problem
@@ -73,6 +74,10 @@ class Config:
     )
     memory_mb: int = arg(
         DEFAULT_MEMORY_MB, "memory budget in MiB (estimate, checked before allocating)", minimum=1
+    )
+    device: str = arg("cpu", "where the runs train: cpu, cuda, cuda:N or auto (cuda if present)")
+    precision: str = arg(
+        "float64", "float64, or float32 (checked against float64 on a sample)", choices=PRECISIONS
     )
     out: str = arg("results/theory_check", "root folder for run folders")
     force: bool = arg(False, "recompute even if this config's results exist")
@@ -146,6 +151,8 @@ def run_experiment(config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     history = train(
         problem,
         specs,
+        device=config.device,
+        precision=config.precision,
         steps=config.steps,
         optimizer=config.optimizer,
         log_every=config.log_every,
@@ -168,12 +175,13 @@ def output_folder(config: Config) -> Path:
         config.out,
         config,
         prefix=f"b{config.branching}-d{config.depth}",
-        ignore=("out", "force", "memory_mb"),
+        ignore=("out", "force", "memory_mb", "device"),
     )
 
 
 def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; print the summary; return the run folder."""
+    resolve_device(config.device)  # a device this torch cannot use: one line, nothing written
     folder = output_folder(config)
     start = time.perf_counter()
 

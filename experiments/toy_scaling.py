@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from figures import quicklook
 from treemdp import objectives, scaling
+from treemdp.devices import PRECISIONS, resolve_device
 from treemdp.memory import DEFAULT_MEMORY_MB, check_batch, with_stop_size
 from treemdp.metrics import logratio_length_r2
 from treemdp.optim import OPTIMIZERS
@@ -77,6 +78,10 @@ class Config:
     quick: bool = arg(False, "tiny config for tests and a first look (overrides the sizes)")
     memory_mb: int = arg(
         DEFAULT_MEMORY_MB, "memory budget in MiB (estimate, checked before allocating)", minimum=1
+    )
+    device: str = arg("cpu", "where the runs train: cpu, cuda, cuda:N or auto (cuda if present)")
+    precision: str = arg(
+        "float64", "float64, or float32 (checked against float64 on a sample)", choices=PRECISIONS
     )
     out: str = arg("results/toy_scaling", "root folder for run folders")
     force: bool = arg(False, "recompute even if this config's results exist")
@@ -175,6 +180,8 @@ def run_experiment(config: Config) -> pd.DataFrame:
             history = train(
                 problem,
                 specs,
+                device=config.device,
+                precision=config.precision,
                 steps=steps,
                 optimizer=config.optimizer,
                 log_every=log_every,
@@ -281,13 +288,14 @@ def output_folder(config: Config) -> Path:
         config.out,
         config,
         prefix=f"{config.problem.reward}-P{config.problem.pairs}",
-        ignore=("out", "force", "memory_mb"),
+        ignore=("out", "force", "memory_mb", "device"),
     )
 
 
 def main(config: Config) -> Path:
     """Run (or reuse) the experiment for ``config``; return its run folder."""
     config = resolve(config)
+    resolve_device(config.device)  # a device this torch cannot use: one line, nothing written
     for c in config.capacities:
         parse_capacity(c)
     folder = output_folder(config)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create a virtual environment and install treemdp + llm with every extra.
+# Create a virtual environment and install treemdp + llm with every extra (scale: Ray).
 #
 #   bash scripts/setup.sh            # .venv: the pinned versions of constraints.txt (CPU torch)
 #   bash scripts/setup.sh --lowest   # .venv-lowest: the lowest supported llm stack
@@ -12,5 +12,5 @@ case "${1:-}" in
   *) echo "usage: $0 [--lowest]" >&2; exit 2 ;;
 esac
 python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet -c "$CONSTRAINTS" -e '.[dev,llm]'
+"$VENV/bin/python" -m pip install --quiet -c "$CONSTRAINTS" -e '.[dev,llm,scale]'
 echo "treemdp installed in $(pwd)/$VENV ($CONSTRAINTS)"

@@ -45,7 +45,9 @@ class EpochSchedule:
 
     def _order(self, epoch: int) -> Tensor:
         while len(self._epoch_order) <= epoch:  # epochs are drawn in order, so lazily is exact
-            self._epoch_order.append(torch.randperm(self.n_pairs, generator=self._generator))
+            self._epoch_order.append(
+                torch.randperm(self.n_pairs, generator=self._generator, device="cpu")
+            )
         return self._epoch_order[epoch]
 
     def batch(self, step: int) -> Tensor:

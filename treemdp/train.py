@@ -22,13 +22,29 @@ from tqdm.auto import tqdm
 
 from treemdp import objectives
 from treemdp.batching import EpochSchedule
+from treemdp.devices import (
+    FLOAT32_TOLERANCE,
+    PrecisionError,
+    check_precision,
+    placement,
+    resolve_device,
+    to_device,
+)
 from treemdp.metrics import METRICS, MetricContext, metrics, win_weights
 from treemdp.objectives import BoundObjective, Margins
 from treemdp.optim import make_optimizer
 from treemdp.problem import Problem
 from treemdp.threads import thread_count, threads, with_threads
 
-__all__ = ["History", "RunSpec", "TrainingDivergedError", "grid", "train"]
+__all__ = [
+    "History",
+    "PrecisionError",
+    "RunSpec",
+    "TrainingDivergedError",
+    "check_float32",
+    "grid",
+    "train",
+]
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,10 @@ class TrainingDivergedError(FloatingPointError):
         super().__init__(message)
         self.history = history
 
+    def __reduce__(self) -> tuple:
+        """Picklable with its history (a Ray worker's error reaches the driver whole)."""
+        return (type(self), (str(self), self.history), self.__dict__)
+
 
 def _check_arguments(
     problem: Problem, specs: Sequence[RunSpec], steps: int, log_every: int
@@ -149,7 +169,7 @@ def _run_groups(specs: Sequence[RunSpec]) -> list[tuple[RunSpec, slice | Tensor]
 
 def _bind_groups(specs: Sequence[RunSpec]) -> list[tuple[BoundObjective, slice | Tensor]]:
     """Each group's objective bound to its runs' β (shape (R_g, 1)) and hyperparameters: the one
-    place they are checked."""
+    place they are checked. (Made where the runs train: ``placement``.)"""
     betas = torch.tensor([s.beta for s in specs], dtype=torch.float64).unsqueeze(1)
     return [
         (objectives.bind(s.objective, beta=betas[runs], **dict(s.hyper)), runs)
@@ -254,6 +274,11 @@ def _check_finite(
             )
 
 
+def _on_the_cpu(t: Tensor) -> Tensor:
+    """``t`` on the CPU in float64 (itself when it already is)."""
+    return t if t.device.type == "cpu" and t.dtype == torch.float64 else t.to("cpu", torch.float64)
+
+
 def _frame(
     specs: Sequence[RunSpec], seeds: Tensor, steps: list[int], logs: list[dict]
 ) -> pd.DataFrame:
@@ -263,11 +288,12 @@ def _frame(
         "objective": np.tile(np.array([s.objective for s in specs], dtype=object), T),
         "beta": np.tile(np.array([s.beta for s in specs]), T),
         "lr": np.tile(np.array([s.lr for s in specs]), T),
-        "seed": np.tile(seeds.numpy(), T),
+        "seed": np.tile(seeds.cpu().numpy(), T),
         "step": np.repeat(np.array(steps, dtype=np.int64), R),
     }
     for name in (*METRICS, *(k for k in logs[0] if k not in METRICS)):  # then extra metrics
-        cols[name] = torch.stack([log[name] for log in logs]).reshape(-1).numpy()
+        values = torch.stack([log[name] for log in logs]).reshape(-1).cpu()
+        cols[name] = (values.double() if values.is_floating_point() else values).numpy()
     return pd.DataFrame(cols)
 
 
@@ -319,9 +345,9 @@ class _Log:
                 self.ctx, logp, ref_logp, h, per_pair.detach(), ref_weights=self.ref_weights
             )
             _check_finite(log, self.specs, step, self.history)
-            self.logs.append(
-                log if self.extra_metrics is None else {**log, **self.extra_metrics(logp)}
-            )
+            if self.extra_metrics is not None:  # a caller's hook sees CPU float64, as built
+                log = {**log, **self.extra_metrics(_on_the_cpu(logp))}
+            self.logs.append(log)
         if self.record_responses:
             self.snapshots.append(logp.clone())
         self.steps.append(step)
@@ -336,8 +362,8 @@ class _Log:
                 frame.insert(frame.columns.get_loc("step") + 1 + (name != "epoch"), name, col)
         if theta is None:
             return History(frame)
-        snapshots = torch.stack(self.snapshots) if self.record_responses else None
-        return History(frame, theta.detach().clone(), snapshots)
+        snapshots = torch.stack(self.snapshots).cpu().double() if self.record_responses else None
+        return History(frame, theta.detach().to("cpu", torch.float64, copy=True), snapshots)
 
 
 def _total_loss(per_pair: Tensor, schedule: EpochSchedule | None, step: int) -> Tensor:
@@ -404,6 +430,9 @@ def train(
     batch_size: int | None = None,
     batch_seed: int = 0,
     extra_metrics: Callable[[Tensor], dict[str, Tensor]] | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "float64",
+    check_sample: int = 4,
 ) -> History:
     """Train every run of ``problem`` from π_ref with full-batch gradient steps.
 
@@ -423,28 +452,98 @@ def train(
             ``fraction_of_epoch`` columns. Logged ``loss`` and ``reward_accuracy`` are always
             over the whole dataset.
         batch_seed: seed of the per-epoch shuffles.
-        extra_metrics: called with log π (shape (R, L), detached) at every logged step; its
-            name → (R,) tensors become extra columns after ``METRICS``.
+        extra_metrics: called with log π (shape (R, L), detached, on the CPU in float64
+            whatever ``device`` and ``precision``) at every logged step; its name → (R,)
+            tensors become extra columns after ``METRICS``.
+        device: where the runs train: "cpu" (default), "cuda", "cuda:N" or "auto"
+            (``treemdp.devices.resolve_device``); the problem is moved there, the History
+            comes back on the CPU.
+        precision: "float64" (default) or "float32"; float32 trains ``check_sample`` of the runs
+            again in float64 and refuses beyond ``FLOAT32_TOLERANCE``.
+        check_sample: runs (evenly spaced) the float32 check retrains in float64 (>= 1).
 
     Returns:
-        A ``History`` with (number of logged steps) × R rows.
+        A ``History`` with (number of logged steps) × R rows (on the CPU, in float64).
 
     Raises:
         TrainingDivergedError: a loss, gradient or logged metric became non-finite (the message
             names the step, the quantity and the run; ``.history`` holds what was logged before).
+        PrecisionError: float32 differed from float64 by more than ``FLOAT32_TOLERANCE``.
+        ValueError: a device this torch cannot use (``cuda`` without one), an unknown precision.
     """
     _check_arguments(problem, specs, steps, log_every)
-    groups = _bind_groups(specs)
-    n_pairs = problem.pairs.n_pairs
-    schedule = None if batch_size is None else EpochSchedule(n_pairs, batch_size, seed=batch_seed)
-    log = _Log.start(problem, specs, schedule, extra_metrics, record_responses)
-    return _descend(
-        problem,
-        specs,
-        groups,
-        log,
-        steps=steps,
-        optimizer=optimizer,
-        log_every=log_every,
-        progress=progress,
-    )
+    where, dtype = resolve_device(device), check_precision(precision)
+    if check_sample < 1:
+        raise ValueError(f"check_sample must be >= 1; got {check_sample}")
+    moved = problem
+    if where.type != "cpu" or dtype != torch.float64:
+        moved = to_device(problem, where, dtype)
+    with placement(where, dtype):
+        groups = _bind_groups(specs)
+        n_pairs = problem.pairs.n_pairs
+        schedule = (
+            None if batch_size is None else EpochSchedule(n_pairs, batch_size, seed=batch_seed)
+        )
+        log = _Log.start(moved, specs, schedule, extra_metrics, record_responses)
+        history = _descend(
+            moved,
+            specs,
+            groups,
+            log,
+            steps=steps,
+            optimizer=optimizer,
+            log_every=log_every,
+            progress=progress,
+        )
+    if dtype != torch.float64:
+        sample = sorted(
+            {
+                round(i * (len(specs) - 1) / max(1, check_sample - 1))
+                for i in range(min(check_sample, len(specs)))
+            }
+        )
+        reference = train(
+            problem.select(sample),
+            [specs[r] for r in sample],
+            steps=steps,
+            optimizer=optimizer,
+            log_every=log_every,
+            batch_size=batch_size,
+            batch_seed=batch_seed,
+            device=where,
+        )
+        check_float32(history.frame, reference.frame, sample, precision)
+    return history
+
+
+def check_float32(
+    frame: pd.DataFrame, reference: pd.DataFrame, sample: Sequence[int], precision: str
+) -> float:
+    """The largest |``frame`` − ``reference``| / (1 + |``reference``|) over ``METRICS`` on the
+    sampled runs (``frame``'s runs ``sample`` are ``reference``'s runs 0, 1, ...):
+    absolute for O(1) metrics, relative for large ones (an IPO loss near 1/(2β)²);
+    ``PrecisionError`` beyond ``FLOAT32_TOLERANCE``, naming the metric, the run and the step.
+
+    Returns:
+        The largest scaled difference.
+    """
+    ours = frame[frame["run"].isin(sample)].sort_values(["run", "step"], kind="stable")
+    theirs = reference.sort_values(["run", "step"], kind="stable")
+    worst, where = 0.0, ("", 0, 0)
+    for name in METRICS:
+        want = theirs[name].to_numpy()
+        gap = np.abs(ours[name].to_numpy() - want) / (1 + np.abs(want))
+        if gap.size and float(np.nanmax(gap)) > worst:
+            i = int(np.nanargmax(gap))
+            worst, where = (
+                float(gap[i]),
+                (name, int(ours["run"].iloc[i]), int(ours["step"].iloc[i])),
+            )
+    if not worst <= FLOAT32_TOLERANCE:
+        name, run, step = where
+        raise PrecisionError(
+            f"{precision} differs from float64 by {worst:.3g} (scaled) in {name} of run {run} at "
+            f"step {step} (tolerance {FLOAT32_TOLERANCE:g}, checked on runs {list(sample)}); train "
+            "in float64 (--precision float64)"
+        )
+    return worst

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import networkx as nx
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_MAX_BYTES", "Tree", "tree_bytes"]
+__all__ = ["DEFAULT_MAX_BYTES", "Tree", "complete_tree", "tree_bytes"]
 
 DEFAULT_MAX_BYTES = 4 * 2**30
 """Default memory budget for a tree's node arrays (4 GiB)."""
@@ -433,3 +433,10 @@ class Tree:
             for leaf in self.leaves.tolist():
                 g.add_edge(leaf, TERMINAL, action=None)
         return g
+
+
+@lru_cache(maxsize=1)
+def complete_tree(branching: int, depth: int) -> Tree:
+    """``Tree.complete(branching, depth)``, the last one kept: a grid's cells come grouped by
+    shape, so each process (the driver, a Ray worker) builds a tree once and holds one at a time."""
+    return Tree.complete(branching, depth)

@@ -6,7 +6,9 @@
 - ``locks``: one writer per run folder;
 - ``cli``: command lines from frozen config dataclasses (``from treemdp.runs.cli import ...``);
 - ``eval_table``: the columns every LLM ``eval.csv`` has (written by ``llm``, read by ``figures``);
-- ``experiment``: the cached, locked, divergence-aware run of an experiment (``cached_run``).
+- ``experiment``: the cached, locked, divergence-aware run of an experiment (``cached_run``);
+- ``backends``: a grid's cells run serially or as Ray tasks (``map_cells``; Ray imported only
+  when used).
 
 The engine (``treemdp.tree``, ``policy``, ``objectives``, ``train``, ...) does no I/O and never
 imports this package, but for ``treemdp.problem``'s ``ProblemSpec``, whose fields carry their

@@ -30,10 +30,20 @@ def number_name(value: float) -> str:
     return short if float(short) == value else repr(float(value))
 
 
+OMITTED_AT_DEFAULT = {"precision": "float64"}
+"""Flags added after results existed: left out of the hash at these values, so the folders
+written before them keep their names (float64 is what every earlier run used)."""
+
+
 def run_folder(root: str | Path, config: Any, *, prefix: str, ignore: tuple[str, ...] = ()) -> Path:
     """``root/<prefix>-<hash>``: the hash covers every config field except ``ignore`` (fields
-    such as the output folder or --force that do not change the results)."""
-    fields = {k: v for k, v in config_dict(config).items() if k not in ignore}
+    such as the output folder or --force that do not change the results) and those at their
+    ``OMITTED_AT_DEFAULT`` value."""
+    fields = {
+        k: v
+        for k, v in config_dict(config).items()
+        if k not in ignore and not (k in OMITTED_AT_DEFAULT and v == OMITTED_AT_DEFAULT[k])
+    }
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     return Path(root) / f"{prefix}-{digest}"
 
