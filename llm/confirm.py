@@ -22,6 +22,7 @@ from llm.evaluate import EvalSettings, EvalTask, TreeTask
 from llm.judges import GoldJudge
 from llm.losses import DAALoss, sft_loss
 from llm.model import PYTHIA_SHAPES, build_model, load_model, parse_dtype, progress_bars_off
+from llm.precision import precision as parse_precision
 from llm.train import TrainConfig, train
 from llm.tree_language import TreeLanguage
 from treemdp.problem import Problem
@@ -41,11 +42,19 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _train_config(
-    *, lr: float, batch: int, epochs: float, seed: int, checkpoint_every: int = 0
+    *,
+    lr: float,
+    batch: int,
+    epochs: float,
+    seed: int,
+    checkpoint_every: int = 0,
+    precision: str = "fp32",
 ) -> TrainConfig:
     """The bridge's optimisation settings: no warmup, no gradient accumulation (a micro-batch
-    is the whole ``batch``); ``checkpoint_every`` in examples (0: no intermediate checkpoint)."""
+    is the whole ``batch``); ``checkpoint_every`` in examples (0: no intermediate checkpoint);
+    the optimizer of ``precision`` (``llm.precision.PRECISIONS``)."""
     return TrainConfig(
+        optimizer=parse_precision(precision).optimizer,
         lr=lr,
         warmup_steps=0,
         batch_size=batch,
@@ -74,14 +83,17 @@ def _sft_examples(
     return examples
 
 
-def _sft_start(model: str, *, seed: int, vocab_size: int, device: str) -> nn.Module:
-    """The model SFT starts from: a Pythia shape built with ``seed``, or a hub name / folder
-    (ValueError when its vocabulary cannot hold the tree language's ``vocab_size`` tokens)."""
+def _sft_start(
+    model: str, *, seed: int, vocab_size: int, device: str, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """The model SFT starts from, in ``dtype``: a Pythia shape built with ``seed``, or a hub name
+    / folder (ValueError when its vocabulary cannot hold the tree language's ``vocab_size``
+    tokens)."""
     if model in PYTHIA_SHAPES:
         # built directly on the device: initialising a 1b model on a GPU takes a fraction of the
         # seconds it takes on a CPU (the weights then come from that device's generator)
-        return build_model(model, seed=seed, vocab_size=vocab_size, device=device)
-    policy = load_model(model)
+        return build_model(model, seed=seed, vocab_size=vocab_size, device=device, dtype=dtype)
+    policy = load_model(model, dtype=dtype)
     if policy.config.vocab_size < vocab_size:
         raise ValueError(f"--model {model} has fewer tokens than the tree language")
     return policy
@@ -110,6 +122,7 @@ def sft_llm(
     progress: bool,
     run: int = 0,
     keep_state: bool = True,
+    precision: str = "fp32",
 ) -> Path:
     """SFT a GPT-NeoX of shape ``model`` (or a hub name / folder) on ``samples`` samples of run
     ``run``'s π_ref (``problem.ref_logp[run]``, drawn with ``seed``) into ``out``; resumes a
@@ -117,23 +130,26 @@ def sft_llm(
 
     ``keep_state=False`` writes no trainer checkpoint (weights + RMSProp state: ~56 GB at 6.9b)
     but only the final weights, ``out/model`` (a loadable model folder, ~28 GB at 6.9b in
-    fp32); a finished ``out/model`` is reused, a killed run starts over."""
+    fp32); a finished ``out/model`` is reused, a killed run starts over. ``precision``
+    (``llm.precision.PRECISIONS``): the weights' dtype (the folder's too) and the optimizer."""
     if not keep_state and (Path(out) / SFT_MODEL / DONE).is_file():
         return Path(out) / SFT_MODEL
     language = TreeLanguage(problem.tree)
     tok = language.tokenizer()
     examples = _sft_examples(problem, language, samples=samples, seed=seed, run=run)
-    policy = _sft_start(model, seed=seed, vocab_size=len(tok), device=device)
+    prec = parse_precision(precision)
+    policy = _sft_start(model, seed=seed, vocab_size=len(tok), device=device, dtype=prec.weights)
     batch = min(batch_size, len(examples))
     _write_json(
         out / "config.json",
         {"stage": "sft", "model": model, "seed": seed, "source": "tree",
-         "batch_size": batch, "lr": lr},
+         "batch_size": batch, "lr": lr, "precision": precision},
     )  # fmt: skip
     _write_json(out / "data.json", {"pairs": len(examples), "skipped": 0})
     policy.to(device)
     final = train(
-        policy, examples, sft_loss, _train_config(lr=lr, batch=batch, epochs=epochs, seed=seed),
+        policy, examples, sft_loss,
+        _train_config(lr=lr, batch=batch, epochs=epochs, seed=seed, precision=precision),
         out, pad_id=tok.pad_token_id, tokenizer=tok, resume=True, progress=progress,
         save=keep_state,
     )  # fmt: skip
@@ -272,6 +288,7 @@ def daa_llm(
     keep_weights: bool = True,
     reference_dtype: str = "fp32",
     held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """Train ``objective`` at ``beta`` from the SFT folder (a frozen copy as reference) on the
     task's pairs into ``out``, with ``checkpoints`` evenly spaced checkpoints, and evaluate every
@@ -290,7 +307,8 @@ def daa_llm(
     ``checkpoint_sha256`` (of the parameters, not of a file); a killed run starts over, a
     finished one (``out/done``) is read back. ``reference_dtype``: the frozen reference's
     precision in the loss and the evaluation (``llm.model.DTYPES``; fp16 halves its memory on a
-    GPU).
+    GPU). ``precision`` (``llm.precision.PRECISIONS``): the policy's weights and optimizer
+    (``bf16-weights``: bf16 weights, float32 RMSProp state; half the memory of ``fp32``).
 
     Returns:
         The eval table with ``objective``, ``beta``, ``side`` ("llm"), ``step`` and ``fraction``
@@ -311,19 +329,20 @@ def daa_llm(
     )  # fmt: skip
     if not keep_weights and (out / DONE).is_file():
         return _labelled(evaluation.read_back(out), objective=objective, beta=beta, steps=steps)
-    policy = load_model(sft).to(device)
+    policy = load_model(sft, dtype=parse_precision(precision).weights).to(device)
     run_config = {
         "stage": "daa", "objective": objective, "beta": beta, "model": str(sft),
         "size": size, "n_params": sum(p.numel() for p in policy.parameters()),
         "seed": seed, "source": "tree", "tree_branching": tree.branching,
         "tree_depth": tree.max_depth, "batch_size": batch, "lr": lr, "reference": "",
         "hyper": hyper, "keep_weights": keep_weights, "reference_dtype": reference_dtype,
+        "precision": precision,
     }  # fmt: skip
     _write_daa_run(out, task, run_config, pairs=P)
     reference = _frozen_reference(sft, reference_dtype, device)
     tcfg = _train_config(
         lr=lr, batch=batch, epochs=epochs, checkpoint_every=max(1, steps // checkpoints) * batch,
-        seed=seed if data_seed is None else data_seed,
+        seed=seed if data_seed is None else data_seed, precision=precision,
     )  # fmt: skip
     loss = DAALoss(objective, beta, hyper=hyper, reference=reference)
     if keep_weights:
