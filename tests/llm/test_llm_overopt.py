@@ -235,6 +235,10 @@ def test_smoke_gpu_figures_cpu_dry_run_trains_evaluates_and_draws_the_llm_family
     assert timings.count("exit status 0") == 5, timings  # 3 training stages, figures, total
     runs = sorted(p.parent for p in (tmp_path / "runs").rglob("eval.csv"))
     assert len(runs) == 8 and len({p.name for p in runs}) == 8  # no run twice
+    # the last stage trains bf16 weights (what the 6.9b stage gets on an 80 GB card)
+    assert "precision bf16-weights" in timings and timings.count("precision fp32") == 2
+    precisions = [json.loads((r / "config.json").read_text())["precision"] for r in runs]
+    assert sorted(precisions) == ["bf16-weights"] * 2 + ["fp32"] * 6
     for run_dir in runs:
         assert json.loads((run_dir / "config.json").read_text())["size"] == "tiny"
         assert not list(run_dir.glob("step-*"))  # evaluated in memory: no weights kept
