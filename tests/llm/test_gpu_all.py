@@ -30,7 +30,7 @@ def test_gpu_plan_fits_nine_minutes_and_each_script_fits_its_stage(tmp_path):
     assert sum(caps.values()) <= 540 and lines[-1] == "total 540"  # setup included
     assert lines[4] == f"confirm {540 - sum(caps.values())} (what is left)"
     for line in lines[1:4]:  # the scripts' own timeouts end before the stage is stopped
-        name, cap, _, inner = line.split()
+        _, cap, _, inner = line.split()
         assert 0 < int(inner) <= int(cap) - 5, line
     assert not (tmp_path / "summary.csv").exists()  # --plan runs nothing
 
