@@ -19,8 +19,9 @@
 # timeout; what it finished stays: each writes under $OUT/<stage>/ as it goes (runs, figures,
 # bench-*.json, results.csv), and $OUT/summary.csv (stage, status, seconds, limit_s) gains a row
 # as each stage ends. Status: ok, timeout, failed (exit N), or skipped (why). A stage never
-# starts when less than 30 s of the budget is left. Exit status 0 when every stage that ran
-# finished, else 1. $OUT: default results/gpu_all (results/gpu_all-dry for the dry run); commit
+# starts when less than 30 s of the budget is left. Files over 50 MB left under $OUT (the
+# weights of a run cut mid-way) are removed at the end (removed-large-files.txt). Exit status 0
+# when every stage that ran finished, else 1. $OUT: default results/gpu_all (results/gpu_all-dry for the dry run); commit
 # it as benchmarks/gpu/<date>-all/ (docs/llm.md, "One GPU call").
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -167,6 +168,9 @@ stage speed env OUT="$OUT/speed" "${SPEED[@]}" PYTHON="$PY" bash scripts/gpu_spe
 stage trl env OUT="$OUT/trl" "${TRL[@]}" PYTHON="$PY" bash scripts/gpu_speed.sh "${MODE[@]}"
 stage confirm env OUT="$OUT/confirm" PYTHON="$PY" bash scripts/gpu_confirm.sh "${MODE[@]}"
 
+# Weights a stage cut mid-run leaves behind (an SFT model, checkpoints: GBs at 1b-6.9b) are not
+# results, and would not come back from the device: removed, and listed.
+find "$OUT" -type f -size +50M -print -delete > "$OUT/removed-large-files.txt"
 echo "gpu_all: $SECONDS s of the $BUDGET s budget; $OUT/summary.csv:"
 column -s, -t < "$OUT/summary.csv" 2>/dev/null || cat "$OUT/summary.csv"
 exit $failed
