@@ -149,3 +149,22 @@ def test_command_line_prints_the_choice_and_the_plans(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == "bf16-weights" and len(lines) == 5
     assert lines[0].startswith("fp32 sft: weights 25.8, gradients 25.8, optimizer 51.6")
+
+
+def test_a_resumed_bf16_weights_run_ends_with_the_same_weights(tiny_model, text_examples, tmp_path):
+    # The state stays fp32 through the checkpoint, and the rounding's random bits depend on the
+    # step, not on the process: resuming from step 2 gives step 4's weights bit for bit.
+    cfg = TrainConfig(lr=1e-3, warmup_steps=0, batch_size=4, micro_batch_size=4,
+                      epochs=2.0, checkpoint_every=8, optimizer="rmsprop-fp32-state")  # fmt: skip
+    loss = DAALoss("dpo", 0.1, reference=tiny_model.requires_grad_(False))
+    start = perturbed(tiny_model, scale=0.02).requires_grad_(True).to(torch.bfloat16)
+    first = copy.deepcopy(start)
+    train(first, text_examples, loss, cfg, tmp_path, pad_id=0, progress=False)  # 4 steps
+    import shutil
+
+    shutil.rmtree(tmp_path / "step-0000004")
+    (tmp_path / "latest.json").write_text('{"checkpoint": "step-0000002", "step": 2}')
+    again = copy.deepcopy(start)
+    train(again, text_examples, loss, cfg, tmp_path, pad_id=0, progress=False, resume=True)
+    for p, q in zip(first.parameters(), again.parameters(), strict=True):
+        assert p.dtype == torch.bfloat16 and torch.equal(p, q)
