@@ -105,18 +105,34 @@ echo "stage,status,seconds,limit_s" > "$OUT/summary.csv"
 DEADLINE=$((SECONDS + BUDGET))
 failed=0
 
-stop_session() {  # stop_session PID: TERM, then KILL, every process of the session PID leads
-  local sid
-  sid=$(ps -o sid= -p "$1" 2>/dev/null | tr -d ' ')
-  if [[ $sid == "$1" ]]; then
-    pkill -TERM -s "$1" 2>/dev/null
-    sleep "$GRACE"
-    pkill -KILL -s "$1" 2>/dev/null
-  else
-    kill -TERM "$1" 2>/dev/null
-    sleep "$GRACE"
-    kill -KILL "$1" 2>/dev/null
-  fi
+processes() {  # "pid ppid sid" of every process, read from /proc (procps may be absent)
+  local stat line pid ppid sid
+  for stat in /proc/[0-9]*/stat; do
+    read -r line < "$stat" 2> /dev/null || continue
+    pid=${line%% *}
+    line=${line##*) }  # after the command name, which may hold spaces: state ppid pgrp session
+    read -r _ ppid _ sid _ <<< "$line"
+    echo "$pid $ppid $sid"
+  done
+}
+
+stage_pids() {  # stage_pids PID: the processes of the session PID leads (setsid did not fork),
+  # or of the one its child leads (setsid --wait forked); never this script's own session
+  local self
+  self=$(processes | awk -v me="$$" '$1 == me { print $3 }')
+  processes | awk -v p="$1" -v self="$self" '
+    { pid[NR] = $1; sid[NR] = $3; if ($1 == p || $2 == p) s[$3] = 1 }
+    END { for (i = 1; i <= NR; i++) if ((sid[i] in s) && sid[i] != self) print pid[i] }'
+}
+
+stop_stage() {  # stop_stage PID: TERM, then KILL, every process of the stage's session
+  local pids
+  pids=$(stage_pids "$1")
+  [[ -n $pids ]] && kill -TERM $pids 2> /dev/null
+  sleep "$GRACE"
+  pids=$(stage_pids "$1")
+  [[ -n $pids ]] && kill -KILL $pids 2> /dev/null
+  return 0
 }
 
 stage() {  # stage NAME CMD...: run CMD under the stage's cap (and the budget); one summary row
@@ -131,13 +147,13 @@ stage() {  # stage NAME CMD...: run CMD under the stage's cap (and the budget); 
   else
     # its own session: a stage cut by its timeout is stopped with every process it started
     # (the scripts' own `timeout`s run in process groups of their own)
-    setsid "$@" > "$OUT/$name.log" 2>&1 < /dev/null &
+    setsid --wait "$@" > "$OUT/$name.log" 2>&1 < /dev/null &
     pid=$!
     while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < limit)); do
       sleep 1
     done
     if kill -0 "$pid" 2>/dev/null; then
-      stop_session "$pid"
+      stop_stage "$pid"
       wait "$pid" 2>/dev/null
       status=timeout
     else
