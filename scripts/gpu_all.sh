@@ -2,14 +2,14 @@
 # One prepared GPU call (issue 28): the stages that have never run on a GPU, by priority, each
 # with its own timeout, inside 9 minutes (540 s) including setup, so a 15-minute device window
 # (start-up included) holds it:
-#   0. setup     nvidia-smi, versions                                              cap  15 s
+#   0. setup     nvidia-smi, versions                                             cap  15 s
 #   1. figures   scripts/gpu_figures.sh at 1b, 2.8b, 6.9b (β 0.1: DPO, IPO, SLiC at each size,
-#                R-DPO at 1b): the 18 *_evolution_over_epoch_for_*_{1B,2.8B,6.9B} figures and the
-#                llm figure family; 6.9b picks its precision for the card (llm.precision)  340 s
+#                R-DPO at 1b): the 18 *_evolution_over_epoch_for_*_{1B,2.8B,6.9B} figures and
+#                the llm figure family; 6.9b picks its precision for the card     cap 340 s
 #   2. speed     scripts/gpu_speed.sh: the packed attention's CUDA tests and the DPO step's MFU
-#                at 160m and 1b (base, packed rows, packed pairs)                     cap 100 s
-#   3. trl       scripts/gpu_speed.sh's TRL stage at 1b (wheels from benchmarks/wheels/)  85 s
-#   4. confirm   scripts/gpu_confirm.sh, only with the time the stages above left    (the rest)
+#                at 160m and 1b (base, packed rows, packed pairs)                 cap 100 s
+#   3. trl       scripts/gpu_speed.sh's TRL stage at 1b (benchmarks/wheels/)      cap  85 s
+#   4. confirm   scripts/gpu_confirm.sh as it is, in the time the stages above left (the rest)
 #
 #   PYTHON=python3 bash scripts/gpu_all.sh      # on the device (no carry needed)
 #   bash scripts/gpu_all.sh --cpu-dry-run       # the same stages on the CPU at tiny size (tested)
@@ -21,8 +21,8 @@
 # as each stage ends. Status: ok, timeout, failed (exit N), or skipped (why). A stage never
 # starts when less than 30 s of the budget is left. Files over 50 MB left under $OUT (the
 # weights of a run cut mid-way) are removed at the end (removed-large-files.txt). Exit status 0
-# when every stage that ran finished, else 1. $OUT: default results/gpu_all (results/gpu_all-dry for the dry run); commit
-# it as benchmarks/gpu/<date>-all/ (docs/llm.md, "One GPU call").
+# when every stage that ran finished, else 1. $OUT: default results/gpu_all (dry run:
+# results/gpu_all-dry); commit it as benchmarks/gpu/<date>-all/ (docs/llm.md, "One GPU call").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
