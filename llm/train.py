@@ -100,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"{k} must be {bound}; got {getattr(self, k)!r}")
 
 
+ADDED_LATER = {"optimizer": "rmsprop"}
+"""``TrainConfig`` fields newer than some checkpoints, with the value those checkpoints ran with."""
+
+
 def data_stream(n_examples: int, n_steps: int, batch_size: int, seed: int) -> Tensor:
     """Example indices of every step: epoch permutations concatenated. Shape (n_steps, G)."""
     need = n_steps * batch_size
@@ -178,10 +182,8 @@ def _check_resume(
     identity: dict[str, Any] | None = None,
 ) -> None:
     saved = state.get("train_config", {})
-    defaults = asdict(TrainConfig())  # a field added later: older checkpoints had its default
-    changed = [
-        k for k, v in asdict(cfg).items() if k != "log_every" and saved.get(k, defaults[k]) != v
-    ]
+    saved = {**ADDED_LATER, **saved}  # checkpoints older than a field ran with its default
+    changed = [k for k, v in asdict(cfg).items() if k != "log_every" and saved.get(k) != v]
     if identity is not None:  # the caller's whole run identity (config and data fingerprint)
         old = state.get("identity") or {}
         changed += sorted(k for k in identity.keys() | old.keys() if old.get(k) != identity.get(k))

@@ -168,3 +168,16 @@ def test_a_resumed_bf16_weights_run_ends_with_the_same_weights(tiny_model, text_
     train(again, text_examples, loss, cfg, tmp_path, pad_id=0, progress=False, resume=True)
     for p, q in zip(first.parameters(), again.parameters(), strict=True):
         assert p.dtype == torch.bfloat16 and torch.equal(p, q)
+
+
+def test_checkpoints_from_before_the_optimizer_field_resume_with_rmsprop(tmp_path):
+    from dataclasses import asdict, replace
+
+    from llm.train import _check_resume
+
+    cfg = TrainConfig()
+    old = {k: v for k, v in asdict(cfg).items() if k != "optimizer"}  # written before the field
+    _check_resume({"train_config": old}, cfg, 10, tmp_path)  # torch's RMSprop then and now
+    with pytest.raises(ValueError, match=r"cannot resume .*\['optimizer'\]"):
+        _check_resume({"train_config": old}, replace(cfg, optimizer="rmsprop-fp32-state"), 10,
+                      tmp_path)  # fmt: skip
