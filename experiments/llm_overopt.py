@@ -23,6 +23,8 @@ digest.
     python experiments/llm_overopt.py --sizes tiny 14m 31m --betas 0.1 0.3
     python experiments/llm_overopt.py --sizes 1b --device cuda --no-keep-weights \
         --reference-dtype fp16
+    python experiments/llm_overopt.py --sizes 6.9b --device cuda --no-keep-weights \
+        --precision bf16-weights --reference-dtype bf16     # 6.9b on an 80 GB card
 
 writes results/llm_overopt/<run>/{config.json, runs.csv (every checkpoint of every run),
 summary.csv (per size, objective and β: exact gold win rate at the start, peak and end of the
@@ -31,6 +33,7 @@ epoch, and whether it rises then falls), llm/{sft-<size>, <size>-<objective>-bet
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ from llm.checkpoint import LATEST, checkpoint_folders
 from llm.confirm import DAARun, daa_llm, sft_llm
 from llm.evaluate import TreeTask
 from llm.model import DTYPES, PYTHIA_SHAPES, check_shapes, load_model
+from llm.precision import PRECISIONS
 from llm.sampling import tree_logprobs
 from treemdp.data import Pairs, sampled_bt_pairs
 from treemdp.metrics import kl_divergence
@@ -107,6 +111,13 @@ class Config:
         True, "keep checkpoint weights (no: evaluate each in memory, write no weights)"
     )
     reference_dtype: str = arg("fp32", "the frozen reference's precision", choices=tuple(DTYPES))
+    precision: str = arg(
+        "fp32",
+        "the trained policy's weights and optimizer: fp32 (weights, gradients, RMSProp state), "
+        "or bf16-weights (bf16 weights and gradients, fp32 RMSProp state with stochastic "
+        "rounding: half the memory, llm.precision)",
+        choices=tuple(PRECISIONS),
+    )
     device: str = arg("auto", "cpu, cuda, or auto")
     out: str = arg("results/llm_overopt", "root folder for run folders")
     force: bool = arg(False, "recompute even if this config's results exist")
@@ -119,7 +130,10 @@ NOT_IN_HASH = ("out", "force", "device", "progress", "keep_weights")
 def output_folder(cfg: Config) -> Path:
     """The run folder of ``cfg`` (named from every field that changes the results)."""
     prefix = f"b{cfg.branching}-len{cfg.max_length}-{cfg.problem.reward}"
-    return run_folder(cfg.out, cfg, prefix=prefix, ignore=NOT_IN_HASH)
+    # fp32 (the default, and the only precision before it was a flag) keeps the folder names
+    # runs had before
+    ignore = NOT_IN_HASH + (("precision",) if cfg.precision == "fp32" else ())
+    return run_folder(cfg.out, cfg, prefix=prefix, ignore=ignore)
 
 
 def check(cfg: Config) -> None:
@@ -186,9 +200,9 @@ def run_size(
     sft = sft_llm(
         problem, folder / f"sft-{size}", model=size, seed=cfg.seed, samples=cfg.sft_samples,
         epochs=cfg.sft_epochs, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, device=device,
-        progress=cfg.progress, keep_state=cfg.keep_weights,
+        progress=cfg.progress, keep_state=cfg.keep_weights, precision=cfg.precision,
     )  # fmt: skip
-    model = load_model(sft).to(device)
+    model = load_model(sft, dtype=PRECISIONS[cfg.precision].weights).to(device)
     logp = tree_logprobs(model, problem.tree)[None].cpu()
     kl = float(kl_divergence(problem.tree, problem.ref_logp[:1], logp)[0])
     del model
@@ -201,12 +215,14 @@ def run_size(
                 eval_samples=cfg.eval_samples,
                 hyper={"alpha": cfg.rdpo_alpha} if objective == "rdpo" else {},
                 keep_weights=cfg.keep_weights, reference_dtype=cfg.reference_dtype,
+                precision=cfg.precision,
             )  # fmt: skip
             frame = daa_llm(
                 task, sft, spec, folder / run_name(size, objective, beta), device=device,
                 progress=cfg.progress, held_out=(held_out.chosen, held_out.rejected),
             )  # fmt: skip
             frames.append(frame.assign(size=size))
+            gc.collect()  # the run's policy, optimizer and reference leave the GPU before the next
     if not cfg.keep_weights:  # the SFT weights (~28 GB at 6.9b) leave room for the next size
         shutil.rmtree(sft, ignore_errors=True)
         # and whatever a killed --keep-weights start of this run left (checkpoints, latest.json)

@@ -23,6 +23,7 @@ from llm.evaluate import EvalSettings, EvalTask, TreeTask
 from llm.judges import GoldJudge
 from llm.losses import DAALoss, sft_loss
 from llm.model import PYTHIA_SHAPES, build_model, load_model, parse_dtype, progress_bars_off
+from llm.precision import precision as parse_precision
 from llm.train import TrainConfig, train
 from llm.tree_language import TreeLanguage
 from treemdp.problem import Problem
@@ -50,13 +51,16 @@ def _train_config(
     seed: int,
     checkpoint_every: int = 0,
     warmup_steps: int = 0,
+    precision: str = "fp32",
 ) -> TrainConfig:
     """The bridge's optimisation settings: RMSProp with ``warmup_steps`` of linear warm-up, no
     gradient accumulation (a micro-batch is the whole ``batch``); ``checkpoint_every`` in
-    examples (0: no intermediate checkpoint)."""
+    examples (0: no intermediate checkpoint); the optimizer of ``precision``
+    (``llm.precision.PRECISIONS``)."""
     return TrainConfig(
-        lr=lr, warmup_steps=warmup_steps, batch_size=batch, micro_batch_size=batch,
-        epochs=epochs, checkpoint_every=checkpoint_every, seed=seed,
+        optimizer=parse_precision(precision).optimizer, lr=lr, warmup_steps=warmup_steps,
+        batch_size=batch, micro_batch_size=batch, epochs=epochs,
+        checkpoint_every=checkpoint_every, seed=seed,
     )  # fmt: skip
 
 
@@ -78,14 +82,17 @@ def _sft_examples(
     return examples
 
 
-def _sft_start(model: str, *, seed: int, vocab_size: int, device: str) -> nn.Module:
-    """The model SFT starts from: a Pythia shape built with ``seed``, or a hub name / folder
-    (ValueError when its vocabulary cannot hold the tree language's ``vocab_size`` tokens)."""
+def _sft_start(
+    model: str, *, seed: int, vocab_size: int, device: str, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """The model SFT starts from, in ``dtype``: a Pythia shape built with ``seed``, or a hub name
+    / folder (ValueError when its vocabulary cannot hold the tree language's ``vocab_size``
+    tokens)."""
     if model in PYTHIA_SHAPES:
         # built directly on the device: initialising a 1b model on a GPU takes a fraction of the
         # seconds it takes on a CPU (the weights then come from that device's generator)
-        return build_model(model, seed=seed, vocab_size=vocab_size, device=device)
-    policy = load_model(model)
+        return build_model(model, seed=seed, vocab_size=vocab_size, device=device, dtype=dtype)
+    policy = load_model(model, dtype=dtype)
     if policy.config.vocab_size < vocab_size:
         raise ValueError(f"--model {model} has fewer tokens than the tree language")
     return policy
@@ -114,6 +121,7 @@ def sft_llm(
     progress: bool,
     run: int = 0,
     keep_state: bool = True,
+    precision: str = "fp32",
 ) -> Path:
     """SFT a GPT-NeoX of shape ``model`` (or a hub name / folder) on ``samples`` samples of run
     ``run``'s π_ref (``problem.ref_logp[run]``, drawn with ``seed``) into ``out``; resumes a
@@ -121,23 +129,26 @@ def sft_llm(
 
     ``keep_state=False`` writes no trainer checkpoint (weights + RMSProp state: ~56 GB at 6.9b)
     but only the final weights, ``out/model`` (a loadable model folder, ~28 GB at 6.9b in
-    fp32); a finished ``out/model`` is reused, a killed run starts over."""
+    fp32); a finished ``out/model`` is reused, a killed run starts over. ``precision``
+    (``llm.precision.PRECISIONS``): the weights' dtype (the folder's too) and the optimizer."""
     if not keep_state and (Path(out) / SFT_MODEL / DONE).is_file():
         return Path(out) / SFT_MODEL
     language = TreeLanguage(problem.tree)
     tok = language.tokenizer()
     examples = _sft_examples(problem, language, samples=samples, seed=seed, run=run)
-    policy = _sft_start(model, seed=seed, vocab_size=len(tok), device=device)
+    prec = parse_precision(precision)
+    policy = _sft_start(model, seed=seed, vocab_size=len(tok), device=device, dtype=prec.weights)
     batch = min(batch_size, len(examples))
     _write_json(
         out / "config.json",
         {"stage": "sft", "model": model, "seed": seed, "source": "tree",
-         "batch_size": batch, "lr": lr},
+         "batch_size": batch, "lr": lr, "precision": precision},
     )  # fmt: skip
     _write_json(out / "data.json", {"pairs": len(examples), "skipped": 0})
     policy.to(device)
     final = train(
-        policy, examples, sft_loss, _train_config(lr=lr, batch=batch, epochs=epochs, seed=seed),
+        policy, examples, sft_loss,
+        _train_config(lr=lr, batch=batch, epochs=epochs, seed=seed, precision=precision),
         out, pad_id=tok.pad_token_id, tokenizer=tok, resume=True, progress=progress,
         save=keep_state,
     )  # fmt: skip
@@ -172,6 +183,7 @@ class DAARun:
     hyper: Mapping[str, Any] = field(default_factory=dict)  # the objective's other hyperparameters
     keep_weights: bool = True  # write checkpoints (False: evaluate each in memory)
     reference_dtype: str = "fp32"  # the frozen reference's precision (llm.model.DTYPES)
+    precision: str = "fp32"  # the policy's weights and optimizer (llm.precision.PRECISIONS)
 
     def batch(self, n_pairs: int) -> int:
         """Pairs per step on ``n_pairs`` pairs."""
@@ -188,6 +200,7 @@ class DAARun:
             lr=self.lr, batch=batch, epochs=self.epochs, warmup_steps=self.warmup_steps,
             checkpoint_every=max(1, self.steps(n_pairs) // self.checkpoints) * batch,
             seed=self.seed if self.data_seed is None else self.data_seed,
+            precision=self.precision,
         )  # fmt: skip
 
     def config_json(self, sft: Path, task: TreeTask, *, n_pairs: int, n_params: int) -> dict:
@@ -203,6 +216,8 @@ class DAARun:
         }  # fmt: skip
         if self.warmup_steps:  # absent at 0, so earlier run folders keep their config
             config["warmup_steps"] = self.warmup_steps
+        if self.precision != "fp32":  # absent at fp32, for the same reason
+            config["precision"] = self.precision
         return config
 
     def labelled(self, frame: pd.DataFrame, *, n_pairs: int) -> pd.DataFrame:
@@ -325,7 +340,9 @@ def daa_llm(
     (``llm.train.train(save=False, on_checkpoint=...)`` into ``llm.eval_run.RunEvaluation``),
     giving the rows a kept checkpoint would get but for ``checkpoint_path`` ("in-memory") and
     ``checkpoint_sha256`` (of the parameters, not of a file); a killed run starts over, a
-    finished one (``out/done``) is read back.
+    finished one (``out/done``) is read back. ``run.precision`` (``llm.precision.PRECISIONS``):
+    the policy's weights and optimizer (``bf16-weights``: bf16 weights, float32 RMSProp state;
+    half the memory of ``fp32``).
 
     Returns:
         The eval table with ``objective``, ``beta``, ``side`` ("llm"), ``step`` and ``fraction``
@@ -340,7 +357,7 @@ def daa_llm(
         # (a deleted eval.csv, as a corrupt one's error advises, is recomputed)
         return run.labelled(evaluation.read_back(out), n_pairs=len(examples))
 
-    policy = load_model(sft).to(device)
+    policy = load_model(sft, dtype=parse_precision(run.precision).weights).to(device)
     n_params = sum(p.numel() for p in policy.parameters())
     _write_daa_run(out, task, run.config_json(sft, task, n_pairs=len(examples), n_params=n_params),
                    pairs=len(examples))  # fmt: skip

@@ -43,6 +43,7 @@ from llm.checkpoint import (
 )
 from llm.data import Example
 from llm.losses import StepLoss
+from llm.precision import OPTIMIZERS, build_optimizer
 from treemdp.runs import atomic_write_text
 
 __all__ = [
@@ -68,8 +69,15 @@ class TrainConfig:
     checkpoint_every: int = 19_968  # examples between checkpoints (0: only the final one)
     seed: int = 0  # data order
     log_every: int = 1  # steps between log rows
+    # llm.precision.OPTIMIZERS: torch's RMSprop (state in the weights' dtype), or RMSprop with
+    # float32 state whose updates are stochastically rounded into bf16 weights
+    optimizer: str = "rmsprop"
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"
+            )
         checks = {
             "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0,
@@ -90,6 +98,10 @@ class TrainConfig:
             k = bad[0]
             bound = {"warmup_steps": ">= 0", "checkpoint_every": ">= 0"}.get(k, "> 0")
             raise ValueError(f"{k} must be {bound}; got {getattr(self, k)!r}")
+
+
+ADDED_LATER = {"optimizer": "rmsprop"}
+"""``TrainConfig`` fields newer than some checkpoints, with the value those checkpoints ran with."""
 
 
 def data_stream(n_examples: int, n_steps: int, batch_size: int, seed: int) -> Tensor:
@@ -170,6 +182,7 @@ def _check_resume(
     identity: dict[str, Any] | None = None,
 ) -> None:
     saved = state.get("train_config", {})
+    saved = {**ADDED_LATER, **saved}  # checkpoints older than a field ran with its default
     changed = [k for k, v in asdict(cfg).items() if k != "log_every" and saved.get(k) != v]
     if identity is not None:  # the caller's whole run identity (config and data fingerprint)
         old = state.get("identity") or {}
@@ -231,7 +244,8 @@ class _Run:
         tokenizer: Any | None,
         run_info: dict[str, Any] | None,
     ) -> _Run:
-        """Check the batch layout and the data, and build the optimiser (RMSProp, warm-up)."""
+        """Check the batch layout and the data, and build the optimiser (RMSProp,
+        ``cfg.optimizer``; warm-up)."""
         rank, world = _world()
         G, m = cfg.batch_size, cfg.micro_batch_size
         if G % (world * m):
@@ -244,7 +258,7 @@ class _Run:
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("policy has no parameter with requires_grad=True")
-        optimizer = torch.optim.RMSprop(params, lr=cfg.lr)
+        optimizer = build_optimizer(params, cfg.optimizer, lr=cfg.lr, seed=cfg.seed)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(cfg.warmup_steps))
         out_dir.mkdir(parents=True, exist_ok=True)
         return cls(

@@ -12,6 +12,8 @@
 #   ONLY=bench-trl,fsdp bash scripts/gpu_speed.sh   # only these stages (a rerun within a lease;
 #     the others' files of the last run are kept). Stages: packing-cuda, bench-small,
 #     bench-large, bench-compile, bench-trl, bench-trl-small, fsdp.
+#   V_SMALL, V_LARGE (levers at 160m / 1b), T_PACKING, T_SMALL, T_LARGE, T_TRL (timeouts, s)
+#     override those defaults (scripts/gpu_all.sh sets them).
 #
 # TRL and datasets are not on the GPU machine (nor dependencies of the project): when PYTHON is
 # 3.12 (what they are built for), the wheels in benchmarks/wheels/ (checked against SHA256SUMS)
@@ -36,20 +38,22 @@ if [[ "${1:-}" == "--cpu-dry-run" ]]; then
   DEVICE=cpu DTYPE=fp32 PEAK=1 NPAIRS=8 STEPS=2 EXTRA=(--prompt-tokens 8,32 --matmul-n 128)
   SMALL=tiny LARGE="" FSDP_MODEL=tiny
   LAUNCH="$PY"  # --fsdp on without torchrun: a process group of one (saves the launcher)
-  V_SMALL=base,eager,autocast,micro8,fp32,packed,pairs,compile V_LARGE=""
+  V_SMALL=${V_SMALL:-base,eager,autocast,micro8,fp32,packed,pairs,compile} V_LARGE=""
   BACKEND=eager
-  T_PACKING=120 T_SMALL=120 T_LARGE=120 T_COMPILE=120 T_FSDP=120
-  TRL_LARGE=tiny TRL_SMALL="" T_TRL=120 T_TRL_SMALL=0  # TRL runs only where trl is importable
+  T_PACKING=${T_PACKING:-120} T_SMALL=${T_SMALL:-120} T_LARGE=120 T_COMPILE=120 T_FSDP=120
+  TRL_LARGE=tiny TRL_SMALL="" T_TRL=${T_TRL:-120} T_TRL_SMALL=0  # only where trl is importable
 elif [[ $# -eq 0 ]]; then
   OUT=${OUT:-results/gpu_speed}
   DEVICE=cuda DTYPE=bf16 PEAK=989 NPAIRS=32 STEPS=5 EXTRA=()  # PEAK: H200 SXM dense bf16
   SMALL=160m LARGE=1b FSDP_MODEL=160m
   LAUNCH="$PY -m torch.distributed.run --nproc-per-node 1 --master-addr 127.0.0.1 --master-port 29531"
-  V_SMALL=base,eager,autocast,micro8,fp32,packed,pairs V_LARGE=base,autocast,fp32,packed,pairs
+  V_SMALL=${V_SMALL:-base,eager,autocast,micro8,fp32,packed,pairs}
+  V_LARGE=${V_LARGE:-base,autocast,fp32,packed,pairs}
   BACKEND=inductor
-  T_PACKING=40 T_SMALL=55 T_LARGE=70 T_COMPILE=55 T_FSDP=60  # 280 s of stages
+  T_PACKING=${T_PACKING:-40} T_SMALL=${T_SMALL:-55} T_LARGE=${T_LARGE:-70}  # 280 s of stages
+  T_COMPILE=55 T_FSDP=60
   # TRL at 1b: ~0.3-0.6 s/step, its first step compiles Triton kernels; 160m only after it
-  TRL_LARGE=1b TRL_SMALL=160m T_TRL=85 T_TRL_SMALL=45  # ours padded and packed, then TRL
+  TRL_LARGE=1b TRL_SMALL=160m T_TRL=${T_TRL:-85} T_TRL_SMALL=45  # ours padded and packed, TRL
 else
   echo "usage: $0 [--cpu-dry-run]" >&2
   exit 2

@@ -158,6 +158,40 @@ def test_no_keep_weights_gives_the_rows_of_a_run_that_kept_its_weights(stop_tree
     assert kept["exact_win_rate"].nunique() > 1  # training moved the policy: rows can differ
 
 
+def test_bf16_weights_sft_and_daa_run_in_bf16_and_keep_fp32_folder_names(stop_tree, tmp_path):
+    # The 6.9b stage's layout on an 80 GB card (scripts/gpu_figures.sh picks it): the SFT model
+    # is written in bf16, the DAA run trains bf16 weights against a bf16 reference (the SFT
+    # weights exactly) and is evaluated in memory like an fp32 run.
+    problem = _problem(stop_tree)
+    pairs = sampled_bt_pairs(stop_tree, problem.rewards[0], problem.ref_logp[0], 8, seed=0)
+    task = TreeTask(stop_tree, problem.rewards[0], pairs.chosen, pairs.rejected)
+    sft = sft_llm(
+        problem, tmp_path / "sft", model="tiny", seed=0, samples=16, epochs=1.0, lr=3e-3,
+        batch_size=8, device="cpu", progress=False, keep_state=False, precision="bf16-weights",
+    )  # fmt: skip
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(sft / "model.safetensors").values()} == {torch.bfloat16}
+    out = tmp_path / "dpo"
+    spec = DAARun(
+        "dpo", 0.1, lr=3e-3, batch_size=4, epochs=1.0, checkpoints=2, seed=0, size="tiny",
+        eval_samples=4, keep_weights=False, reference_dtype="bf16", precision="bf16-weights",
+    )  # fmt: skip
+    frame = daa_llm(task, sft, spec, out, device="cpu", progress=False)
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16-weights"
+    assert list(frame["checkpoint"]) == [0, 1, 2] and frame["exact_kl_reverse"].iloc[0] == 0
+    assert frame["exact_kl_reverse"].iloc[-1] > 0  # the bf16 weights moved
+    with pytest.raises(ValueError, match="precision must be one of"):
+        daa_llm(task, sft, replace(spec, precision="fp8"), tmp_path / "x", device="cpu",
+                progress=False)  # fmt: skip
+    # fp32, the default, names its run folder as before the flag existed (main at 4008d99);
+    # bf16-weights apart
+    cfg = overopt.Config(out=str(tmp_path))
+    before = tmp_path / "b4-len5-concave-14514d9d9b"
+    assert overopt.output_folder(cfg) == before
+    assert overopt.output_folder(replace(cfg, precision="bf16-weights")) != before
+
+
 def test_the_quick_llm_family_is_one_epoch_with_ten_checkpoints_inside_it(tmp_path):
     run = paper_runs.llm_run(paper_runs.LLM_SIZES[0], quick=True)
     cfg = replace(run.config, out=str(tmp_path))
@@ -233,6 +267,13 @@ def test_smoke_gpu_figures_cpu_dry_run_trains_evaluates_and_draws_the_llm_family
     assert timings.count("exit status 0") == 5, timings  # 3 training stages, figures, total
     runs = sorted(p.parent for p in (tmp_path / "runs").rglob("eval.csv"))
     assert len(runs) == 8 and len({p.name for p in runs}) == 8  # no run twice
+    # the last stage trains bf16 weights (what the 6.9b stage gets on an 80 GB card)
+    assert "precision bf16-weights" in timings and timings.count("precision fp32") == 2
+    # (config.json names a precision only when it is not fp32, so older folders keep theirs)
+    precisions = [
+        json.loads((r / "config.json").read_text()).get("precision", "fp32") for r in runs
+    ]
+    assert sorted(precisions) == ["bf16-weights"] * 2 + ["fp32"] * 6
     for run_dir in runs:
         assert json.loads((run_dir / "config.json").read_text())["size"] == "tiny"
         assert not list(run_dir.glob("step-*"))  # evaluated in memory: no weights kept
