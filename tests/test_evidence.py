@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from treemdp.claims import evidence as ev
+from treemdp.claims.statistics import average_ranks
 
 
 def test_mean_ci_hand_value():
@@ -199,3 +200,10 @@ def test_verdict_cases():
     assert ev.verdict(ev.Estimate(0.1, -0.2, 0.4, 10), bar=0.1) == "undecided"
     assert ev.verdict(ev.Estimate(0.1, math.nan, math.nan, 1), bar=0.0) == "undecided"
     assert ev.verdict(ev.Estimate(math.nan, math.nan, math.nan, 0), bar=0.0) == "no data"
+
+
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=20))
+def test_average_ranks_equal_pandas_ranks(values):
+    # the oracle: pandas' average ranks (the fast numpy version feeds every bootstrap's Spearman)
+    x = np.asarray(values, dtype=float)
+    np.testing.assert_array_equal(average_ranks(x), pd.Series(x).rank().to_numpy())

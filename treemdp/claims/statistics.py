@@ -125,8 +125,20 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     x, y = x[ok], y[ok]
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
-    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(np.corrcoef(average_ranks(x), average_ranks(y))[0, 1])
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of a 1-D array, ties given their average rank (as ``pandas.Series.rank``).
+    Example: (10, 20, 20, 5) → (2, 3.5, 3.5, 1)."""
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    # the first index of each run of equal values, and the average rank of that run
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return ranks
 
 
 # ---------------------------------------------------------------------------------------------
