@@ -157,6 +157,13 @@ def llm_folders(config: Config, results: Path) -> list[Path]:
     """LLM evaluation run folders: --llm-runs, else every folder with eval.csv under
     results/llm_confirm/*/llm/ and results/llm_eval/ (SFT runs left out)."""
     if config.llm_runs:
+        missing = [p for p in config.llm_runs if not Path(p).is_dir()]
+        if missing:
+            raise ValueError(
+                f"--llm-runs {missing[0]} is not a folder"
+                + (f" (nor {', '.join(missing[1:])})" if len(missing) > 1 else "")
+                + ": give LLM run folders (with eval.csv) or folders above them"
+            )
         return [Path(p) for p in config.llm_runs]
     found = [
         *results.glob(f"llm_confirm/*/llm/*/{EVAL_TABLE}"),
@@ -185,13 +192,14 @@ def evaluate(config: Config, results: Path, bar) -> tuple[pd.DataFrame, list[str
         try:
             llm = checkpoints.from_llm(folders)
         except ValueError as e:
+            if config.llm_runs:  # folders the user named: an error, not a silent skip
+                raise
             notes.append(f"LLM side skipped: {e}")
         else:
-            parts.append(catalog.evaluate_checkpoints(llm, source="llm", n_resamples=0))
-            notes.append(
-                f"LLM side: {llm['run'].nunique()} runs from {len(folders)} folders; one seed "
-                "per setting, so no intervals: the rules read the point value."
+            parts.append(
+                catalog.evaluate_checkpoints(llm, source="llm", n_resamples=config.n_resamples)
             )
+            notes.append(report.llm_note(llm, len(folders)))
     else:
         notes.append(
             f"LLM side skipped: no LLM evaluation runs (eval.csv) under {results}/llm_confirm or "
@@ -257,6 +265,7 @@ def main(config: Config) -> Path:
     """Evaluate every claim (reusing finished experiment runs); return the claims run folder."""
     start = time.perf_counter()
     results = Path(config.results)
+    llm_folders(config, results)  # a mistyped --llm-runs folder stops here, before any work
     folder = run_folder(
         config.out, config, prefix="claims", ignore=("out", "docs", "progress", "results")
     )

@@ -31,7 +31,7 @@ R, F, D = rules.REPRODUCED, rules.REFUTED, rules.DEPENDS
         ((0.02, 0.0, 0.04), D),  # straddles: depends on the seed
         ((0.05, math.nan, math.nan), R),  # no interval (one seed): the value decides
         ((0.02, math.nan, math.nan), F),
-        ((math.nan, math.nan, math.nan), D),  # no data
+        ((math.nan, math.nan, math.nan), rules.NO_DATA),  # no data: not "depends on seed"
     ],
 )
 def test_above(interval, verdict):
@@ -46,6 +46,8 @@ def test_above(interval, verdict):
         ((0.55, 0.5, 0.6), D),  # high end at the threshold: not strictly below
         ((0.7, 0.6, 0.8), F),  # low end at the threshold: refuted
         ((0.6, 0.5, 0.7), D),
+        ((math.inf, 0.9, math.inf), F),  # a fit without a peak (d* = inf) is a value, not NaN
+        ((0.86, 0.86, math.inf), F),  # an infinite upper end is not replaced by the value
     ],
 )
 def test_below(interval, verdict):
@@ -335,3 +337,87 @@ def test_search_defaults_are_toy_scalings():
     for key, value in claims.SEARCH_DEFAULTS.items():
         if key not in ("objectives", "capacities", "n_resamples"):
             assert defaults[key] == value, key
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM runs: pooled as seeds only when their configurations differ in the seed alone
+# ---------------------------------------------------------------------------------------------
+
+
+def overopt_run(root, *, lr, seed, peak):
+    """An llm_overopt-like family (config.json) with one run, tiny/dpo/β 0.1, whose exact win
+    rate rises from 0.5 to ``peak`` and falls back to 0.5 (its drop: peak − 0.5)."""
+    import json
+
+    from tests.test_figures_scaling import write_llm_run
+
+    family = root / f"family-lr{lr:g}-seed{seed}"
+    family.mkdir(parents=True)
+    (family / "config.json").write_text(json.dumps({"seed": seed, "lr": lr, "betas": [0.1]}))
+    run = family / "llm" / "tiny-dpo-beta0.1"
+    config = {"objective": "dpo", "beta": 0.1, "model": "tiny", "size": "tiny", "seed": seed,
+              "lr": lr, "source": "tree"}  # fmt: skip
+    exact = {"exact_kl_reverse": [0.0, 1.0, 2.0, 3.0], "exact_kl_forward": [0.0, 1.0, 2.0, 3.0],
+             "exact_win_rate": [0.5, peak, (peak + 0.5) / 2, 0.5]}  # fmt: skip
+    write_llm_run(run, "tiny", seed=seed, config=config, exact=exact)
+    return run
+
+
+def test_llm_runs_that_differ_in_lr_are_two_settings_not_the_mean_as_one_seed(tmp_path):
+    from figures import checkpoints
+
+    # issue 23 item 3: lr 3e-3 and 1e-3, both seed 0; the old table printed 0.0363, their mean
+    runs = [overopt_run(tmp_path, lr=3e-3, seed=0, peak=0.555),
+            overopt_run(tmp_path, lr=1e-3, seed=0, peak=0.5175)]  # fmt: skip
+    table = checkpoints.from_llm(runs)
+    assert table["config"].nunique() == 2
+    rows = catalog.evaluate_checkpoints(table, source="llm", n_resamples=0, only=["3a"])
+    assert sorted(rows["value"]) == pytest.approx([0.0175, 0.055])
+    by_variant = rows.set_index("variant")["value"]
+    assert by_variant["lr=0.003"] == pytest.approx(0.055)
+    assert by_variant["lr=0.001"] == pytest.approx(0.0175)
+    assert rows["setting"].str.contains(r"variant=\(lr=0.001\)").any()
+    note = report.llm_note(table, 2)
+    assert "2 settings, 1 seed per setting" in note and "lr=0.001; lr=0.003" in note
+
+
+def test_llm_runs_that_differ_only_in_seed_are_pooled_as_two_seeds(tmp_path):
+    from figures import checkpoints
+
+    runs = [overopt_run(tmp_path, lr=1e-3, seed=0, peak=0.555),
+            overopt_run(tmp_path, lr=1e-3, seed=1, peak=0.5175)]  # fmt: skip
+    table = checkpoints.from_llm(runs)
+    assert set(table["variant"]) == {""} and table["config"].nunique() == 2
+    (row,) = catalog.evaluate_checkpoints(table, source="llm", n_resamples=0, only=["3a"]).to_dict(
+        "records"
+    )
+    assert row["value"] == pytest.approx((0.055 + 0.0175) / 2)  # the mean of two seeds
+    assert np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"])  # an interval over them
+    assert "1 settings, 2 seeds per setting" in report.llm_note(table, 2)
+
+
+def test_claims_with_a_missing_llm_run_folder_is_an_error_before_any_work(tmp_path):
+    # issue 23 item 8: one typo among good folders skipped the whole LLM side and exited 0; now
+    # a ValueError (cli.run: exit 2, one line) before any experiment runs
+    claims = load_script("experiments/claims.py")
+    good = overopt_run(tmp_path, lr=1e-3, seed=0, peak=0.555)
+    config = claims.Config(
+        out=str(tmp_path / "claims"), results=str(tmp_path / "results"), quick=True,
+        llm_runs=(str(good), str(tmp_path / "typo")), progress=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="is not a folder") as e:
+        claims.main(config)
+    assert str(tmp_path / "typo") in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_a_nan_statistic_reads_no_data_not_depends_on_seed():
+    row = catalog.make_row("3a", math.nan, math.nan, math.nan, source="llm", size="tiny")
+    assert row["verdict"] == rules.NO_DATA
+    summary = catalog.summarise(pd.DataFrame([row])).iloc[0]
+    assert summary["verdict"] == rules.NO_DATA and summary["depends_on"] == ""
+    assert report.verdict_text(summary) == "no data"
+    # beside a setting that straddles, the claim depends on the seed, not on "no data"
+    straddles = catalog.make_row("3a", 0.02, 0.0, 0.04, source="llm", size="14m")
+    summary = catalog.summarise(pd.DataFrame([row, straddles])).iloc[0]
+    assert summary["depends_on"] == "seed (the intervals straddle)"

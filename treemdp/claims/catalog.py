@@ -102,6 +102,7 @@ RULE = {
 
 FACTORS = (
     "source",
+    "variant",
     "policy",
     "objective",
     "comparator",
@@ -166,7 +167,24 @@ def evaluate_checkpoints(
     Claims needing what the table lacks are left out (5 without IPO, 9 without R-DPO, 8 where
     ``length_r2`` is all NaN, 6b and 8a with fewer than three model sizes of one family).
     ``only``: evaluate just these claim ids (default: all).
+
+    Runs are pooled as seeds only within a setting: a table with several ``variant`` values
+    (runs of one size, objective and β whose configurations differ in more than the seed,
+    ``treemdp.runs.identity``) is evaluated per variant, each row naming its variant (a
+    ``variant`` factor column and ``variant=(...)`` in ``setting``).
     """
+    variants = list(dict.fromkeys(table["variant"])) if "variant" in table.columns else [""]
+    if len(variants) > 1 or variants[0] != "":
+        parts = []
+        for variant in variants:
+            rows = evaluate_checkpoints(
+                table[table["variant"] == variant].assign(variant=""),
+                source=source, n_resamples=n_resamples, only=only,
+            )  # fmt: skip
+            if len(rows):
+                rows["setting"] = rows["setting"] + f", variant=({variant})"
+                parts.append(rows.assign(variant=variant))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     runs = st.run_table(table, fall=FALL)
     rows: list[dict] = []
 
@@ -382,7 +400,10 @@ def summarise(settings: pd.DataFrame) -> pd.DataFrame:
                 "source": source,
                 "depends_on": rules.depends_on(g, FACTORS) if verdict == rules.DEPENDS else "",
                 "n_settings": len(g),
-                **{f"n_{v}": int((g["verdict"] == v).sum()) for v in rules.VERDICTS},
+                **{
+                    f"n_{v.replace(' ', '_')}": int((g["verdict"] == v).sum())
+                    for v in rules.VERDICTS
+                },
             }
         )
     return pd.DataFrame(rows)

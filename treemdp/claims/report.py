@@ -31,6 +31,28 @@ def verdict_text(row: pd.Series) -> str:
     return f"depends on {on}" if row["verdict"] == "depends" and on else row["verdict"]
 
 
+def llm_note(llm: pd.DataFrame, n_folders: int) -> str:
+    """What the LLM side rests on: runs, settings, the real number of seeds per setting, and the
+    fields that keep settings of one size, objective and β apart."""
+    runs = llm.drop_duplicates("run")
+    per = runs.groupby(["variant", "size", "objective", "beta"])["run"].nunique()
+    n = sorted(set(per))
+    seeds = f"{n[0]} seed{'s' * (n[0] != 1)}" if len(n) == 1 else f"{n[0]}–{n[-1]} seeds"
+    note = (
+        f"LLM side: {len(runs)} runs from {n_folders} folders, {len(per)} settings, {seeds} per "
+        "setting"
+    )
+    if n[-1] == 1:
+        note += " (one seed per setting: no intervals, the rules read the point value)"
+    variants = sorted(set(runs["variant"]) - {""})
+    if variants:
+        note += (
+            f"; settings of one size, objective and β that differ in more than the seed are "
+            f"kept apart, never pooled: {'; '.join(variants)}"
+        )
+    return note + "."
+
+
 def summary_lines(claims: pd.DataFrame) -> list[str]:
     """The printed table: one line per (source, claim) summary row."""
     summary = claims[claims["kind"] == "summary"]
