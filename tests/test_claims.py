@@ -310,9 +310,13 @@ def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
             for beta in (0.1, 0.5):
                 folder = results / "llm_eval" / f"{model}-{objective}-{beta}"
                 write_llm_run(folder, model, objective=objective, beta=beta)
+    for seed, peak in enumerate((0.6, 0.55, 0.58)):  # a tree-language family: three seeds
+        for objective in ("dpo", "ipo"):
+            overopt_run(results / "family", lr=1e-3, seed=seed, peak=peak, objective=objective)
     config = claims.Config(
         out=str(tmp_path / "claims"), results=str(results), quick=True, n_resamples=10,
-        docs=str(tmp_path / "docs" / "claims.md"), progress=False,
+        docs=str(tmp_path / "docs" / "claims.md"), progress=False, llm_seeds=0, jobs=1,
+        llm_runs=(str(results / "llm_eval"), str(results / "family")),
     )  # fmt: skip
     folder = claims.main(config)
     out = capsys.readouterr().out
@@ -320,14 +324,56 @@ def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
     assert list(table.columns[:7]) == [
         "claim", "statistic", "value", "ci_low", "ci_high", "setting", "verdict",
     ]  # fmt: skip
+    assert {"source", "n_seeds", "mde", "seeds_needed"} <= set(table.columns)
     assert set(table["verdict"]) <= set(rules.VERDICTS)
     assert {"1", "2", "3a", "4", "5b", "9b", "P1"} <= set(table["claim"])
-    assert "LLM side: 12 runs from 12 folders" in out and f"results in {folder}" in out
-    llm = table[table["source"] == "llm"]
-    assert {"3a", "5a", "6b", "7a"} <= set(llm["claim"])
-    assert llm.loc[llm["kind"] == "setting", "ci_low"].isna().all()  # one seed: no interval
+    assert "LLM side: 18 runs from 2 folders, 14 settings, 1–3 seeds per setting" in out
+    assert f"results in {folder}" in out
+    (head,) = [line for line in out.splitlines() if line.startswith("claim ")]
+    assert head.split()[:3] == ["claim", "toy", "llm"]  # toy and LLM verdicts side by side
+    llm = table[(table["source"] == "llm") & (table["kind"] == "setting")]
+    assert {"1", "1b", "3a", "5a", "6b", "7a"} <= set(llm["claim"])
+    pythia = llm[llm["size"].str.startswith("pythia", na=False)]
+    assert pythia["ci_low"].isna().all() and (pythia["n_seeds"] <= 1).all()  # one seed each
+    tiny = llm[llm["size"] == "tiny"]
+    assert (tiny.loc[tiny["verdict"] != rules.NO_DATA, "n_seeds"] == 3).all()
+    flags = tiny[tiny["claim"] == "3a"]
+    assert flags["null_rate"].notna().all() and (flags["flag_rate"] == 1).all()
     page = Path(config.docs).read_text()
     assert report.generated_part(page) == report.page(tmp_path / "docs" / "claims_data")
+
+
+def test_power_columns_and_the_seeds_that_would_decide_a_straddling_interval():
+    from treemdp.claims import evidence
+
+    # 3a: above(0.02); 0.03 ± 0.02 over 20 seeds of spread 0.04 straddles 0.02
+    row = catalog.make_row("3a", 0.03, 0.01, 0.05, 20, 0.04, source="toy", size="mlp4")
+    assert row["verdict"] == D and row["n_seeds"] == 20
+    assert row["mde"] == pytest.approx(evidence.mde(0.04, 20))
+    assert row["seeds_needed"] == evidence.seeds_needed(0.01, 0.04) > 20
+    assert report.verdict_text(pd.Series(row)) == (
+        f"depends on seed ({evidence.seeds_needed(0.01, 0.04)} seeds would decide it)"
+    )
+    decided = catalog.make_row("3a", 0.05, 0.03, 0.07, 20, 0.04, source="toy", size="mlp16")
+    assert decided["verdict"] == R and math.isnan(decided["seeds_needed"])
+    summary = catalog.summarise(pd.DataFrame([row, decided])).iloc[0]
+    assert summary["verdict"] == D and summary["n_seeds"] == 20
+    summary = catalog.summarise(pd.DataFrame([row])).iloc[0]
+    needed = evidence.seeds_needed(0.01, 0.04)
+    assert (
+        summary["depends_on"] == f"seed (the intervals straddle; {needed} seeds would decide them)"
+    )
+
+
+def test_the_table_defaults_to_20_toy_seeds_and_16_llm_seeds_on_the_tree_language():
+    claims = load_script("experiments/claims.py")
+    config = claims.Config()
+    assert config.seeds >= 20 and claims.seed_list(config) == {"seed": tuple(range(config.seeds))}
+    seeds = claims.llm_settings(config)
+    assert len(seeds) >= 16 and [s["seed"] for s in seeds] == list(range(len(seeds)))
+    assert all(s["sizes"] == ("tiny",) for s in seeds)
+    quick = claims.Config(quick=True)
+    assert claims.seed_list(quick) == {} and len(claims.llm_settings(quick)) == 2
 
 
 def test_search_defaults_are_toy_scalings():
@@ -344,7 +390,7 @@ def test_search_defaults_are_toy_scalings():
 # ---------------------------------------------------------------------------------------------
 
 
-def overopt_run(root, *, lr, seed, peak):
+def overopt_run(root, *, lr, seed, peak, objective="dpo"):
     """An llm_overopt-like family (config.json) with one run, tiny/dpo/β 0.1, whose exact win
     rate rises from 0.5 to ``peak`` and falls back to 0.5 (its drop: peak − 0.5)."""
     import json
@@ -352,14 +398,19 @@ def overopt_run(root, *, lr, seed, peak):
     from tests.test_figures_scaling import write_llm_run
 
     family = root / f"family-lr{lr:g}-seed{seed}"
-    family.mkdir(parents=True)
+    family.mkdir(parents=True, exist_ok=True)
     (family / "config.json").write_text(json.dumps({"seed": seed, "lr": lr, "betas": [0.1]}))
-    run = family / "llm" / "tiny-dpo-beta0.1"
-    config = {"objective": "dpo", "beta": 0.1, "model": "tiny", "size": "tiny", "seed": seed,
+    run = family / "llm" / f"tiny-{objective}-beta0.1"
+    config = {"objective": objective, "beta": 0.1, "model": "tiny", "size": "tiny", "seed": seed,
               "lr": lr, "source": "tree"}  # fmt: skip
-    exact = {"exact_kl_reverse": [0.0, 1.0, 2.0, 3.0], "exact_kl_forward": [0.0, 1.0, 2.0, 3.0],
-             "exact_win_rate": [0.5, peak, (peak + 0.5) / 2, 0.5]}  # fmt: skip
-    write_llm_run(run, "tiny", seed=seed, config=config, exact=exact)
+    exact = {
+        "exact_kl_reverse": [0.0, 1.0, 2.0, 3.0],
+        "exact_kl_forward": [0.0, 1.0, 2.0, 3.0],
+        "exact_win_rate": [0.5, peak, (peak + 0.5) / 2, 0.5],
+        "exact_mass_ood": [0.1, 0.2, 0.3, 0.4],
+        "exact_mass_in_dist": [0.9, 0.8, 0.7, 0.6],
+    }
+    write_llm_run(run, "tiny", objective=objective, seed=seed, config=config, exact=exact)
     return run
 
 

@@ -23,12 +23,45 @@ def number(x: float) -> str:
 
 
 def verdict_text(row: pd.Series) -> str:
-    """ "reproduced", "refuted", or "depends on X"."""
+    """ "reproduced", "refuted", "no data", or "depends on X" (a setting row that depends: on
+    the seed, with the seeds that would decide it)."""
     on = row.get("depends_on", "")
     on = "" if not isinstance(on, str) else on
     if on.startswith("(no data"):  # a search variant that could not run
         return on.strip("()")
-    return f"depends on {on}" if row["verdict"] == "depends" and on else row["verdict"]
+    if row["verdict"] == "depends" and on:
+        return f"depends on {on}"
+    needed = row.get("seeds_needed", math.nan)
+    if row["verdict"] == "depends" and isinstance(needed, int | float) and math.isfinite(needed):
+        return f"depends on seed ({seeds(needed)} would decide it)"
+    return row["verdict"]
+
+
+def seeds(n: float) -> str:
+    """ "40 seeds", or "> 100000 seeds" past ``evidence.seeds_needed``'s ceiling."""
+    return "> 100000 seeds" if n > 100_000 else f"{int(n)} seeds"
+
+
+def short(text: str) -> str:
+    """A verdict for the printed table: "depends on seed (the intervals straddle; 40 seeds would
+    decide them)" → "depends on seed (40 seeds would decide)"."""
+    return (
+        text.replace("(the intervals straddle; ", "(")
+        .replace(" would decide them)", " would decide)")
+        .replace(" would decide it)", " would decide)")
+    )
+
+
+def cell(row: pd.Series | None, width: int) -> str:
+    """One source's part of a printed line: "median [range] n=20 verdict", cut to ``width``."""
+    if row is None:
+        return "–".ljust(width)
+    n = int(row["n_seeds"]) if "n_seeds" in row and row["n_seeds"] == row["n_seeds"] else 0
+    text = (
+        f"{number(row['value'])} [{number(row['ci_low'])}, {number(row['ci_high'])}]"
+        f"{f' n={n}' if n else ''}: {short(verdict_text(row))}"
+    )
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def llm_note(llm: pd.DataFrame, n_folders: int) -> str:
@@ -53,39 +86,53 @@ def llm_note(llm: pd.DataFrame, n_folders: int) -> str:
     return note + "."
 
 
-def summary_lines(claims: pd.DataFrame) -> list[str]:
-    """The printed table: one line per (source, claim) summary row."""
+def summary_lines(claims: pd.DataFrame, width: int = 60) -> list[str]:
+    """The printed table: one line per claim, the toy's (and theory's) summary beside the LLM's:
+    median over settings [range over settings], the fewest seeds behind a setting, verdict."""
     summary = claims[claims["kind"] == "summary"]
-    lines = [f"{'claim':<5} {'source':<6} {'median':>8} {'range':>19}  verdict   (claim)"]
-    for _, r in summary.iterrows():
-        span = f"[{number(r['ci_low'])}, {number(r['ci_high'])}]"
+    lines = [f"{'claim':<5} {'toy':<{width}}  {'llm':<{width}}  (claim)"]
+    for claim, g in summary.groupby("claim", sort=False):
+        by = {r["source"]: r for _, r in g.iterrows()}
+        toy = by.get("toy", by.get("theory"))
         lines.append(
-            f"{r['claim']:<5} {r['source']:<6} {number(r['value']):>8} {span:>19}  "
-            f"{verdict_text(r)}   ({CLAIMS[r['claim']]})"
+            f"{claim:<5} {cell(toy, width):<{width}}  {cell(by.get('llm'), width):<{width}}  "
+            f"({CLAIMS[claim]})"
         )
     return lines
 
 
+def _md_cell(row: pd.Series | None) -> str:
+    if row is None:
+        return "–"
+    n = int(row["n_seeds"]) if "n_seeds" in row and row["n_seeds"] == row["n_seeds"] else 0
+    return (
+        f"{number(row['value'])} ({number(row['ci_low'])} … {number(row['ci_high'])})"
+        f"{f', n = {n}' if n else ''}: **{verdict_text(row)}**"
+    )
+
+
 def markdown_summary(claims: pd.DataFrame) -> str:
-    """The one-row-per-claim table in Markdown."""
+    """The one-row-per-claim table in Markdown: the toy's (or theory's) and the LLM family's
+    verdicts side by side (median over settings (range over settings), fewest seeds)."""
     summary = claims[claims["kind"] == "summary"]
     out = [
-        "| claim | what the paper says | source | statistic | median over settings (range) "
-        "| rule | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | what the paper says | statistic | rule | toy | LLM |",
+        "|---|---|---|---|---|---|",
     ]
-    for _, r in summary.iterrows():
-        stat = r["statistic"].split(";")[0]
+    for claim, g in summary.groupby("claim", sort=False):
+        by = {r["source"]: r for _, r in g.iterrows()}
+        first = g.iloc[0]
+        toy = by.get("toy", by.get("theory"))
         out.append(
-            f"| {r['claim']} | {CLAIMS[r['claim']]} | {r['source']} | {stat} | "
-            f"{number(r['value'])} ({number(r['ci_low'])} … {number(r['ci_high'])}) | "
-            f"`{r['rule']}` | **{verdict_text(r)}** |"
+            f"| {claim} | {CLAIMS[claim]} | {first['statistic'].split(';')[0]} | "
+            f"`{first['rule']}` | {_md_cell(toy)} | {_md_cell(by.get('llm'))} |"
         )
     return "\n".join(out)
 
 
 def markdown_settings(claims: pd.DataFrame) -> str:
-    """Every setting row in Markdown, grouped by claim."""
+    """Every setting row in Markdown, grouped by claim: value, interval, seeds, MDE, verdict
+    (and for 3a on the LLM side, the per-run flag's rate beside its shuffled-checkpoint null)."""
     rows = claims[claims["kind"] == "setting"]
     out = []
     for claim, g in rows.groupby("claim", sort=False):
@@ -93,11 +140,26 @@ def markdown_settings(claims: pd.DataFrame) -> str:
             f"**{claim}**: {CLAIMS[claim]}; statistic: {g['statistic'].iloc[0]}; "
             f"rule `{g['rule'].iloc[0]}`\n"
         )
-        out.append("| setting | value | 95% CI | verdict |")
-        out.append("|---|---|---|---|")
+        null = "null_rate" in g and g["null_rate"].notna().any()
+        head = "| setting | value | 95% CI | seeds | MDE | verdict |"
+        out.append(head + (" flag rate (shuffled null) |" if null else ""))
+        out.append("|---|---|---|---|---|---|" + ("---|" if null else ""))
         for _, r in g.iterrows():
             ci = f"[{number(r['ci_low'])}, {number(r['ci_high'])}]"
-            out.append(f"| {r['setting']} | {number(r['value'])} | {ci} | {r['verdict']} |")
+            n = int(r["n_seeds"]) if "n_seeds" in r and r["n_seeds"] == r["n_seeds"] else 0
+            line = (
+                f"| {r['setting']} | {number(r['value'])} | {ci} | {n or '–'} | "
+                f"{number(r.get('mde', math.nan))} | {verdict_text(r)} |"
+            )
+            if null:
+                line += (
+                    f" {number(r['flag_rate'])} ({number(r['null_rate'])}, "
+                    f"[{number(r['null_low'])}, {number(r['null_high'])}], "
+                    f"p = {number(r['null_p'])}) |"
+                    if r.get("null_rate") == r.get("null_rate")
+                    else " – |"
+                )
+            out.append(line)
         out.append("")
     return "\n".join(out)
 
