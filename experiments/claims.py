@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -362,6 +363,16 @@ def search(config: Config, results: Path) -> pd.DataFrame:
                 "n_depends"]]  # fmt: skip
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the experiments' and
+    the LLM seeds' processes) so far."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def load_average() -> str:
     """The 1-minute load average over the CPU count (the machine is shared)."""
     try:
@@ -387,12 +398,15 @@ def main(config: Config) -> Path:
         elapsed = time.perf_counter() - start
         meta = {
             "seconds": round(elapsed, 1),
+            "cpu_seconds": round(cpu_seconds(), 1),
             "load_start": load_start,
             "load_end": load_average(),
             "notes": notes,
             "command": "python experiments/claims.py"
             + (" --search" if config.search else "")
-            + (" --quick" if config.quick else ""),
+            + (" --quick" if config.quick else "")
+            + (f" --seeds {config.seeds}" if config.seeds != Config.seeds else "")
+            + (f" --llm-seeds {config.llm_seeds}" if config.llm_seeds != Config.llm_seeds else ""),
         }
         write_config(folder, config)
         if found is not None:
@@ -409,6 +423,7 @@ def main(config: Config) -> Path:
     print(
         f"{int((claims['kind'] == 'summary').sum())} claims over {n_set} settings "
         f"({', '.join(f'{v} {k}' for k, v in counts.items())}) in {elapsed:.0f} s "
+        f"({meta['cpu_seconds']:.0f} s CPU) "
         f"({meta['load_start']} at the start, {meta['load_end']} at the end); "
         f"results in {folder}/ (claims.csv{', search.csv' if found is not None else ''}, run.json)"
     )

@@ -241,25 +241,36 @@ that every verdict follows from its rule. Do not edit above the end marker.
 
 **How a verdict is reached.** Each claim of Rafailov et al. (2024) is a statistic per setting
 (objective, model size, β, ...), reduced to one value per seed and given a 95 % interval over
-seeds (Student t; a bootstrap over seeds, exact for 3 seeds, where the statistic is a fit or a
-seed-mean curve). A rule (`treemdp.claims.rules`) reads the interval: `above(threshold=t)` is
-*reproduced* when the whole interval is above t, *refuted* when it is at or below t, and
-*depends* (on the seed) when it straddles t; `below` likewise; `inside(low, high)` is reproduced
-when the interval lies in [low, high] and refuted when it misses it. A claim's summary verdict
-combines its settings: reproduced (refuted) only if every setting is; otherwise it *depends*, and
-`depends on X` names the factor whose levels separate the verdicts, nested where needed
-(`policy (tabular: refuted; loglinear: beta (...))`: one level of a factor explained by another),
-`seed` when every interval straddles its line, and `setting (a tally; see the rows)` when no
+seeds (Student t; a bootstrap over seeds where the statistic is a fit or a seed-mean curve; all
+through `treemdp.claims.evidence`). A seed is a new problem, new pairs and a new initialisation.
+A rule (`treemdp.claims.rules`) reads the interval: `above(threshold=t)` is *reproduced* when the
+whole interval is above t, *refuted* when it is at or below t, and *depends* (on the seed) only
+when it straddles t; `below` likewise; `inside(low, high)` is reproduced when the interval lies in
+[low, high] and refuted when it misses it. A statistic that could not be computed is *no data*.
+Every setting row carries `n_seeds` (the seeds behind its interval), `mde` (the smallest effect a
+two-sided t-test at 5 % detects with power 0.8 from that many seeds at the observed spread) and,
+where the interval straddles, `seeds_needed`: how many seeds would separate the observed value
+from the rule's line at that spread. A claim's summary verdict combines its settings: reproduced
+(refuted) only if every setting with data is; otherwise it *depends*, and `depends on X` names the
+factor whose levels separate the verdicts, nested where needed, `seed (...; N seeds would decide
+them)` when every interval straddles its line, and `setting (a tally; see the rows)` when no
 factor separates them. The summary row's value is the median over settings and its range is the
 range over settings (not an interval).
 
-Sizes on the toy are policy capacities: `tabular` (no shared parameters) and tanh networks
-`mlp4 < mlp16 < mlp64`; trends over "model size" (6b, 8a) use the networks only. Claims 1, 1b,
-2 come from `experiments/ood_mass.py` (one preference pair, 2000 steps, 10 seeds); 3–9 from
-`experiments/toy_scaling.py` (512 pairs, one epoch, 3 seeds, concave gold reward, R-DPO with
-α = 0.3), the same run folders `figures/make_all.py` draws. Objectives are compared at matched β
-and at matched final KL (within a factor 1.5) or matched final win rate (within 0.02): a pair of
-runs of the same size and seed, the closest one of the other objective.
+**Two sources side by side.** *toy*: sizes are policy capacities, `tabular` (no shared
+parameters) and tanh networks `mlp4 < mlp16 < mlp64`; trends over "model size" (6b, 8a) use the
+networks only. Claims 1, 1b, 2 come from `experiments/ood_mass.py` (one preference pair, 2000
+steps) and 3–9 from `experiments/toy_scaling.py` (512 pairs, one epoch, concave gold reward, R-DPO
+with α = 0.3), both at `--seeds` seeds (default 20). *llm*: the LLM family, `llm_overopt.py` on
+the tree language (a GPT-NeoX of `--llm-sizes`, random init, SFT on π_ref's samples, then one
+epoch of DPO, IPO, SLiC and R-DPO at β 0.1 and 0.3, every checkpoint scored exactly) over
+`--llm-seeds` seeds (default 16), plus any `--llm-runs` folders. LLM runs are pooled as seeds only
+when their configurations differ in the seed alone (`treemdp.runs.identity`); others are kept
+apart as their own settings (`variant=(...)` names what differs). "Rises then falls" is decided
+on seed-mean curves (3b); the per-run flag of 3a is shown beside the rate that checkpoints
+shuffled within each run give (`evidence.label_null`). Objectives are compared at matched β and
+at matched final KL (within a factor 1.5) or matched final win rate (within 0.02): a pair of runs
+of the same size and seed, the closest one of the other objective.
 """
 
 
@@ -272,8 +283,10 @@ def page(data: str | Path) -> str:
     out = [INTRO]
     out.append("## The verdicts\n")
     out.append(
-        f"`{meta['command']}`: {meta['seconds']:.0f} s ({meta['load_start']} at the start, "
-        f"{meta['load_end']} at the end; cached experiment runs are reused). Its printed table:\n"
+        f"`{meta['command']}`: {meta['seconds']:.0f} s wall"
+        + (f", {meta['cpu_seconds']:.0f} s CPU" if "cpu_seconds" in meta else "")
+        + f" ({meta['load_start']} at the start, {meta['load_end']} at the end: the 2 cores were "
+        "shared with other jobs; finished experiment runs are reused). Its printed table:\n"
     )
     out.append(
         "```\n" + "\n".join(summary_lines(claims)) + "\n" + "\n".join(meta["notes"]) + "\n```\n"
