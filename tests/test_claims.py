@@ -472,3 +472,21 @@ def test_a_nan_statistic_reads_no_data_not_depends_on_seed():
     straddles = catalog.make_row("3a", 0.02, 0.0, 0.04, source="llm", size="14m")
     summary = catalog.summarise(pd.DataFrame([row, straddles])).iloc[0]
     assert summary["depends_on"] == "seed (the intervals straddle)"
+
+
+def test_the_per_run_flag_is_shown_beside_its_shuffled_checkpoint_null():
+    rng = np.random.default_rng(0)
+    steps = np.arange(8)
+    hump = 0.5 + 0.1 * np.sin(np.pi * steps / 7) ** 2 * (steps < 7)  # rises, falls at the end
+    rows = []
+    for run in range(12):
+        noise = 0.5 + 0.05 * rng.standard_normal(len(steps))
+        for step, h, e in zip(steps, hump, noise, strict=True):
+            rows += [{"run": f"hump{run}", "step": step, "win_rate": h + 0.001 * run},
+                     {"run": f"noise{run}", "step": step, "win_rate": e}]  # fmt: skip
+    table = pd.DataFrame(rows)
+    real = catalog.flag_null(table[table["run"].str.startswith("hump")], n_permutations=50)
+    assert real["flag_rate"] == 1 and real["null_high"] < 1  # the trajectory makes the flag
+    noise = catalog.flag_null(table[table["run"].str.startswith("noise")], n_permutations=50)
+    # noise raises the flag about as often as its shuffled copies do: no evidence
+    assert noise["null_low"] <= noise["flag_rate"] <= noise["null_high"]
