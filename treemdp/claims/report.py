@@ -123,8 +123,9 @@ def markdown_summary(claims: pd.DataFrame) -> str:
         by = {r["source"]: r for _, r in g.iterrows()}
         first = g.iloc[0]
         toy = by.get("toy", by.get("theory"))
+        stat = first["statistic"].split(";")[0].replace("|", "\\|")  # a table cell
         out.append(
-            f"| {claim} | {CLAIMS[claim]} | {first['statistic'].split(';')[0]} | "
+            f"| {claim} | {CLAIMS[claim]} | {stat} | "
             f"`{first['rule']}` | {_md_cell(toy)} | {_md_cell(by.get('llm'))} |"
         )
     return "\n".join(out)
