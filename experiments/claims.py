@@ -1,21 +1,29 @@
 """The paper's claims, checked in one command: a verdict table from computed statistics.
 
 Runs (or reuses) the experiments the claims are decided on, evaluates every claim of
-Rafailov et al. (2024) that the toy can decide (and the LLM side where LLM evaluation runs exist
-under --results), and prints and writes one row per claim and one per setting:
+Rafailov et al. (2024) that the toy and the LLM family can decide, and prints (toy and LLM side
+by side) and writes one row per claim and source and one per setting:
 
-    python experiments/claims.py --out results/claims   # ~90 s of CPU from scratch, ~20 s cached
+    python experiments/claims.py --out results/claims   # ~10 min of CPU from scratch (2 cores)
     python experiments/claims.py --search                       # + the condition search (slow)
     python experiments/claims.py --docs docs/claims.md          # + regenerate the docs page
+    python experiments/claims.py --llm-runs DIR...              # + more LLM run folders (a GPU run)
 
-Experiments (subprocesses; finished run folders are reused, such as experiments/paper_runs.py's):
-experiments/toy_scaling.py with DPO, IPO, SLiC and R-DPO (α = 0.3) at its defaults, and
-experiments/ood_mass.py at β ∈ {0.01, 0.1, 0.5} with the log-linear and the tabular policy.
-Statistics, intervals and decision rules: ``treemdp.claims`` (see docs/claims.md).
+Experiments (finished run folders are reused, such as experiments/paper_runs.py's):
+experiments/toy_scaling.py with DPO, IPO, SLiC and R-DPO (α = 0.3) at its defaults and
+experiments/ood_mass.py at β ∈ {0.01, 0.1, 0.5} with the log-linear and the tabular policy, both
+at ``--seeds`` seeds (default 20; subprocesses); the LLM family: experiments/llm_overopt.py on the
+tree language at ``--llm-sizes`` (default tiny) for ``--llm-seeds`` seeds (default 16; in
+``--jobs`` processes). LLM runs are pooled as seeds only when their configurations differ in the
+seed alone (``treemdp.runs.identity``). Statistics, intervals, power and nulls:
+``treemdp.claims`` (``evidence``; see docs/claims.md).
 
 Writes DIR/<run>/{config.json, claims.csv, run.json} (+ search.csv with --search), where
 claims.csv has columns claim, statistic, value, ci_low, ci_high, setting, verdict (reproduced,
-refuted or depends), rule, kind (summary or setting), depends_on and the setting's factors.
+refuted, depends or no data), rule, n_seeds, mde, seeds_needed, kind (summary or setting),
+depends_on, the setting's factors (source, variant, policy, objective, size, ...) and, for 3a,
+the per-run flag's rate beside its shuffled-checkpoint null (flag_rate, null_rate, null_low,
+null_high, null_p).
 """
 
 from __future__ import annotations
