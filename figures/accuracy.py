@@ -25,6 +25,7 @@ from figures.common import (
     beta_colors,
     beta_label,
     objectives,
+    say_if_empty,
     select,
     sizes,
     spearman,
@@ -61,6 +62,7 @@ def plot(table: pd.DataFrame, objective: str, metric: str = "reward_accuracy"):
         else:
             rho = spearman(pts["win_rate"], pts[metric])
             rho_text = f"ρ = {rho:.2f}" if rho == rho else "ρ undefined: a constant"  # NaN ≠ NaN
+        say_if_empty(ax, pts["win_rate"])
         ax.set_title(f"{size}   (Spearman {rho_text})", fontsize=8)
         ax.set_xlabel("win rate")
     values = sub[metric].dropna()

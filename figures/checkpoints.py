@@ -22,6 +22,11 @@ One row per (run, checkpoint), the same columns whatever the source:
     length       mean response length under π (toy: actions; llm: as evaluated)
     length_r2    R² of the regression of log π/π_ref on response length (NaN where undefined)
     win_rate_se, kl_reverse_se, kl_forward_se   standard errors (llm); NaN for the exact toy
+    config       the run's config hash (``treemdp.runs.identity``): runs are seeds of one setting
+                 only when their configurations differ in the seed alone
+    variant      what tells this run's setting apart from another of the same size, objective
+                 and β (e.g. "lr=0.001"; "" when no two settings share that label): rows of
+                 different variants are never pooled (``variants`` splits a table by it)
 
 Adapters: ``from_toy(folder)`` for an experiments/toy_scaling.py run folder and
 ``from_llm(folders)`` for LLM evaluation run folders (``eval.csv`` + ``config.json``). A ``Data``
@@ -41,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from figures import run_index
-from treemdp.runs import read_table
+from treemdp.runs import identity, read_config, read_table
 from treemdp.runs.eval_table import COLUMNS as LLM_EVAL_COLUMNS  # what from_llm needs
 from treemdp.runs.eval_table import EVAL_TABLE as LLM_EVAL
 
@@ -67,8 +72,11 @@ COLUMNS = (
     "win_rate_se",
     "kl_reverse_se",
     "kl_forward_se",
+    "config",
+    "variant",
 )
 """Columns of the checkpoint table, in order."""
+
 
 TOY_EXPERIMENT = "experiments/toy_scaling.py"
 """The experiment that writes the toy's checkpoint table (named in messages)."""
@@ -111,7 +119,14 @@ class Data:
 
 
 def check(table: pd.DataFrame, where: str = "the checkpoint table") -> pd.DataFrame:
-    """``table`` with exactly ``COLUMNS`` in order; ValueError naming any missing column."""
+    """``table`` with exactly ``COLUMNS`` in order; ValueError naming any missing column
+    (``config`` and ``variant`` are filled in when absent: each run its own configuration, one
+    variant)."""
+    table = table.copy()
+    if "config" not in table.columns and "run" in table.columns:
+        table["config"] = table["run"].astype(str)
+    if "variant" not in table.columns:
+        table["variant"] = ""
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{where} lacks columns {missing} (see figures/checkpoints.py COLUMNS)")
@@ -182,7 +197,34 @@ def from_toy(folder: str | Path) -> pd.DataFrame:
             "kl_forward_se": np.nan,
         }
     )
+    frame["config"] = toy_config_hashes(folder, frame)
+    frame["variant"] = ""
     return _finish(frame)
+
+
+def toy_config_hashes(folder: str | Path, frame: pd.DataFrame) -> pd.Series:
+    """Each toy run's config hash: the experiment's config.json (without its axes' lists) with
+    the run's capacity, objective, β and seed (``treemdp.runs.identity.config_hash``)."""
+    try:
+        experiment = read_config(folder)
+    except ValueError:
+        experiment = {"folder": Path(folder).name}
+    axes = ("capacities", "objectives", "beta", "betas", "seeds", "seed")
+    experiment = {k: v for k, v in experiment.items() if k not in axes}
+    keys = frame[["run", "size", "objective", "beta", "seed"]].drop_duplicates("run")
+    hashes = {
+        r.run: identity.config_hash(
+            {
+                "experiment": experiment,
+                "capacity": r.size,
+                "objective": r.objective,
+                "beta": float(r.beta),
+                "seed": int(r.seed),
+            }
+        )
+        for r in keys.itertuples()
+    }
+    return frame["run"].map(hashes)
 
 
 def load_toy(folder: str | Path) -> Data:
@@ -303,9 +345,33 @@ def from_llm(folders: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     if len(set(names)) != len(names):  # same folder name under different parents: use paths
         for frame, p in zip(frames, runs, strict=True):
             frame["run"] = str(p)
+    keys = [str(f["run"].iloc[0]) if len(f) else str(p) for f, p in zip(frames, runs, strict=True)]
+    labels = [f[["size", "objective", "beta"]].iloc[0].to_dict() for f in frames]
+    settings = llm_settings(runs, keys, labels)
     frame = pd.concat(frames, ignore_index=True)
+    frame["config"] = frame["run"].map(settings["config"])
+    frame["variant"] = frame["run"].map(settings["variant"])
+    frame["seed"] = frame["run"].map(settings["seed"])
     frame["size_rank"] = _ranks(frame["size"], frame["n_params"])
     return _finish(frame.drop(columns="n_params"))
+
+
+def llm_settings(runs: Sequence[Path], keys: Sequence[str], labels: Sequence[dict]) -> pd.DataFrame:
+    """``treemdp.runs.identity.group_settings`` of LLM run folders (index: run key), with a
+    ``seed`` per run that is unique within its setting: the run's ``seed`` where that tells its
+    setting's runs apart, else their rank by all seed fields (runs that differ in the evaluation
+    seed alone are seeds too)."""
+    configs = {
+        key: {**identity.run_identity(folder), **label}
+        for key, folder, label in zip(keys, runs, labels, strict=True)
+    }
+    table = identity.group_settings(configs)
+    table["seed"] = [configs[k].get("seed") for k in table.index]
+    for _, g in table.groupby("setting"):
+        if g["seed"].duplicated().any():
+            order = {text: i for i, text in enumerate(sorted(set(g["seeds"])))}
+            table.loc[g.index, "seed"] = g["seeds"].map(order)
+    return table
 
 
 def load_llm(folders: Sequence[str | Path]) -> Data:
@@ -320,12 +386,57 @@ def load_llm(folders: Sequence[str | Path]) -> Data:
         if not any(exact)
         else f"KL and win rate exact in {sum(exact)} of {len(exact)} runs, else sampled"
     )
+    n_settings = table.drop_duplicates("run").groupby(["variant", "size", "objective", "beta"])
+    counts = sorted(set(n_settings["run"].nunique()))
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     source = (
         f"data: LLM evaluation runs ({table['run'].nunique()} run folders under "
-        f"{', '.join(map(str, folders))}; eval.csv); 'size' is the model ({sizes}); {measured}; "
+        f"{', '.join(map(str, folders))}; eval.csv; {seeds} seed{'s' * (seeds != '1')} per "
+        f"setting); 'size' is the model ({sizes}); {measured}; "
         "length estimated on sampled responses."
     )
-    return Data(table, "llm", source)
+    missing = no_win_rate(table, _llm_folders(folders))
+    return Data(table, "llm", source + (f" {missing}" if missing else ""))
+
+
+def no_win_rate(table: pd.DataFrame, runs: Sequence[Path] = ()) -> str:
+    """A sentence saying the table has no win rate (and why, when the runs' eval.json names the
+    judge), or "" when some row has one."""
+    if table["win_rate"].notna().any():
+        return ""
+    judges = set()
+    for folder in runs:
+        try:
+            judges.add(str(json.loads((Path(folder) / "eval.json").read_text()).get("judge")))
+        except (OSError, ValueError, AttributeError):
+            continue
+    why = f"the runs were evaluated with judge {'/'.join(sorted(judges))!r}" if judges else ""
+    return (
+        f"NO WIN RATE: every win rate is NaN ({why or 'no judge scored the responses'}); the "
+        "win-rate panels have no points."
+    )
+
+
+def by_variant(data: Data) -> list[Data]:
+    """``data`` split into one ``Data`` per ``variant`` (settings that share size, objective and
+    β but differ in their configuration are never drawn as one curve): one part as it is when
+    the table has a single variant; else each part's ``kind`` is ``<kind>/<variant as a file
+    name>`` and its caption line names the variant."""
+    variants = list(dict.fromkeys(data.table["variant"]))
+    if len(variants) <= 1:
+        return [data]
+    parts = []
+    for variant in variants:
+        text = variant.replace(", ", "_")
+        slug = "".join(c if c.isalnum() or c in ".-_=" else "-" for c in text)[:80]
+        note = (
+            f" Setting {variant}: runs whose configurations differ in more than the seed are "
+            f"kept apart ({len(variants)} variants of the same sizes, objectives and β; see "
+            "the other folders)."
+        )
+        sub = data.table[data.table["variant"] == variant].reset_index(drop=True)
+        parts.append(Data(sub, f"{data.kind}/{slug}", data.source + note))
+    return parts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +472,9 @@ def command_line(doc: str, draw: Callable[..., list[Path]], **extra: str) -> Non
         parser.add_argument("--" + name.replace("_", "-"), default=None, help=help_)
     args = parser.parse_args()
     try:
-        files = draw(data_from_args(args), args.out, **{k: getattr(args, k) for k in extra})
+        files = []
+        for data in by_variant(data_from_args(args)):
+            files += draw(data, args.out, **{k: getattr(args, k) for k in extra})
     except ValueError as e:
         parser.error(str(e))
     print("\n".join(map(str, files)))

@@ -111,6 +111,21 @@ def spearman_within(table: pd.DataFrame, x: str, y: str, by: str = "beta") -> pd
     return table.groupby(by)[[x, y]].apply(lambda g: spearman(g[x], g[y]))
 
 
+NO_WIN_RATE = "no win rate: every value is NaN\n(runs evaluated with judge 'none'?)"
+"""What a win-rate panel without a single value says in its middle."""
+
+
+def say_if_empty(ax, values: pd.Series, text: str = NO_WIN_RATE) -> bool:
+    """Write ``text`` in the middle of ``ax`` when ``values`` has no finite value (a figure of
+    runs evaluated with judge ``none``: its win rates are NaN), so an empty panel is never
+    silent; return whether it did."""
+    if np.isfinite(pd.to_numeric(values, errors="coerce")).any():
+        return False
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8,
+            color="firebrick")  # fmt: skip
+    return True
+
+
 class Writer:
     """Saves figures as PNG + PDF with a caption file under ``out/<kind>/``."""
 

@@ -24,6 +24,7 @@ from figures.common import (
     beta_label,
     file_size,
     objectives,
+    say_if_empty,
     select,
     sizes,
     title,
@@ -37,6 +38,17 @@ METRICS = {
 FILE_OBJECTIVE = {"dpo": "DPO", "ipo": "IPO", "slic": "SLiC"}
 
 
+def seed_counts(sub: pd.DataFrame) -> str:
+    """The real number of seeds behind each β's curve: "one seed", "mean of 3 seeds ± 1 SE", or
+    "mean of 2–3 seeds ± 1 SE (n per β in the legend)" when the β differ."""
+    n = sub.groupby("beta")["run"].nunique()
+    if n.max() == 1:
+        return "one seed"
+    if n.min() == n.max():
+        return f"mean of {n.max()} seeds ± 1 SE"
+    return f"mean of {n.min()}–{n.max()} seeds ± 1 SE (n per β in the legend)"
+
+
 def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate"):
     """``metric`` vs fraction of the epoch, one line (and band) per β."""
     sub = select(table, objective, size)
@@ -47,6 +59,7 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
     # Widest line first, each later β narrower on top: lines that coincide (e.g. SLiC's hinge
     # at small β) stay visible as nested stripes instead of hiding each other.
     band = None  # what the shaded band is, named in the legend
+    n_runs = sub.groupby("beta")["run"].nunique()
     for i, (beta, g) in enumerate(sub.groupby("beta")):
         stats = g.groupby("fraction")[metric].agg(["mean", "sem", "count"])
         color = colors[beta]
@@ -57,11 +70,13 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
             lw=max(3.4 - 0.5 * i, 1.0),
             marker="o",
             ms=3,
-            label=beta_label(beta),
+            label=beta_label(beta)
+            + (f" (n={n_runs[beta]})" if n_runs.min() != n_runs.max() else ""),
         )
         if stats["count"].max() > 1:  # ±1 standard error of the mean over seeds
             half = stats["sem"]
-            band = f"band: ±1 SE of the mean over {int(stats['count'].max())} seeds"
+            counts = sorted({n_runs.min(), n_runs.max()})
+            band = f"band: ±1 SE of the mean over {'–'.join(map(str, counts))} seeds"
         elif g[se].fillna(0).gt(0).any():  # one run: its estimate's SE (0: an exact value)
             half = g.groupby("fraction")[se].mean()
             band = "band: ±1 SE of the run's estimate"
@@ -69,8 +84,9 @@ def plot(table: pd.DataFrame, objective: str, size: str, metric: str = "win_rate
             continue
         lo, hi = stats["mean"] - half, stats["mean"] + half
         ax.fill_between(stats.index, lo, hi, color=color, alpha=0.15, lw=0)
-    n_seeds = sub.groupby("beta")["seed"].nunique().max()
-    spread = f"mean of {n_seeds} seeds ± 1 SE" if n_seeds > 1 else "one seed"
+    if metric == "win_rate":
+        say_if_empty(ax, sub[metric])
+    spread = seed_counts(sub)
     ax.set_title(f"{title(objective)}, size {size}: {label.split('  ')[0]} ({spread})", fontsize=9)
     ax.set_xlabel("epochs (passes over the preference data)")
     ax.set_ylabel(label)
@@ -92,15 +108,15 @@ def main(data: checkpoints.Data, out: str | Path = "figures/out") -> list[Path]:
     for objective in objectives(table):
         sub = table[table["objective"] == objective]
         for size in sizes(sub):
+            cell = sub[sub["size"] == size]
             for metric, (prefix, label, _) in METRICS.items():
                 obj = FILE_OBJECTIVE.get(objective, objective.upper())
                 name = f"{prefix}_evolution_over_epoch_for_{obj}_{file_size(size)}"
                 caption = (
                     f"{title(objective)}, size {size}: {label} vs fraction of the epoch, one "
                     "colour per β (the same β colours in every figure; smaller β drawn wider, so "
-                    "coinciding lines show as nested stripes); mean over seeds with a "
-                    "±1 standard-error band (one seed: the run's own standard error where the "
-                    "table has one)."
+                    f"coinciding lines show as nested stripes); {seed_counts(cell)}"
+                    " (one seed: a band of the run's own standard error where the table has one)."
                 )
                 writer.save(plot(table, objective, size, metric), name, caption)
     return writer.written

@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 
 from figures import checkpoints, style
-from figures.common import Writer, objectives, select, size_colors, size_markers, sizes, title
+from figures.common import (
+    Writer,
+    objectives,
+    say_if_empty,
+    select,
+    size_colors,
+    size_markers,
+    sizes,
+    title,
+)
 from treemdp import scaling
 
 PAIR = ("dpo", "rdpo")
@@ -62,6 +71,7 @@ def plot_dpo_rdpo(table: pd.DataFrame, size: str | None = None):
                 axes[0].plot(d, start.mean() + fit.predict(d), color=color, lw=2)
         for ax in axes:
             ax.plot([], [], color=color, marker="o", lw=2 if ax is axes[0] else 0, label=label)
+    say_if_empty(axes[0], table["win_rate"])
     axes[0].set_ylabel("win rate")
     axes[1].set_ylabel("mean response length")
     for ax in axes:

@@ -117,9 +117,14 @@ CHECKPOINT_FAMILIES = (scaling_fits, evolution, length, accuracy)
 
 
 def draw_checkpoints(data: checkpoints.Data, out: Path) -> list[Task]:
-    """Every checkpoint-table figure script of ``data``, one task each."""
+    """Every checkpoint-table figure script of ``data``, one task each (and per variant:
+    settings that differ in more than the seed go to their own folder, ``checkpoints.by_variant``).
+    A table without a win rate is said so on stderr (its captions and panels say it too)."""
+    if checkpoints.no_win_rate(data.table):
+        print(f"[{data.kind}] {checkpoints.no_win_rate(data.table)}", file=sys.stderr, flush=True)
     return [
-        (script.__name__, draw_module, (script.__name__.split(".")[-1], data, out))
+        (script.__name__, draw_module, (script.__name__.split(".")[-1], part, out))
+        for part in checkpoints.by_variant(data)
         for script in CHECKPOINT_FAMILIES
     ]
 
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1; got {args.jobs}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder: give a folder to write into")
     request = Request(
         Path(args.results),
         Path(args.out),

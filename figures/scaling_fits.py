@@ -21,7 +21,16 @@ import numpy as np
 import pandas as pd
 
 from figures import checkpoints, style
-from figures.common import Writer, objectives, select, size_colors, size_markers, sizes, title
+from figures.common import (
+    Writer,
+    objectives,
+    say_if_empty,
+    select,
+    size_colors,
+    size_markers,
+    sizes,
+    title,
+)
 from treemdp import scaling
 
 FORM = "rl"
@@ -139,6 +148,7 @@ def plot(
     initial = initial_win_rate(table)
     if initial.notna().any() and np.allclose(initial.dropna(), initial.dropna().iloc[0]):
         ax.axhline(initial.dropna().iloc[0], color="grey", lw=0.8, ls=":", zorder=0)
+    say_if_empty(ax, sub["win_rate"])
     which = "final checkpoints" if final else "all checkpoints"
     ax.set_title(f"{title(objective)}: win rate vs KL ({which})")
     ax.set_xlabel(AXES[x][1])

@@ -31,7 +31,7 @@ R, F, D = rules.REPRODUCED, rules.REFUTED, rules.DEPENDS
         ((0.02, 0.0, 0.04), D),  # straddles: depends on the seed
         ((0.05, math.nan, math.nan), R),  # no interval (one seed): the value decides
         ((0.02, math.nan, math.nan), F),
-        ((math.nan, math.nan, math.nan), D),  # no data
+        ((math.nan, math.nan, math.nan), rules.NO_DATA),  # no data: not "depends on seed"
     ],
 )
 def test_above(interval, verdict):
@@ -46,6 +46,8 @@ def test_above(interval, verdict):
         ((0.55, 0.5, 0.6), D),  # high end at the threshold: not strictly below
         ((0.7, 0.6, 0.8), F),  # low end at the threshold: refuted
         ((0.6, 0.5, 0.7), D),
+        ((math.inf, 0.9, math.inf), F),  # a fit without a peak (d* = inf) is a value, not NaN
+        ((0.86, 0.86, math.inf), F),  # an infinite upper end is not replaced by the value
     ],
 )
 def test_below(interval, verdict):
@@ -308,9 +310,13 @@ def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
             for beta in (0.1, 0.5):
                 folder = results / "llm_eval" / f"{model}-{objective}-{beta}"
                 write_llm_run(folder, model, objective=objective, beta=beta)
+    for seed, peak in enumerate((0.6, 0.55, 0.58)):  # a tree-language family: three seeds
+        for objective in ("dpo", "ipo"):
+            overopt_run(results / "family", lr=1e-3, seed=seed, peak=peak, objective=objective)
     config = claims.Config(
         out=str(tmp_path / "claims"), results=str(results), quick=True, n_resamples=10,
-        docs=str(tmp_path / "docs" / "claims.md"), progress=False,
+        docs=str(tmp_path / "docs" / "claims.md"), progress=False, llm_seeds=0, jobs=1,
+        llm_runs=(str(results / "llm_eval"), str(results / "family")),
     )  # fmt: skip
     folder = claims.main(config)
     out = capsys.readouterr().out
@@ -318,14 +324,56 @@ def test_claims_command_end_to_end_on_the_quick_config(tmp_path, capsys):
     assert list(table.columns[:7]) == [
         "claim", "statistic", "value", "ci_low", "ci_high", "setting", "verdict",
     ]  # fmt: skip
+    assert {"source", "n_seeds", "mde", "seeds_needed"} <= set(table.columns)
     assert set(table["verdict"]) <= set(rules.VERDICTS)
     assert {"1", "2", "3a", "4", "5b", "9b", "P1"} <= set(table["claim"])
-    assert "LLM side: 12 runs from 12 folders" in out and f"results in {folder}" in out
-    llm = table[table["source"] == "llm"]
-    assert {"3a", "5a", "6b", "7a"} <= set(llm["claim"])
-    assert llm.loc[llm["kind"] == "setting", "ci_low"].isna().all()  # one seed: no interval
+    assert "LLM side: 18 runs from 2 folders, 14 settings, 1–3 seeds per setting" in out
+    assert f"results in {folder}" in out
+    (head,) = [line for line in out.splitlines() if line.startswith("claim ")]
+    assert head.split()[:3] == ["claim", "toy", "llm"]  # toy and LLM verdicts side by side
+    llm = table[(table["source"] == "llm") & (table["kind"] == "setting")]
+    assert {"1", "1b", "3a", "5a", "6b", "7a"} <= set(llm["claim"])
+    pythia = llm[llm["size"].str.startswith("pythia", na=False)]
+    assert pythia["ci_low"].isna().all() and (pythia["n_seeds"] <= 1).all()  # one seed each
+    tiny = llm[llm["size"] == "tiny"]
+    assert (tiny.loc[tiny["verdict"] != rules.NO_DATA, "n_seeds"] == 3).all()
+    flags = tiny[tiny["claim"] == "3a"]
+    assert flags["null_rate"].notna().all() and (flags["flag_rate"] == 1).all()
     page = Path(config.docs).read_text()
     assert report.generated_part(page) == report.page(tmp_path / "docs" / "claims_data")
+
+
+def test_power_columns_and_the_seeds_that_would_decide_a_straddling_interval():
+    from treemdp.claims import evidence
+
+    # 3a: above(0.02); 0.03 ± 0.02 over 20 seeds of spread 0.04 straddles 0.02
+    row = catalog.make_row("3a", 0.03, 0.01, 0.05, 20, 0.04, source="toy", size="mlp4")
+    assert row["verdict"] == D and row["n_seeds"] == 20
+    assert row["mde"] == pytest.approx(evidence.mde(0.04, 20))
+    assert row["seeds_needed"] == evidence.seeds_needed(0.01, 0.04) > 20
+    assert report.verdict_text(pd.Series(row)) == (
+        f"depends on seed ({evidence.seeds_needed(0.01, 0.04)} seeds would decide it)"
+    )
+    decided = catalog.make_row("3a", 0.05, 0.03, 0.07, 20, 0.04, source="toy", size="mlp16")
+    assert decided["verdict"] == R and math.isnan(decided["seeds_needed"])
+    summary = catalog.summarise(pd.DataFrame([row, decided])).iloc[0]
+    assert summary["verdict"] == D and summary["n_seeds"] == 20
+    summary = catalog.summarise(pd.DataFrame([row])).iloc[0]
+    needed = evidence.seeds_needed(0.01, 0.04)
+    assert (
+        summary["depends_on"] == f"seed (the intervals straddle; {needed} seeds would decide them)"
+    )
+
+
+def test_the_table_defaults_to_20_toy_seeds_and_16_llm_seeds_on_the_tree_language():
+    claims = load_script("experiments/claims.py")
+    config = claims.Config()
+    assert config.seeds >= 20 and claims.seed_list(config) == {"seed": tuple(range(config.seeds))}
+    seeds = claims.llm_settings(config)
+    assert len(seeds) >= 16 and [s["seed"] for s in seeds] == list(range(len(seeds)))
+    assert all(s["sizes"] == ("tiny",) for s in seeds)
+    quick = claims.Config(quick=True)
+    assert claims.seed_list(quick) == {} and len(claims.llm_settings(quick)) == 2
 
 
 def test_search_defaults_are_toy_scalings():
@@ -335,3 +383,110 @@ def test_search_defaults_are_toy_scalings():
     for key, value in claims.SEARCH_DEFAULTS.items():
         if key not in ("objectives", "capacities", "n_resamples"):
             assert defaults[key] == value, key
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM runs: pooled as seeds only when their configurations differ in the seed alone
+# ---------------------------------------------------------------------------------------------
+
+
+def overopt_run(root, *, lr, seed, peak, objective="dpo"):
+    """An llm_overopt-like family (config.json) with one run, tiny/dpo/β 0.1, whose exact win
+    rate rises from 0.5 to ``peak`` and falls back to 0.5 (its drop: peak − 0.5)."""
+    import json
+
+    from tests.test_figures_scaling import write_llm_run
+
+    family = root / f"family-lr{lr:g}-seed{seed}"
+    family.mkdir(parents=True, exist_ok=True)
+    (family / "config.json").write_text(json.dumps({"seed": seed, "lr": lr, "betas": [0.1]}))
+    run = family / "llm" / f"tiny-{objective}-beta0.1"
+    config = {"objective": objective, "beta": 0.1, "model": "tiny", "size": "tiny", "seed": seed,
+              "lr": lr, "source": "tree"}  # fmt: skip
+    exact = {
+        "exact_kl_reverse": [0.0, 1.0, 2.0, 3.0],
+        "exact_kl_forward": [0.0, 1.0, 2.0, 3.0],
+        "exact_win_rate": [0.5, peak, (peak + 0.5) / 2, 0.5],
+        "exact_mass_ood": [0.1, 0.2, 0.3, 0.4],
+        "exact_mass_in_dist": [0.9, 0.8, 0.7, 0.6],
+    }
+    write_llm_run(run, "tiny", objective=objective, seed=seed, config=config, exact=exact)
+    return run
+
+
+def test_llm_runs_that_differ_in_lr_are_two_settings_not_the_mean_as_one_seed(tmp_path):
+    from figures import checkpoints
+
+    # issue 23 item 3: lr 3e-3 and 1e-3, both seed 0; the old table printed 0.0363, their mean
+    runs = [overopt_run(tmp_path, lr=3e-3, seed=0, peak=0.555),
+            overopt_run(tmp_path, lr=1e-3, seed=0, peak=0.5175)]  # fmt: skip
+    table = checkpoints.from_llm(runs)
+    assert table["config"].nunique() == 2
+    rows = catalog.evaluate_checkpoints(table, source="llm", n_resamples=0, only=["3a"])
+    assert sorted(rows["value"]) == pytest.approx([0.0175, 0.055])
+    by_variant = rows.set_index("variant")["value"]
+    assert by_variant["lr=0.003"] == pytest.approx(0.055)
+    assert by_variant["lr=0.001"] == pytest.approx(0.0175)
+    assert rows["setting"].str.contains(r"variant=\(lr=0.001\)").any()
+    note = report.llm_note(table, 2)
+    assert "2 settings, 1 seed per setting" in note and "lr=0.001; lr=0.003" in note
+
+
+def test_llm_runs_that_differ_only_in_seed_are_pooled_as_two_seeds(tmp_path):
+    from figures import checkpoints
+
+    runs = [overopt_run(tmp_path, lr=1e-3, seed=0, peak=0.555),
+            overopt_run(tmp_path, lr=1e-3, seed=1, peak=0.5175)]  # fmt: skip
+    table = checkpoints.from_llm(runs)
+    assert set(table["variant"]) == {""} and table["config"].nunique() == 2
+    (row,) = catalog.evaluate_checkpoints(table, source="llm", n_resamples=0, only=["3a"]).to_dict(
+        "records"
+    )
+    assert row["value"] == pytest.approx((0.055 + 0.0175) / 2)  # the mean of two seeds
+    assert np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"])  # an interval over them
+    assert "1 settings, 2 seeds per setting" in report.llm_note(table, 2)
+
+
+def test_claims_with_a_missing_llm_run_folder_is_an_error_before_any_work(tmp_path):
+    # issue 23 item 8: one typo among good folders skipped the whole LLM side and exited 0; now
+    # a ValueError (cli.run: exit 2, one line) before any experiment runs
+    claims = load_script("experiments/claims.py")
+    good = overopt_run(tmp_path, lr=1e-3, seed=0, peak=0.555)
+    config = claims.Config(
+        out=str(tmp_path / "claims"), results=str(tmp_path / "results"), quick=True,
+        llm_runs=(str(good), str(tmp_path / "typo")), progress=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="is not a folder") as e:
+        claims.main(config)
+    assert str(tmp_path / "typo") in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_a_nan_statistic_reads_no_data_not_depends_on_seed():
+    row = catalog.make_row("3a", math.nan, math.nan, math.nan, source="llm", size="tiny")
+    assert row["verdict"] == rules.NO_DATA
+    summary = catalog.summarise(pd.DataFrame([row])).iloc[0]
+    assert summary["verdict"] == rules.NO_DATA and summary["depends_on"] == ""
+    assert report.verdict_text(summary) == "no data"
+    # beside a setting that straddles, the claim depends on the seed, not on "no data"
+    straddles = catalog.make_row("3a", 0.02, 0.0, 0.04, source="llm", size="14m")
+    summary = catalog.summarise(pd.DataFrame([row, straddles])).iloc[0]
+    assert summary["depends_on"] == "seed (the intervals straddle)"
+
+
+def test_the_per_run_flag_is_shown_beside_its_shuffled_checkpoint_null():
+    rng = np.random.default_rng(0)
+    steps = np.arange(8)
+    hump = 0.5 + 0.1 * np.sin(np.pi * steps / 7) ** 2 * (steps < 7)  # rises, falls at the end
+    rows = []
+    for run in range(12):
+        noise = 0.5 + 0.05 * rng.standard_normal(len(steps))
+        for step, h, e in zip(steps, hump, noise, strict=True):
+            rows += [{"run": f"hump{run}", "step": step, "win_rate": h + 0.001 * run},
+                     {"run": f"noise{run}", "step": step, "win_rate": e}]  # fmt: skip
+    table = pd.DataFrame(rows)
+    real = catalog.flag_null(table[table["run"].str.startswith("hump")], n_permutations=50)
+    assert real["flag_rate"] == 1 and real["null_high"] < 1  # the trajectory makes the flag
+    noise = catalog.flag_null(table[table["run"].str.startswith("noise")], n_permutations=50)
+    # noise raises the flag about as often as its shuffled copies do: no evidence
+    assert noise["null_low"] <= noise["flag_rate"] <= noise["null_high"]

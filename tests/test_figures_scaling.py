@@ -575,3 +575,87 @@ def test_dpo_rdpo_x_axis_is_root_kl():
     sub = table[(table["size"] == "large") & table["objective"].isin(["dpo", "rdpo"])]
     xs = np.concatenate([c.get_offsets()[:, 0] for c in fig.axes[0].collections])
     np.testing.assert_allclose(np.sort(xs), np.sort(sub["d"].to_numpy()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Run identity: settings that differ in more than the seed are never one curve (issue 23)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_family_run(root, *, lr=1e-3, seed=0, source="tree", judge="gold", win=None):
+    """tiny/dpo/β 0.1 of an llm_overopt-like family (config.json two levels up, eval.json)."""
+    family = root / f"family-{lr:g}-{seed}-{source}"
+    family.mkdir(parents=True)
+    (family / "config.json").write_text(json.dumps({"seed": seed, "lr": lr}))
+    run = family / "llm" / "tiny-dpo-beta0.1"
+    config = {"objective": "dpo", "beta": 0.1, "model": "tiny", "size": "tiny", "seed": seed,
+              "lr": lr, "source": source}  # fmt: skip
+    write_llm_run(run, "tiny", seed=seed, config=config)
+    (run / "eval.json").write_text(json.dumps({"settings": {"seed": 0}, "judge": judge}))
+    if win is not None:
+        frame = pd.read_csv(run / "eval.csv")
+        frame["win_rate"] = win
+        write_table(run / "eval.csv", frame)
+    return run
+
+
+def captions(files) -> dict[str, str]:
+    return {str(f): f.read_text() for f in files if f.suffix == ".txt"}
+
+
+def test_llm_runs_of_two_lrs_are_drawn_apart_and_captions_give_the_real_count(tmp_path, names_only):
+    # issue 23 item 2: runs sharing size, objective, β and seed but not lr (or a tree and a JSONL
+    # run) were one curve, its legend "mean over 2 seeds" under a title "one seed"
+    runs = [write_family_run(tmp_path, lr=3e-3), write_family_run(tmp_path, lr=1e-3),
+            write_family_run(tmp_path, lr=1e-3, source="jsonl")]  # fmt: skip
+    d = checkpoints.load_llm(runs)
+    parts = checkpoints.by_variant(d)
+    assert len(parts) == 3 and all(len(p.table["run"].unique()) == 1 for p in parts)
+    assert {p.kind for p in parts} == {
+        "llm/lr=0.003_source=tree",
+        "llm/lr=0.001_source=tree",
+        "llm/lr=0.001_source=jsonl",
+    }
+    files = [f for p in parts for f in evolution.main(p, tmp_path / "out")]
+    texts = captions(files)
+    assert len(texts) == 6 and all("one seed" in t and "Setting lr=" in t for t in texts.values())
+    fig = evolution.plot(parts[0].table, "dpo", "tiny")
+    assert "(one seed)" in fig.axes[0].get_title()
+    assert not any("seeds" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_llm_runs_that_differ_only_in_seed_are_one_curve_of_two_seeds(tmp_path, names_only):
+    runs = [write_family_run(tmp_path, seed=0), write_family_run(tmp_path, seed=1)]
+    d = checkpoints.load_llm(runs)
+    assert len(checkpoints.by_variant(d)) == 1 and "2 seeds per setting" in d.source
+    fig = evolution.plot(d.table, "dpo", "tiny")
+    assert "(mean of 2 seeds ± 1 SE)" in fig.axes[0].get_title()
+    (text,) = [t for k, t in captions(evolution.main(d, tmp_path / "out")).items() if "Win" in k]
+    assert "mean of 2 seeds" in text
+
+
+def test_figures_of_runs_judged_none_say_they_have_no_win_rate(tmp_path, names_only, capfd):
+    # issue 23 item 13: runs evaluated with judge none (win rate NaN) gave empty silent figures
+    runs = [write_family_run(tmp_path, judge="none", win=np.nan)]
+    d = checkpoints.load_llm(runs)
+    assert "NO WIN RATE" in d.source and "judge 'none'" in d.source
+    fig = evolution.plot(d.table, "dpo", "tiny")
+    assert any("no win rate" in t.get_text() for t in fig.axes[0].texts)
+    fig = scaling_fits.plot(d.table, "dpo")
+    assert any("no win rate" in t.get_text() for t in fig.axes[0].texts)
+    make_all.draw_checkpoints(d, tmp_path / "out")
+    assert "NO WIN RATE" in capfd.readouterr().err
+    texts = captions(evolution.main(d, tmp_path / "out"))
+    assert all("NO WIN RATE" in t for t in texts.values())
+
+
+def test_make_all_with_out_an_existing_file_is_one_line_exit_2(tmp_path, capsys):
+    # issue 23 item 12: a FileExistsError traceback
+    out = tmp_path / "a-file"
+    out.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        make_all.main(["--only", "tree", "--out", str(out), "--results", str(tmp_path / "r")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--out {out} is a file, not a folder" in err
+    assert not (tmp_path / "r").exists()

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy.special import stdtrit
 
-from treemdp.claims import rules
+from treemdp.claims import evidence, rules
 from treemdp.claims import statistics as st
 
 CLAIMS = {
@@ -102,6 +104,7 @@ RULE = {
 
 FACTORS = (
     "source",
+    "variant",
     "policy",
     "objective",
     "comparator",
@@ -123,10 +126,45 @@ SINGLE_FAMILY = ("tabular", "loglinear")
 """Toy capacities outside the network family: left out of "model size" trends (6b, 8a)."""
 
 
-def make_row(claim: str, value: float, low: float, high: float, **factors) -> dict:
-    """A setting row: the statistic, its interval, the verdict by the claim's rule."""
+class Stat(NamedTuple):
+    """A statistic over seeds: its value and 95 % interval, the seeds behind it and the spread
+    of one seed's value (``sd``: what the power columns are computed from)."""
+
+    value: float
+    low: float
+    high: float
+    n: int = 0
+    sd: float = math.nan
+
+
+MAX_SEEDS = 100_000
+"""``evidence.seeds_needed``'s ceiling: more seeds than this reads "> 100000"."""
+
+
+def distance_to_rule(rule: str, value: float) -> float:
+    """How far the value lies from the line its rule draws: value − threshold (above, below),
+    the distance to the nearer end (inside); the effect the seeds must resolve."""
+    name, kw = rules.parse(rule)
+    if name == "inside":
+        return min(abs(value - kw["low"]), abs(value - kw["high"]))
+    return value - kw["threshold"]
+
+
+def make_row(
+    claim: str, value: float, low: float, high: float, n: int = 0, sd: float = math.nan,
+    **factors,
+) -> dict:  # fmt: skip
+    """A setting row: the statistic, its interval, the verdict by the claim's rule, and its power:
+    ``n_seeds`` (the seeds behind the interval), ``mde`` (the smallest effect a t-test at 5 %
+    detects with power 0.8 from ``n`` seeds of spread ``sd``: ``evidence.mde``) and, where the
+    interval straddles the rule's line, ``seeds_needed`` to decide it at the observed spread
+    (``evidence.seeds_needed`` of the value's distance to the line; NaN elsewhere)."""
     setting = ", ".join(f"{k}={_fmt(v)}" for k, v in factors.items())
     verdict = rules.apply(RULE[claim], value, low, high)
+    power = evidence.mde(float(sd), int(n)) if n and math.isfinite(sd) else math.nan
+    needed = math.nan
+    if verdict == rules.DEPENDS and math.isfinite(sd) and math.isfinite(value):
+        needed = evidence.seeds_needed(distance_to_rule(RULE[claim], value), sd, max_n=MAX_SEEDS)
     return {
         "claim": claim,
         "statistic": STATISTIC[claim],
@@ -136,6 +174,9 @@ def make_row(claim: str, value: float, low: float, high: float, **factors) -> di
         "setting": setting,
         "verdict": verdict,
         "rule": RULE[claim],
+        "n_seeds": int(n),
+        "mde": power,
+        "seeds_needed": needed,
         **factors,
     }
 
@@ -144,9 +185,26 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _per_seed(values: pd.Series) -> tuple[float, float, float]:
-    """t interval over a Series indexed (or grouped) by seed."""
-    return st.t_interval(values.to_numpy())
+def _per_seed(values: pd.Series) -> Stat:
+    """Mean and t interval over a Series indexed (or grouped) by seed (``evidence.mean_ci``),
+    with the seeds' spread."""
+    est = evidence.mean_ci(values.to_numpy())
+    x = values.to_numpy(dtype=float)
+    x = x[np.isfinite(x)]
+    sd = float(x.std(ddof=1)) if len(x) >= 2 else math.nan
+    return Stat(est.value, est.low, est.high, est.n, sd)
+
+
+def _boot(frame: pd.DataFrame, statistic, n_resamples: int) -> Stat:
+    """A statistic that is not a mean of per-seed values (a seed-mean curve, a fit) with its
+    bootstrap interval over seeds (``evidence.bootstrap_ci``). Its ``sd`` is the spread per seed
+    that a t interval of this width would have: (high − low) / (2 t_{0.975, n−1}) · √n."""
+    est = evidence.bootstrap_ci(frame, statistic, n_resamples=n_resamples)
+    sd = math.nan
+    if est.n >= 2 and math.isfinite(est.low) and math.isfinite(est.high):
+        t = float(stdtrit(est.n - 1, 0.975))
+        sd = (est.high - est.low) / (2 * t) * math.sqrt(est.n)
+    return Stat(est.value, est.low, est.high, est.n, sd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,13 +218,34 @@ def evaluate_checkpoints(
     source: str = "toy",
     n_resamples: int = 200,
     only: Sequence[str] | None = None,
+    nulls: bool = False,
 ) -> pd.DataFrame:
     """Setting rows of claims 3–9 on a checkpoint table (figures/checkpoints.py COLUMNS).
 
     Claims needing what the table lacks are left out (5 without IPO, 9 without R-DPO, 8 where
     ``length_r2`` is all NaN, 6b and 8a with fewer than three model sizes of one family).
-    ``only``: evaluate just these claim ids (default: all).
+    ``only``: evaluate just these claim ids (default: all). ``nulls``: beside each 3a row, the
+    per-run flag "rises then falls" (peak − start and peak − final both > ``FALL``) as a rate
+    over runs and the rate shuffled checkpoints give (``evidence.label_null``: columns
+    ``flag_rate``, ``null_rate``, ``null_low``, ``null_high``, ``null_p``).
+
+    Runs are pooled as seeds only within a setting: a table with several ``variant`` values
+    (runs of one size, objective and β whose configurations differ in more than the seed,
+    ``treemdp.runs.identity``) is evaluated per variant, each row naming its variant (a
+    ``variant`` factor column and ``variant=(...)`` in ``setting``).
     """
+    variants = list(dict.fromkeys(table["variant"])) if "variant" in table.columns else [""]
+    if len(variants) > 1 or variants[0] != "":
+        parts = []
+        for variant in variants:
+            rows = evaluate_checkpoints(
+                table[table["variant"] == variant].assign(variant=""),
+                source=source, n_resamples=n_resamples, only=only, nulls=nulls,
+            )  # fmt: skip
+            if len(rows):
+                rows["setting"] = rows["setting"] + f", variant=({variant})"
+                parts.append(rows.assign(variant=variant))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     runs = st.run_table(table, fall=FALL)
     rows: list[dict] = []
 
@@ -204,11 +283,39 @@ def evaluate_checkpoints(
                     include_groups=False,
                 )
                 rows.append(make_row("8a", *_per_seed(rho), **cell))
+    if nulls and want("3a"):
+        for row in rows:
+            if row["claim"] == "3a":
+                cell = table[
+                    (table["objective"] == row["objective"]) & (table["size"] == row["size"])
+                ]
+                row |= flag_null(cell)
     if "ipo" in paper and (want("5a") or want("5b")):
         rows += [r for r in _ipo_rows(runs, sizes, source) if want(r["claim"])]
     if "rdpo" in set(table["objective"]) and "dpo" in paper and any(map(want, ("9a", "9b", "9c"))):
         rows += [r for r in _rdpo_rows(runs, sizes, source) if want(r["claim"])]
     return pd.DataFrame(rows)
+
+
+def rises_then_falls(run: dict) -> bool:
+    """The per-run flag: the win rate rises above its start and falls from its peak to its end,
+    each by more than ``FALL`` (``run``: one run's ``win_rate`` in step order)."""
+    win = np.asarray(run["win_rate"], dtype=float)
+    if len(win) < 3 or not np.isfinite(win).all():
+        return False
+    return bool(win.max() - win[0] > FALL and win.max() - win[-1] > FALL)
+
+
+def flag_null(cell: pd.DataFrame, n_permutations: int = 200) -> dict:
+    """The rate of ``rises_then_falls`` over a cell's runs beside its rate with each run's
+    checkpoints shuffled (``evidence.label_null``): a flag that noise raises as often is no
+    evidence of over-optimization."""
+    null = evidence.label_null(
+        cell, rises_then_falls, unit="run", order="step", columns=["win_rate"],
+        n_permutations=n_permutations,
+    )  # fmt: skip
+    return {"flag_rate": null.rate, "null_rate": null.null_mean, "null_low": null.null_low,
+            "null_high": null.null_high, "null_p": null.p_value}  # fmt: skip
 
 
 def _cell_claims(sub: pd.DataFrame, r: pd.DataFrame, *, lowest: float, n_resamples: int, want):
@@ -218,9 +325,9 @@ def _cell_claims(sub: pd.DataFrame, r: pd.DataFrame, *, lowest: float, n_resampl
     if want("3a"):
         out.append(("3a", _per_seed(r.groupby("seed")["drop"].mean()), {}))
     if want("3b"):
-        out.append(("3b", st.bootstrap_seeds(sub, st.seed_mean_drop, n_resamples=n_resamples), {}))
+        out.append(("3b", _boot(sub, st.seed_mean_drop, n_resamples), {}))
     if want("3c"):
-        v = st.bootstrap_seeds(sub, st.fitted_peak_ratio, n_resamples=n_resamples)
+        v = _boot(sub, st.fitted_peak_ratio, n_resamples)
         out.append(("3c", v, {}))
     if want("4"):
         for kl, x in (("reverse", "d"), ("forward", "d_forward")):
@@ -229,7 +336,7 @@ def _cell_claims(sub: pd.DataFrame, r: pd.DataFrame, *, lowest: float, n_resampl
                 def ratio(t, x=x, which=which):
                     return st.fit_rmse_ratio(t, x=x, final=which == "final")
 
-                v = st.bootstrap_seeds(sub, ratio, n_resamples=n_resamples)
+                v = _boot(sub, ratio, n_resamples)
                 out.append(("4", v, {"kl": kl, "checkpoints": which}))
     if want("6a"):
         low = r[r["beta"] == lowest]
@@ -323,13 +430,16 @@ def _rdpo_rows(runs: pd.DataFrame, sizes: Sequence[str], source: str) -> list[di
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_ood(metrics: pd.DataFrame, responses: pd.DataFrame | None) -> pd.DataFrame:
+def evaluate_ood(
+    metrics: pd.DataFrame, responses: pd.DataFrame | None, *, source: str = "toy"
+) -> pd.DataFrame:
     """Setting rows of claims 1, 1b (per policy, objective, β) and 2 (per objective, lowest β,
-    non-tabular policies) from ood_mass tables with a ``policy`` column."""
+    non-tabular policies) from ood_mass tables with a ``policy`` column (or an LLM family's exact
+    masses, ``source`` "llm", policy ``llm-<size>``)."""
     runs = st.ood_growth(metrics)
     rows = []
     for (policy, objective, beta), g in runs.groupby(["policy", "objective", "beta"], sort=False):
-        cell = {"source": "toy", "policy": policy, "objective": objective, "beta": float(beta)}
+        cell = {"source": source, "policy": policy, "objective": objective, "beta": float(beta)}
         rows.append(make_row("1", *_per_seed(g.groupby("seed")["ood_gain"].mean()), **cell))
         rows.append(make_row("1b", *_per_seed(g.groupby("seed")["in_dist_fall"].mean()), **cell))
     if responses is not None and len(responses):
@@ -364,11 +474,20 @@ def evaluate_theory(beta: float = 0.1) -> pd.DataFrame:
 
 def summarise(settings: pd.DataFrame) -> pd.DataFrame:
     """One row per (source, claim): the median value over its settings and their range (as
-    ci_low / ci_high), the verdict combined over settings and what it depends on."""
+    ci_low / ci_high), the verdict combined over settings and what it depends on (with the seeds
+    that would decide the settings whose intervals straddle), the fewest seeds behind a setting
+    (``n_seeds``), the largest ``mde`` and ``seeds_needed`` over its settings."""
     rows = []
     for (source, claim), g in settings.groupby(["source", "claim"], sort=False):
         verdict = rules.combine(list(g["verdict"]))
         values = g["value"].replace([np.inf, -np.inf], np.nan)
+        on = rules.depends_on(g, FACTORS) if verdict == rules.DEPENDS else ""
+        needed = g.loc[g["verdict"] == rules.DEPENDS, "seeds_needed"] if "seeds_needed" in g else ()
+        needed = pd.Series(needed, dtype=float).dropna()
+        if on.startswith("seed") and len(needed):
+            on = on.removesuffix(")") + f"; {seeds_text(needed)} would decide them)"
+        with_data = g[g["verdict"] != rules.NO_DATA]
+        n_seeds = with_data["n_seeds"] if "n_seeds" in g else pd.Series([], dtype=int)
         rows.append(
             {
                 "claim": claim,
@@ -380,12 +499,28 @@ def summarise(settings: pd.DataFrame) -> pd.DataFrame:
                 "verdict": verdict,
                 "rule": RULE[claim],
                 "source": source,
-                "depends_on": rules.depends_on(g, FACTORS) if verdict == rules.DEPENDS else "",
+                "depends_on": on,
                 "n_settings": len(g),
-                **{f"n_{v}": int((g["verdict"] == v).sum()) for v in rules.VERDICTS},
+                "n_seeds": int(n_seeds.min()) if len(n_seeds) else 0,
+                "mde": float(g["mde"].max()) if "mde" in g and g["mde"].notna().any() else math.nan,
+                "seeds_needed": float(needed.max()) if len(needed) else math.nan,
+                **{
+                    f"n_{v.replace(' ', '_')}": int((g["verdict"] == v).sum())
+                    for v in rules.VERDICTS
+                },
             }
         )
     return pd.DataFrame(rows)
+
+
+def seeds_text(needed: pd.Series) -> str:
+    """ "40 seeds", "40–300 seeds", "> 100000 seeds" from per-setting ``seeds_needed``."""
+
+    def one(n: float) -> str:
+        return f"> {MAX_SEEDS}" if n > MAX_SEEDS else f"{int(n)}"
+
+    lo, hi = float(needed.min()), float(needed.max())
+    return f"{one(lo)} seeds" if lo == hi else f"{one(lo)}–{one(hi)} seeds"
 
 
 def order(frame: pd.DataFrame) -> pd.DataFrame:

@@ -23,47 +23,117 @@ def number(x: float) -> str:
 
 
 def verdict_text(row: pd.Series) -> str:
-    """ "reproduced", "refuted", or "depends on X"."""
+    """ "reproduced", "refuted", "no data", or "depends on X" (a setting row that depends: on
+    the seed, with the seeds that would decide it)."""
     on = row.get("depends_on", "")
     on = "" if not isinstance(on, str) else on
     if on.startswith("(no data"):  # a search variant that could not run
         return on.strip("()")
-    return f"depends on {on}" if row["verdict"] == "depends" and on else row["verdict"]
+    if row["verdict"] == "depends" and on:
+        return f"depends on {on}"
+    needed = row.get("seeds_needed", math.nan)
+    if row["verdict"] == "depends" and isinstance(needed, int | float) and math.isfinite(needed):
+        return f"depends on seed ({seeds(needed)} would decide it)"
+    return row["verdict"]
 
 
-def summary_lines(claims: pd.DataFrame) -> list[str]:
-    """The printed table: one line per (source, claim) summary row."""
+def seeds(n: float) -> str:
+    """ "40 seeds", or "> 100000 seeds" past ``evidence.seeds_needed``'s ceiling."""
+    return "> 100000 seeds" if n > 100_000 else f"{int(n)} seeds"
+
+
+def short(text: str) -> str:
+    """A verdict for the printed table: "depends on seed (the intervals straddle; 40 seeds would
+    decide them)" → "depends on seed (40 seeds would decide)"."""
+    return (
+        text.replace("(the intervals straddle; ", "(")
+        .replace(" would decide them)", " would decide)")
+        .replace(" would decide it)", " would decide)")
+    )
+
+
+def cell(row: pd.Series | None, width: int) -> str:
+    """One source's part of a printed line: "median [range] n=20 verdict", cut to ``width``."""
+    if row is None:
+        return "–".ljust(width)
+    n = int(row["n_seeds"]) if "n_seeds" in row and row["n_seeds"] == row["n_seeds"] else 0
+    text = (
+        f"{number(row['value'])} [{number(row['ci_low'])}, {number(row['ci_high'])}]"
+        f"{f' n={n}' if n else ''}: {short(verdict_text(row))}"
+    )
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def llm_note(llm: pd.DataFrame, n_folders: int) -> str:
+    """What the LLM side rests on: runs, settings, the real number of seeds per setting, and the
+    fields that keep settings of one size, objective and β apart."""
+    runs = llm.drop_duplicates("run")
+    per = runs.groupby(["variant", "size", "objective", "beta"])["run"].nunique()
+    n = sorted(set(per))
+    seeds = f"{n[0]} seed{'s' * (n[0] != 1)}" if len(n) == 1 else f"{n[0]}–{n[-1]} seeds"
+    note = (
+        f"LLM side: {len(runs)} runs from {n_folders} folders, {len(per)} settings, {seeds} per "
+        "setting"
+    )
+    if n[-1] == 1:
+        note += " (one seed per setting: no intervals, the rules read the point value)"
+    variants = sorted(set(runs["variant"]) - {""})
+    if variants:
+        note += (
+            f"; settings of one size, objective and β that differ in more than the seed are "
+            f"kept apart, never pooled: {'; '.join(variants)}"
+        )
+    return note + "."
+
+
+def summary_lines(claims: pd.DataFrame, width: int = 60) -> list[str]:
+    """The printed table: one line per claim, the toy's (and theory's) summary beside the LLM's:
+    median over settings [range over settings], the fewest seeds behind a setting, verdict."""
     summary = claims[claims["kind"] == "summary"]
-    lines = [f"{'claim':<5} {'source':<6} {'median':>8} {'range':>19}  verdict   (claim)"]
-    for _, r in summary.iterrows():
-        span = f"[{number(r['ci_low'])}, {number(r['ci_high'])}]"
+    lines = [f"{'claim':<5} {'toy':<{width}}  {'llm':<{width}}  (claim)"]
+    for claim, g in summary.groupby("claim", sort=False):
+        by = {r["source"]: r for _, r in g.iterrows()}
+        toy = by.get("toy", by.get("theory"))
         lines.append(
-            f"{r['claim']:<5} {r['source']:<6} {number(r['value']):>8} {span:>19}  "
-            f"{verdict_text(r)}   ({CLAIMS[r['claim']]})"
+            f"{claim:<5} {cell(toy, width):<{width}}  {cell(by.get('llm'), width):<{width}}  "
+            f"({CLAIMS[claim]})"
         )
     return lines
 
 
+def _md_cell(row: pd.Series | None) -> str:
+    if row is None:
+        return "–"
+    n = int(row["n_seeds"]) if "n_seeds" in row and row["n_seeds"] == row["n_seeds"] else 0
+    return (
+        f"{number(row['value'])} ({number(row['ci_low'])} … {number(row['ci_high'])})"
+        f"{f', n = {n}' if n else ''}: **{verdict_text(row)}**"
+    )
+
+
 def markdown_summary(claims: pd.DataFrame) -> str:
-    """The one-row-per-claim table in Markdown."""
+    """The one-row-per-claim table in Markdown: the toy's (or theory's) and the LLM family's
+    verdicts side by side (median over settings (range over settings), fewest seeds)."""
     summary = claims[claims["kind"] == "summary"]
     out = [
-        "| claim | what the paper says | source | statistic | median over settings (range) "
-        "| rule | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | what the paper says | statistic | rule | toy | LLM |",
+        "|---|---|---|---|---|---|",
     ]
-    for _, r in summary.iterrows():
-        stat = r["statistic"].split(";")[0]
+    for claim, g in summary.groupby("claim", sort=False):
+        by = {r["source"]: r for _, r in g.iterrows()}
+        first = g.iloc[0]
+        toy = by.get("toy", by.get("theory"))
+        stat = first["statistic"].split(";")[0].replace("|", "\\|")  # a table cell
         out.append(
-            f"| {r['claim']} | {CLAIMS[r['claim']]} | {r['source']} | {stat} | "
-            f"{number(r['value'])} ({number(r['ci_low'])} … {number(r['ci_high'])}) | "
-            f"`{r['rule']}` | **{verdict_text(r)}** |"
+            f"| {claim} | {CLAIMS[claim]} | {stat} | "
+            f"`{first['rule']}` | {_md_cell(toy)} | {_md_cell(by.get('llm'))} |"
         )
     return "\n".join(out)
 
 
 def markdown_settings(claims: pd.DataFrame) -> str:
-    """Every setting row in Markdown, grouped by claim."""
+    """Every setting row in Markdown, grouped by claim: value, interval, seeds, MDE, verdict
+    (and for 3a on the LLM side, the per-run flag's rate beside its shuffled-checkpoint null)."""
     rows = claims[claims["kind"] == "setting"]
     out = []
     for claim, g in rows.groupby("claim", sort=False):
@@ -71,11 +141,26 @@ def markdown_settings(claims: pd.DataFrame) -> str:
             f"**{claim}**: {CLAIMS[claim]}; statistic: {g['statistic'].iloc[0]}; "
             f"rule `{g['rule'].iloc[0]}`\n"
         )
-        out.append("| setting | value | 95% CI | verdict |")
-        out.append("|---|---|---|---|")
+        null = "null_rate" in g and g["null_rate"].notna().any()
+        head = "| setting | value | 95% CI | seeds | MDE | verdict |"
+        out.append(head + (" flag rate (shuffled null) |" if null else ""))
+        out.append("|---|---|---|---|---|---|" + ("---|" if null else ""))
         for _, r in g.iterrows():
             ci = f"[{number(r['ci_low'])}, {number(r['ci_high'])}]"
-            out.append(f"| {r['setting']} | {number(r['value'])} | {ci} | {r['verdict']} |")
+            n = int(r["n_seeds"]) if "n_seeds" in r and r["n_seeds"] == r["n_seeds"] else 0
+            line = (
+                f"| {r['setting']} | {number(r['value'])} | {ci} | {n or '–'} | "
+                f"{number(r.get('mde', math.nan))} | {verdict_text(r)} |"
+            )
+            if null:
+                line += (
+                    f" {number(r['flag_rate'])} ({number(r['null_rate'])}, "
+                    f"[{number(r['null_low'])}, {number(r['null_high'])}], "
+                    f"p = {number(r['null_p'])}) |"
+                    if r.get("null_rate") == r.get("null_rate")
+                    else " – |"
+                )
+            out.append(line)
         out.append("")
     return "\n".join(out)
 
@@ -157,25 +242,36 @@ that every verdict follows from its rule. Do not edit above the end marker.
 
 **How a verdict is reached.** Each claim of Rafailov et al. (2024) is a statistic per setting
 (objective, model size, β, ...), reduced to one value per seed and given a 95 % interval over
-seeds (Student t; a bootstrap over seeds, exact for 3 seeds, where the statistic is a fit or a
-seed-mean curve). A rule (`treemdp.claims.rules`) reads the interval: `above(threshold=t)` is
-*reproduced* when the whole interval is above t, *refuted* when it is at or below t, and
-*depends* (on the seed) when it straddles t; `below` likewise; `inside(low, high)` is reproduced
-when the interval lies in [low, high] and refuted when it misses it. A claim's summary verdict
-combines its settings: reproduced (refuted) only if every setting is; otherwise it *depends*, and
-`depends on X` names the factor whose levels separate the verdicts, nested where needed
-(`policy (tabular: refuted; loglinear: beta (...))`: one level of a factor explained by another),
-`seed` when every interval straddles its line, and `setting (a tally; see the rows)` when no
+seeds (Student t; a bootstrap over seeds where the statistic is a fit or a seed-mean curve; all
+through `treemdp.claims.evidence`). A seed is a new problem, new pairs and a new initialisation.
+A rule (`treemdp.claims.rules`) reads the interval: `above(threshold=t)` is *reproduced* when the
+whole interval is above t, *refuted* when it is at or below t, and *depends* (on the seed) only
+when it straddles t; `below` likewise; `inside(low, high)` is reproduced when the interval lies in
+[low, high] and refuted when it misses it. A statistic that could not be computed is *no data*.
+Every setting row carries `n_seeds` (the seeds behind its interval), `mde` (the smallest effect a
+two-sided t-test at 5 % detects with power 0.8 from that many seeds at the observed spread) and,
+where the interval straddles, `seeds_needed`: how many seeds would separate the observed value
+from the rule's line at that spread. A claim's summary verdict combines its settings: reproduced
+(refuted) only if every setting with data is; otherwise it *depends*, and `depends on X` names the
+factor whose levels separate the verdicts, nested where needed, `seed (...; N seeds would decide
+them)` when every interval straddles its line, and `setting (a tally; see the rows)` when no
 factor separates them. The summary row's value is the median over settings and its range is the
 range over settings (not an interval).
 
-Sizes on the toy are policy capacities: `tabular` (no shared parameters) and tanh networks
-`mlp4 < mlp16 < mlp64`; trends over "model size" (6b, 8a) use the networks only. Claims 1, 1b,
-2 come from `experiments/ood_mass.py` (one preference pair, 2000 steps, 10 seeds); 3–9 from
-`experiments/toy_scaling.py` (512 pairs, one epoch, 3 seeds, concave gold reward, R-DPO with
-α = 0.3), the same run folders `figures/make_all.py` draws. Objectives are compared at matched β
-and at matched final KL (within a factor 1.5) or matched final win rate (within 0.02): a pair of
-runs of the same size and seed, the closest one of the other objective.
+**Two sources side by side.** *toy*: sizes are policy capacities, `tabular` (no shared
+parameters) and tanh networks `mlp4 < mlp16 < mlp64`; trends over "model size" (6b, 8a) use the
+networks only. Claims 1, 1b, 2 come from `experiments/ood_mass.py` (one preference pair, 2000
+steps) and 3–9 from `experiments/toy_scaling.py` (512 pairs, one epoch, concave gold reward, R-DPO
+with α = 0.3), both at `--seeds` seeds (default 20). *llm*: the LLM family, `llm_overopt.py` on
+the tree language (a GPT-NeoX of `--llm-sizes`, random init, SFT on π_ref's samples, then one
+epoch of DPO, IPO, SLiC and R-DPO at β 0.1 and 0.3, every checkpoint scored exactly) over
+`--llm-seeds` seeds (default 16), plus any `--llm-runs` folders. LLM runs are pooled as seeds only
+when their configurations differ in the seed alone (`treemdp.runs.identity`); others are kept
+apart as their own settings (`variant=(...)` names what differs). "Rises then falls" is decided
+on seed-mean curves (3b); the per-run flag of 3a is shown beside the rate that checkpoints
+shuffled within each run give (`evidence.label_null`). Objectives are compared at matched β and
+at matched final KL (within a factor 1.5) or matched final win rate (within 0.02): a pair of runs
+of the same size and seed, the closest one of the other objective.
 """
 
 
@@ -188,8 +284,10 @@ def page(data: str | Path) -> str:
     out = [INTRO]
     out.append("## The verdicts\n")
     out.append(
-        f"`{meta['command']}`: {meta['seconds']:.0f} s ({meta['load_start']} at the start, "
-        f"{meta['load_end']} at the end; cached experiment runs are reused). Its printed table:\n"
+        f"`{meta['command']}`: {meta['seconds']:.0f} s wall"
+        + (f", {meta['cpu_seconds']:.0f} s CPU" if "cpu_seconds" in meta else "")
+        + f" ({meta['load_start']} at the start, {meta['load_end']} at the end: the 2 cores were "
+        "shared with other jobs; finished experiment runs are reused). Its printed table:\n"
     )
     out.append(
         "```\n" + "\n".join(summary_lines(claims)) + "\n" + "\n".join(meta["notes"]) + "\n```\n"

@@ -5,7 +5,9 @@ verdict one of ``REPRODUCED``, ``REFUTED``, ``DEPENDS``. A rule reads the interv
 value: a claim is *reproduced* when the whole interval lies where the claim says, *refuted* when
 the whole interval lies on the other side, and it *depends* (on the seed: some seeds give it,
 some do not) when the interval straddles the line. Where there is no interval (one seed, as in
-the paper's LLM runs), the point value stands for both ends. A NaN value (no data) depends.
+the paper's LLM runs), the point value stands for both ends. A NaN value is ``NO_DATA``: the
+statistic could not be computed (no runs of that kind, a win rate never judged), which says
+nothing about seeds.
 
 ``combine`` turns the verdicts of one claim's settings into the claim's verdict, and
 ``depends_on`` names the setting factor that separates the verdicts (e.g. "size" when tabular
@@ -22,16 +24,21 @@ import pandas as pd
 REPRODUCED = "reproduced"
 REFUTED = "refuted"
 DEPENDS = "depends"
-VERDICTS = (REPRODUCED, REFUTED, DEPENDS)
+NO_DATA = "no data"
+VERDICTS = (REPRODUCED, REFUTED, DEPENDS, NO_DATA)
 
 
 def _interval(value: float, ci_low: float, ci_high: float) -> tuple[float, float] | None:
     """(low, high) to decide on: the interval, or the value at both ends where the interval is
-    missing (NaN); None where the value itself is missing."""
-    if value is None or not math.isfinite(float(value)):
+    missing (NaN); None where the value itself is missing (NaN). An infinite value or end is a
+    value (a fit without a peak: d* = inf), not a missing one."""
+    if value is None or math.isnan(float(value)):
         return None
-    lo = float(ci_low) if ci_low is not None and math.isfinite(float(ci_low)) else float(value)
-    hi = float(ci_high) if ci_high is not None and math.isfinite(float(ci_high)) else float(value)
+
+    def end(x) -> float:
+        return float(value) if x is None or math.isnan(float(x)) else float(x)
+
+    lo, hi = end(ci_low), end(ci_high)
     if lo > hi:
         raise ValueError(f"ci_low must be <= ci_high; got {lo} > {hi}")
     return lo, hi
@@ -45,7 +52,7 @@ def above(value: float, ci_low: float, ci_high: float, *, threshold: float) -> s
     """
     span = _interval(value, ci_low, ci_high)
     if span is None:
-        return DEPENDS
+        return NO_DATA
     lo, hi = span
     if lo > threshold:
         return REPRODUCED
@@ -61,7 +68,7 @@ def below(value: float, ci_low: float, ci_high: float, *, threshold: float) -> s
     """
     span = _interval(value, ci_low, ci_high)
     if span is None:
-        return DEPENDS
+        return NO_DATA
     lo, hi = span
     if hi < threshold:
         return REPRODUCED
@@ -80,7 +87,7 @@ def inside(value: float, ci_low: float, ci_high: float, *, low: float, high: flo
         raise ValueError(f"low must be <= high; got {low} > {high}")
     span = _interval(value, ci_low, ci_high)
     if span is None:
-        return DEPENDS
+        return NO_DATA
     lo, hi = span
     if low <= lo and hi <= high:
         return REPRODUCED
@@ -119,13 +126,17 @@ def apply(text: str, value: float, ci_low: float, ci_high: float) -> str:
 
 
 def combine(verdicts: Sequence[str]) -> str:
-    """A claim's verdict over its settings: reproduced (or refuted) if every setting is; else
-    depends. ValueError for an empty list or an unknown verdict."""
+    """A claim's verdict over its settings: reproduced (or refuted) if every setting with data
+    is; no data if none has data; else depends. ValueError for an empty list or an unknown
+    verdict."""
     if not verdicts:
         raise ValueError("verdicts must hold at least one verdict")
     unknown = set(verdicts) - set(VERDICTS)
     if unknown:
         raise ValueError(f"verdicts must be among {VERDICTS}; got {sorted(unknown)}")
+    verdicts = [v for v in verdicts if v != NO_DATA]
+    if not verdicts:
+        return NO_DATA
     if all(v == REPRODUCED for v in verdicts):
         return REPRODUCED
     if all(v == REFUTED for v in verdicts):
@@ -150,6 +161,7 @@ def depends_on(rows: pd.DataFrame, factors: Sequence[str], *, depth: int = 3) ->
         factors: candidate factor columns, most telling first.
         depth: how many factors deep to explain.
     """
+    rows = rows[rows["verdict"] != NO_DATA]
     verdicts = set(rows["verdict"])
     if verdicts == {DEPENDS}:
         return "seed (the intervals straddle)"

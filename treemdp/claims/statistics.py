@@ -73,7 +73,11 @@ def bootstrap_seeds(
     n = len(seeds)
     if n < 2 or n_resamples == 0:
         return value, math.nan, math.nan
-    by_seed = {s: g for s, g in frame.groupby("seed")}
+    # Each seed's row positions: a resample is one positional take and a new seed column (a
+    # concat of per-seed frames cost ~30 ms a resample at 20 seeds; this ~1 ms).
+    frame = frame.reset_index(drop=True)
+    codes = frame["seed"].to_numpy()
+    rows = {s: np.flatnonzero(codes == s) for s in seeds}
     if math.comb(2 * n - 1, n) <= n_resamples:
         draws = list(itertools.combinations_with_replacement(seeds, n))
         weights = [
@@ -86,9 +90,8 @@ def bootstrap_seeds(
         weights = [1.0 / n_resamples] * n_resamples
     values, kept = [], []
     for drawn, w in zip(draws, weights, strict=True):
-        sample = pd.concat(
-            [by_seed[s].assign(seed=i) for i, s in enumerate(drawn)], ignore_index=True
-        )
+        sample = frame.take(np.concatenate([rows[s] for s in drawn])).reset_index(drop=True)
+        sample["seed"] = np.repeat(np.arange(n), [len(rows[s]) for s in drawn])
         v = float(statistic(sample))
         if math.isfinite(v) or math.isinf(v):
             values.append(v)
