@@ -146,7 +146,7 @@ def test_help_documents_every_flag():
         (["--source", "jsonl"], "--data must name a JSONL file"),
         (["--tree-pairs", "0>x"], "tree_pairs must look like"),
         (["--tree-pairs", "0>0"], "row 1: chosen == rejected"),
-        (["--batch-size", "3", "--micro-batch-size", "2"], "batch_size \\(3\\) must be a multiple"),
+        (["--batch-size", "3", "--micro-batch-size", "2"], "--batch-size 3 must be a multiple"),
         (["--model", "./no/folder"], "model folder ./no/folder does not exist"),
         (["--lr", "-1"], "lr must be > 0"),
     ],
