@@ -105,7 +105,7 @@ class Inputs:
     ref_logps: Any
     ches: torch.Tensor
     ches_normalised: torch.Tensor
-    threshold: float
+    thresholds: tuple[float, float]
     prompts: list[tuple[int, ...]]
     ref_samples: list[tuple[int, ...]]
 
@@ -166,7 +166,10 @@ def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) ->
         ref_logps,
         c,
         cn,
-        ood_threshold(ref_logps.chosen, ref_logps.len_chosen),
+        (
+            ood_threshold(ref_logps.chosen, ref_logps.len_chosen, per_token=False),
+            ood_threshold(ref_logps.chosen, ref_logps.len_chosen, per_token=True),
+        ),
         prompts,
         ref_samples,
     )
@@ -272,11 +275,11 @@ def _sampled(policy: Any, inputs: Inputs, cfg: Config, judge: Judge | None) -> d
     out.update(kl_estimates(lp, lr))
     out["length"] = float(lengths.mean())
     out["entropy"] = float((-lp / lengths).mean())
-    ood = (lr / lengths < inputs.threshold).double()
-    out["ood_proxy"], out["ood_proxy_se"] = mean_se(ood)
+    whole, per_token = inputs.thresholds
+    out["ood_proxy"], out["ood_proxy_se"] = mean_se((lr < whole).double())
+    out["ood_proxy_per_token"] = float((lr / lengths < per_token).double().mean())
     ref_lp = sequence_logps(inputs.reference, inputs.prompts, inputs.ref_samples, **kw)
-    ref_len = torch.tensor([len(r) for r in inputs.ref_samples], dtype=torch.float64)
-    out["ood_proxy_reference"] = float((ref_lp / ref_len < inputs.threshold).double().mean())
+    out["ood_proxy_reference"] = float((ref_lp < whole).double().mean())
     if judge is not None:
         comparisons = [
             Comparison(*_text(tok, p, y), _text(tok, p, y0)[1], p, y, y0)

@@ -18,10 +18,11 @@ Teacher-forced, on preference pairs (x, y⁺, y⁻):
 Sampled, on prompts (one policy sample each, at temperature 1): the reverse KL(π‖π_ref) with two
 estimators of Schulman (2020): k1 = log π(y)/π_ref(y) and k3 = r − 1 − log r with
 r = π_ref(y)/π(y) (unbiased, never negative), each with its standard error; the mean length; an
-entropy proxy (−log π(y)/|y|, nats per token); and ``ood_proxy``: the share of samples whose
-reference log-prob per token falls below the 5% quantile of the data's chosen responses' (per
-token, so length alone does not make a sample look out of distribution; on the tree language its
-tracking of the exact OOD mass is measured, docs/diagnose.md).
+entropy proxy (−log π(y)/|y|, nats per token); ``ood_proxy``: the share of samples whose
+reference log-prob falls below the 5% quantile of the data's chosen responses' reference
+log-probs, and ``ood_proxy_per_token``, the same per token (so that length alone does not make a
+sample look out of distribution). How well each tracks the exact OOD mass on the tree language is
+measured in docs/diagnose.md.
 """
 
 from __future__ import annotations
@@ -205,8 +206,11 @@ def kl_estimates(logp_policy: Tensor, logp_reference: Tensor) -> dict[str, float
     return out
 
 
-def ood_threshold(reference_chosen: Tensor, len_chosen: Tensor) -> float:
-    """The ``OOD_QUANTILE`` quantile of the data's chosen responses' reference log-prob per
-    token. Shapes (P,), (P,)."""
-    per_token = reference_chosen.double() / len_chosen.double()
-    return float(torch.quantile(per_token, OOD_QUANTILE))
+def ood_threshold(reference_chosen: Tensor, len_chosen: Tensor, *, per_token: bool) -> float:
+    """The ``OOD_QUANTILE`` quantile of the data's chosen responses' reference log-prob: summed
+    over the response (``per_token=False``, ``ood_proxy``) or per token (``ood_proxy_per_token``).
+    Shapes (P,), (P,)."""
+    x = reference_chosen.double()
+    if per_token:
+        x = x / len_chosen.double()
+    return float(torch.quantile(x, OOD_QUANTILE))
