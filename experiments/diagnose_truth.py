@@ -22,6 +22,8 @@ half of the seeds, true- and false-positive rates and lead time on the other hal
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,14 +230,22 @@ def main(cfg: Config) -> Path:
             raise ValueError(f"--runs {root} holds no llm_overopt run (llm/*/eval.csv)")
         folders.extend(found)
     frames, ches_rows = [], []
+    out = Path(cfg.out)
+    cache = out / "runs"  # one run's rows, kept: adding seeds recomputes only the new runs
+    cache.mkdir(parents=True, exist_ok=True)
     with progress_bars_off():
         for f in tqdm(folders, desc="runs", disable=not cfg.progress):
-            frame, ches_row = run_signals(f)
+            key = hashlib.sha256(str(f.resolve()).encode()).hexdigest()[:16]
+            if (cache / f"{key}.csv").is_file() and (cache / f"{key}.json").is_file():
+                frame = read_table(cache / f"{key}.csv")
+                ches_row = json.loads((cache / f"{key}.json").read_text())
+            else:
+                frame, ches_row = run_signals(f)
+                write_table(cache / f"{key}.csv", frame)
+                (cache / f"{key}.json").write_text(json.dumps(ches_row))
             frames.append(frame)
             ches_rows.append(ches_row)
     signals = pd.concat(frames, ignore_index=True)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_table(out / "signals.csv", signals)
     track = tracking(signals, n_resamples=cfg.n_resamples)
     write_table(out / "tracking.csv", track)
