@@ -181,13 +181,31 @@ def detector_scores(
     t = runs.assign(fire=[fired[(s, r)] for s, r in zip(runs["seed"], runs["run"], strict=True)])
     bad, good = t[t["degrades"]], t[~t["degrades"]]
     lead = (bad["peak_fraction"] - bad["fire"]).dropna()
+    tp, fp = int(bad["fire"].notna().sum()), int(good["fire"].notna().sum())
+    tpr_low, tpr_high = wilson(tp, len(bad))
+    fpr_low, fpr_high = wilson(fp, len(good))
     return {
-        "tpr": float(bad["fire"].notna().mean()) if len(bad) else math.nan,
-        "fpr": float(good["fire"].notna().mean()) if len(good) else math.nan,
+        "tpr": tp / len(bad) if len(bad) else math.nan,
+        "tpr_low": tpr_low,
+        "tpr_high": tpr_high,
+        "fpr": fp / len(good) if len(good) else math.nan,
+        "fpr_low": fpr_low,
+        "fpr_high": fpr_high,
         "lead_median": float(lead.median()) if len(lead) else math.nan,
         "degrading_runs": len(bad),
         "other_runs": len(good),
     }
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson 95% interval of a share k/n (NaN for n = 0). Runs count as independent here:
+    the four runs of one seed share its problem, so the interval is, if anything, too narrow."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def warning(signals: pd.DataFrame, margin: float, *, seed: int = 0) -> pd.DataFrame:

@@ -48,8 +48,14 @@ def test_detector_scores_and_the_held_out_warning_table(truth):
     assert runs.groupby("run")["degrades"].all().to_dict() == {"flat": False, "up": True}
     assert (runs.loc[runs["run"] == "up", "peak_fraction"] == 0.5).all()
     s = truth.detector_scores(signals, runs, "kl", +1, 0.5)
-    assert s == {"tpr": 1.0, "fpr": 0.0, "lead_median": 0.0, "degrading_runs": 6,
-                 "other_runs": 6}  # fmt: skip
+    assert {k: s[k] for k in ("tpr", "fpr", "lead_median", "degrading_runs", "other_runs")} == {
+        "tpr": 1.0, "fpr": 0.0, "lead_median": 0.0, "degrading_runs": 6, "other_runs": 6
+    }  # fmt: skip
+    # Wilson interval of 6/6: (1 / (1 + z²/6), 1); of 0/6: (0, z²/6 / (1 + z²/6))
+    z2 = 1.959964**2
+    assert s["tpr_low"] == pytest.approx(1 / (1 + z2 / 6)) and s["tpr_high"] == pytest.approx(1)
+    assert s["fpr_low"] == pytest.approx(0, abs=1e-12)
+    assert s["fpr_high"] == pytest.approx((z2 / 6) / (1 + z2 / 6))
     w = truth.warning(signals, 0.02).set_index("signal")
     assert w.loc["kl", "tpr"] == 1.0 and w.loc["kl", "fpr"] == 0.0
     assert w.loc["kl", "scored_seeds"] + w.loc["kl", "selection_seeds"] == 6
