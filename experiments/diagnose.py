@@ -18,6 +18,7 @@ over-optimization (measured exactly on the tree language) is in docs/diagnose.md
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from llm.sampling import generate
 from treemdp import objectives
 from treemdp.runs import write_table
 from treemdp.runs.cli import SEED_MAX, arg, check_device, run
+from treemdp.threads import threads_for
 
 SHOWN = [
     "checkpoint", "step", "chosen_logp_change", "rejected_logp_change", "both_fall_share",
@@ -338,6 +340,14 @@ def verdict(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _hidden_size(folder: Path) -> int:
+    """A model folder's hidden size from its config.json (large when unknown: all threads)."""
+    try:
+        return int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1 << 15
+
+
 def main(cfg: Config) -> Path:
     """Diagnose every checkpoint; return the path of ``diagnose.csv``."""
     _check(cfg)
@@ -347,7 +357,10 @@ def main(cfg: Config) -> Path:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = parse_dtype(cfg.dtype)
     out = Path(cfg.out)
-    with progress_bars_off():
+    # Small models run on one intra-op thread: on a shared CPU two threads waiting on each other
+    # make a small model's every op many times slower (treemdp.threads).
+    hidden = _hidden_size(folders[0].path)
+    with progress_bars_off(), threads_for(4 * hidden * hidden if device == "cpu" else 2**62):
         inputs = _load_inputs(cfg, folders, device, dtype)
         judge = _judge(cfg, device, out)
         rows, pair_frames = [], []
