@@ -217,13 +217,16 @@ def warning(signals: pd.DataFrame, margin: float, *, seed: int = 0) -> pd.DataFr
     for name, sign in SIGNALS.items():
         sel = signals[signals["seed"].isin(select)]
         sel_runs = runs[runs["seed"].isin(select)]
-        values = np.unique(sign * sel.loc[sel["step"] > 0, name].to_numpy())
-        best, best_tau = -math.inf, math.nan
-        for tau in values:
-            s = detector_scores(sel, sel_runs, name, sign, float(tau) - 1e-12)
-            j = np.nan_to_num(s["tpr"]) - np.nan_to_num(s["fpr"])
-            if j > best:
-                best, best_tau = j, float(tau) - 1e-12
+        # A run fires at some checkpoint iff its largest oriented value exceeds tau, so every
+        # candidate threshold is scored at once from the runs' maxima.
+        peak = (sign * sel.loc[sel["step"] > 0, name]).groupby([sel["seed"], sel["run"]]).max()
+        bad = sel_runs.set_index(["seed", "run"])["degrades"].reindex(peak.index).to_numpy()
+        taus = np.unique(peak.to_numpy()) - 1e-12
+        fires = peak.to_numpy()[None, :] > taus[:, None]
+        tpr = fires[:, bad].mean(1) if bad.any() else np.zeros(len(taus))
+        fpr = fires[:, ~bad].mean(1) if (~bad).any() else np.zeros(len(taus))
+        k = int(np.argmax(tpr - fpr))
+        best, best_tau = float(tpr[k] - fpr[k]), float(taus[k])
         held = detector_scores(signals[signals["seed"].isin(score)],
                                runs[runs["seed"].isin(score)], name, sign, best_tau)  # fmt: skip
         rows.append({"signal": name, "threshold": sign * best_tau, "selection_j": best,
