@@ -16,6 +16,7 @@ or $OPENAI_BASE_URL, key ``--api-key`` or $OPENAI_API_KEY; answers cached in
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from llm.checkpoint import checkpoint_step
 from llm.data import TruncationConfig, load_tokenizer, read_jsonl, read_tldr, tokenize_rows
 from llm.eval_run import evaluate_run
 from llm.evaluate import EvalSettings, EvalTask, TreeTask
@@ -188,6 +190,37 @@ def build_judge(cfg: Config, task: EvalTask, run_dir: Path, device: str) -> Judg
     )
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """ValueError (one line, before anything is written) when ``run_dir`` is a model folder
+    rather than a run folder of llm_train: a checkpoint ``step-N`` of a run (evaluate the run),
+    or a plain Hugging Face folder (``save_pretrained``, a trainer's ``checkpoint-N``), whose
+    ``config.json`` is the model's and names no reference: experiments/diagnose.py takes those."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # missing or corrupt: read_config says so in its own words
+    if not isinstance(config, dict) or not ({"model_type", "architectures"} & config.keys()):
+        return
+    if (run_dir.parent / "config.json").is_file() and _is_checkpoint_name(run_dir.name):
+        raise ValueError(
+            f"--run {run_dir} is checkpoint {run_dir.name} of a run: pass --run {run_dir.parent} "
+            "(every checkpoint of the run is evaluated)"
+        )
+    raise ValueError(
+        f"--run {run_dir} is a model folder (save_pretrained / a trainer checkpoint), not a run "
+        "folder of llm_train: evaluate it with experiments/diagnose.py --checkpoints "
+        f"{run_dir} --reference <reference model folder or name> --data <pairs.jsonl>"
+    )
+
+
+def _is_checkpoint_name(name: str) -> bool:
+    try:
+        checkpoint_step(name)
+    except ValueError:
+        return False
+    return True
+
+
 def main(cfg: Config) -> Path:
     """Evaluate the run; return the path of its ``eval.csv``."""
     if not cfg.run:
@@ -195,6 +228,7 @@ def main(cfg: Config) -> Path:
     run_dir = Path(cfg.run)
     if not run_dir.is_dir():
         raise ValueError(f"--run {run_dir} is not a folder")
+    check_run_folder(run_dir)
     if cfg.device != "auto":
         check_device(cfg.device)  # before the lock: a typo writes nothing
     with run_lock(run_dir):  # refuses while llm_train or another evaluation writes this run

@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from llm.model import loading_report_off, progress_bars_off
 from llm.tree_language import TreeLanguage
 from treemdp.tree import Tree
 
@@ -48,6 +49,7 @@ __all__ = [
     "Judge",
     "RewardModelJudge",
     "Verdicts",
+    "check_score_head",
     "parse_preferred",
 ]
 
@@ -178,6 +180,19 @@ class GoldJudge:
 
 
 # ---------------------------------------------------------------------------- reward model
+def check_score_head(model: str, missing: Iterable[str]) -> None:
+    """ValueError (one line) when loading ``model`` as a sequence classifier left weights of its
+    head uninitialised (``missing``: the loading report's missing keys): a causal LM's folder
+    loads with a random ``score`` head, and its "rewards" would be noise."""
+    missing = sorted(missing)
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise ValueError(
+            f"reward model {model!r} lacks trained weights for {shown} (a causal LM, not a "
+            "sequence-classification reward model with one label?): pass a trained reward model"
+        )
+
+
 class RewardModelJudge:
     """A sequence-classification reward model: score(prompt + response) = logit 0.
 
@@ -201,9 +216,13 @@ class RewardModelJudge:
             raise ValueError(f"reward model folder {model} does not exist")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model)
+            with progress_bars_off(), loading_report_off():
+                self.model, info = AutoModelForSequenceClassification.from_pretrained(
+                    model, output_loading_info=True
+                )
         except OSError as err:
             raise ValueError(f"cannot load reward model {model!r}: {err}") from None
+        check_score_head(model, info.get("missing_keys", ()))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"

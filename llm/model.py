@@ -30,6 +30,7 @@ __all__ = [
     "compile_blocks",
     "load_model",
     "load_policy_and_reference",
+    "loading_report_off",
     "n_params",
     "parse_dtype",
     "progress_bars_off",
@@ -183,6 +184,21 @@ def progress_bars_off() -> Iterator[None]:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def loading_report_off() -> Iterator[None]:
+    """transformers' warnings (its "LOAD REPORT" table of missing and unexpected weights) off
+    inside the block, for a caller that checks ``output_loading_info`` itself and says in one
+    line what is wrong."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

@@ -30,6 +30,7 @@ CONFIG_SCRIPTS = (
     "experiments/theory_check.py",
     "experiments/llm_train.py",
     "experiments/llm_eval.py",
+    "experiments/diagnose.py",
     "experiments/paper_runs.py",
 )
 

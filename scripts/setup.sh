@@ -12,5 +12,5 @@ case "${1:-}" in
   *) echo "usage: $0 [--lowest]" >&2; exit 2 ;;
 esac
 python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet -c "$CONSTRAINTS" -e '.[dev,llm,scale]'
+"$VENV/bin/python" -m pip install --quiet -c "$CONSTRAINTS" -e '.[dev,llm,scale,trl]'
 echo "treemdp installed in $(pwd)/$VENV ($CONSTRAINTS)"

@@ -22,6 +22,7 @@ CONFIG_SCRIPTS = {
     "theory_check": "experiments/theory_check.py",
     "llm_train": "experiments/llm_train.py",
     "llm_eval": "experiments/llm_eval.py",
+    "diagnose": "experiments/diagnose.py",
 }
 MODULES = {name: load_script(path) for name, path in CONFIG_SCRIPTS.items()}
 FLAG_CASES = [

@@ -213,3 +213,25 @@ def test_smoke_gpu_check_cpu_dry_run_writes_the_results_table(tmp_path):
     bench = table[table["check"] == "benchmark"].set_index("metric")["value"]
     assert float(bench["tokens_per_s"]) > 0 and float(bench["mfu"]) > 0
     assert (table["metric"] == "verdict").sum() == 1
+
+
+def test_llm_eval_on_a_model_folder_says_in_one_line_what_is_needed(run_dir, tmp_path, cli, capsys):
+    """A save_pretrained folder (its config.json is the model's) or a step-N checkpoint is not a
+    run folder: one line naming what to pass instead, and nothing is written into the folder."""
+    from llm.data import byte_tokenizer
+    from llm.model import build_model
+
+    tok = byte_tokenizer()
+    plain = tmp_path / "saved"
+    build_model("tiny", seed=0, vocab_size=len(tok)).save_pretrained(plain)
+    tok.save_pretrained(plain)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "hi", "chosen": " a", "rejected": " b"}\n')
+    before = sorted(p.name for p in plain.iterdir())
+    c, m = cli.Config, cli.main
+    err = one_line_exit_2(c, m, ["--run", str(plain), "--eval-data", str(pairs)], capsys)
+    assert "model folder" in err and "diagnose.py" in err and "--reference" in err, err
+    assert sorted(p.name for p in plain.iterdir()) == before
+    step = fresh_copy(run_dir, tmp_path, "c") / "step-0000002"
+    err = one_line_exit_2(c, m, ["--run", str(step), "--eval-data", str(pairs)], capsys)
+    assert f"--run {step.parent}" in err and "checkpoint" in err, err

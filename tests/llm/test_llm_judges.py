@@ -238,3 +238,16 @@ def test_gold_judge_compares_gold_rewards_with_ties_half():
     v = g.judge(cs)
     assert v.scores[:3].tolist() == [1.0, 0.0, 0.5] and v.ties == 1 and v.unparsable == 1
     assert v.win_rate()[0] == pytest.approx(0.5)
+
+
+def test_reward_model_without_a_score_head_is_refused(tmp_path):
+    """A causal LM's folder loads as a sequence classifier with a randomly initialised score
+    head ("score.weight MISSING"): its win rates would be noise, so it is refused."""
+    from llm.model import build_model
+
+    tok = byte_tokenizer()
+    build_model("tiny", seed=0, vocab_size=len(tok)).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    with pytest.raises(ValueError, match=r"score\.weight") as err:
+        RewardModelJudge(str(tmp_path / "lm"))
+    assert "\n" not in str(err.value) and "reward model" in str(err.value)
