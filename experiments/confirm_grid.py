@@ -47,7 +47,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
 import math
 import shutil
 import sys
@@ -93,6 +92,7 @@ from treemdp.runs import (
 )
 from treemdp.runs.backends import BACKEND_FLAGS, Backend, map_cells
 from treemdp.runs.cli import arg, check_device, check_distinct, nested, run
+from treemdp.runs.identity import setting_hash
 from treemdp.threads import thread_count, threads
 from treemdp.train import grid
 from treemdp.train import train as train_toy
@@ -596,12 +596,12 @@ def main(cfg: Config) -> Path:
 
 def config_id(cfg: Config) -> str:
     """The grid's configuration without its seeds (and without what does not change results):
-    the identity the bridge pools seeds under (``treemdp.bridge.check_poolable``)."""
-    settings = config_dict(replace(cfg, seeds=()))
+    the identity the bridge pools seeds under (``treemdp.bridge.check_poolable``), computed by
+    the project's one run-identity function (``treemdp.runs.identity.setting_hash``)."""
+    settings = config_dict(cfg)
     for name in NOT_IN_HASH:
         settings.pop(name, None)
-    text = json.dumps(settings, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return setting_hash(settings)
 
 
 def _report_bridge(cfg: Config, table: pd.DataFrame, selection: pd.DataFrame) -> None:

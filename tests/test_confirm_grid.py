@@ -304,3 +304,11 @@ def test_an_unknown_device_is_one_line_before_anything_is_written(grid_flag, tmp
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "--device 'tpu' is not a device torch knows" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_the_bridge_pools_seeds_under_the_projects_run_identity():
+    # config_id is treemdp.runs.identity's seed-free hash: other seeds or another output folder
+    # are the same setting, another lr is not
+    base = grid.Config()
+    assert grid.config_id(base) == grid.config_id(grid.Config(seeds=(7, 8), out="elsewhere"))
+    assert grid.config_id(base) != grid.config_id(grid.Config(lrs=(1e-3,)))
