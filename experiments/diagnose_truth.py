@@ -41,6 +41,7 @@ from llm.evaluate import TreeTask
 from llm.model import load_model, progress_bars_off
 from llm.sampling import tree_logprobs
 from llm.tree_language import TreeLanguage
+from treemdp.agreement import wilson
 from treemdp.claims.evidence import Estimate, bootstrap_ci, mean_ci, split_seeds
 from treemdp.runs import read_config, read_table, write_table
 from treemdp.runs.cli import arg, run
@@ -182,6 +183,8 @@ def detector_scores(
     bad, good = t[t["degrades"]], t[~t["degrades"]]
     lead = (bad["peak_fraction"] - bad["fire"]).dropna()
     tp, fp = int(bad["fire"].notna().sum()), int(good["fire"].notna().sum())
+    # Wilson intervals; runs count as independent here: the four runs of one seed share its
+    # problem, so the intervals are, if anything, too narrow
     tpr_low, tpr_high = wilson(tp, len(bad))
     fpr_low, fpr_high = wilson(fp, len(good))
     return {
@@ -195,17 +198,6 @@ def detector_scores(
         "degrading_runs": len(bad),
         "other_runs": len(good),
     }
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson 95% interval of a share k/n (NaN for n = 0). Runs count as independent here:
-    the four runs of one seed share its problem, so the interval is, if anything, too narrow."""
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def warning(signals: pd.DataFrame, margin: float, *, seed: int = 0) -> pd.DataFrame:

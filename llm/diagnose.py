@@ -27,7 +27,6 @@ measured in docs/diagnose.md.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ from llm.data import Example, collate_pairs
 from llm.evaluate import mean_se
 from llm.logprobs import _padded_scoring, concatenated_logps
 from treemdp import objectives
+from treemdp.claims import statistics
 from treemdp.objectives import Margins
 
 __all__ = [
@@ -146,13 +146,9 @@ def ches_scores(
 
 
 def spearman(x: Tensor, y: Tensor) -> float:
-    """Spearman rank correlation of two 1-D tensors (average ranks for ties; NaN when either
-    is constant or n < 2)."""
-    from scipy.stats import spearmanr
-
-    if x.numel() < 2 or bool((x == x[0]).all()) or bool((y == y[0]).all()):
-        return math.nan
-    return float(spearmanr(x.double().numpy(), y.double().numpy()).statistic)
+    """Spearman rank correlation of two 1-D tensors: ``treemdp.claims.statistics.spearman``
+    (average ranks for ties; NaN with fewer than 3 finite pairs or a constant variable)."""
+    return statistics.spearman(x.double().numpy(), y.double().numpy())
 
 
 def teacher_forced(
