@@ -110,6 +110,7 @@ class Inputs:
     thresholds: tuple[float, float]
     prompts: list[tuple[int, ...]]
     ref_samples: list[tuple[int, ...]]
+    ood_reference: float  # the share of the reference's own samples below the OOD threshold
 
 
 def _seed(*parts: Any) -> int:
@@ -161,6 +162,12 @@ def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) ->
         prompts = list(dict.fromkeys(e.prompt for e in examples))
     prompts = prompts[: cfg.samples]
     ref_samples = _sample(reference, prompts, tok, cfg)
+    whole = ood_threshold(ref_logps.chosen, ref_logps.len_chosen, per_token=False)
+    ood_reference = math.nan
+    if prompts:  # the same for every checkpoint: computed once
+        kw = {"pad_id": tok.pad_token_id, "batch_size": cfg.batch_size}
+        ref_lp = sequence_logps(reference, prompts, ref_samples, **kw)
+        ood_reference = float((ref_lp < whole).double().mean())
     return Inputs(
         reference,
         tok,
@@ -168,12 +175,10 @@ def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) ->
         ref_logps,
         c,
         cn,
-        (
-            ood_threshold(ref_logps.chosen, ref_logps.len_chosen, per_token=False),
-            ood_threshold(ref_logps.chosen, ref_logps.len_chosen, per_token=True),
-        ),
+        (whole, ood_threshold(ref_logps.chosen, ref_logps.len_chosen, per_token=True)),
         prompts,
         ref_samples,
+        ood_reference,
     )
 
 
@@ -280,8 +285,7 @@ def _sampled(policy: Any, inputs: Inputs, cfg: Config, judge: Judge | None) -> d
     whole, per_token = inputs.thresholds
     out["ood_proxy"], out["ood_proxy_se"] = mean_se((lr < whole).double())
     out["ood_proxy_per_token"] = float((lr / lengths < per_token).double().mean())
-    ref_lp = sequence_logps(inputs.reference, inputs.prompts, inputs.ref_samples, **kw)
-    out["ood_proxy_reference"] = float((ref_lp < whole).double().mean())
+    out["ood_proxy_reference"] = inputs.ood_reference
     if judge is not None:
         comparisons = [
             Comparison(*_text(tok, p, y), _text(tok, p, y0)[1], p, y, y0)
