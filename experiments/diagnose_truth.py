@@ -5,59 +5,54 @@ runs, against the exact OOD mass and the exact gold win rate, over seeds.
     python experiments/diagnose_truth.py --runs R/s0 R/s1 ... --out results/diagnose_truth
 
 For every run folder of llm_overopt (kept weights) and each of its checkpoints, the signals of
-llm/diagnose.py are computed from the exact log-probability of every leaf (no sampling): the mean
-chosen and rejected log-prob changes on the training pairs, the both-fall share, the objective's
-implicit margin and accuracy, KL(π‖π_ref), the expected ``ood_proxy`` (the policy's mass on
-responses whose reference log-prob is below the chosen responses' 5% quantile) and
-``ood_proxy_per_token`` (the same per token), and
-CHES on the reference against each pair's displacement. The truth is the run's eval.csv:
-``exact_mass_ood`` and the change of ``exact_win_rate`` since step 0.
+``treemdp.diagnostics.exact_signals`` are computed from the exact log-probability of every leaf
+(no sampling): the mean chosen and rejected log-prob changes on the training pairs, the
+chosen-falls and both-fall shares, the objective's implicit margin and accuracy, KL(π‖π_ref),
+the expected ``ood_proxy`` (the policy's mass on responses whose reference log-prob is below
+the chosen responses' 5% quantile) and ``ood_proxy_per_token``, and the argmax mass; and CHES
+on the reference (llm/diagnose.py, from hidden states) against each pair's displacement. The
+truth is the run's eval.csv: ``exact_mass_ood`` and the change of ``exact_win_rate`` since
+step 0.
 
-Writes ``signals.csv`` (one row per run and checkpoint), ``tracking.csv`` (per signal and truth:
-Spearman over all checkpoints after step 0, with a 95% bootstrap interval over seeds),
-``warning.csv`` (per signal, as a detector of the exact win-rate peak: threshold chosen on one
-half of the seeds, true- and false-positive rates and lead time on the other half) and
-``ches.csv`` (per run: Spearman of CHES with the pairs' displacement at the last checkpoint).
+Writes ``signals.csv`` (one row per run and checkpoint), ``tracking.csv`` and ``warning.csv``
+(``treemdp.claims.early_warning``: Spearman with each truth, pooled and within runs, with
+intervals over seeds; each signal, its rise above its running minimum and the objective-and-β
+baseline as detectors of the exact win-rate peak, threshold chosen on half the seeds and scored
+on the other half) and ``ches.csv`` (per run: Spearman of CHES with the pairs' displacement at
+the last checkpoint).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from llm.checkpoint import checkpoint_step, complete_checkpoints
-from llm.diagnose import OOD_QUANTILE, PairLogps64, ches_scores, spearman, teacher_forced
+from llm.diagnose import ches_scores
 from llm.eval_run import load_reference
 from llm.evaluate import TreeTask
 from llm.model import load_model, progress_bars_off
 from llm.sampling import tree_logprobs
 from llm.tree_language import TreeLanguage
-from treemdp.agreement import wilson
-from treemdp.claims.evidence import Estimate, bootstrap_ci, mean_ci, split_seeds
+from treemdp.claims import early_warning
+from treemdp.claims.evidence import mean_ci
+from treemdp.claims.statistics import spearman
+from treemdp.data import Pairs
+from treemdp.diagnostics import SIGNAL_ORIENTATION, exact_signals
+from treemdp.objectives import Margins
 from treemdp.runs import read_config, read_table, write_table
 from treemdp.runs.cli import arg, run
+from treemdp.train import RunSpec, implicit_margin
 
-SIGNALS = {
-    # name: orientation (+1: larger means more over-optimized)
-    "chosen_logp_change": -1,
-    "rejected_logp_change": -1,
-    "both_fall_share": +1,
-    "margin": +1,
-    "accuracy": +1,
-    "kl": +1,
-    "ood_proxy": +1,
-    "ood_proxy_per_token": +1,
-}
 TRUTHS = ("exact_mass_ood", "win_rate_change")
+SETTING = ("objective", "beta")
 
 
 @dataclass(frozen=True)
@@ -65,15 +60,23 @@ class Config:
     """Diagnostics against the exact truth on tree-language runs."""
 
     runs: tuple[str, ...] = arg((), "llm_overopt output folders (one per seed; weights kept)")
-    margin: float = arg(0.02, "a run degrades when its end win rate is this far below the peak")
+    margin: float = arg(
+        0.02, "a run degrades when its end win rate is this far below the peak", minimum=0
+    )
     n_resamples: int = arg(1000, "bootstrap resamples", minimum=1)
     out: str = arg("results/diagnose_truth", "output folder")
     progress: bool = arg(True, "show a progress bar")
 
 
-def _pairs(logp: torch.Tensor, tt: TreeTask) -> PairLogps64:
-    lengths = tt.tree.response_length
-    return PairLogps64(logp[tt.chosen], logp[tt.rejected], lengths[tt.chosen], lengths[tt.rejected])
+def _signals(tt: TreeTask, spec: RunSpec, logp: torch.Tensor, ref: torch.Tensor) -> dict:
+    """``exact_signals`` of one checkpoint (one run: R = 1)."""
+    pairs = Pairs(tt.chosen[None], tt.rejected[None])
+    lengths = tt.tree.response_length.double()
+    c, r = pairs.chosen, pairs.rejected
+    m = Margins(logp[None, c[0]], logp[None, r[0]], ref[None, c[0]], ref[None, r[0]])
+    margin = implicit_margin([spec], m, lengths[c], lengths[r])
+    out = exact_signals(tt.tree, logp[None], ref[None], pairs, margin)
+    return {name: float(v[0]) for name, v in out.items()}
 
 
 def run_signals(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -87,18 +90,14 @@ def run_signals(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     reference = load_reference(config, vocab_size=len(tok), dtype=torch.float32)
     with torch.no_grad():
         ref = tree_logprobs(reference, tt.tree).double()
-    ref_pairs = _pairs(ref, tt)
-    lengths = tt.tree.response_length.double()
-    low = ref < torch.quantile(ref[tt.chosen], OOD_QUANTILE)
-    per_token = ref / lengths
-    low_per_token = per_token < torch.quantile(per_token[tt.chosen], OOD_QUANTILE)
     examples, _ = language.examples(tt.chosen, tt.rejected)
     ches, ches_n = ches_scores(reference, examples, pad_id=tok.pad_token_id)
     truth = read_table(run_dir / "eval.csv").set_index("checkpoint")
     w0 = float(truth.loc[0, "exact_win_rate"])
-    rows = []
     obj = {"objective": config["objective"], "beta": float(config["beta"])}
-    hyper = config.get("hyper") or {}
+    hyper = tuple(sorted((config.get("hyper") or {}).items()))
+    spec = RunSpec(obj["objective"], obj["beta"], 1.0, hyper)
+    rows = []
     last_dc = None
     for folder in [None, *complete_checkpoints(run_dir)]:
         step = 0 if folder is None else checkpoint_step(folder)
@@ -107,124 +106,32 @@ def run_signals(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         else:
             with torch.no_grad():
                 logp = tree_logprobs(load_model(folder), tt.tree).double()
-        pol = _pairs(logp, tt)
-        row = {"step": step, **teacher_forced(pol, ref_pairs, **obj, hyper=hyper)}
-        p = torch.exp(logp) / tt.tree.n_prompts
-        row["kl"] = float((p * (logp - ref)).sum())
-        row["ood_proxy"] = float(p[low].sum())
-        row["ood_proxy_per_token"] = float(p[low_per_token].sum())
+        row = {"step": step, **_signals(tt, spec, logp, ref)}
         row["exact_mass_ood"] = float(truth.loc[step, "exact_mass_ood"])
         row["exact_win_rate"] = float(truth.loc[step, "exact_win_rate"])
         row["win_rate_change"] = row["exact_win_rate"] - w0
         row["fraction_of_epoch"] = float(truth.loc[step, "fraction_of_epoch"])
         rows.append(row)
-        last_dc = pol.chosen - ref_pairs.chosen
+        last_dc = logp[tt.chosen] - ref[tt.chosen]
     frame = pd.DataFrame(rows).assign(seed=int(config["seed"]), run=run_dir.name, **obj)
     ches_row = {
         "seed": int(config["seed"]), "run": run_dir.name, **obj,
-        "ches_rank_corr": spearman(ches, -last_dc),
-        "ches_normalised_rank_corr": spearman(ches_n, -last_dc),
+        "ches_rank_corr": spearman(ches.numpy(), (-last_dc).numpy()),
+        "ches_normalised_rank_corr": spearman(ches_n.numpy(), (-last_dc).numpy()),
     }  # fmt: skip
     return frame, ches_row
 
 
-def tracking(signals: pd.DataFrame, *, n_resamples: int = 1000) -> pd.DataFrame:
-    """Per signal and truth: Spearman over every checkpoint after step 0 of every run, with a
-    95% percentile interval from resampling seeds (``bootstrap_ci``)."""
-    later = signals[signals["step"] > 0]
-    rows = []
-    for name, sign in SIGNALS.items():
-        for truth in TRUTHS:
-
-            def stat(frame: pd.DataFrame, name: str = name, truth: str = truth) -> float:
-                return spearman(torch.tensor(frame[name].to_numpy()),
-                                torch.tensor(frame[truth].to_numpy()))  # fmt: skip
-
-            est = bootstrap_ci(later, stat, unit="seed", n_resamples=n_resamples)
-            rows.append({"signal": name, "truth": truth, "orientation": sign, **_est(est)})
-    return pd.DataFrame(rows)
-
-
-def _est(e: Estimate) -> dict[str, float]:
-    return {"spearman": e.value, "low": e.low, "high": e.high, "seeds": e.n}
-
-
-def degradation(signals: pd.DataFrame, margin: float) -> pd.DataFrame:
-    """Per run: the step of the exact win-rate peak and whether the run degrades (its last
-    checkpoint at least ``margin`` below the peak)."""
-    out = []
-    for (seed, run_name), g in signals.groupby(["seed", "run"]):
-        g = g.sort_values("step")
-        peak = g.loc[g["exact_win_rate"].idxmax()]
-        end = g.iloc[-1]["exact_win_rate"]
-        out.append({"seed": seed, "run": run_name, "peak_fraction": peak["fraction_of_epoch"],
-                    "degrades": bool(end <= peak["exact_win_rate"] - margin)})  # fmt: skip
-    return pd.DataFrame(out)
-
-
-def _fire(g: pd.DataFrame, name: str, sign: int, tau: float) -> float:
-    """The fraction of the epoch at which the oriented signal first exceeds ``tau`` (NaN:
-    never), checkpoints after step 0 only."""
-    g = g[g["step"] > 0].sort_values("step")
-    hit = g[sign * g[name] > tau]
-    return float(hit["fraction_of_epoch"].iloc[0]) if len(hit) else math.nan
-
-
-def detector_scores(
-    signals: pd.DataFrame, runs: pd.DataFrame, name: str, sign: int, tau: float
-) -> dict[str, float]:
-    """True-positive rate (degrading runs where it fires), false-positive rate (runs that do
-    not degrade where it fires) and median lead time (peak − firing, in epochs; > 0 warns
-    before the peak) of "the oriented signal exceeds ``tau``"."""
-    fired = {}
-    for (seed, run_name), g in signals.groupby(["seed", "run"]):
-        fired[(seed, run_name)] = _fire(g, name, sign, tau)
-    t = runs.assign(fire=[fired[(s, r)] for s, r in zip(runs["seed"], runs["run"], strict=True)])
-    bad, good = t[t["degrades"]], t[~t["degrades"]]
-    lead = (bad["peak_fraction"] - bad["fire"]).dropna()
-    tp, fp = int(bad["fire"].notna().sum()), int(good["fire"].notna().sum())
-    # Wilson intervals; runs count as independent here: the four runs of one seed share its
-    # problem, so the intervals are, if anything, too narrow
-    tpr_low, tpr_high = wilson(tp, len(bad))
-    fpr_low, fpr_high = wilson(fp, len(good))
-    return {
-        "tpr": tp / len(bad) if len(bad) else math.nan,
-        "tpr_low": tpr_low,
-        "tpr_high": tpr_high,
-        "fpr": fp / len(good) if len(good) else math.nan,
-        "fpr_low": fpr_low,
-        "fpr_high": fpr_high,
-        "lead_median": float(lead.median()) if len(lead) else math.nan,
-        "degrading_runs": len(bad),
-        "other_runs": len(good),
-    }
-
-
-def warning(signals: pd.DataFrame, margin: float, *, seed: int = 0) -> pd.DataFrame:
-    """Each signal as an early-warning detector: the threshold that maximises TPR − FPR on one
-    half of the seeds (``split_seeds``), scored on the other half."""
-    runs = degradation(signals, margin)
-    select, score = split_seeds(sorted(signals["seed"].unique()), seed=seed)
-    rows = []
-    for name, sign in SIGNALS.items():
-        sel = signals[signals["seed"].isin(select)]
-        sel_runs = runs[runs["seed"].isin(select)]
-        # A run fires at some checkpoint iff its largest oriented value exceeds tau, so every
-        # candidate threshold is scored at once from the runs' maxima.
-        peak = (sign * sel.loc[sel["step"] > 0, name]).groupby([sel["seed"], sel["run"]]).max()
-        bad = sel_runs.set_index(["seed", "run"])["degrades"].reindex(peak.index).to_numpy()
-        taus = np.unique(peak.to_numpy()) - 1e-12
-        fires = peak.to_numpy()[None, :] > taus[:, None]
-        tpr = fires[:, bad].mean(1) if bad.any() else np.zeros(len(taus))
-        fpr = fires[:, ~bad].mean(1) if (~bad).any() else np.zeros(len(taus))
-        k = int(np.argmax(tpr - fpr))
-        best, best_tau = float(tpr[k] - fpr[k]), float(taus[k])
-        held = detector_scores(signals[signals["seed"].isin(score)],
-                               runs[runs["seed"].isin(score)], name, sign, best_tau)  # fmt: skip
-        rows.append({"signal": name, "threshold": sign * best_tau, "selection_j": best,
-                     "selection_seeds": len(select), "scored_seeds": len(score),
-                     **held})  # fmt: skip
-    return pd.DataFrame(rows)
+def analyse(signals: pd.DataFrame, *, margin: float, n_resamples: int) -> dict[str, pd.DataFrame]:
+    """The tracking and early-warning tables of ``treemdp.claims.early_warning`` (signals and
+    their rises; the objective-and-β baseline)."""
+    signals, orientation = early_warning.with_rises(signals, SIGNAL_ORIENTATION)
+    track = early_warning.tracking(signals, SIGNAL_ORIENTATION, TRUTHS, n_resamples=n_resamples)
+    warn = early_warning.warning(
+        signals, orientation, margin, time="fraction_of_epoch", setting=SETTING,
+        n_resamples=n_resamples,
+    )  # fmt: skip
+    return {"tracking": track, "warning": warn}
 
 
 def main(cfg: Config) -> Path:
@@ -248,7 +155,9 @@ def main(cfg: Config) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with progress_bars_off():
         for f in tqdm(folders, desc="runs", disable=not cfg.progress):
-            key = hashlib.sha256(str(f.resolve()).encode()).hexdigest()[:16]
+            # the signal set is in the key: a cache written before a signal was added is redone
+            key = hashlib.sha256(f"{f.resolve()}|{','.join(SIGNAL_ORIENTATION)}".encode())
+            key = key.hexdigest()[:16]
             if (cache / f"{key}.csv").is_file() and (cache / f"{key}.json").is_file():
                 frame = read_table(cache / f"{key}.csv")
                 ches_row = json.loads((cache / f"{key}.json").read_text())
@@ -260,15 +169,13 @@ def main(cfg: Config) -> Path:
             ches_rows.append(ches_row)
     signals = pd.concat(frames, ignore_index=True)
     write_table(out / "signals.csv", signals)
-    track = tracking(signals, n_resamples=cfg.n_resamples)
+    tables = analyse(signals, margin=cfg.margin, n_resamples=cfg.n_resamples)
+    track, warn = tables["tracking"], tables["warning"]
     write_table(out / "tracking.csv", track)
-    warn = warning(signals, cfg.margin)
     write_table(out / "warning.csv", warn)
     ches = pd.DataFrame(ches_rows)
     write_table(out / "ches.csv", ches)
-    pd.set_option("display.width", 160)
-    print(track.to_string(index=False, float_format="%.3g"))
-    print(warn.to_string(index=False, float_format="%.3g"))
+    print(early_warning.report(track, warn))
     for col in ("ches_rank_corr", "ches_normalised_rank_corr"):
         per_seed = ches.groupby("seed")[col].mean()
         e = mean_ci(per_seed.to_numpy())

@@ -38,6 +38,7 @@ from llm.evaluate import mean_se
 from llm.logprobs import _padded_scoring, concatenated_logps
 from treemdp import objectives
 from treemdp.claims import statistics
+from treemdp.diagnostics import OOD_QUANTILE, ches
 from treemdp.objectives import Margins
 
 __all__ = [
@@ -51,10 +52,6 @@ __all__ = [
     "spearman",
     "teacher_forced",
 ]
-
-OOD_QUANTILE = 0.05
-"""A sample is "out of distribution" when its reference log-prob per token is below this quantile
-of the data's chosen responses' (``ood_proxy``)."""
 
 
 @dataclass(frozen=True)
@@ -91,32 +88,6 @@ def pair_logps(
         raise ValueError("examples must be non-empty")
     c, r, lc, lr = (torch.cat([p[i].cpu() for p in parts]) for i in range(4))
     return PairLogps64(c.double(), r.double(), lc, lr)
-
-
-def ches(
-    h_chosen: Tensor, h_rejected: Tensor, n_chosen: Tensor, n_rejected: Tensor
-) -> tuple[Tensor, Tensor]:
-    """CHES and its length-normalised form (Razin et al. 2025, Def. 2 and §3.2).
-
-    Args:
-        h_chosen: Σ_k h_{x,y⁺_<k}, the summed hidden states predicting y⁺'s tokens. Shape (P, H).
-        h_rejected: the same for y⁻. Shape (P, H).
-        n_chosen: |y⁺|. Shape (P,).
-        n_rejected: |y⁻|. Shape (P,).
-
-    Returns:
-        ``(ches, ches_normalised)``, each shape (P,), in h's dtype:
-        ⟨h⁺, h⁻⟩ − ‖h⁺‖² and ⟨h⁺, h⁻⟩/(|y⁺||y⁻|) − ‖h⁺‖²/|y⁺|².
-    """
-    if h_chosen.shape != h_rejected.shape or h_chosen.dim() != 2:
-        raise ValueError(
-            f"h_chosen and h_rejected must share one (P, H) shape; got {tuple(h_chosen.shape)} "
-            f"and {tuple(h_rejected.shape)}"
-        )
-    cross = (h_chosen * h_rejected).sum(-1)
-    own = (h_chosen * h_chosen).sum(-1)
-    nc, nr = n_chosen.to(h_chosen.dtype), n_rejected.to(h_chosen.dtype)
-    return cross - own, cross / (nc * nr) - own / (nc * nc)
 
 
 @torch.no_grad()

@@ -43,6 +43,7 @@ __all__ = [
     "TrainingDivergedError",
     "check_float32",
     "grid",
+    "implicit_margin",
     "train",
 ]
 
@@ -189,6 +190,31 @@ def _in_run_order(outs: list[Tensor], runs: list[slice | Tensor], like: Tensor) 
     for out, sel in zip(outs, runs, strict=True):
         per_pair[sel] = out
     return per_pair
+
+
+def implicit_margin(
+    specs: Sequence[RunSpec], margins: Margins, len_chosen: Tensor, len_rejected: Tensor
+) -> Tensor:
+    """r(y⁺) − r(y⁻) of every run's pairs, in each run's objective's own implicit-reward form
+    (``BoundObjective.rewards``: β times the summed or per-token log-ratio).
+
+    Args:
+        specs: one ``RunSpec`` per run.
+        margins: the runs' pair log-probs. Shapes (R, P).
+        len_chosen: |y⁺|. Shape (R, P).
+        len_rejected: |y⁻|. Shape (R, P).
+
+    Returns:
+        The margins. Shape (R, P).
+    """
+    groups = _bind_groups(specs)
+    outs = []
+    for bound, runs in groups:
+        rc, rr = bound.with_lengths(len_chosen[runs], len_rejected[runs]).rewards(
+            margins.select(runs)
+        )
+        outs.append(rc - rr)
+    return _in_run_order(outs, [runs for _, runs in groups], margins.logp_chosen)
 
 
 @dataclass(frozen=True)

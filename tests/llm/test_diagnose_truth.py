@@ -1,6 +1,7 @@
-"""experiments/diagnose_truth.py's analysis on planted tables: a signal equal to the truth tracks
-it with Spearman 1; a detector that fires exactly at the peak of the degrading runs only has
-TPR 1, FPR 0 and lead time 0; a constant signal fires everywhere or nowhere."""
+"""experiments/diagnose_truth.py end to end on two tiny llm_overopt seeds: its step-0 rows are
+exactly the reference's (no change, no KL), its exact signals agree with the run's own eval.csv
+where both measure the same thing, and it writes every table. (The analysis itself,
+``treemdp.claims.early_warning``, is tested on planted tables in tests/test_early_warning.py.)"""
 
 from __future__ import annotations
 
@@ -8,56 +9,57 @@ import pandas as pd
 import pytest
 
 from tests.scripts import load_script
+from treemdp.runs import read_table
+from treemdp.runs.cli import parse_config
+
+overopt = load_script("experiments/llm_overopt.py")
+truth = load_script("experiments/diagnose_truth.py")
+
+TINY = [
+    *("--objectives", "dpo", "--betas", "0.1", "--pairs", "8", "--batch", "4"),
+    *("--checkpoints", "2", "--eval-samples", "4", "--eval-pairs", "4", "--sft-samples", "16"),
+    *("--sft-epochs", "1", "--toy-sft-steps", "10", "--sizes", "tiny", "--branching", "3"),
+    *("--max-length", "2", "--device", "cpu", "--no-progress"),
+]
 
 
-@pytest.fixture(scope="module")
-def truth():
-    return load_script("experiments/diagnose_truth.py")
-
-
-def planted(seeds: int = 6) -> pd.DataFrame:
-    """Per seed two runs of 5 checkpoints: "up" rises to a peak at step 2 then falls by 0.1
-    (degrades); "flat" rises and stays. ``kl`` jumps exactly at the peak of the degrading run."""
-    rows = []
-    for seed in range(seeds):
-        for run, wins in (("up", [0.5, 0.6, 0.7, 0.65, 0.6]), ("flat", [0.5, 0.55, 0.6, 0.6, 0.6])):
-            for step, w in enumerate(wins):
-                ood = 0.1 * step + 0.01 * seed
-                rows.append({
-                    "seed": seed, "run": run, "step": step, "fraction_of_epoch": step / 4,
-                    "exact_win_rate": w, "win_rate_change": w - 0.5, "exact_mass_ood": ood,
-                    "ood_proxy": ood, "ood_proxy_per_token": 0.0,
-                    "kl": 1.0 if (run == "up" and step >= 2) else 0.0,
-                    "chosen_logp_change": -ood, "rejected_logp_change": -2 * ood,
-                    "both_fall_share": 0.5, "margin": ood, "accuracy": 0.5,
-                })  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def test_a_signal_equal_to_the_truth_tracks_it_exactly(truth):
-    t = truth.tracking(planted(), n_resamples=50).set_index(["signal", "truth"])
-    row = t.loc[("ood_proxy", "exact_mass_ood")]
-    assert [row["spearman"], row["low"], row["high"]] == pytest.approx([1.0, 1.0, 1.0])
-    assert t.loc[("chosen_logp_change", "exact_mass_ood"), "spearman"] == pytest.approx(-1.0)
-    assert pd.isna(t.loc[("ood_proxy_per_token", "exact_mass_ood"), "spearman"])  # constant
-
-
-def test_detector_scores_and_the_held_out_warning_table(truth):
-    signals = planted()
-    runs = truth.degradation(signals, 0.02)
-    assert runs.groupby("run")["degrades"].all().to_dict() == {"flat": False, "up": True}
-    assert (runs.loc[runs["run"] == "up", "peak_fraction"] == 0.5).all()
-    s = truth.detector_scores(signals, runs, "kl", +1, 0.5)
-    assert {k: s[k] for k in ("tpr", "fpr", "lead_median", "degrading_runs", "other_runs")} == {
-        "tpr": 1.0, "fpr": 0.0, "lead_median": 0.0, "degrading_runs": 6, "other_runs": 6
-    }  # fmt: skip
-    # Wilson interval of 6/6: (1 / (1 + z²/6), 1); of 0/6: (0, z²/6 / (1 + z²/6))
-    z2 = 1.959964**2
-    assert s["tpr_low"] == pytest.approx(1 / (1 + z2 / 6)) and s["tpr_high"] == pytest.approx(1)
-    assert s["fpr_low"] == pytest.approx(0, abs=1e-12)
-    assert s["fpr_high"] == pytest.approx((z2 / 6) / (1 + z2 / 6))
-    w = truth.warning(signals, 0.02).set_index("signal")
-    assert w.loc["kl", "tpr"] == 1.0 and w.loc["kl", "fpr"] == 0.0
-    assert w.loc["kl", "scored_seeds"] + w.loc["kl", "selection_seeds"] == 6
-    # a constant signal cannot separate degrading from other runs
-    assert w.loc["both_fall_share", "tpr"] == w.loc["both_fall_share", "fpr"]
+def test_diagnose_truth_on_two_tiny_seeds(tmp_path, capsys):
+    roots = []
+    for seed in (0, 1):
+        root = tmp_path / f"s{seed}"
+        overopt.main(parse_config(overopt.Config, [*TINY, "--seed", str(seed), "--out", str(root)]))
+        roots.append(str(root))
+    out = tmp_path / "truth"
+    cfg = parse_config(
+        truth.Config, ["--runs", *roots, "--out", str(out), "--n-resamples", "20", "--no-progress"]
+    )
+    truth.main(cfg)
+    signals = read_table(out / "signals.csv")
+    assert sorted(signals["seed"].unique()) == [0, 1]
+    start = signals[signals["step"] == 0]
+    for col in ("chosen_logp_change", "rejected_logp_change", "kl", "margin", "win_rate_change"):
+        assert (start[col] == 0).all(), col
+    later = signals[signals["step"] > 0]
+    assert (later["kl"] > 0).all()
+    # the exact KL and OOD mass here are those the run's own evaluation wrote
+    for seed, root in zip((0, 1), roots, strict=True):
+        (eval_csv,) = [p for p in (tmp_path / f"s{seed}").rglob("llm/*/eval.csv")]
+        ev = read_table(eval_csv).set_index("checkpoint")
+        mine = signals[signals["seed"] == seed].set_index("step")
+        assert mine["kl"].to_numpy() == pytest.approx(
+            ev.loc[mine.index, "exact_kl_reverse"].to_numpy(), abs=1e-6
+        )
+        assert mine["exact_mass_ood"].to_numpy() == pytest.approx(
+            ev.loc[mine.index, "exact_mass_ood"].to_numpy(), abs=0
+        )
+    warn = read_table(out / "warning.csv")
+    assert {"setting_prior", "kl", "kl_rise", "argmax_mass"} <= set(warn["signal"])
+    assert (warn["selection_seeds"] + warn["scored_seeds"] == 2).all()
+    track = read_table(out / "tracking.csv")
+    assert set(track["truth"]) == {"exact_mass_ood", "win_rate_change"}
+    ches = read_table(out / "ches.csv")
+    assert len(ches) == 2 and ches["ches_rank_corr"].between(-1, 1).all()
+    assert "recommended" in capsys.readouterr().out
+    # a second call reuses each run's cached rows and gives the same table
+    truth.main(cfg)
+    pd.testing.assert_frame_equal(read_table(out / "signals.csv"), signals)
