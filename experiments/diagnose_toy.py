@@ -14,12 +14,13 @@ and accuracy, KL, ``ood_proxy``, argmax mass), and ``gradient_ches`` the CHES sc
 pair in parameter space (feature space for the log-linear policy) at the reference.
 
 Writes <out>/<run>/: ``signals.csv`` (one row per run and checkpoint: signals and truths),
-``tracking.csv`` (Spearman of each signal with the exact OOD mass and the win-rate change, pooled
-and within runs, with intervals over seeds), ``warning.csv`` (each signal, its causal "rise"
-above its running minimum, and the configuration-only baseline as early-warning detectors:
-threshold chosen on half the seeds, rates on the other half) and ``ches.csv`` (per run:
-Spearman of CHES with the pairs' displacement at the first and the last checkpoint). See
-docs/diagnose.md.
+the tables of ``treemdp.claims.early_warning.analyse``: ``tracking.csv`` (Spearman of each
+signal with the exact OOD mass and the win-rate change, pooled and within runs, with intervals
+over seeds), ``warning.csv`` and ``stopping.csv`` (each signal, its causal "rise" above its
+running minimum, simulated judges and the configuration-only baselines as early-warning
+detectors and as stopping rules: thresholds chosen on half the seeds, scored on the other half)
+and ``selection.csv`` (which checkpoint to keep); and ``ches.csv`` (per run: Spearman of CHES
+with the pairs' displacement at the first and the last checkpoint). See docs/diagnose.md.
 """
 
 from __future__ import annotations
@@ -195,20 +196,14 @@ def compute(config: Config, progress: bool) -> dict[str, pd.DataFrame]:
         for c in tqdm(config.capacities, desc="capacities", disable=not progress)
     ]
     signals = pd.concat([p[0] for p in parts], ignore_index=True)
-    signals, orientation = early_warning.with_rises(signals, SIGNAL_ORIENTATION)
-    track = early_warning.tracking(
-        signals, SIGNAL_ORIENTATION, TRUTHS, n_resamples=config.n_resamples
-    )
-    warn = early_warning.warning(
-        signals, orientation, config.margin, time="epochs", setting=SETTING,
-        n_resamples=config.n_resamples,
+    tables = early_warning.analyse(
+        signals, SIGNAL_ORIENTATION, TRUTHS, time="epochs", setting=SETTING,
+        margin=config.margin, n_resamples=config.n_resamples,
     )  # fmt: skip
     return {
-        "signals": signals,
-        "tracking": track,
-        "warning": warn,
+        "signals": signals, **tables,
         "ches": pd.concat([p[1] for p in parts], ignore_index=True),
-    }
+    }  # fmt: skip
 
 
 def output_folder(config: Config) -> Path:
@@ -221,7 +216,7 @@ def output_folder(config: Config) -> Path:
 
 def summary(tables: dict[str, pd.DataFrame]) -> str:
     """The printed summary: tracking, the detectors on held-out seeds, and CHES."""
-    lines = [early_warning.report(tables["tracking"], tables["warning"])]
+    lines = [early_warning.report(tables)]
     ches = tables["ches"]
     for col in ("ches_first", "ches_normalised_first", "ches_last", "ches_normalised_last"):
         e = mean_ci(ches.groupby("seed")[col].mean().to_numpy())
@@ -237,7 +232,7 @@ def main(config: Config) -> Path:
     folder = output_folder(config)
     start = time.perf_counter()
     progress = sys.stderr.isatty()
-    names = ["signals", "tracking", "warning", "ches"]
+    names = ["signals", "tracking", "warning", "stopping", "selection", "ches"]
     with cached_run(folder, config, names, lambda: compute(config, progress),
                     force=config.force) as tables:  # fmt: skip
         print(summary(tables))
@@ -245,7 +240,7 @@ def main(config: Config) -> Path:
     print(
         f"{len(degrading)} runs ({int(degrading['degrades'].sum())} degrade by >= "
         f"{config.margin:g}), {len(config.seed)} seeds, in {time.perf_counter() - start:.1f} s; "
-        f"results in {folder}/ (signals.csv, tracking.csv, warning.csv, ches.csv)"
+        f"results in {folder}/ ({', '.join(f'{n}.csv' for n in names)})"
     )
     return folder
 

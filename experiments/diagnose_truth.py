@@ -14,12 +14,13 @@ on the reference (llm/diagnose.py, from hidden states) against each pair's displ
 truth is the run's eval.csv: ``exact_mass_ood`` and the change of ``exact_win_rate`` since
 step 0.
 
-Writes ``signals.csv`` (one row per run and checkpoint), ``tracking.csv`` and ``warning.csv``
-(``treemdp.claims.early_warning``: Spearman with each truth, pooled and within runs, with
-intervals over seeds; each signal, its rise above its running minimum and the objective-and-β
-baseline as detectors of the exact win-rate peak, threshold chosen on half the seeds and scored
-on the other half) and ``ches.csv`` (per run: Spearman of CHES with the pairs' displacement at
-the last checkpoint).
+Writes ``signals.csv`` (one row per run and checkpoint), the tables of
+``treemdp.claims.early_warning.analyse``: ``tracking.csv`` (Spearman with each truth, pooled and
+within runs, with intervals over seeds), ``warning.csv`` and ``stopping.csv`` (each signal, its
+rise above its running minimum, simulated judges and the objective-and-β baseline as detectors
+of the exact win-rate peak and as stopping rules: thresholds chosen on half the seeds, scored on
+the other half), ``selection.csv`` (which checkpoint to keep); and ``ches.csv`` (per run:
+Spearman of CHES with the pairs' displacement at the last checkpoint).
 """
 
 from __future__ import annotations
@@ -122,18 +123,6 @@ def run_signals(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return frame, ches_row
 
 
-def analyse(signals: pd.DataFrame, *, margin: float, n_resamples: int) -> dict[str, pd.DataFrame]:
-    """The tracking and early-warning tables of ``treemdp.claims.early_warning`` (signals and
-    their rises; the objective-and-β baseline)."""
-    signals, orientation = early_warning.with_rises(signals, SIGNAL_ORIENTATION)
-    track = early_warning.tracking(signals, SIGNAL_ORIENTATION, TRUTHS, n_resamples=n_resamples)
-    warn = early_warning.warning(
-        signals, orientation, margin, time="fraction_of_epoch", setting=SETTING,
-        n_resamples=n_resamples,
-    )  # fmt: skip
-    return {"tracking": track, "warning": warn}
-
-
 def main(cfg: Config) -> Path:
     """Compute the tables; return the output folder."""
     if not cfg.runs:
@@ -169,13 +158,15 @@ def main(cfg: Config) -> Path:
             ches_rows.append(ches_row)
     signals = pd.concat(frames, ignore_index=True)
     write_table(out / "signals.csv", signals)
-    tables = analyse(signals, margin=cfg.margin, n_resamples=cfg.n_resamples)
-    track, warn = tables["tracking"], tables["warning"]
-    write_table(out / "tracking.csv", track)
-    write_table(out / "warning.csv", warn)
+    tables = early_warning.analyse(
+        signals, SIGNAL_ORIENTATION, TRUTHS, time="fraction_of_epoch", setting=SETTING,
+        margin=cfg.margin, n_resamples=cfg.n_resamples,
+    )  # fmt: skip
+    for name, table in tables.items():
+        write_table(out / f"{name}.csv", table)
     ches = pd.DataFrame(ches_rows)
     write_table(out / "ches.csv", ches)
-    print(early_warning.report(track, warn))
+    print(early_warning.report(tables))
     for col in ("ches_rank_corr", "ches_normalised_rank_corr"):
         per_seed = ches.groupby("seed")[col].mean()
         e = mean_ci(per_seed.to_numpy())

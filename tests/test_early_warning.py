@@ -120,3 +120,54 @@ def test_rises_are_causal_and_never_negative():
     out2, _ = ew.with_rises(later, {"kl": +1})
     early = out2["step"] < 4
     assert out2.loc[early, "kl_rise"].tolist() == out.loc[early, "kl_rise"].tolist()
+
+
+def test_stopping_gains_what_a_stop_at_the_peak_keeps():
+    signals = planted()
+    st = ew.stopping(signals, ORIENTATION, time="time", setting=["objective"], n_resamples=20)
+    st = st.set_index("signal")
+    # kl fires exactly at the degrading runs' peak: they keep 0.7 instead of 0.6, the others
+    # never stop; mean gain (0.1 + 0) / 2, no regret
+    assert st.loc["kl", "gain"] == pytest.approx(0.05)
+    assert st.loc["kl", "regret"] == pytest.approx(0.0, abs=1e-12)
+    assert st.loc["kl", "stopped"] == pytest.approx(0.5)
+    # a constant signal can only stop every run at once: the selection keeps training instead
+    assert st.loc["both_fall_share", "gain"] == 0 and st.loc["both_fall_share", "stopped"] == 0
+    assert st.loc["time", "kind"] == "baseline" and st.loc["setting_prior", "kind"] == "baseline"
+    assert st.loc["kl", "kind"] == "signal"
+
+
+def test_selection_of_the_kept_checkpoint():
+    signals = planted()
+    sel = ew.selection(signals, [10**9], time="time", setting=["objective"], n_resamples=20)
+    sel = sel.set_index("rule")
+    assert sel.loc["last", "regret"] == pytest.approx(0.05)  # the degrading half loses 0.1
+    assert sel.loc["judge_1000000000", "regret"] == pytest.approx(0.0, abs=1e-4)
+    assert sel.loc["setting_best", "regret"] == pytest.approx(0.0, abs=1e-12)
+    assert sel.loc["judge_1000000000", "gain_over_last"] == pytest.approx(0.05, abs=1e-4)
+
+
+def test_a_judge_is_the_win_rate_plus_binomial_noise():
+    signals = planted(seeds=40)
+    exact, _ = ew.with_judge(signals, [10**12])
+    best = signals.sort_values("step").groupby(["seed", "run"])["exact_win_rate"].cummax()
+    assert exact["judged_drop_1000000000000"].to_numpy() == pytest.approx(
+        (best - signals["exact_win_rate"]).sort_index().to_numpy(), abs=1e-5
+    )
+    noisy, orientation = ew.with_judge(signals, [100])
+    again, _ = ew.with_judge(signals, [100])
+    assert orientation == {"judged_drop_100": +1}
+    pd.testing.assert_series_equal(noisy["judged_drop_100"], again["judged_drop_100"])
+    assert (noisy["judged_drop_100"] >= 0).all() and noisy["judged_drop_100"].std() > 0.01
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        ew.with_judge(signals, [0])
+
+
+def test_analyse_and_report():
+    truths = ["exact_mass_ood", "win_rate_change"]
+    tables = ew.analyse(planted(), ORIENTATION, truths, time="time", setting=["objective"],
+                        samples=[100], n_resamples=20)  # fmt: skip
+    assert set(tables) == {"tracking", "warning", "stopping", "selection"}
+    assert {"kl_rise", "judged_drop_100", "setting_prior"} <= set(tables["warning"]["signal"])
+    text = ew.report(tables)
+    assert "recommended detector among the signals" in text and "best stopping rule" in text

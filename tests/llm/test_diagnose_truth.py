@@ -5,6 +5,8 @@ where both measure the same thing, and it writes every table. (The analysis itse
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -43,7 +45,7 @@ def test_diagnose_truth_on_two_tiny_seeds(tmp_path, capsys):
     assert (later["kl"] > 0).all()
     # the exact KL and OOD mass here are those the run's own evaluation wrote
     for seed, root in zip((0, 1), roots, strict=True):
-        (eval_csv,) = [p for p in (tmp_path / f"s{seed}").rglob("llm/*/eval.csv")]
+        (eval_csv,) = list(Path(root).rglob("llm/*/eval.csv"))
         ev = read_table(eval_csv).set_index("checkpoint")
         mine = signals[signals["seed"] == seed].set_index("step")
         assert mine["kl"].to_numpy() == pytest.approx(
@@ -59,7 +61,8 @@ def test_diagnose_truth_on_two_tiny_seeds(tmp_path, capsys):
     assert set(track["truth"]) == {"exact_mass_ood", "win_rate_change"}
     ches = read_table(out / "ches.csv")
     assert len(ches) == 2 and ches["ches_rank_corr"].between(-1, 1).all()
-    assert "recommended" in capsys.readouterr().out
+    assert "recommended detector" in capsys.readouterr().out
+    assert {"stopping.csv", "selection.csv"} <= {p.name for p in out.iterdir()}
     # a second call reuses each run's cached rows and gives the same table
     truth.main(cfg)
     pd.testing.assert_frame_equal(read_table(out / "signals.csv"), signals)

@@ -22,6 +22,18 @@ seed's problem.
 * ``setting_prior``: the baseline that knows less: each run's setting (e.g. objective and β)
   replaced by the share of degrading runs of that setting on the selection seeds. A signal that
   does not beat it adds nothing to knowing the configuration.
+* ``stopping``: a detector used as a stopping rule, what a practitioner would do with it: stop
+  at the checkpoint where it first fires (or at the end). Its held-out *gain* is the win rate at
+  the stop minus the win rate at the end, its *regret* the peak minus the win rate at the stop
+  (mean over runs, interval over seeds). ``time`` itself is a signal here: "stop at a fixed
+  point of training" is the baseline that reads nothing from the run.
+* ``selection``: which checkpoint to keep, when every checkpoint was saved: the last one, the
+  one with the best judged win rate (``n`` samples), or the one whose point of training had the
+  best mean win rate in the same setting on the selection seeds (knows the configuration);
+  held-out regret = the run's peak win rate minus the kept checkpoint's.
+* ``with_judge``: what a judge sees: the exact win rate plus the binomial noise of ``n``
+  judged samples per checkpoint, as the causal signal ``judged_drop_<n>``, the fall of that
+  estimate below its best value so far.
 * ``with_rises``: causal "upturn" signals: how far a signal has risen above its lowest value so
   far in the run (a run that turns around, not one that sits high).
 """
@@ -38,17 +50,30 @@ from treemdp.claims.evidence import Estimate, bootstrap_ci, mean_ci, split_seeds
 from treemdp.claims.statistics import spearman
 
 __all__ = [
+    "JUDGE_SAMPLES",
+    "analyse",
     "degradation",
     "detector_scores",
     "recommend",
     "report",
+    "selection",
     "setting_prior",
+    "stopping",
     "tracking",
     "warning",
+    "with_judge",
     "with_rises",
 ]
 
 RUN = ["seed", "run"]
+
+
+def _kind(name: str, time: str) -> str:
+    """What a rule reads: "baseline" (the configuration or the clock), "judge" (a simulated
+    judged win rate) or "signal" (a monitored signal or its rise)."""
+    if name in ("setting_prior", time):
+        return "baseline"
+    return "judge" if name.startswith("judged_") else "signal"
 
 
 def _est(prefix: str, e: Estimate) -> dict[str, float]:
@@ -240,36 +265,255 @@ def warning(
         tau, j = _best_threshold(signals[sel_rows], sel_runs, name, sign)
         held = detector_scores(signals[score_rows], score_runs, name, sign, tau, time=time,
                                n_resamples=n_resamples)  # fmt: skip
-        rows.append({"signal": name, "threshold": sign * tau, "orientation": sign,
-                     "selection_j": j, "selection_seeds": len(select),
+        rows.append({"signal": name, "kind": _kind(name, time), "threshold": sign * tau,
+                     "orientation": sign, "selection_j": j, "selection_seeds": len(select),
                      "scored_seeds": len(score), **held})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def recommend(warn: pd.DataFrame, *, exclude: Sequence[str] = ("setting_prior",)) -> pd.Series:
-    """The detector to recommend, chosen on the selection seeds only (the largest
-    ``selection_j`` among the signals not in ``exclude``, the baselines; ties: the earlier
-    row), with its held-out scores."""
-    candidates = warn[~warn["signal"].isin(exclude)]
+def recommend(table: pd.DataFrame, *, by: str = "selection_j") -> pd.Series:
+    """The rule to recommend among the signals (``kind`` "signal": not the baselines, not the
+    judges), chosen on the selection seeds only (the largest ``by``; ties: the earlier row),
+    with its held-out scores."""
+    candidates = table[table["kind"] == "signal"]
     if candidates.empty:
-        raise ValueError("warn must hold at least one detector besides the baselines")
-    return candidates.loc[candidates["selection_j"].idxmax()]
+        raise ValueError("the table must hold at least one signal besides the baselines")
+    return candidates.loc[candidates[by].idxmax()]
 
 
-def report(track: pd.DataFrame, warn: pd.DataFrame) -> str:
-    """The tracking and warning tables as printed text, and the recommended detector."""
+JUDGE_SAMPLES = (64, 256, 1024)
+"""Judged samples per checkpoint simulated by ``analyse`` (``with_judge``, ``selection``)."""
+
+
+def analyse(
+    signals: pd.DataFrame,
+    orientation: Mapping[str, int],
+    truths: Sequence[str],
+    *,
+    time: str,
+    setting: Sequence[str],
+    margin: float = 0.02,
+    samples: Sequence[int] = JUDGE_SAMPLES,
+    n_resamples: int = 1000,
+) -> dict[str, pd.DataFrame]:
+    """Every table of this module for one signals table: ``tracking`` (the signals against
+    ``truths``), ``warning`` and ``stopping`` (the signals, their rises, the simulated judges
+    and the baselines) and ``selection``."""
+    track = tracking(signals, orientation, truths, n_resamples=n_resamples)
+    extended, rules = with_rises(signals, orientation)
+    extended, judges = with_judge(extended, samples)
+    rules = {**rules, **judges}
+    return {
+        "tracking": track,
+        "warning": warning(extended, rules, margin, time=time, setting=setting,
+                           n_resamples=n_resamples),
+        "stopping": stopping(extended, rules, time=time, setting=setting, margin=margin,
+                             n_resamples=n_resamples),
+        "selection": selection(signals, samples, time=time, setting=setting,
+                               n_resamples=n_resamples),
+    }  # fmt: skip
+
+
+def report(tables: Mapping[str, pd.DataFrame]) -> str:
+    """``analyse``'s tables as printed text, with the recommended detector and stopping rule
+    (chosen on the selection seeds among the signals; the judges and baselines are shown for
+    comparison)."""
     track_cols = ["signal", "truth", "spearman", "spearman_low", "spearman_high", "within_run",
                   "within_run_low", "within_run_high"]  # fmt: skip
-    warn_cols = ["signal", "threshold", "selection_j", "tpr", "tpr_before_peak", "fpr", "j",
+    warn_cols = ["signal", "kind", "threshold", "selection_j", "tpr", "tpr_before_peak", "fpr", "j",
                  "j_low", "j_high", "lead_median"]  # fmt: skip
+    stop_cols = ["signal", "kind", "threshold", "selection_gain", "gain", "gain_low", "gain_high",
+                 "regret", "stopped"]  # fmt: skip
+    warn, stop = tables["warning"], tables["stopping"]
     best = recommend(warn)
     direction = ">" if best["orientation"] > 0 else "<"
     j_low, j_high = best.get("j_low", math.nan), best.get("j_high", math.nan)
+    best_stop = recommend(stop, by="selection_gain")
+    float_format = "%.3g"
     with pd.option_context("display.width", 200):
         return "\n".join([
-            track[track_cols].to_string(index=False, float_format="%.3g"),
-            warn[[c for c in warn_cols if c in warn]].to_string(index=False, float_format="%.3g"),
-            f"recommended (largest J on the selection seeds): {best['signal']} {direction} "
-            f"{best['threshold']:.4g}; on the held-out seeds J = {best['j']:.2f} "
-            f"[{j_low:.2f}, {j_high:.2f}], TPR {best['tpr']:.2f}, FPR {best['fpr']:.2f}",
+            tables["tracking"][track_cols].to_string(index=False, float_format=float_format),
+            warn[[c for c in warn_cols if c in warn]].to_string(index=False,
+                                                                float_format=float_format),
+            f"recommended detector among the signals (largest J on the selection seeds): "
+            f"{best['signal']} {direction} {best['threshold']:.4g}; held out: J = "
+            f"{best['j']:.2f} [{j_low:.2f}, {j_high:.2f}], TPR {best['tpr']:.2f}, FPR "
+            f"{best['fpr']:.2f}",
+            stop[stop_cols].to_string(index=False, float_format=float_format),
+            f"best stopping rule among the signals: {best_stop['signal']}; held-out gain over "
+            f"training to the end {best_stop['gain']:.4f} [{best_stop['gain_low']:.4f}, "
+            f"{best_stop['gain_high']:.4f}]",
+            tables["selection"].to_string(index=False, float_format=float_format),
         ])  # fmt: skip
+
+
+def _grid(
+    signals: pd.DataFrame, name: str, sign: int
+) -> tuple[pd.MultiIndex, np.ndarray, np.ndarray, np.ndarray]:
+    """Runs × checkpoints (after step 0) matrices of the oriented signal (−inf where a run has
+    fewer checkpoints or no value) and of the win rate (the run's last value carried forward),
+    and each run's number of checkpoints."""
+    later = signals[signals["step"] > 0].sort_values([*RUN, "step"])
+    position = later.groupby(RUN).cumcount().to_numpy()
+    keys = pd.MultiIndex.from_frame(later[RUN])
+    runs = keys.unique()
+    row = runs.get_indexer(keys)
+    k = int(position.max()) + 1 if len(position) else 0
+    s = np.full((len(runs), k), -np.inf)
+    w = np.full((len(runs), k), np.nan)
+    s[row, position] = sign * later[name].to_numpy(dtype=float)
+    w[row, position] = later["exact_win_rate"].to_numpy(dtype=float)
+    w = pd.DataFrame(w).ffill(axis=1).to_numpy()
+    counts = np.bincount(row, minlength=len(runs))
+    return runs, np.nan_to_num(s, nan=-np.inf), w, counts
+
+
+def _first(s: np.ndarray, tau: float) -> np.ndarray:
+    """Each run's first checkpoint with s > τ (K: never). Shape (n, K) → (n,)."""
+    fires = s > tau
+    return np.where(fires.any(1), fires.argmax(1), s.shape[1])
+
+
+def _stops(s: np.ndarray, w: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """The win rate at the stop of each run for each τ (first checkpoint with s > τ, else the
+    last). Shapes (n, K), (n, K), (T,) → (n, T)."""
+    fires = s[:, :, None] > taus[None, None, :]
+    first = np.where(fires.any(1), fires.argmax(1), s.shape[1] - 1)
+    return np.take_along_axis(w, first, axis=1)
+
+
+def stopping(
+    signals: pd.DataFrame,
+    orientation: Mapping[str, int],
+    *,
+    time: str,
+    setting: Sequence[str] = (),
+    margin: float = 0.02,
+    seed: int = 0,
+    n_resamples: int = 1000,
+    n_thresholds: int = 200,
+) -> pd.DataFrame:
+    """Each signal as a stopping rule (module docstring): τ chosen on one half of the seeds
+    (the largest mean gain there, among ``n_thresholds`` quantiles of the oriented signal),
+    scored on the other half. ``time`` (stop at a fixed point) and, with ``setting`` columns,
+    ``setting_prior`` (stop at the first checkpoint in settings that degraded on the selection
+    seeds) are added as baselines.
+
+    Returns:
+        One row per rule: signal, threshold (in the signal's own units and direction),
+        orientation, selection_gain, then on the held-out seeds gain (with gain_low,
+        gain_high), regret, stopped (share of runs stopped before the end), runs, scored_seeds.
+    """
+    runs_table = degradation(signals, margin, time=time)
+    select, score = split_seeds(sorted(signals["seed"].unique()), seed=seed)
+    orientation = {**orientation, time: +1}
+    if setting:
+        signals = signals.assign(setting_prior=setting_prior(signals, runs_table, setting, select))
+        orientation["setting_prior"] = +1
+    rows = []
+    for name, sign in orientation.items():
+        runs, s, w, counts = _grid(signals, name, sign)
+        is_score = runs.get_level_values("seed").isin(score)
+        finite = s[~is_score][np.isfinite(s[~is_score])]
+        if finite.size == 0:
+            continue
+        taus = np.unique(np.quantile(finite, np.linspace(0, 1, n_thresholds))) - 1e-12
+        taus = np.append(taus, np.inf)  # never stop early
+        gain_sel = (_stops(s[~is_score], w[~is_score], taus) - w[~is_score, -1:]).mean(0)
+        best = int(np.argmax(gain_sel))
+        tau = taus[best]
+        at_stop = _stops(s[is_score], w[is_score], np.array([tau]))[:, 0]
+        held = pd.DataFrame({
+            "seed": runs.get_level_values("seed")[is_score],
+            "gain": at_stop - w[is_score, -1], "regret": np.nanmax(w[is_score], 1) - at_stop,
+            "stopped": _first(s[is_score], tau) < counts[is_score] - 1,
+        })  # fmt: skip
+        e = bootstrap_ci(held, lambda f: float(f["gain"].mean()), n_resamples=n_resamples)
+        rows.append({
+            "signal": name, "kind": _kind(name, time), "threshold": sign * tau,
+            "orientation": sign, "selection_gain": float(gain_sel[best]), "gain": e.value,
+            "gain_low": e.low, "gain_high": e.high, "regret": float(held["regret"].mean()),
+            "stopped": float(held["stopped"].mean()), "runs": len(held),
+            "scored_seeds": len(score),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def with_judge(
+    signals: pd.DataFrame, samples: Sequence[int], *, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The table with one ``judged_drop_<n>`` column per sample count ``n``: a judged win rate
+    (``exact_win_rate`` plus Gaussian noise of the binomial standard deviation
+    √(w(1 − w)/n), drawn once per row from ``seed``) and, per run, its best value so far minus
+    its current value (≥ 0; causal). Returns the table and those columns' orientations (+1)."""
+    if any(n < 1 for n in samples):
+        raise ValueError(f"samples must be >= 1; got {list(samples)}")
+    out = signals.sort_values([*RUN, "step"]).copy()
+    w = out["exact_win_rate"].to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    added = {}
+    for n in samples:
+        judged = pd.Series(_judged(w, n, rng), index=out.index)
+        best = judged.groupby([out["seed"], out["run"]]).cummax()
+        out[f"judged_drop_{n}"] = best - judged
+        added[f"judged_drop_{n}"] = +1
+    return out.sort_index(), added
+
+
+def _judged(w: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``w`` plus Gaussian noise of the binomial standard deviation √(w(1 − w)/n)."""
+    return w + rng.standard_normal(w.shape) * np.sqrt(np.clip(w * (1 - w), 0, None) / n)
+
+
+def selection(
+    signals: pd.DataFrame,
+    samples: Sequence[int],
+    *,
+    time: str,
+    setting: Sequence[str] = (),
+    seed: int = 0,
+    n_resamples: int = 1000,
+) -> pd.DataFrame:
+    """Checkpoint choices scored on the held-out seeds (module docstring): ``last``,
+    ``judge_<n>`` for each sample count and, with ``setting`` columns, ``setting_best``.
+
+    Returns:
+        One row per rule: rule, regret (mean over held-out runs of peak − kept win rate, with
+        regret_low, regret_high over seeds), gain_over_last (mean kept − last win rate),
+        runs, scored_seeds.
+    """
+    select, score = split_seeds(sorted(signals["seed"].unique()), seed=seed)
+    later = signals[signals["step"] > 0].sort_values([*RUN, "step"])
+    later = later.assign(position=later.groupby(RUN).cumcount())
+    rng = np.random.default_rng(seed)
+    keep: dict[str, pd.Series] = {"last": later.groupby(RUN)["position"].transform("max")}
+    for n in samples:
+        judged = pd.Series(_judged(later["exact_win_rate"].to_numpy(float), n, rng), later.index)
+        best = judged.groupby([later["seed"], later["run"]]).transform("idxmax")
+        keep[f"judge_{n}"] = later.loc[best, "position"].set_axis(later.index)
+    if setting:
+        chosen = later[later["seed"].isin(select)]
+        curve = chosen.groupby([*setting, "position"])["exact_win_rate"].mean().reset_index()
+        top = curve.loc[curve.groupby(list(setting))["exact_win_rate"].idxmax()]
+        top = top.rename(columns={"position": "kept"})[[*setting, "kept"]]
+        kept = later[list(setting)].merge(top, on=list(setting), how="left")["kept"]
+        last = keep["last"].to_numpy()
+        keep["setting_best"] = pd.Series(np.where(kept.isna(), last, kept), later.index)
+    scored = later["seed"].isin(score)
+    rows = []
+    for rule, position in keep.items():
+        t = later[scored].assign(kept=position[scored])
+        per_run = t.groupby(RUN).apply(
+            lambda g: pd.Series({
+                "regret": g["exact_win_rate"].max()
+                - g.loc[g["position"] == g["kept"], "exact_win_rate"].iloc[0],
+                "gain": g.loc[g["position"] == g["kept"], "exact_win_rate"].iloc[0]
+                - g["exact_win_rate"].iloc[-1],
+            }),
+            include_groups=False,
+        ).reset_index()  # fmt: skip
+        e = bootstrap_ci(per_run, lambda f: float(f["regret"].mean()), n_resamples=n_resamples)
+        rows.append({"rule": rule, "regret": e.value, "regret_low": e.low, "regret_high": e.high,
+                     "gain_over_last": float(per_run["gain"].mean()), "runs": len(per_run),
+                     "scored_seeds": len(score)})  # fmt: skip
+    return pd.DataFrame(rows)
