@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import toy_scaling  # a sibling script (its folder is on sys.path): capacities and sizes
@@ -164,7 +165,12 @@ def _capacity_rows(config: Config, tree: Tree, capacity: str, progress: bool):
     margins = torch.stack([margin(t) for t in range(T)])
     signals = exact_signals(tree, logp, ref, pairs, margins)
     frame = history.frame  # T × R rows, step-major, in run order within a step
+    # self-check: the signals' KL is the engine's own exact metric, row for row
+    engine_kl = torch.tensor(frame["kl_reverse"].to_numpy()).reshape(T, R)
+    if not torch.allclose(signals["kl"], engine_kl, rtol=1e-9, atol=1e-12):
+        raise RuntimeError(f"capacity {capacity}: the signals' KL differs from the engine's")
     names = [f"{capacity}/{s.objective}/b{s.beta:g}" for s in specs]
+    win = frame["win_rate"].to_numpy()
     table = pd.DataFrame({
         "seed": frame["seed"].to_numpy(), "run": [names[r] for r in frame["run"]],
         "capacity": capacity, "objective": frame["objective"].to_numpy(),
@@ -173,7 +179,7 @@ def _capacity_rows(config: Config, tree: Tree, capacity: str, progress: bool):
         **{name: v.reshape(-1).numpy() for name, v in signals.items()},
         "exact_mass_ood": frame["mass_ood"].to_numpy(),
         "exact_win_rate": frame["win_rate"].to_numpy(),
-        "win_rate_change": frame["win_rate"].to_numpy() - 0.5,  # π_ref against itself: ½
+        "win_rate_change": win - np.tile(win[:R], T),  # since the run's step 0 (π_ref: ½)
     })  # fmt: skip
     n0 = problems.n_runs
     rows = []
