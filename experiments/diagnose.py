@@ -329,19 +329,50 @@ def verdict(table: pd.DataFrame) -> str:
             f"- ood_proxy {last['ood_proxy']:.0%} of samples vs {last['ood_proxy_reference']:.0%} "
             "for the reference's: "
             + (
-                "WARNING: the policy's samples leave the data's support (over-optimization "
-                "likely; compare the win rate)."
+                "the policy's samples leave the data's support. (Within a run this share tracks "
+                "the exact OOD mass; as a warning of the win-rate peak it did no better than "
+                "knowing the configuration: judge the win rate.)"
                 if gap > 2 * se
                 else "no sign that the samples leave the data's support."
             )
         )
-    if not math.isnan(last.get("win_rate", math.nan)):
-        lines.append(
-            f"- win rate against reference samples {last['win_rate']:.0%} "
-            f"± {1.96 * last['win_rate_se']:.2g}."
-        )
-    lines.append("Which signals track the truth (exact, on the tree language): docs/diagnose.md.")
+    lines.extend(_checkpoint_advice(table))
+    lines.append("Which signals track the truth (exact, on the toy and the tree language): "
+                 "docs/diagnose.md.")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _checkpoint_advice(table: pd.DataFrame) -> list[str]:
+    """Which checkpoint to keep: the one with the best judged win rate (what worked on the exact
+    truth, docs/diagnose.md), and whether the last one is significantly below it; without a
+    judge, the advice to get one."""
+    if "win_rate" not in table or table["win_rate"].isna().all():
+        return [
+            "- no judge: no teacher-forced signal here warns of the win-rate peak better than "
+            "knowing the configuration (docs/diagnose.md). To choose the checkpoint, judge each "
+            "one (--judge, 256 or more --samples) and keep the best."
+        ]
+    judged = table.dropna(subset=["win_rate"]).sort_values("step", na_position="first")
+    best, last = judged.loc[judged["win_rate"].idxmax()], judged.iloc[-1]
+    lines = [
+        f"- win rate against reference samples {last['win_rate']:.0%} "
+        f"± {1.96 * last['win_rate_se']:.2g} (last checkpoint)."
+    ]
+    if best["checkpoint"] == last["checkpoint"]:
+        lines.append("- the last checkpoint has the best judged win rate: keep it.")
+        return lines
+    gap = best["win_rate"] - last["win_rate"]
+    se = math.hypot(best["win_rate_se"], last["win_rate_se"])
+    lines.append(
+        f"- keep {best['checkpoint']} (step {best['step']}): the best judged win rate, "
+        f"{best['win_rate']:.0%}; the last is {gap:.2g} below it "
+        + (
+            f"(more than 2 standard errors, {2 * se:.2g}: OVER-OPTIMIZATION, the win rate fell)."
+            if gap > 2 * se
+            else f"(within 2 standard errors, {2 * se:.2g}: judge more samples to tell)."
+        )
+    )
+    return lines
 
 
 def _hidden_size(folder: Path) -> int:

@@ -197,3 +197,27 @@ def test_bad_inputs_exit_2_with_one_line(folders, cli, tmp_path, capsys):
             "--reward-model", str(folders / "ref")]  # fmt: skip
     err = one_line_exit_2(c, m, argv, capsys)
     assert "score.weight" in err, err
+
+
+def _judged_table(win_rates, se):
+    n = len(win_rates)
+    return pd.DataFrame({
+        "checkpoint": [f"checkpoint-{10 * (i + 1)}" for i in range(n)],
+        "step": [10 * (i + 1) for i in range(n)], "n_pairs": 8, "n_samples": 64,
+        "chosen_logp_change": 1.0, "rejected_logp_change": -1.0, "chosen_falls_share": 0.0,
+        "both_fall_share": 0.0, "margin": 0.2, "accuracy": 1.0, "ches_rank_corr": math.nan,
+        "ches_normalised_rank_corr": math.nan, "kl_k1": math.nan,
+        "win_rate": win_rates, "win_rate_se": se,
+    })  # fmt: skip
+
+
+def test_the_verdict_names_the_checkpoint_to_keep(cli):
+    fell = cli.verdict(_judged_table([0.6, 0.7, 0.55], 0.02))
+    assert "keep checkpoint-20 (step 20)" in fell and "OVER-OPTIMIZATION" in fell
+    noisy = cli.verdict(_judged_table([0.6, 0.7, 0.55], 0.1))
+    assert "keep checkpoint-20" in noisy and "judge more samples" in noisy
+    assert "OVER-OPTIMIZATION" not in noisy
+    rising = cli.verdict(_judged_table([0.6, 0.7, 0.75], 0.02))
+    assert "the last checkpoint has the best judged win rate" in rising
+    unjudged = cli.verdict(_judged_table([math.nan] * 3, math.nan))
+    assert "no judge" in unjudged and "keep" in unjudged
