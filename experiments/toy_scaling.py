@@ -38,7 +38,7 @@ from treemdp.metrics import logratio_length_r2
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import ProblemSpec, build_problem
 from treemdp.runs import run_folder
-from treemdp.runs.cli import SEED_MAX, arg, config_flags, flag_values, nested, run, with_flags
+from treemdp.runs.cli import SEED_MAX, arg, nested, run, with_defaults_replaced
 from treemdp.runs.experiment import cached_run
 from treemdp.train import TrainingDivergedError, grid, train
 from treemdp.tree import Tree
@@ -107,9 +107,7 @@ def resolve(config: Config) -> Config:
     """The config that actually runs: ``--quick`` replaces the sizes left at their defaults."""
     if not config.quick:
         return config
-    defaults = {flag.name: flag.default for flag in config_flags(Config)}
-    values = flag_values(config)
-    return with_flags(config, {k: v for k, v in QUICK.items() if values[k] == defaults[k]})
+    return with_defaults_replaced(config, QUICK)
 
 
 def parse_capacity(name: str) -> dict[str, object]:

@@ -14,6 +14,7 @@ from treemdp.runs.cli import (
     nested,
     parse_config,
     run,
+    with_defaults_replaced,
     with_flags,
 )
 
@@ -122,6 +123,15 @@ def test_a_nested_field_is_flat_in_config_json_and_the_flags_invert():
     assert config == with_flags(Outer(), settings)
     assert config_dict(config) == {"depth": 5, "toy_width": 2, "reward": "concave", "force": False}
     assert config_matches(config_dict(config), settings)
+
+
+def test_a_preset_replaces_only_the_flags_left_at_their_defaults():
+    preset = {"depth": 1, "toy_width": 2, "reward": "concave"}
+    given = parse_config(Outer, ["--depth", "7"])  # --depth given: the preset leaves it
+    assert with_defaults_replaced(given, preset) == Outer(
+        depth=7, inner=Inner(width=2, reward="concave")
+    )
+    assert with_defaults_replaced(Outer(), preset) == with_flags(Outer(), preset)
 
 
 def test_nested_flags_are_range_checked_and_unknown_names_refused(capsys):

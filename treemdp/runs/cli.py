@@ -46,6 +46,7 @@ __all__ = [
     "os_error_line",
     "parse_config",
     "run",
+    "with_defaults_replaced",
     "with_flags",
 ]
 
@@ -245,6 +246,14 @@ def with_flags(config: C, values: Mapping[str, Any]) -> C:
     for field_name, changes in inner.items():
         top[field_name] = dataclasses.replace(getattr(config, field_name), **changes)
     return dataclasses.replace(config, **top)
+
+
+def with_defaults_replaced(config: C, values: Mapping[str, Any]) -> C:
+    """``with_flags`` for the flags of ``values`` that ``config`` leaves at their defaults (a
+    ``--quick`` preset that a flag given on the command line still overrides)."""
+    defaults = {flag.name: flag.default for flag in config_flags(type(config))}
+    current = flag_values(config)
+    return with_flags(config, {k: v for k, v in values.items() if current[k] == defaults[k]})
 
 
 def _flag(name: str) -> str:
