@@ -143,7 +143,12 @@ class Config:
     warmup_steps: int = arg(
         16, "LLM DAA linear warm-up steps (RMSProp's first steps move ~10x lr without)", minimum=0
     )
-    checkpoints: int = arg(4, "LLM checkpoints per run, evenly spaced", minimum=1)
+    checkpoints: int = arg(
+        4,
+        "LLM checkpoints per run, exactly this many (at most one a step), evenly spaced, the "
+        "last at the run's end; the SFT model is evaluated too, as step 0",
+        minimum=1,
+    )
     eval_samples: int = arg(8, "samples per checkpoint for the sampled estimates", minimum=2)
     margin: float = arg(0.1, "mass change that counts as degradation", exclusive_minimum=0)
     resamples: int = arg(1000, "bootstrap resamples per bridge interval", minimum=0)
