@@ -49,7 +49,6 @@ import hashlib
 import io
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -62,6 +61,7 @@ from tqdm.auto import tqdm
 from figures.confirm_grid import plot_agreement
 from llm.checkpoint import checkpoint_folders
 from llm.confirm import DAARun, daa_llm, sft_llm
+from llm.confirm_report import report_agreement, report_bridge, report_timings
 from llm.evaluate import TreeTask
 from llm.model import PYTHIA_SHAPES, check_shapes, load_model
 from llm.sampling import tree_logprobs
@@ -143,7 +143,12 @@ class Config:
     warmup_steps: int = arg(
         16, "LLM DAA linear warm-up steps (RMSProp's first steps move ~10x lr without)", minimum=0
     )
-    checkpoints: int = arg(4, "LLM checkpoints per run, evenly spaced", minimum=1)
+    checkpoints: int = arg(
+        4,
+        "LLM checkpoints per run, exactly this many (at most one a step), evenly spaced, the "
+        "last at the run's end; the SFT model is evaluated too, as step 0",
+        minimum=1,
+    )
     eval_samples: int = arg(8, "samples per checkpoint for the sampled estimates", minimum=2)
     margin: float = arg(0.1, "mass change that counts as degradation", exclusive_minimum=0)
     resamples: int = arg(1000, "bootstrap resamples per bridge interval", minimum=0)
@@ -588,9 +593,12 @@ def main(cfg: Config) -> Path:
         # run times only what it redid)
         timing = pd.DataFrame(timings, columns=["stage", "size", "seconds"])
         atomic_write(folder / "timings.csv", lambda p: timing.to_csv(p, index=False))
-    _report_timings(timing)
-    _report(cfg, agree, by_size, closest, skipped, folder, time.perf_counter() - start)
-    _report_bridge(cfg, bridge_table, selection)
+    report_timings(timing)
+    report_agreement(
+        agree, by_size, closest, skipped=skipped, budget_s=cfg.budget_s, folder=folder,
+        seconds=time.perf_counter() - start,
+    )  # fmt: skip
+    report_bridge(bridge_table, selection, target_effect=cfg.target_effect)
     return folder
 
 
@@ -602,93 +610,6 @@ def config_id(cfg: Config) -> str:
     for name in NOT_IN_HASH:
         settings.pop(name, None)
     return setting_hash(settings)
-
-
-def _report_bridge(cfg: Config, table: pd.DataFrame, selection: pd.DataFrame) -> None:
-    """The bridge table (one verdict per quantity: its spearman or κ row), the minimal
-    detectable effect at the seeds run and the seeds ``--target-effect`` needs."""
-    verdicts = table[table["statistic"].isin(["spearman", "kappa", "llm_rate_vs_shuffled"])]
-    plan = selection.set_index(["quantity", "statistic"])["seeds_needed"]
-    shown = verdicts.join(plan, on=["quantity", "statistic"])
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print("bridge: does the toy predict the LLM? (held-out seeds; bar = max(baseline, 0))")
-        print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-    n = int(table["n_seeds"].max()) if len(table) else 0
-    mdes = verdicts["mde"].replace([np.inf, -np.inf], np.nan).dropna()
-    if len(mdes):
-        print(
-            f"power: {n} scoring seeds detect a rank correlation / κ above its bar of "
-            f"{mdes.median():.2f} (median MDE over quantities, 80% power); "
-            f"an effect of {cfg.target_effect:g} needs {int(shown['seeds_needed'].median())} "
-            "scoring seeds (median; -1: no interval to plan from)"
-        )
-
-
-def _report_timings(timing: pd.DataFrame) -> None:
-    if timing.empty:
-        print("timings: nothing computed (every part was finished)")
-        return
-    first = timing["stage"].str.split(" ").str[0]
-    kind = first.where(first.isin(["toy", "sft"]), "daa+eval")
-    summary = (
-        timing.assign(kind=kind)
-        .groupby(["kind", "size"], sort=False)["seconds"]
-        .agg(["count", "mean", "sum"])
-        .reset_index()
-    )
-    print("timings (wall seconds computed by this run):")
-    print(summary.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
-
-
-def _report(
-    cfg: Config,
-    agree: pd.DataFrame,
-    by_size: pd.DataFrame,
-    closest: pd.DataFrame,
-    skipped: int,
-    folder: Path,
-    seconds: float,
-) -> None:
-    overall = agree[
-        (agree["objective"] == "all") & (agree["size"] == "all") & (agree["lr"] == "all")
-    ]
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(
-            "raw agreement with the LLM over all cells (95% Wilson interval), beside the "
-            "majority-class rate and κ (not a verdict: see the bridge below):"
-        )
-        print(
-            overall[
-                [
-                    "toy",
-                    "regime",
-                    "cells",
-                    "agree",
-                    "rate",
-                    "ci_low",
-                    "ci_high",
-                    "majority_rate",
-                    "kappa",
-                    "toy_degrades",
-                    "llm_degrades",
-                ]
-            ].to_string(index=False, float_format=lambda x: f"{x:.2f}")
-        )
-        print("closest toy per size (share of the size's LLM runs):")
-        best = by_size.sort_values("share", ascending=False, kind="stable")
-        best = best.groupby(["size", "regime"], sort=False).head(2)
-        print(best.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-    if skipped:
-        print(
-            f"budget of {cfg.budget_s:g} s reached: {skipped} LLM runs not started; "
-            "rerun the same command to continue"
-        )
-    print(
-        f"grid: {len(closest)} LLM runs in {seconds:.1f} s; results in {folder}/ "
-        "(bridge.csv, bridge_selection.csv, cells.csv, agreement.csv, closest_toy.csv, "
-        "agreement.png)",
-        file=sys.stdout,
-    )
 
 
 if __name__ == "__main__":

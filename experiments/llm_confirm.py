@@ -81,7 +81,12 @@ class Config:
     sft_batch_size: int = arg(32, "SFT batch size", minimum=1)
     lr: float = arg(1e-3, "DAA learning rate (RMSProp)", exclusive_minimum=0)
     steps: int = arg(200, "DAA steps (each on every pair)", minimum=1)
-    checkpoints: int = arg(10, "DAA checkpoints, evenly spaced", minimum=1)
+    checkpoints: int = arg(
+        10,
+        "DAA checkpoints, exactly this many (at most one a step), evenly spaced, the last at "
+        "the run's end; the SFT model is evaluated too, as step 0",
+        minimum=1,
+    )
     eval_samples: int = arg(256, "samples per checkpoint for the sampled estimates", minimum=2)
     margin: float = arg(0.1, "mass change that counts as degradation", exclusive_minimum=0)
     out: str = arg("results/llm_confirm", "root folder for run folders")

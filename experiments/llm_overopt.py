@@ -92,7 +92,12 @@ class Config:
     batch: int = arg(
         8, "pairs per step (one epoch: pairs / batch steps; --pairs must be a multiple)", minimum=1
     )
-    checkpoints: int = arg(10, "checkpoints inside the epoch, evenly spaced", minimum=1)
+    checkpoints: int = arg(
+        10,
+        "checkpoints inside the epoch, exactly this many, evenly spaced, the last at the "
+        "epoch's end (steps ⌈i·steps/K⌉, i = 1…K); the SFT model is evaluated too, as step 0",
+        minimum=1,
+    )
     objectives: tuple[str, ...] = arg(OBJECTIVES, "objectives", choices=tuple(REGISTRY))
     betas: tuple[float, ...] = arg((0.03, 0.1, 0.3), "β values", exclusive_minimum=0)
     rdpo_alpha: float = arg(0.3, "R-DPO's length coefficient α (the toy's: 0.01 ≈ DPO here)")

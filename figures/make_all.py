@@ -26,6 +26,7 @@ import argparse
 import importlib
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,8 +46,8 @@ from figures import (
     scaling_fits,
     tree_mdp,
 )
-from treemdp.runs import RunFolderBusyError, run_lock
-from treemdp.runs.cli import OneLineParser
+from treemdp.runs import run_lock
+from treemdp.runs.cli import OneLineParser, one_line_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,7 +180,9 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    """Make the families of ``argv`` under one lock on --out; return the files written."""
+    """Make the families of ``argv`` under one lock on --out; return the files written. As
+    every CLI (``treemdp.runs.cli.one_line_errors``): a ValueError (a folder another make_all
+    holds, ...) exits 2 and Ctrl-C 130, each with one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -194,11 +197,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         tuple(args.llm_runs),
         args.jobs,
     )
-    try:
-        with run_lock(request.out):  # two make_all on one output folder: the second refuses
-            return _make(args.only, request)
-    except RunFolderBusyError as e:
-        raise SystemExit(f"make_all.py: error: {e}") from None
+    with one_line_errors(parser.prog), run_lock(request.out):
+        return _make(args.only, request)  # two make_all on one output folder: the second refuses
 
 
 class _InProcess(Executor):
@@ -211,6 +211,22 @@ class _InProcess(Executor):
         except BaseException as e:
             future.set_exception(e)
         return future
+
+
+def _stop_at_ctrl_c() -> None:
+    # Ctrl-C sends SIGINT to the whole process group: a drawing worker just stops (as SIGKILL
+    # would: run_lock clears its temporaries), without a KeyboardInterrupt traceback of its own;
+    # make_all says the one line (treemdp.runs.cli.one_line_errors)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _pool(jobs: int) -> Executor:
+    """``jobs`` drawing processes (1: draw in this process)."""
+    if jobs == 1:
+        return _InProcess()
+    # fork: the workers share the loaded tables, nothing is re-imported
+    context = multiprocessing.get_context("fork")
+    return ProcessPoolExecutor(jobs, mp_context=context, initializer=_stop_at_ctrl_c)
 
 
 def _timed(fn: Callable[..., list[Path]], *args: Any) -> tuple[list[Path], float]:
@@ -237,10 +253,7 @@ def _make(families: list[str], request: Request) -> list[Path]:
             failed.append(name)
     written: list[Path] = []
     pool: Executor
-    if request.jobs > 1:  # fork: the workers share the loaded tables, nothing is re-imported
-        pool = ProcessPoolExecutor(request.jobs, mp_context=multiprocessing.get_context("fork"))
-    else:
-        pool = _InProcess()
+    pool = _pool(request.jobs)
     with pool:
         futures = {
             name: [(label, pool.submit(_timed, fn, *args)) for label, fn, args in tasks]

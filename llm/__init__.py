@@ -13,6 +13,8 @@ Modules:
     judges     gold, reward-model and API (OpenAI-compatible) judges behind one interface
     evaluate   one model against the reference: KL, lengths, held-out accuracy/loss, win rate
     eval_run   every checkpoint of a run → eval.csv, resumable
+    confirm    the toy-vs-LLM bridge's runs: SFT on π_ref's samples, a DAA run scored exactly
+    confirm_report  what the confirm grid (``experiments/confirm_grid.py``) prints from its tables
 
 The package never imports ``experiments``; ``experiments/llm_train.py``, ``llm_eval.py`` and
 ``llm_confirm.py`` are its command lines.

@@ -49,18 +49,18 @@ def _train_config(
     batch: int,
     epochs: float,
     seed: int,
-    checkpoint_every: int = 0,
+    checkpoints: int = 0,
     warmup_steps: int = 0,
     precision: str = "fp32",
 ) -> TrainConfig:
     """The bridge's optimisation settings: RMSProp with ``warmup_steps`` of linear warm-up, no
-    gradient accumulation (a micro-batch is the whole ``batch``); ``checkpoint_every`` in
-    examples (0: no intermediate checkpoint); the optimizer of ``precision``
+    gradient accumulation (a micro-batch is the whole ``batch``); ``checkpoints`` evenly spread
+    over the run, the last at its end (0: the final one only); the optimizer of ``precision``
     (``llm.precision.PRECISIONS``)."""
     return TrainConfig(
         optimizer=parse_precision(precision).optimizer, lr=lr, warmup_steps=warmup_steps,
         batch_size=batch, micro_batch_size=batch, epochs=epochs,
-        checkpoint_every=checkpoint_every, seed=seed,
+        checkpoint_every=0, checkpoints=checkpoints, seed=seed,
     )  # fmt: skip
 
 
@@ -174,7 +174,7 @@ class DAARun:
     lr: float  # RMSProp learning rate (after warm-up)
     batch_size: int  # pairs per step (at most P are used)
     epochs: float  # passes over the pairs (full batch: the number of steps)
-    checkpoints: int  # evenly spaced checkpoints (every max(1, steps // checkpoints) steps)
+    checkpoints: int  # checkpoints at steps ⌈i·steps/checkpoints⌉ (llm.train.checkpoint_steps)
     seed: int  # the evaluation's sampling seed, and the pair order unless data_seed is set
     size: str  # the model's shape name (recorded in config.json; the figures read it)
     eval_samples: int  # samples per checkpoint for the sampled estimates
@@ -198,7 +198,7 @@ class DAARun:
         batch = self.batch(n_pairs)
         return _train_config(
             lr=self.lr, batch=batch, epochs=self.epochs, warmup_steps=self.warmup_steps,
-            checkpoint_every=max(1, self.steps(n_pairs) // self.checkpoints) * batch,
+            checkpoints=self.checkpoints,
             seed=self.seed if self.data_seed is None else self.data_seed,
             precision=self.precision,
         )  # fmt: skip

@@ -2,10 +2,10 @@
 
 The loop (``train``) is the DPO reference code's: RMSProp, linear warm-up, a global batch built by
 gradient accumulation over micro-batches, gradient-norm clipping, checkpoints every so many
-examples. What a step optimises is a ``StepLoss``: ``sft_loss`` (negative summed log-prob of the
-chosen response) or ``DAALoss`` (any registry objective, bound once with
-``treemdp.objectives.bind``, which gives its loss and implicit rewards). Training code never
-branches on the objective's name.
+examples (or a given number of them, evenly spread: ``checkpoint_steps``). What a step optimises
+is a ``StepLoss``: ``sft_loss`` (negative summed log-prob of the chosen response) or
+``DAALoss`` (any registry objective, bound once with ``treemdp.objectives.bind``, which gives its
+loss and implicit rewards). Training code never branches on the objective's name.
 
 Data order: epoch e visits the examples in ``randperm(N, seed + e)``; the epochs are concatenated
 into one stream and step s takes its positions [s·G, (s+1)·G), G = batch_size, so a checkpoint's
@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from treemdp.runs import atomic_write_text
 
 __all__ = [
     "TrainConfig",
+    "checkpoint_steps",
     "data_stream",
     "read_log",
     "train",
@@ -67,6 +68,9 @@ class TrainConfig:
     max_grad_norm: float = 10.0  # gradient-norm clip
     epochs: float = 1.0  # passes over the data (fractions allowed)
     checkpoint_every: int = 19_968  # examples between checkpoints (0: only the final one)
+    # checkpoints evenly spread over the run, the last at its end (checkpoint_steps); > 0
+    # replaces checkpoint_every
+    checkpoints: int = 0
     seed: int = 0  # data order
     log_every: int = 1  # steps between log rows
     # llm.precision.OPTIMIZERS: torch's RMSprop (state in the weights' dtype), or RMSprop with
@@ -86,6 +90,7 @@ class TrainConfig:
             "max_grad_norm": self.max_grad_norm > 0,
             "epochs": self.epochs > 0,
             "checkpoint_every": self.checkpoint_every >= 0,
+            "checkpoints": self.checkpoints >= 0,
             "log_every": self.log_every >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -96,11 +101,12 @@ class TrainConfig:
             )
         if bad:
             k = bad[0]
-            bound = {"warmup_steps": ">= 0", "checkpoint_every": ">= 0"}.get(k, "> 0")
+            at_least_0 = ("warmup_steps", "checkpoint_every", "checkpoints")
+            bound = ">= 0" if k in at_least_0 else "> 0"
             raise ValueError(f"{k} must be {bound}; got {getattr(self, k)!r}")
 
 
-ADDED_LATER = {"optimizer": "rmsprop"}
+ADDED_LATER = {"optimizer": "rmsprop", "checkpoints": 0}
 """``TrainConfig`` fields newer than some checkpoints, with the value those checkpoints ran with."""
 
 
@@ -183,7 +189,14 @@ def _check_resume(
 ) -> None:
     saved = state.get("train_config", {})
     saved = {**ADDED_LATER, **saved}  # checkpoints older than a field ran with its default
-    changed = [k for k, v in asdict(cfg).items() if k != "log_every" and saved.get(k) != v]
+    schedule = ("checkpoint_every", "checkpoints")
+    ignored = ("log_every", *schedule)
+    changed = [k for k, v in asdict(cfg).items() if k not in ignored and saved.get(k) != v]
+    # the checkpoint steps count, not how they were asked for (every K·G examples = K steps)
+    n_steps = math.ceil(cfg.epochs * n_examples / cfg.batch_size)
+    before = replace(cfg, **{k: saved[k] for k in schedule if k in saved})
+    if checkpoint_steps(before, n_steps) != checkpoint_steps(cfg, n_steps):
+        changed.append("checkpoint steps")
     if identity is not None:  # the caller's whole run identity (config and data fingerprint)
         old = state.get("identity") or {}
         changed += sorted(k for k in identity.keys() | old.keys() if old.get(k) != identity.get(k))
@@ -385,10 +398,21 @@ def _log_row(
 
 
 def _checkpoint_due(cfg: TrainConfig, step: int, n_steps: int) -> bool:
-    """Whether the step after ``step`` crosses a multiple of ``checkpoint_every`` examples or
-    is the last one."""
-    every, G, done = cfg.checkpoint_every, cfg.batch_size, step + 1
+    """Whether the step after ``step`` ends with a checkpoint (``checkpoint_steps``)."""
+    done = step + 1
+    if cfg.checkpoints:  # done crosses i · n_steps / K for some i
+        K = cfg.checkpoints
+        return (done * K) // n_steps > (step * K) // n_steps or done == n_steps
+    every, G = cfg.checkpoint_every, cfg.batch_size
     return bool(every and (done * G) // every > (step * G) // every) or done == n_steps
+
+
+def checkpoint_steps(cfg: TrainConfig, n_steps: int) -> list[int]:
+    """The steps (1 … ``n_steps``, counted after the update) a run of ``n_steps`` steps ends
+    with a checkpoint: with ``cfg.checkpoints`` = K > 0, exactly min(K, n_steps) steps,
+    ⌈i · n_steps / K⌉ for i = 1 … K (every n_steps / K steps when K divides n_steps); else each
+    step that crosses a multiple of ``cfg.checkpoint_every`` examples, and the last step."""
+    return [step + 1 for step in range(n_steps) if _checkpoint_due(cfg, step, n_steps)]
 
 
 def _descend(

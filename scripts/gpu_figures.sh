@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's LLM figure family at the Pythia 1b, 2.8b and 6.9b shapes (issue 14), on one GPU:
 # experiments/llm_overopt.py (tree language with a stop action, SFT, one epoch over Bradley–Terry
-# pairs of π_ref's samples, 10+ checkpoints inside it, each evaluated exactly and by samples IN
+# pairs of π_ref's samples, 10 checkpoints inside it, each evaluated exactly and by samples IN
 # MEMORY: no checkpoint weights are written), then figures/make_all.py --only llm on those runs.
 # No network (random init at the Pythia shapes; the tokenizer is built in code).
 #

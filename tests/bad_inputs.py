@@ -276,6 +276,10 @@ RUN_CASES: list[RunCase] = [
     RunCase("every command built on treemdp.runs.cli.run", "Ctrl-C", "one line, exit 130; the "
             "same command resumes",
             "tests/test_cli.py::test_ctrl_c_in_main_exits_130_with_one_line"),
+    RunCase("figures/make_all.py", "Ctrl-C (also in a --jobs worker); a ValueError", "one line, "
+            "exit 130; exit 2 (treemdp.runs.cli.one_line_errors, as every command)",
+            "tests/test_figures.py::"
+            "test_make_all_ctrl_c_and_a_value_error_are_one_line_and_the_clis_exit_status"),
     RunCase("llm_overopt", "Ctrl-C in a --keep-weights run, finished with --no-keep-weights; "
             "a tampered sub-run eval.csv, deleted as advised", "no weights left; the eval.csv "
             "is named, then recomputed", "tests/llm/test_llm_overopt.py::"

@@ -244,22 +244,7 @@ def test_grid_flag_dispatch_and_help(capsys):
     assert "--sizes must be Pythia shapes" in capsys.readouterr().err
 
 
-def test_gpu_confirm_script_cpu_dry_run(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts/gpu_confirm.sh"), "--cpu-dry-run"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = tmp_path / "out"
-    (folder,) = (out / "grid").iterdir()
-    for name in ("agreement.csv", "closest_toy.csv", "cells.csv", "agreement.png", "bridge.csv"):
-        assert (folder / name).is_file(), name
-    assert "timings" in done.stdout and (out / "timings.txt").is_file()
+# scripts/gpu_confirm.sh --cpu-dry-run: tests/llm/test_gpu_all.py, whose dry run runs it.
 
 
 def test_a_budget_spent_before_the_first_llm_run_is_one_line(tmp_path, capsys):

@@ -133,6 +133,43 @@ def test_make_all_tree_end_to_end_on_a_tiny_config(tmp_path):
         assert (tmp_path / "f" / name).read_bytes() == (tmp_path / "f2" / name).read_bytes(), name
 
 
+@pytest.mark.parametrize(
+    ("raised", "status", "words"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted; what was finished is saved"),
+        (ValueError("--llm-runs x holds no eval.csv"), 2, "error: --llm-runs x holds no eval.csv"),
+    ],
+)
+def test_make_all_ctrl_c_and_a_value_error_are_one_line_and_the_clis_exit_status(
+    tmp_path, monkeypatch, capsys, raised, status, words
+):
+    # as every CLI that goes through treemdp.runs.cli.run: Ctrl-C (here raised where the work
+    # is) exits 130, a ValueError 2, each with one line on stderr and no traceback
+    from figures import make_all
+
+    def interrupted(families, request):
+        raise raised
+
+    monkeypatch.setattr(make_all, "_make", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        make_all.main(["--results", str(tmp_path / "r"), "--out", str(tmp_path / "f")])
+    assert exit_.value.code == status and exit_.value.__suppress_context__
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert words in line
+
+
+def test_make_all_drawing_workers_stop_at_ctrl_c_without_a_traceback_of_their_own():
+    # Ctrl-C reaches the whole process group: with Python's handler each --jobs worker printed
+    # its own KeyboardInterrupt traceback beside make_all's one line; the default action stops
+    # it silently (checked by SIGINT to the group of a real run: exit 130, one line)
+    import signal
+
+    from figures import make_all
+
+    with make_all._pool(2) as pool:
+        assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_DFL
+
+
 def test_a_figure_saved_twice_is_the_same_bytes(tmp_path):
     # the PDF carries no creation date (style.PDF_METADATA), the PNG no time at all
     from figures import style

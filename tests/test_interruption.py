@@ -120,7 +120,7 @@ def test_every_experiment_refuses_a_busy_run_folder_before_computing(tmp_path):
             written = {p.name for p in folder.iterdir()} - {LOCK_NAME}
             assert written <= ({"config.json"} if name == "llm_eval" else set()), name
         done = run_script("figures/make_all.py", "--only", "llm", "--out", str(figures))
-        assert done.returncode != 0
+        assert done.returncode == 2  # as every CLI (treemdp.runs.cli.one_line_errors)
         assert done.stderr.strip().splitlines() == [
             f"make_all.py: error: {figures} is in use by another process (pid "
             f"{holder.proc.pid}); wait for it to finish (or stop it), then run the command again"

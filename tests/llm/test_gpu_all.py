@@ -1,7 +1,10 @@
-"""scripts/gpu_all.sh: one GPU call, stages by priority inside 540 s, and its CPU dry run."""
+"""scripts/gpu_all.sh: one GPU call, stages by priority inside 540 s, and its CPU dry run: the
+suite's one end-to-end run of gpu_figures.sh and gpu_confirm.sh --cpu-dry-run and of gpu_speed.sh's
+TRL stage (tests/llm/test_gpu_speed.py runs gpu_speed.sh's other stages)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +12,8 @@ import pandas as pd
 import pytest
 
 from tests.llm.helpers_llm import ROOT, subprocess_env
+from tests.llm.test_gpu_speed import _check_trl_rows
+from treemdp.runs import read_table
 
 STAGES = ["setup", "figures", "speed", "trl", "confirm"]
 
@@ -54,10 +59,11 @@ def test_a_stage_cut_by_its_timeout_keeps_what_it_wrote_and_later_ones_are_skipp
 
 @pytest.mark.slow
 def test_smoke_gpu_all_cpu_dry_run_runs_every_stage(tmp_path):
-    res = _gpu_all(tmp_path, "--cpu-dry-run", timeout=900)
+    res = _gpu_all(tmp_path, "--cpu-dry-run", timeout=1100)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert list(summary["stage"]) == STAGES and set(summary["status"]) == {"ok"}
+    _check_figures(tmp_path / "figures")
     figures = {p.name for p in (tmp_path / "figures" / "figures").rglob("*.png")}
     for obj in ("DPO", "IPO", "SLiC"):  # the 18 names' pattern, at the dry run's one size
         for metric in ("Winrate", "KL"):
@@ -68,4 +74,33 @@ def test_smoke_gpu_all_cpu_dry_run_runs_every_stage(tmp_path):
     assert {i.split()[1] for i in mfu["item"]} == {"llm.train", "llm.train:pairs"}
     trl = pd.read_csv(tmp_path / "trl" / "results.csv")
     assert set(trl["stage"]) <= {"trl", "skipped", "timing"} and len(trl)  # ran, or said why
-    assert list((tmp_path / "confirm" / "grid").rglob("agreement.csv"))
+    _check_trl_rows(trl)
+    (grid,) = (tmp_path / "confirm" / "grid").iterdir()  # gpu_confirm.sh --cpu-dry-run
+    for name in ("agreement.csv", "closest_toy.csv", "cells.csv", "agreement.png", "bridge.csv"):
+        assert (grid / name).is_file(), name
+    log = (tmp_path / "confirm.log").read_text()
+    assert "timings" in log and (tmp_path / "confirm" / "timings.txt").is_file()
+
+
+def _check_figures(out) -> None:
+    """gpu_figures.sh --cpu-dry-run's stages (what gpu_all gives it): 8 runs in 3 stages, the
+    third in bf16-weights (recorded in timings.txt and each run's config), each evaluated in
+    memory at exactly 10 checkpoints inside the epoch, and the llm family drawn under ``out``."""
+    timings = (out / "timings.txt").read_text()
+    assert timings.count("exit status 0") == 5, timings  # 3 training stages, figures, total
+    runs = sorted(p.parent for p in (out / "runs").rglob("eval.csv"))
+    assert len(runs) == 8 and len({p.name for p in runs}) == 8  # no run twice
+    # the last stage trains bf16 weights (what the 6.9b stage gets on an 80 GB card)
+    assert "precision bf16-weights" in timings and timings.count("precision fp32") == 2
+    # (config.json names a precision only when it is not fp32, so older folders keep theirs)
+    precisions = [
+        json.loads((r / "config.json").read_text()).get("precision", "fp32") for r in runs
+    ]
+    assert sorted(precisions) == ["bf16-weights"] * 2 + ["fp32"] * 6
+    for run_dir in runs:
+        assert json.loads((run_dir / "config.json").read_text())["size"] == "tiny"
+        assert not list(run_dir.glob("step-*"))  # evaluated in memory: no weights kept
+        inside = read_table(run_dir / "eval.csv").query("checkpoint > 0")["fraction_of_epoch"]
+        assert len(inside) == 10 and inside.between(0, 1, inclusive="right").all()
+    drawn = list((out / "figures").rglob("*.png"))
+    assert drawn and all(p.is_relative_to(out / "figures") for p in drawn)

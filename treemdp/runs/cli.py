@@ -18,12 +18,13 @@ line (a rerun resumes from what was saved).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import math
 import sys
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "flag_values",
     "flags_for",
     "nested",
+    "one_line_errors",
     "os_error_line",
     "parse_config",
     "run",
@@ -350,27 +352,34 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
 def run(
     cls: type[C], main: Callable[[C], Any], argv: Sequence[str] | None = None, description: str = ""
 ) -> Any:
-    """Parse flags into a config and call ``main(config)``; a ValueError exits 2 with one line."""
+    """Parse flags into a config and call ``main(config)``; a ValueError exits 2 with one line
+    (``one_line_errors``)."""
     config = parse_config(cls, argv, description)
-    try:
+    with one_line_errors(build_parser(cls, description).prog):
         return main(config)
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """What every command line does with what its work raises: one line on stderr, prefixed
+    ``prog: ``, and an exit status. A ValueError, or an OSError ``os_error_line`` explains
+    (disk full, ...), exits 2; a ``RunDivergedError`` ``DIVERGED_EXIT``; Ctrl-C
+    (KeyboardInterrupt) ``INTERRUPTED_EXIT``. Anything else keeps its traceback."""
+    try:
+        yield
     except ValueError as e:
-        prog = build_parser(cls, description).prog
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as e:
         message = os_error_line(e)
         if message is None:
             raise
-        prog = build_parser(cls, description).prog
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunDivergedError as e:
-        prog = build_parser(cls, description).prog
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(DIVERGED_EXIT) from None
     except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT
-        prog = build_parser(cls, description).prog
         print(
             f"{prog}: interrupted; what was finished is saved: run the same command to resume",
             file=sys.stderr,
