@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from llm.compat import cache_kwargs, check_cache_filled
+from llm.compat import cache_kwargs, check_cache_filled, last_logits_kwargs
 from llm.data import Example
+from llm.logprobs import token_logps
 from llm.tree_language import TreeLanguage
 from treemdp.policy import response_logprobs
 from treemdp.tree import Tree
@@ -191,7 +192,10 @@ def _sample_chunk(
     ids, att = _left_pad(chunk, pad_id, device)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)  # filled in place by every forward
-    out = model(input_ids=ids, attention_mask=att, position_ids=pos, **cache_kwargs(model, cache))
+    out = model(
+        input_ids=ids, attention_mask=att, position_ids=pos,
+        **cache_kwargs(model, cache), **last_logits_kwargs(model),
+    )  # fmt: skip
     check_cache_filled(cache, ids.shape[1])
     done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
     new: list[Tensor] = []
@@ -276,14 +280,20 @@ def _check_against_plain_forward(
     hidden = model.base_model(
         input_ids=torch.cat([ids, new_ids], dim=1), attention_mask=full_att, position_ids=pos
     ).last_hidden_state[:, T - 1 : T - 1 + n]  # position T-1+t predicts response token t
-    logits = model.get_output_embeddings()(hidden).float() / temperature  # (k, n, V)
-    if decoding is not None:
+    head = model.get_output_embeddings()
+    if decoding is None:  # the counted tokens only, in blocks (llm.logprobs.token_logps)
+        replay = torch.zeros_like(per_token)
+        replay[counted] = token_logps(
+            head, hidden[counted], new_ids[counted], temperature=temperature
+        ).to(replay.dtype)
+    else:
+        logits = head(hidden).float() / temperature  # (k, n, V)
         state = decoding.begin(prompts, model.config.vocab_size)
         for t in range(n):
             logits[:, t] = logits[:, t].masked_fill(~state.allowed().to(device), float("-inf"))
             state.step(new_ids[:, t])
-    replay = torch.log_softmax(logits, dim=-1).gather(2, new_ids[..., None])[..., 0]
-    replay = torch.where(counted, replay, 0.0)
+        replay = torch.log_softmax(logits, dim=-1).gather(2, new_ids[..., None])[..., 0]
+        replay = torch.where(counted, replay, 0.0)
     gap = (replay - per_token).abs()
     dtype = next(model.parameters()).dtype
     tolerance = TOKEN_TOLERANCE.get(dtype, 0.25)
