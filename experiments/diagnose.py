@@ -21,7 +21,10 @@ import hashlib
 import json
 import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,9 @@ class Config:
     max_length: int = arg(512, "prompt + response tokens kept", minimum=2)
     max_prompt_length: int = arg(256, "prompt tokens kept when a pair is too long", minimum=1)
     batch_size: int = arg(32, "sequences per forward", minimum=1)
+    jobs: int = arg(
+        2, "checkpoints diagnosed at once, in threads of one intra-op thread each (CPU)", minimum=1
+    )
     seed: int = arg(0, "sampling seed", minimum=0, maximum=SEED_MAX)
     out: str = arg("results/diagnose", "output folder")
     device: str = arg("auto", "cpu, cuda, or auto")
@@ -291,7 +297,8 @@ def _sampled(policy: Any, inputs: Inputs, cfg: Config, judge: Judge | None) -> d
             Comparison(*_text(tok, p, y), _text(tok, p, y0)[1], p, y, y0)
             for p, y, y0 in zip(inputs.prompts, responses, inputs.ref_samples, strict=True)
         ]
-        out["win_rate"], out["win_rate_se"], _ = judge.judge(comparisons).win_rate()
+        with _JUDGE_LOCK:  # one judge, its cache and its model, for every --jobs thread
+            out["win_rate"], out["win_rate_se"], _ = judge.judge(comparisons).win_rate()
     return out
 
 
@@ -352,6 +359,25 @@ def _hidden_size(folder: Path) -> int:
         return 1 << 15
 
 
+_JUDGE_LOCK = threading.Lock()
+
+
+def _diagnose_folder(
+    folder: Any, inputs: Inputs, cfg: Config, judge: Judge | None, device: str, dtype: Any
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Load one checkpoint and diagnose it: its row of diagnose.csv and its rows of pairs.csv."""
+    vocab = inputs.reference.get_input_embeddings().weight.shape[0]
+    policy = load_model(folder.path, dtype=dtype).to(device).eval()
+    if policy.get_input_embeddings().weight.shape[0] != vocab:
+        raise ValueError(
+            f"--checkpoints {folder.path} has {policy.get_input_embeddings().weight.shape[0]} "
+            f"token embeddings, the reference {vocab}: not a fine-tune of it"
+        )
+    row, pairs = diagnose_model(policy, inputs, cfg, judge)
+    row = {"checkpoint": folder.label, "step": folder.step, "path": str(folder.path), **row}
+    return row, pairs.assign(checkpoint=folder.label, step=folder.step)
+
+
 def main(cfg: Config) -> Path:
     """Diagnose every checkpoint; return the path of ``diagnose.csv``."""
     _check(cfg)
@@ -362,24 +388,21 @@ def main(cfg: Config) -> Path:
     dtype = parse_dtype(cfg.dtype)
     out = Path(cfg.out)
     # Small models run on one intra-op thread: on a shared CPU two threads waiting on each other
-    # make a small model's every op many times slower (treemdp.threads).
+    # make a small model's every op many times slower (treemdp.threads). The second core does
+    # whole checkpoints instead (--jobs threads, each on one intra-op thread; each checkpoint's
+    # numbers are computed as in a serial run, so they do not depend on --jobs).
     hidden = _hidden_size(folders[0].path)
+    jobs = min(cfg.jobs, len(folders)) if device == "cpu" else 1
     with progress_bars_off(), threads_for(4 * hidden * hidden if device == "cpu" else 2**62):
         inputs = _load_inputs(cfg, folders, device, dtype)
         judge = _judge(cfg, device, out)
-        rows, pair_frames = [], []
-        vocab = inputs.reference.get_input_embeddings().weight.shape[0]
-        for f in tqdm(folders, desc="diagnose", disable=not cfg.progress):
-            policy = load_model(f.path, dtype=dtype).to(device).eval()
-            if policy.get_input_embeddings().weight.shape[0] != vocab:
-                raise ValueError(
-                    f"--checkpoints {f.path} has {policy.get_input_embeddings().weight.shape[0]} "
-                    f"token embeddings, the reference {vocab}: not a fine-tune of it"
-                )
-            row, pairs = diagnose_model(policy, inputs, cfg, judge)
-            rows.append({"checkpoint": f.label, "step": f.step, "path": str(f.path), **row})
-            pair_frames.append(pairs.assign(checkpoint=f.label, step=f.step))
-            del policy
+        one = partial(_diagnose_folder, inputs=inputs, cfg=cfg, judge=judge, device=device,
+                      dtype=dtype)  # fmt: skip
+        intra = torch.get_num_threads()  # a new thread starts with OpenMP's default count
+        with ThreadPoolExecutor(jobs, initializer=torch.set_num_threads, initargs=(intra,)) as pool:
+            done = tqdm(pool.map(one, folders), total=len(folders), desc="diagnose",
+                        disable=not cfg.progress)  # fmt: skip
+            rows, pair_frames = (list(x) for x in zip(*done, strict=True))
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     write_table(out / "diagnose.csv", table)

@@ -234,9 +234,66 @@ def _next_token(
     if state is not None:
         logits = logits.masked_fill(~state.allowed().to(logits.device), float("-inf"))
     logp = torch.log_softmax(logits, dim=-1)
-    tok = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
+    tok = _multinomial(logp.exp(), generator)
     tok = torch.where(done, torch.full_like(tok, pad_id), tok)
     return tok, torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0])
+
+
+_FAST_DRAW: dict[tuple, bool] = {}
+"""Per (shape, dtype, devices): whether ``_multinomial``'s first draw reproduced torch's."""
+
+
+def _multinomial(probs: Tensor, generator: torch.Generator) -> Tensor:
+    """``torch.multinomial(probs, 1, generator=generator)[:, 0]``: the same tokens from the same
+    random numbers, faster on the CPU.
+
+    torch.multinomial draws one sample per row as argmax(p / q), q ~ Exp(1) from
+    ``exponential_``, whose CPU kernel makes each q one at a time from a float64 uniform u as
+    −log1p(−u) (MKL's generator is disabled, pytorch#132395). ``_exponential`` makes the same
+    u's with ``torch.rand`` and the logarithm vectorised: on a (64, 50,304) batch ~40 ms
+    instead of ~70 ms, most of a small model's sampling time. The first draw of each shape is
+    compared with torch's own (every q, the generator's state after, and the tokens); where any
+    differs (another torch version, another device), ``torch.multinomial`` is used.
+
+    Args:
+        probs: row probabilities, non-negative and finite. Shape (B, V).
+        generator: consumed as torch.multinomial consumes it.
+
+    Returns:
+        One token per row. Shape (B,), int64.
+    """
+    key = (tuple(probs.shape), probs.dtype, probs.device.type, generator.device.type)
+    fast = _FAST_DRAW.get(key)
+    if fast is None:
+        fast = _FAST_DRAW[key] = _fast_draw_agrees(probs, generator)
+    if not fast:
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if not bool((probs.min() >= 0) & (probs.max() < float("inf"))):  # torch.multinomial's error
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return (probs / _exponential(probs, generator)).argmax(dim=-1)
+
+
+def _exponential(like: Tensor, generator: torch.Generator) -> Tensor:
+    """Exp(1) draws shaped and typed like ``like``, as −log1p(−u) of float64 uniforms."""
+    u = torch.rand(like.shape, generator=generator, dtype=torch.float64, device=like.device)
+    return torch.log1p(u.neg_()).neg_().to(like.dtype)
+
+
+def _fast_draw_agrees(probs: Tensor, generator: torch.Generator) -> bool:
+    """Whether ``_exponential`` and the argmax reproduce torch's draws on this batch, leaving
+    the generator where it was."""
+    if probs.device.type != "cpu" or generator.device.type != "cpu":
+        return False
+    start = generator.get_state()
+    want = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    after = generator.get_state()
+    generator.set_state(start)
+    torch_q = torch.empty_like(probs).exponential_(1, generator=generator)
+    generator.set_state(start)
+    q = _exponential(probs, generator)
+    same_state = torch.equal(generator.get_state(), after)
+    generator.set_state(start)
+    return same_state and torch.equal(q, torch_q) and torch.equal((probs / q).argmax(dim=-1), want)
 
 
 def _ended(tok: Tensor, eos_id: int | None, state: DecodingState | None) -> Tensor:
