@@ -141,7 +141,11 @@ def _check(cfg: Config) -> None:
         check_device(cfg.device)
 
 
-def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) -> Inputs:
+def _load_inputs(
+    cfg: Config, folders: list, device: str, dtype: torch.dtype, pool: ThreadPoolExecutor
+) -> Inputs:
+    """The tokenizer, pairs, prompts and reference: its pair log-probs and CHES, and its own
+    samples with their log-probs, the two halves on ``pool`` at once."""
     tok = tokenizer_for(cfg.reference)
     for f in folders:
         other = tokenizer_for(f.path)
@@ -156,9 +160,6 @@ def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) ->
     reference = reference.to(device).eval()
     if reference.get_input_embeddings().weight.shape[0] < len(tok):
         raise ValueError(f"--reference has fewer token embeddings than its tokenizer ({len(tok)})")
-    pad = tok.pad_token_id
-    ref_logps = pair_logps(reference, examples, pad_id=pad, batch_size=cfg.batch_size)
-    c, cn = ches_scores(reference, examples, pad_id=pad, batch_size=cfg.batch_size)
     if cfg.prompts:
         texts = [r.get("prompt") for _, r in read_jsonl(cfg.prompts) if isinstance(r, dict)]
         if not texts or not all(isinstance(t, str) and t for t in texts):
@@ -167,13 +168,20 @@ def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) ->
     else:
         prompts = list(dict.fromkeys(e.prompt for e in examples))
     prompts = prompts[: cfg.samples]
-    ref_samples = _sample(reference, prompts, tok, cfg)
+    kw = {"pad_id": tok.pad_token_id, "batch_size": cfg.batch_size}
+
+    def teacher_forced() -> tuple:
+        ref_logps = pair_logps(reference, examples, **kw)
+        return ref_logps, *ches_scores(reference, examples, **kw)
+
+    def sampled() -> tuple:  # the same for every checkpoint: computed once
+        ref_samples = _sample(reference, prompts, tok, cfg)
+        return ref_samples, sequence_logps(reference, prompts, ref_samples, **kw)
+
+    forced, own = pool.submit(teacher_forced), pool.submit(sampled)
+    (ref_logps, c, cn), (ref_samples, ref_lp) = forced.result(), own.result()
     whole = ood_threshold(ref_logps.chosen, ref_logps.len_chosen, per_token=False)
-    ood_reference = math.nan
-    if prompts:  # the same for every checkpoint: computed once
-        kw = {"pad_id": tok.pad_token_id, "batch_size": cfg.batch_size}
-        ref_lp = sequence_logps(reference, prompts, ref_samples, **kw)
-        ood_reference = float((ref_lp < whole).double().mean())
+    ood_reference = float((ref_lp < whole).double().mean()) if prompts else math.nan
     return Inputs(
         reference,
         tok,
@@ -362,6 +370,13 @@ def _hidden_size(folder: Path) -> int:
 _JUDGE_LOCK = threading.Lock()
 
 
+def _pool(jobs: int) -> ThreadPoolExecutor:
+    """``jobs`` threads that start with this thread's intra-op thread count."""
+    return ThreadPoolExecutor(
+        jobs, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+    )
+
+
 def _diagnose_folder(
     folder: Any, inputs: Inputs, cfg: Config, judge: Judge | None, device: str, dtype: Any
 ) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -389,20 +404,20 @@ def main(cfg: Config) -> Path:
     out = Path(cfg.out)
     # Small models run on one intra-op thread: on a shared CPU two threads waiting on each other
     # make a small model's every op many times slower (treemdp.threads). The second core does
-    # whole checkpoints instead (--jobs threads, each on one intra-op thread; each checkpoint's
-    # numbers are computed as in a serial run, so they do not depend on --jobs).
+    # whole tasks instead: --jobs threads, each on one intra-op thread, take the reference's
+    # two halves, then one checkpoint each. Every number is computed as in a serial run, so
+    # none depends on --jobs.
     hidden = _hidden_size(folders[0].path)
-    jobs = min(cfg.jobs, len(folders)) if device == "cpu" else 1
-    with progress_bars_off(), threads_for(4 * hidden * hidden if device == "cpu" else 2**62):
-        inputs = _load_inputs(cfg, folders, device, dtype)
+    jobs = min(cfg.jobs, max(len(folders), 2)) if device == "cpu" else 1
+    intra = 4 * hidden * hidden if device == "cpu" else 2**62
+    with progress_bars_off(), threads_for(intra), _pool(jobs) as pool:
+        inputs = _load_inputs(cfg, folders, device, dtype, pool)
         judge = _judge(cfg, device, out)
         one = partial(_diagnose_folder, inputs=inputs, cfg=cfg, judge=judge, device=device,
                       dtype=dtype)  # fmt: skip
-        intra = torch.get_num_threads()  # a new thread starts with OpenMP's default count
-        with ThreadPoolExecutor(jobs, initializer=torch.set_num_threads, initargs=(intra,)) as pool:
-            done = tqdm(pool.map(one, folders), total=len(folders), desc="diagnose",
-                        disable=not cfg.progress)  # fmt: skip
-            rows, pair_frames = (list(x) for x in zip(*done, strict=True))
+        done = tqdm(pool.map(one, folders), total=len(folders), desc="diagnose",
+                    disable=not cfg.progress)  # fmt: skip
+        rows, pair_frames = (list(x) for x in zip(*done, strict=True))
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     write_table(out / "diagnose.csv", table)
