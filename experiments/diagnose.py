@@ -22,7 +22,9 @@ import json
 import math
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -94,7 +96,10 @@ class Config:
     max_prompt_length: int = arg(256, "prompt tokens kept when a pair is too long", minimum=1)
     batch_size: int = arg(32, "sequences per forward", minimum=1)
     jobs: int = arg(
-        2, "checkpoints diagnosed at once, in threads of one intra-op thread each (CPU)", minimum=1
+        2,
+        "CPU threads, one intra-op thread each: the reference's two halves, then one checkpoint "
+        "each, at once (the numbers do not depend on it)",
+        minimum=1,
     )
     seed: int = arg(0, "sampling seed", minimum=0, maximum=SEED_MAX)
     out: str = arg("results/diagnose", "output folder")
@@ -370,11 +375,20 @@ def _hidden_size(folder: Path) -> int:
 _JUDGE_LOCK = threading.Lock()
 
 
-def _pool(jobs: int) -> ThreadPoolExecutor:
-    """``jobs`` threads that start with this thread's intra-op thread count."""
-    return ThreadPoolExecutor(
+@contextmanager
+def _pool(jobs: int) -> Iterator[ThreadPoolExecutor]:
+    """``jobs`` threads that start with this thread's intra-op thread count. On an error or
+    Ctrl-C the tasks not started are dropped (the running ones still finish: a thread cannot be
+    stopped)."""
+    pool = ThreadPoolExecutor(
         jobs, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
     )
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _diagnose_folder(
