@@ -248,8 +248,8 @@ def _multinomial(probs: Tensor, generator: torch.Generator) -> Tensor:
     random numbers, faster on the CPU.
 
     torch.multinomial draws one sample per row as argmax(p / q), q ~ Exp(1) from
-    ``exponential_``, whose CPU kernel (in the torch versions tested here; its MKL path is
-    disabled, pytorch#132395) makes each q one at a time from a float64 uniform u as −log1p(−u).
+    ``exponential_``, whose CPU kernel (torch 2.13, where its MKL path is disabled,
+    pytorch#132395) makes each q one at a time from a float64 uniform u as −log1p(−u).
     ``_exponential`` makes the same u's with ``torch.rand`` and the logarithm vectorised: ~40 ms
     instead of ~70 ms for a (64, 50,304) batch, where the draws were half of a small model's
     sampling time (the same q in all 129M values tested). The first draw of each shape is compared
