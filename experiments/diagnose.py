@@ -97,8 +97,8 @@ class Config:
     batch_size: int = arg(32, "sequences per forward", minimum=1)
     jobs: int = arg(
         2,
-        "CPU threads, one intra-op thread each: the reference's two halves, then one checkpoint "
-        "each, at once (the numbers do not depend on it)",
+        "CPU threads, one intra-op thread each, running the reference's and each checkpoint's "
+        "two halves (teacher-forced, sampled) at once (the numbers do not depend on it)",
         minimum=1,
     )
     seed: int = arg(0, "sampling seed", minimum=0, maximum=SEED_MAX)
@@ -247,6 +247,15 @@ def diagnose_model(
     policy: Any, inputs: Inputs, cfg: Config, judge: Judge | None
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """One checkpoint's row of diagnose.csv and its rows of pairs.csv."""
+    row, pairs = _teacher_forced(policy, inputs, cfg)
+    row.update(_sampled(policy, inputs, cfg, judge))
+    return row, pairs
+
+
+def _teacher_forced(
+    policy: Any, inputs: Inputs, cfg: Config
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The teacher-forced half of ``diagnose_model``: the pairs' signals and pairs.csv's rows."""
     pad = inputs.tokenizer.pad_token_id
     pol = pair_logps(policy, inputs.examples, pad_id=pad, batch_size=cfg.batch_size)
     row: dict[str, Any] = teacher_forced(
@@ -267,7 +276,6 @@ def diagnose_model(
             "ches_normalised": inputs.ches_normalised.numpy(),
         }
     )
-    row.update(_sampled(policy, inputs, cfg, judge))
     return row, pairs
 
 
@@ -391,20 +399,66 @@ def _pool(jobs: int) -> Iterator[ThreadPoolExecutor]:
     pool.shutdown()
 
 
-def _diagnose_folder(
-    folder: Any, inputs: Inputs, cfg: Config, judge: Judge | None, device: str, dtype: Any
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Load one checkpoint and diagnose it: its row of diagnose.csv and its rows of pairs.csv."""
-    vocab = inputs.reference.get_input_embeddings().weight.shape[0]
-    policy = load_model(folder.path, dtype=dtype).to(device).eval()
-    if policy.get_input_embeddings().weight.shape[0] != vocab:
-        raise ValueError(
-            f"--checkpoints {folder.path} has {policy.get_input_embeddings().weight.shape[0]} "
-            f"token embeddings, the reference {vocab}: not a fine-tune of it"
-        )
-    row, pairs = diagnose_model(policy, inputs, cfg, judge)
-    row = {"checkpoint": folder.label, "step": folder.step, "path": str(folder.path), **row}
-    return row, pairs.assign(checkpoint=folder.label, step=folder.step)
+class _Policies:
+    """Each checkpoint's model, loaded by the first of its two tasks (teacher-forced, sampled)
+    and dropped after the second, so that at most a few are in memory at once."""
+
+    def __init__(self, inputs: Inputs, device: str, dtype: Any) -> None:
+        self.vocab = inputs.reference.get_input_embeddings().weight.shape[0]
+        self.device, self.dtype = device, dtype
+        self.lock = threading.Lock()
+        self.slots: dict[Path, list] = {}  # path -> [lock, model or None, tasks done]
+
+    def get(self, folder: Any) -> Any:
+        with self.lock:
+            slot = self.slots.setdefault(folder.path, [threading.Lock(), None, 0])
+        with slot[0]:
+            if slot[1] is None:
+                slot[1] = self._load(folder)
+            return slot[1]
+
+    def release(self, folder: Any) -> None:
+        with self.lock:
+            slot = self.slots[folder.path]
+            slot[2] += 1
+            if slot[2] == 2:
+                del self.slots[folder.path]
+
+    def _load(self, folder: Any) -> Any:
+        policy = load_model(folder.path, dtype=self.dtype).to(self.device).eval()
+        if policy.get_input_embeddings().weight.shape[0] != self.vocab:
+            raise ValueError(
+                f"--checkpoints {folder.path} has {policy.get_input_embeddings().weight.shape[0]} "
+                f"token embeddings, the reference {self.vocab}: not a fine-tune of it"
+            )
+        return policy
+
+
+def _diagnose(
+    pool: ThreadPoolExecutor, folders: list, inputs: Inputs, cfg: Config, judge: Judge | None,
+    device: str, dtype: Any,
+) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:  # fmt: skip
+    """Every checkpoint's row of diagnose.csv and rows of pairs.csv, as two tasks on ``pool``
+    (teacher-forced, sampled) per checkpoint, in checkpoint order."""
+    policies = _Policies(inputs, device, dtype)
+
+    def task(folder: Any, half: Any) -> Any:
+        try:
+            return half(policies.get(folder))
+        finally:
+            policies.release(folder)
+
+    forced = partial(_teacher_forced, inputs=inputs, cfg=cfg)
+    sampled = partial(_sampled, inputs=inputs, cfg=cfg, judge=judge)
+    futures = [(pool.submit(task, f, forced), pool.submit(task, f, sampled)) for f in folders]
+    rows, pair_frames = [], []
+    for f, (a, b) in tqdm(zip(folders, futures, strict=True), total=len(folders),
+                          desc="diagnose", disable=not cfg.progress):  # fmt: skip
+        row, pairs = a.result()
+        rows.append({"checkpoint": f.label, "step": f.step, "path": str(f.path), **row,
+                     **b.result()})  # fmt: skip
+        pair_frames.append(pairs.assign(checkpoint=f.label, step=f.step))
+    return rows, pair_frames
 
 
 def main(cfg: Config) -> Path:
@@ -419,19 +473,15 @@ def main(cfg: Config) -> Path:
     # Small models run on one intra-op thread: on a shared CPU two threads waiting on each other
     # make a small model's every op many times slower (treemdp.threads). The second core does
     # whole tasks instead: --jobs threads, each on one intra-op thread, take the reference's
-    # two halves, then one checkpoint each. Every number is computed as in a serial run, so
-    # none depends on --jobs.
+    # two halves, then each checkpoint's two (teacher-forced, sampled). Every number is
+    # computed as in a serial run, so none depends on --jobs.
     hidden = _hidden_size(folders[0].path)
-    jobs = min(cfg.jobs, max(len(folders), 2)) if device == "cpu" else 1
+    jobs = cfg.jobs if device == "cpu" else 1
     intra = 4 * hidden * hidden if device == "cpu" else 2**62
     with progress_bars_off(), threads_for(intra), _pool(jobs) as pool:
         inputs = _load_inputs(cfg, folders, device, dtype, pool)
         judge = _judge(cfg, device, out)
-        one = partial(_diagnose_folder, inputs=inputs, cfg=cfg, judge=judge, device=device,
-                      dtype=dtype)  # fmt: skip
-        done = tqdm(pool.map(one, folders), total=len(folders), desc="diagnose",
-                    disable=not cfg.progress)  # fmt: skip
-        rows, pair_frames = (list(x) for x in zip(*done, strict=True))
+        rows, pair_frames = _diagnose(pool, folders, inputs, cfg, judge, device, dtype)
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     write_table(out / "diagnose.csv", table)
