@@ -156,7 +156,7 @@ def test_token_logps_in_blocks_equal_one_full_log_softmax(tiny_model, monkeypatc
     vocab = head.weight.shape[0]
     monkeypatch.setattr(logprobs, "SCORING_BLOCK", 3 * vocab)
     gen = torch.Generator().manual_seed(0)
-    h = torch.randn(10, tiny_model.config.hidden_size, generator=gen)
+    h = torch.randn(10, tiny_model.config.hidden_size, generator=gen, dtype=torch.float32)
     labels = torch.randint(0, vocab, (10,), generator=gen)
     blocks: list[int] = []
     hook = head.register_forward_hook(lambda module, args, out: blocks.append(args[0].shape[0]))

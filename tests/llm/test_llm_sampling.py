@@ -194,7 +194,7 @@ def test_fast_draws_are_torch_multinomials_and_fall_back_when_they_differ(monkey
     another torch version), it says so on the first draw and uses torch.multinomial."""
     monkeypatch.setattr(sampling, "_FAST_DRAW", {})
     gen = torch.Generator().manual_seed(0)
-    probs = torch.softmax(3 * torch.randn(6, 2000, generator=gen), -1)
+    probs = torch.softmax(3 * torch.randn(6, 2000, generator=gen, dtype=torch.float32), -1)
     probs[0] = 0.0
     probs[0, 7] = 1.0  # a certain row
     mine, theirs = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
@@ -213,4 +213,4 @@ def test_fast_draws_are_torch_multinomials_and_fall_back_when_they_differ(monkey
         assert torch.equal(got, torch.multinomial(probs, 1, generator=theirs)[:, 0])
     assert list(sampling._FAST_DRAW.values()) == [False]
     with pytest.raises(RuntimeError, match="probability tensor"):
-        sampling._multinomial(torch.full((2, 3), float("nan")), mine)
+        sampling._multinomial(torch.full((2, 3), float("nan"), dtype=torch.float32), mine)
