@@ -2,13 +2,15 @@
 
     python benchmarks/diagnose_time.py                 # 5 checkpoints, 256 pairs, 64 samples
     python benchmarks/diagnose_time.py --checkpoints 2 --pairs 32 --samples 8   # seconds
+    python benchmarks/diagnose_time.py --jobs 1        # one checkpoint at a time
 
 Builds, in a temporary folder, a random Pythia-14m-shaped reference (its 50,304-token vocabulary;
 the byte tokenizer) and ``--checkpoints`` perturbed copies as TRL ``checkpoint-N`` folders, and
 ``--pairs`` text pairs (prompts of 48-96 bytes, responses of 8-48), then runs diagnose.py's
-``main`` with its defaults (64 samples of at most 64 new tokens). Prints the wall time and this
-process's CPU time (user + system) of the diagnosis alone (building the folders is not timed),
-the machine, and the 1-minute load average before and after: timings depend on the load.
+``main`` with its defaults (64 samples of at most 64 new tokens, ``--jobs 2``). Prints the wall
+time and this process's CPU time (user + system, all its threads) of the diagnosis alone
+(building the folders is not timed), the machine, and the 1-minute load average before and
+after: timings depend on the load.
 """
 
 from __future__ import annotations
@@ -67,24 +69,27 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=0, help="diagnose.py --jobs (0: its default)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tests.scripts import load_script
     from treemdp.runs.cli import parse_config
 
     cli = load_script("experiments/diagnose.py")
+    jobs = args.jobs or cli.Config().jobs
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build(root, args.checkpoints, args.pairs)
         argv = ["--checkpoints", str(root / "run"), "--reference", str(root / "ref"),
                 "--data", str(root / "pairs.jsonl"), "--pairs", str(args.pairs),
                 "--samples", str(args.samples), "--out", str(root / "diag"),
-                "--no-progress"]  # fmt: skip
+                "--no-progress", *(["--jobs", str(args.jobs)] if args.jobs else [])]  # fmt: skip
         load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), cpu()
         cli.main(parse_config(cli.Config, argv))
         wall, used = time.perf_counter() - t0, cpu() - c0
     print(
-        f"| {args.checkpoints} checkpoints of 14m, {args.pairs} pairs, {args.samples} samples "
+        f"| {args.checkpoints} checkpoints of 14m, {args.pairs} pairs, {args.samples} samples, "
+        f"--jobs {jobs} "
         f"| {wall:.1f} s wall | {used:.1f} s CPU | load {load0:.1f} → {os.getloadavg()[0]:.1f} "
         f"| {machine()}, torch threads {__import__('torch').get_num_threads()} |"
     )

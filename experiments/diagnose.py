@@ -21,7 +21,12 @@ import hashlib
 import json
 import math
 import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +95,12 @@ class Config:
     max_length: int = arg(512, "prompt + response tokens kept", minimum=2)
     max_prompt_length: int = arg(256, "prompt tokens kept when a pair is too long", minimum=1)
     batch_size: int = arg(32, "sequences per forward", minimum=1)
+    jobs: int = arg(
+        2,
+        "CPU threads, one intra-op thread each, running the reference's and each checkpoint's "
+        "two halves (teacher-forced, sampled) at once (the numbers do not depend on it)",
+        minimum=1,
+    )
     seed: int = arg(0, "sampling seed", minimum=0, maximum=SEED_MAX)
     out: str = arg("results/diagnose", "output folder")
     device: str = arg("auto", "cpu, cuda, or auto")
@@ -135,7 +146,11 @@ def _check(cfg: Config) -> None:
         check_device(cfg.device)
 
 
-def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) -> Inputs:
+def _load_inputs(
+    cfg: Config, folders: list, device: str, dtype: torch.dtype, pool: ThreadPoolExecutor
+) -> Inputs:
+    """The tokenizer, pairs, prompts and reference: its pair log-probs and CHES, and its own
+    samples with their log-probs, the two halves on ``pool`` at once."""
     tok = tokenizer_for(cfg.reference)
     for f in folders:
         other = tokenizer_for(f.path)
@@ -150,9 +165,6 @@ def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) ->
     reference = reference.to(device).eval()
     if reference.get_input_embeddings().weight.shape[0] < len(tok):
         raise ValueError(f"--reference has fewer token embeddings than its tokenizer ({len(tok)})")
-    pad = tok.pad_token_id
-    ref_logps = pair_logps(reference, examples, pad_id=pad, batch_size=cfg.batch_size)
-    c, cn = ches_scores(reference, examples, pad_id=pad, batch_size=cfg.batch_size)
     if cfg.prompts:
         texts = [r.get("prompt") for _, r in read_jsonl(cfg.prompts) if isinstance(r, dict)]
         if not texts or not all(isinstance(t, str) and t for t in texts):
@@ -161,13 +173,20 @@ def _load_inputs(cfg: Config, folders: list, device: str, dtype: torch.dtype) ->
     else:
         prompts = list(dict.fromkeys(e.prompt for e in examples))
     prompts = prompts[: cfg.samples]
-    ref_samples = _sample(reference, prompts, tok, cfg)
+    kw = {"pad_id": tok.pad_token_id, "batch_size": cfg.batch_size}
+
+    def teacher_forced() -> tuple:
+        ref_logps = pair_logps(reference, examples, **kw)
+        return ref_logps, *ches_scores(reference, examples, **kw)
+
+    def sampled() -> tuple:  # the same for every checkpoint: computed once
+        ref_samples = _sample(reference, prompts, tok, cfg)
+        return ref_samples, sequence_logps(reference, prompts, ref_samples, **kw)
+
+    forced, own = pool.submit(teacher_forced), pool.submit(sampled)
+    (ref_logps, c, cn), (ref_samples, ref_lp) = forced.result(), own.result()
     whole = ood_threshold(ref_logps.chosen, ref_logps.len_chosen, per_token=False)
-    ood_reference = math.nan
-    if prompts:  # the same for every checkpoint: computed once
-        kw = {"pad_id": tok.pad_token_id, "batch_size": cfg.batch_size}
-        ref_lp = sequence_logps(reference, prompts, ref_samples, **kw)
-        ood_reference = float((ref_lp < whole).double().mean())
+    ood_reference = float((ref_lp < whole).double().mean()) if prompts else math.nan
     return Inputs(
         reference,
         tok,
@@ -228,6 +247,15 @@ def diagnose_model(
     policy: Any, inputs: Inputs, cfg: Config, judge: Judge | None
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """One checkpoint's row of diagnose.csv and its rows of pairs.csv."""
+    row, pairs = _teacher_forced(policy, inputs, cfg)
+    row.update(_sampled(policy, inputs, cfg, judge))
+    return row, pairs
+
+
+def _teacher_forced(
+    policy: Any, inputs: Inputs, cfg: Config
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The teacher-forced half of ``diagnose_model``: the pairs' signals and pairs.csv's rows."""
     pad = inputs.tokenizer.pad_token_id
     pol = pair_logps(policy, inputs.examples, pad_id=pad, batch_size=cfg.batch_size)
     row: dict[str, Any] = teacher_forced(
@@ -248,7 +276,6 @@ def diagnose_model(
             "ches_normalised": inputs.ches_normalised.numpy(),
         }
     )
-    row.update(_sampled(policy, inputs, cfg, judge))
     return row, pairs
 
 
@@ -291,7 +318,8 @@ def _sampled(policy: Any, inputs: Inputs, cfg: Config, judge: Judge | None) -> d
             Comparison(*_text(tok, p, y), _text(tok, p, y0)[1], p, y, y0)
             for p, y, y0 in zip(inputs.prompts, responses, inputs.ref_samples, strict=True)
         ]
-        out["win_rate"], out["win_rate_se"], _ = judge.judge(comparisons).win_rate()
+        with _JUDGE_LOCK:  # one judge, its cache and its model, for every --jobs thread
+            out["win_rate"], out["win_rate_se"], _ = judge.judge(comparisons).win_rate()
     return out
 
 
@@ -384,6 +412,87 @@ def _hidden_size(folder: Path) -> int:
         return 1 << 15
 
 
+_JUDGE_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pool(jobs: int) -> Iterator[ThreadPoolExecutor]:
+    """``jobs`` threads that start with this thread's intra-op thread count. On an error or
+    Ctrl-C the tasks not started are dropped (the running ones still finish: a thread cannot be
+    stopped)."""
+    pool = ThreadPoolExecutor(
+        jobs, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+    )
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+class _Policies:
+    """Each checkpoint's model, loaded by the first of its two tasks (teacher-forced, sampled)
+    and dropped after the second, so that at most a few are in memory at once."""
+
+    def __init__(self, inputs: Inputs, device: str, dtype: Any) -> None:
+        self.vocab = inputs.reference.get_input_embeddings().weight.shape[0]
+        self.device, self.dtype = device, dtype
+        self.lock = threading.Lock()
+        self.slots: dict[Path, list] = {}  # path -> [lock, model or None, tasks done]
+
+    def get(self, folder: Any) -> Any:
+        with self.lock:
+            slot = self.slots.setdefault(folder.path, [threading.Lock(), None, 0])
+        with slot[0]:
+            if slot[1] is None:
+                slot[1] = self._load(folder)
+            return slot[1]
+
+    def release(self, folder: Any) -> None:
+        with self.lock:
+            slot = self.slots[folder.path]
+            slot[2] += 1
+            if slot[2] == 2:
+                del self.slots[folder.path]
+
+    def _load(self, folder: Any) -> Any:
+        policy = load_model(folder.path, dtype=self.dtype).to(self.device).eval()
+        if policy.get_input_embeddings().weight.shape[0] != self.vocab:
+            raise ValueError(
+                f"--checkpoints {folder.path} has {policy.get_input_embeddings().weight.shape[0]} "
+                f"token embeddings, the reference {self.vocab}: not a fine-tune of it"
+            )
+        return policy
+
+
+def _diagnose(
+    pool: ThreadPoolExecutor, folders: list, inputs: Inputs, cfg: Config, judge: Judge | None,
+    device: str, dtype: Any,
+) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:  # fmt: skip
+    """Every checkpoint's row of diagnose.csv and rows of pairs.csv, as two tasks on ``pool``
+    (teacher-forced, sampled) per checkpoint, in checkpoint order."""
+    policies = _Policies(inputs, device, dtype)
+
+    def task(folder: Any, half: Any) -> Any:
+        try:
+            return half(policies.get(folder))
+        finally:
+            policies.release(folder)
+
+    forced = partial(_teacher_forced, inputs=inputs, cfg=cfg)
+    sampled = partial(_sampled, inputs=inputs, cfg=cfg, judge=judge)
+    futures = [(pool.submit(task, f, forced), pool.submit(task, f, sampled)) for f in folders]
+    rows, pair_frames = [], []
+    for f, (a, b) in tqdm(zip(folders, futures, strict=True), total=len(folders),
+                          desc="diagnose", disable=not cfg.progress):  # fmt: skip
+        row, pairs = a.result()
+        rows.append({"checkpoint": f.label, "step": f.step, "path": str(f.path), **row,
+                     **b.result()})  # fmt: skip
+        pair_frames.append(pairs.assign(checkpoint=f.label, step=f.step))
+    return rows, pair_frames
+
+
 def main(cfg: Config) -> Path:
     """Diagnose every checkpoint; return the path of ``diagnose.csv``."""
     _check(cfg)
@@ -394,24 +503,17 @@ def main(cfg: Config) -> Path:
     dtype = parse_dtype(cfg.dtype)
     out = Path(cfg.out)
     # Small models run on one intra-op thread: on a shared CPU two threads waiting on each other
-    # make a small model's every op many times slower (treemdp.threads).
+    # make a small model's every op many times slower (treemdp.threads). The second core does
+    # whole tasks instead: --jobs threads, each on one intra-op thread, take the reference's
+    # two halves, then each checkpoint's two (teacher-forced, sampled). Every number is
+    # computed as in a serial run, so none depends on --jobs.
     hidden = _hidden_size(folders[0].path)
-    with progress_bars_off(), threads_for(4 * hidden * hidden if device == "cpu" else 2**62):
-        inputs = _load_inputs(cfg, folders, device, dtype)
+    jobs = cfg.jobs if device == "cpu" else 1
+    intra = 4 * hidden * hidden if device == "cpu" else 2**62
+    with progress_bars_off(), threads_for(intra), _pool(jobs) as pool:
+        inputs = _load_inputs(cfg, folders, device, dtype, pool)
         judge = _judge(cfg, device, out)
-        rows, pair_frames = [], []
-        vocab = inputs.reference.get_input_embeddings().weight.shape[0]
-        for f in tqdm(folders, desc="diagnose", disable=not cfg.progress):
-            policy = load_model(f.path, dtype=dtype).to(device).eval()
-            if policy.get_input_embeddings().weight.shape[0] != vocab:
-                raise ValueError(
-                    f"--checkpoints {f.path} has {policy.get_input_embeddings().weight.shape[0]} "
-                    f"token embeddings, the reference {vocab}: not a fine-tune of it"
-                )
-            row, pairs = diagnose_model(policy, inputs, cfg, judge)
-            rows.append({"checkpoint": f.label, "step": f.step, "path": str(f.path), **row})
-            pair_frames.append(pairs.assign(checkpoint=f.label, step=f.step))
-            del policy
+        rows, pair_frames = _diagnose(pool, folders, inputs, cfg, judge, device, dtype)
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     write_table(out / "diagnose.csv", table)

@@ -26,6 +26,7 @@ __all__ = [
     "SUPPORTED",
     "cache_kwargs",
     "check_cache_filled",
+    "last_logits_kwargs",
     "unsupported_versions",
     "version_report",
     "warn_if_unsupported",
@@ -101,6 +102,16 @@ def cache_kwargs(model: nn.Module, cache: Any) -> dict[str, Any]:
         f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`; "
         f"transformers {transformers.__version__} is not supported by llm.sampling"
     )
+
+
+def last_logits_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The keyword that makes this model's forward project only the last position to logits
+    (``logits_to_keep=1``), or nothing when its forward does not declare it.
+
+    A prompt forward that only needs the next token's distribution otherwise computes a
+    (B, T, V) logits tensor: with a 50k vocabulary and a small model, most of the forward's work.
+    """
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
 
 
 def check_cache_filled(cache: Any, expected_length: int) -> None:

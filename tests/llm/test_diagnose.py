@@ -136,6 +136,22 @@ def test_changes_equal_a_direct_computation_and_checkpoints_come_by_step(folders
     assert lp.chosen.dtype == torch.float64 and lp.len_chosen.tolist() == [len(c) for c in chosen]
 
 
+def test_checkpoints_in_two_threads_give_the_serial_numbers(folders, cli, tmp_path):
+    """--jobs 2 diagnoses the two checkpoints at once (threads of one intra-op thread each) and
+    writes exactly what --jobs 1 writes, rows in checkpoint order."""
+    tables = []
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        argv = ["--checkpoints", str(folders / "run"), "--reference", str(folders / "ref"),
+                "--data", str(folders / "pairs.jsonl"), "--out", str(out), "--jobs", str(jobs),
+                *FAST]  # fmt: skip
+        cli.main(parse_config(cli.Config, argv))
+        tables.append([pd.read_csv(out / name) for name in ("diagnose.csv", "pairs.csv")])
+    for serial, threaded in zip(*tables, strict=True):
+        pd.testing.assert_frame_equal(serial, threaded, check_exact=True)
+    assert tables[1][0]["checkpoint"].tolist() == ["checkpoint-5", "checkpoint-10"]
+
+
 def test_datasets_folder_and_conversational_rows(tmp_path):
     datasets = pytest.importorskip("datasets", reason="the trl extra is not installed")
     tok = byte_tokenizer()

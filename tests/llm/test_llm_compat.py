@@ -12,7 +12,13 @@ import pytest
 import torch
 from transformers import GPTNeoXForCausalLM
 
-from llm.compat import SUPPORTED, cache_kwargs, check_cache_filled, unsupported_versions
+from llm.compat import (
+    SUPPORTED,
+    cache_kwargs,
+    check_cache_filled,
+    last_logits_kwargs,
+    unsupported_versions,
+)
 from llm.data import byte_tokenizer
 from llm.model import pythia_config
 from llm.sampling import SamplingCheckError, TreeDecoding, generate
@@ -42,6 +48,16 @@ class NoisyDecoding(GPTNeoXForCausalLM):
         if kw["input_ids"].shape[1] == 1:
             out.logits = out.logits + 5.0 * torch.randn_like(out.logits)
         return out
+
+
+class AllLogits(GPTNeoXForCausalLM):
+    """A forward that does not declare ``logits_to_keep``: every position's logits."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, **kw):
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, use_cache=kw.get("use_cache"),
+        )  # fmt: skip
 
 
 def _tiny(cls, vocab_size: int):
@@ -100,6 +116,30 @@ def test_cache_keyword_follows_the_forward_signature():
         cache_kwargs(Neither(), "c")
     model = _tiny(GPTNeoXForCausalLM, 16)  # the installed transformers: one of the two names
     assert set(cache_kwargs(model, None)) & {"cache", "past_key_values"}
+
+
+def test_the_prompt_forward_projects_the_last_position_only():
+    """The prompt forward asks for the last position's logits only (``logits_to_keep=1``): with
+    a 50k vocabulary the (B, T, V) logits were most of a small model's sampling work. A forward
+    without the keyword gets every position's logits, and the samples are the same."""
+    tok = byte_tokenizer()
+    kwargs = dict(max_new_tokens=5, eos_id=None, pad_id=0, self_check=False)
+    runs = []
+    for cls in (GPTNeoXForCausalLM, AllLogits):
+        model = _tiny(cls, len(tok))
+        seen: list[int] = []
+        hook = model.get_output_embeddings().register_forward_hook(
+            lambda module, args, out, seen=seen: seen.append(args[0].shape[1])
+        )
+        out = generate(model, _prompts(tok), generator=torch.Generator().manual_seed(3), **kwargs)
+        hook.remove()
+        runs.append((seen, out))
+    (kept, fast), (every, slow) = runs
+    assert kept == [1] * 5 and every[0] == max(len(p) for p in _prompts(tok)) > 1
+    assert fast.responses == slow.responses
+    torch.testing.assert_close(fast.logp, slow.logp, atol=1e-5, rtol=0)
+    assert last_logits_kwargs(_tiny(GPTNeoXForCausalLM, 16)) == {"logits_to_keep": 1}
+    assert last_logits_kwargs(_tiny(AllLogits, 16)) == {}
 
 
 def test_check_cache_filled_names_the_lengths():

@@ -1,13 +1,14 @@
 """Response log-probs: oracle (per-token loop), concatenated = separate forwards, padding and
-truncation invariance, dtype policy."""
+truncation invariance, dtype policy, the output projection in blocks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from llm import logprobs
 from llm.data import Example, collate_pairs, collate_sft
-from llm.logprobs import PairLogps, concatenated_logps, response_logps
+from llm.logprobs import PairLogps, concatenated_logps, response_logps, token_logps
 from llm.model import build_model
 from tests.llm.helpers_llm import perturbed
 from treemdp import objectives
@@ -145,3 +146,45 @@ def test_response_mask_checks(tiny_model):
         response_logps(tiny_model, ids, att[:, :2], torch.tensor([[False, True, True]]))
     with pytest.raises(ValueError, match="2B rows"):
         concatenated_logps(tiny_model, ids, att, torch.tensor([[False, True, True]]))
+
+
+def test_token_logps_in_blocks_equal_one_full_log_softmax(tiny_model, monkeypatch):
+    """Without gradient the rows go through the output projection in blocks of SCORING_BLOCK
+    logits (3 rows here): the same numbers as one full-vocabulary log_softmax, at a temperature
+    too; with gradient in one block, whose gradient is the full computation's."""
+    head = tiny_model.get_output_embeddings()
+    vocab = head.weight.shape[0]
+    monkeypatch.setattr(logprobs, "SCORING_BLOCK", 3 * vocab)
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(10, tiny_model.config.hidden_size, generator=gen, dtype=torch.float32)
+    labels = torch.randint(0, vocab, (10,), generator=gen)
+    blocks: list[int] = []
+    hook = head.register_forward_hook(lambda module, args, out: blocks.append(args[0].shape[0]))
+    for temperature in (1.0, 0.7):
+        with torch.no_grad():
+            want = torch.log_softmax(head(h).float() / temperature, -1)
+            want = want.gather(1, labels[:, None])[:, 0]
+            blocks.clear()
+            got = token_logps(head, h, labels, temperature=temperature)
+        assert blocks == [3, 3, 3, 1] and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    blocks.clear()
+    x = h.clone().requires_grad_(True)
+    token_logps(head, x, labels).sum().backward()
+    assert blocks == [10]
+    y = h.clone().requires_grad_(True)
+    torch.log_softmax(head(y), -1).gather(1, labels[:, None]).sum().backward()
+    hook.remove()
+    torch.testing.assert_close(x.grad, y.grad, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():  # no rows: an empty result
+        assert token_logps(head, h[:0], labels[:0]).shape == (0,)
+
+
+def test_response_logps_score_in_blocks_like_one_block(tiny_model, text_examples, monkeypatch):
+    """response_logps through blocks of 4 rows equals response_logps in one block."""
+    b = collate_pairs(text_examples, 0)
+    with torch.no_grad():
+        one, _ = response_logps(tiny_model, b.input_ids, b.attention_mask, b.response_mask)
+        monkeypatch.setattr(logprobs, "SCORING_BLOCK", 4 * tiny_model.config.vocab_size)
+        blocks, _ = response_logps(tiny_model, b.input_ids, b.attention_mask, b.response_mask)
+    torch.testing.assert_close(blocks, one, atol=1e-5, rtol=0)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from llm import sampling
 from llm.data import _collate, byte_tokenizer
 from llm.evaluate import EvalSettings, EvalTask, TreeTask, evaluate_model, sampled_vs_exact
 from llm.evaluate import reference_samples as ref_samples
@@ -185,3 +186,31 @@ def test_sft_samples_are_the_plain_samplers_draws_grouped_by_prompt_length(with_
         (e.prompt, e.rejected, e.row) for e in examples
     ]
     assert len(out[0].chosen) == (3 if with_eos else 8)
+
+
+def test_fast_draws_are_torch_multinomials_and_fall_back_when_they_differ(monkeypatch):
+    """``_multinomial`` draws the very tokens of torch.multinomial from the same generator, and
+    leaves it in the same state; where its exponentials differ from torch's (a stand-in for
+    another torch version), it says so on the first draw and uses torch.multinomial."""
+    monkeypatch.setattr(sampling, "_FAST_DRAW", {})
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(6, 2000, generator=gen, dtype=torch.float32), -1)
+    probs[0] = 0.0
+    probs[0, 7] = 1.0  # a certain row
+    mine, theirs = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for _ in range(4):
+        got = sampling._multinomial(probs, mine)
+        want = torch.multinomial(probs, 1, generator=theirs)[:, 0]
+        assert torch.equal(got, want) and int(got[0]) == 7
+    assert torch.equal(mine.get_state(), theirs.get_state())
+    assert list(sampling._FAST_DRAW.items()) == [(((6, 2000), torch.float32, "cpu", "cpu"), True)]
+
+    monkeypatch.setattr(sampling, "_FAST_DRAW", {})
+    monkeypatch.setattr(sampling, "_exponential", lambda like, g: torch.ones_like(like))
+    mine, theirs = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    for _ in range(3):
+        got = sampling._multinomial(probs, mine)
+        assert torch.equal(got, torch.multinomial(probs, 1, generator=theirs)[:, 0])
+    assert list(sampling._FAST_DRAW.values()) == [False]
+    with pytest.raises(RuntimeError, match="probability tensor"):
+        sampling._multinomial(torch.full((2, 3), float("nan"), dtype=torch.float32), mine)
