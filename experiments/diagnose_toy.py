@@ -40,6 +40,7 @@ from treemdp import objectives
 from treemdp.claims import early_warning
 from treemdp.claims.evidence import mean_ci
 from treemdp.claims.statistics import spearman
+from treemdp.devices import default_dtype
 from treemdp.diagnostics import SIGNAL_ORIENTATION, exact_signals, gradient_ches, pair_changes
 from treemdp.memory import DEFAULT_MEMORY_MB
 from treemdp.objectives import Margins
@@ -193,7 +194,11 @@ def _capacity_rows(config: Config, tree: Tree, capacity: str, progress: bool):
 
 def compute(config: Config, progress: bool) -> dict[str, pd.DataFrame]:
     """Every table of the run folder."""
-    torch.set_default_dtype(torch.float64)
+    with default_dtype(torch.float64):
+        return _compute(config, progress)
+
+
+def _compute(config: Config, progress: bool) -> dict[str, pd.DataFrame]:
     tree = Tree.with_stop(config.branching, config.max_length, max_bytes=config.memory_mb * 2**20)
     parts = [
         _capacity_rows(config, tree, c, progress)

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from treemdp import objectives
-from treemdp.devices import PRECISIONS, resolve_device
+from treemdp.devices import PRECISIONS, default_dtype, resolve_device
 from treemdp.metrics import METRICS
 from treemdp.optim import OPTIMIZERS
 from treemdp.problem import PAIR_SOURCES, ProblemSpec, build_problem
@@ -416,8 +416,9 @@ def chunk_part(config: Config, chunk: Chunk, *, progress: bool = False) -> bytes
     """One cell of the sweep: train ``chunk`` and return its frame, pickled (the part's bytes).
 
     Runs wherever the backend puts it (this process, a Ray worker); the driver writes it."""
-    torch.set_default_dtype(torch.float64)
-    frame = run_chunk(config, chunk, complete_tree(chunk.branching, chunk.depth), progress=progress)
+    with default_dtype(torch.float64):
+        tree = complete_tree(chunk.branching, chunk.depth)
+        frame = run_chunk(config, chunk, tree, progress=progress)
     buffer = io.BytesIO()
     frame.to_pickle(buffer)
     return buffer.getvalue()

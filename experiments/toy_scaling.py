@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from figures import quicklook
 from treemdp import objectives, scaling
-from treemdp.devices import PRECISIONS, resolve_device
+from treemdp.devices import PRECISIONS, default_dtype, resolve_device
 from treemdp.memory import DEFAULT_MEMORY_MB, check_batch, with_stop_size
 from treemdp.metrics import logratio_length_r2
 from treemdp.optim import OPTIMIZERS
@@ -300,9 +300,9 @@ def main(config: Config) -> Path:
     start = time.perf_counter()
 
     def compute() -> dict[str, pd.DataFrame]:
-        torch.set_default_dtype(torch.float64)
-        table = run_experiment(config)
-        return {"metrics": table, "fits": fit_all(table, n_resamples=config.n_resamples)}
+        with default_dtype(torch.float64):
+            table = run_experiment(config)
+            return {"metrics": table, "fits": fit_all(table, n_resamples=config.n_resamples)}
 
     names = ["fits", "metrics"]
     with cached_run(

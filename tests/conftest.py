@@ -52,3 +52,17 @@ settings.register_profile("dev", max_examples=10, **_common)
 settings.register_profile("ci", max_examples=50, **_common)
 settings.register_profile("thorough", max_examples=1000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _default_dtype_is_restored():
+    """A test that leaves torch's default dtype changed errors, and the next test starts from
+    the old one: a float64 default leaked by an in-process experiment made later tests in the
+    same worker compute in float64 (an order-dependent failure under pytest-xdist)."""
+    import torch
+
+    before = torch.get_default_dtype()
+    yield
+    after = torch.get_default_dtype()
+    torch.set_default_dtype(before)
+    assert after == before, f"the test left torch's default dtype at {after} (it was {before})"

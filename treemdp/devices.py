@@ -27,6 +27,7 @@ __all__ = [
     "PRECISIONS",
     "PrecisionError",
     "check_precision",
+    "default_dtype",
     "placement",
     "resolve_device",
     "to_device",
@@ -99,14 +100,22 @@ def _moved(obj: Any, device: torch.device, dtype: torch.dtype, memo: dict[int, A
 
 
 @contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Floating tensors created in the block default to ``dtype``; the previous default is
+    restored after, so a caller in the same process (a test, a notebook) keeps its own."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+@contextlib.contextmanager
 def placement(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     """Tensors created in the block without an explicit device go to ``device`` and floating
     ones default to ``dtype``; both restored after. On the CPU no device mode is entered (it
     would intercept every torch call of the training loop for nothing)."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
-            yield
-    finally:
-        torch.set_default_dtype(before)
+    on_device = torch.device(device) if device.type != "cpu" else contextlib.nullcontext()
+    with default_dtype(dtype), on_device:
+        yield

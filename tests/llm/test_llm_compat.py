@@ -4,6 +4,7 @@ numbers: the KV-cache keyword, the filled-cache check, and generate's self-check
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import tomllib
 from pathlib import Path
@@ -50,14 +51,31 @@ class NoisyDecoding(GPTNeoXForCausalLM):
         return out
 
 
-class AllLogits(GPTNeoXForCausalLM):
-    """A forward that does not declare ``logits_to_keep``: every position's logits."""
-
+class _AllLogitsCache(GPTNeoXForCausalLM):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, **kw):
         return super().forward(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, use_cache=kw.get("use_cache"),
         )  # fmt: skip
+
+
+class _AllLogitsPast(GPTNeoXForCausalLM):
+    def forward(
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kw
+    ):
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=kw.get("use_cache"),
+        )  # fmt: skip
+
+
+# A forward that does not declare ``logits_to_keep`` (every position's logits), taking the cache
+# under the installed transformers' own name (``cache`` from 5.2x, ``past_key_values`` before)
+AllLogits = (
+    _AllLogitsCache
+    if "cache" in inspect.signature(GPTNeoXForCausalLM.forward).parameters
+    else _AllLogitsPast
+)
 
 
 def _tiny(cls, vocab_size: int):
