@@ -38,7 +38,7 @@ from llm.evaluate import mean_se
 from llm.logprobs import _padded_scoring, concatenated_logps
 from treemdp import objectives
 from treemdp.claims import statistics
-from treemdp.diagnostics import OOD_QUANTILE, ches
+from treemdp.diagnostics import OOD_QUANTILE, ches, pair_signals
 from treemdp.objectives import Margins
 
 __all__ = [
@@ -145,15 +145,7 @@ def teacher_forced(
     rc, rr = bound.rewards(
         Margins(policy.chosen, policy.rejected, reference.chosen, reference.rejected)
     )
-    margin = rc - rr
-    return {
-        "chosen_logp_change": float(dc.mean()),
-        "rejected_logp_change": float(dr.mean()),
-        "chosen_falls_share": float((dc < 0).double().mean()),
-        "both_fall_share": float(((dc < 0) & (dr < 0)).double().mean()),
-        "margin": float(margin.mean()),
-        "accuracy": float((margin > 0).double().mean()),
-    }
+    return {name: float(v) for name, v in pair_signals(dc, dr, rc - rr).items()}
 
 
 def kl_estimates(logp_policy: Tensor, logp_reference: Tensor) -> dict[str, float]:

@@ -44,6 +44,7 @@ __all__ = [
     "gradient_ches",
     "ood_masks",
     "pair_changes",
+    "pair_signals",
 ]
 
 OOD_QUANTILE = 0.05
@@ -113,6 +114,32 @@ def pair_changes(logp: Tensor, ref_logp: Tensor, pairs: Pairs) -> tuple[Tensor, 
     return _gather(delta, pairs.chosen), _gather(delta, pairs.rejected)
 
 
+def pair_signals(dc: Tensor, dr: Tensor, margin: Tensor) -> dict[str, Tensor]:
+    """The teacher-forced signals of a batch of pairs (the module docstring): means and shares
+    over the last axis. The one definition diagnose.py (``llm.diagnose.teacher_forced``), its
+    TRL callback and the exact checks share.
+
+    Args:
+        dc: Δ⁺ of every pair. Shape (..., P).
+        dr: Δ⁻. Shape (..., P).
+        margin: the objective's implicit-reward margin. Shape (..., P).
+
+    Returns:
+        ``chosen_logp_change``, ``rejected_logp_change``, ``chosen_falls_share``,
+        ``both_fall_share``, ``margin``, ``accuracy``, each shape (...).
+    """
+    falls = dc < 0
+    dtype = dc.dtype
+    return {
+        "chosen_logp_change": dc.mean(-1),
+        "rejected_logp_change": dr.mean(-1),
+        "chosen_falls_share": falls.to(dtype).mean(-1),
+        "both_fall_share": (falls & (dr < 0)).to(dtype).mean(-1),
+        "margin": margin.mean(-1),
+        "accuracy": (margin > 0).to(dtype).mean(-1),
+    }
+
+
 def ood_masks(
     tree: Tree, ref_logp: Tensor, pairs: Pairs, *, quantile: float = OOD_QUANTILE
 ) -> tuple[Tensor, Tensor]:
@@ -162,17 +189,11 @@ def exact_signals(
     low, low_per_token = ood_masks(tree, ref_logp, pairs)
     p = torch.exp(logp)
     n = tree.n_prompts
-    falls = dc < 0
     per_prompt_max = torch.zeros(*p.shape[:-1], n, dtype=p.dtype).scatter_reduce(
         -1, tree.leaf_prompt.expand_as(p), p, reduce="amax", include_self=False
     )
     return {
-        "chosen_logp_change": dc.mean(-1),
-        "rejected_logp_change": dr.mean(-1),
-        "chosen_falls_share": falls.to(p.dtype).mean(-1),
-        "both_fall_share": (falls & (dr < 0)).to(p.dtype).mean(-1),
-        "margin": margin.mean(-1),
-        "accuracy": (margin > 0).to(p.dtype).mean(-1),
+        **pair_signals(dc, dr, margin),
         "kl": (p * (logp - ref_logp)).sum(-1) / n,
         "ood_proxy": (p * low).sum(-1) / n,
         "ood_proxy_per_token": (p * low_per_token).sum(-1) / n,
