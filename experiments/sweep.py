@@ -20,7 +20,6 @@ Writes results/sweep/sweep-<hash>/{config.json, parts/, metrics.csv}; see docs/s
 from __future__ import annotations
 
 import argparse
-import collections
 import functools
 import io
 import itertools
@@ -55,7 +54,6 @@ from treemdp.runs import (
 from treemdp.runs.backends import BACKEND_FLAGS, Backend, check_backend, map_cells
 from treemdp.runs.cli import (
     DIVERGED_EXIT,
-    SEED_MAX,
     RunDivergedError,
     arg,
     build_parser,
@@ -63,6 +61,7 @@ from treemdp.runs.cli import (
     flag_values,
     nested,
     os_error_line,
+    parse_seeds,
     with_flags,
 )
 from treemdp.runs.experiment import cached_run
@@ -126,37 +125,6 @@ SUMMARY = ["p_chosen", "mass_ood", "max_ood", "kl_reverse", "win_rate"]
 
 
 # ------------------------------------------------------------------ grid values and checks
-
-
-def parse_seeds(specs: Sequence[str | int]) -> list[int]:
-    """Expand seed specs (``7``, ``"7"``, ``"0-19"``: inclusive) in order.
-
-    Raises ValueError naming the spec for a malformed or empty range, and for repeated seeds.
-    """
-    seeds: list[int] = []
-    for spec in specs:
-        text = str(spec).strip()
-        lo, sep, hi = text.partition("-") if not text.startswith("-") else (text, "", "")
-        try:
-            a, b = (int(lo), int(hi)) if sep else (int(text), int(text))
-        except ValueError:
-            raise ValueError(
-                f"seeds: {spec!r} is neither an integer nor a range such as 0-19"
-            ) from None
-        if a < 0:
-            raise ValueError(f"seeds must be >= 0; got {spec!r}")
-        if b < a:
-            raise ValueError(f"seeds: the range {spec!r} is empty (its end is below its start)")
-        if b > SEED_MAX:
-            raise ValueError(f"seeds must be <= {SEED_MAX}; got {spec!r}")
-        seeds.extend(range(a, b + 1))
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed")
-    counts = collections.Counter(seeds)  # linear: a million seeds are checked in a blink
-    repeated = sorted(s for s, n in counts.items() if n > 1)
-    if repeated:
-        raise ValueError(f"seeds must be distinct; repeated: {repeated[:10]}")
-    return seeds
 
 
 def compress_seeds(seeds: Sequence[int]) -> tuple[str, ...]:

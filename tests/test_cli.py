@@ -13,6 +13,7 @@ from treemdp.runs.cli import (
     flags_for,
     nested,
     parse_config,
+    parse_seeds,
     run,
     with_defaults_replaced,
     with_flags,
@@ -157,3 +158,13 @@ def test_a_nested_flag_can_say_what_it_means_here():
     assert config_flags(Outer)[1].meta["help"] == "hidden units"  # others keep the field's text
     with pytest.raises(TypeError, match="not nested here"):
         nested(Inner(), flags=("width",), help={"reward": "x"})
+
+
+def test_parse_seeds_names_the_flag_it_parses():
+    assert parse_seeds(["0-2", 7], flag="--seeds") == [0, 1, 2, 7]
+    with pytest.raises(ValueError, match=r"^--seeds must be distinct; repeated: \[3\]"):
+        parse_seeds(["3", "1-3"], flag="--seeds")
+    with pytest.raises(ValueError, match=r"^--seeds: the range '5-2' is empty"):
+        parse_seeds(["5-2"], flag="--seeds")
+    with pytest.raises(ValueError, match=r"^seeds must hold at least one seed"):
+        parse_seeds([])

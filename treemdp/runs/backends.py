@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from treemdp.runs.cli import SEED_MAX, arg, run
+from treemdp.runs.cli import arg, parse_seeds, run
 
 __all__ = [
     "BACKENDS",
@@ -40,7 +40,6 @@ __all__ = [
     "Backend",
     "check_backend",
     "map_cells",
-    "parse_seed_list",
     "run_seeds",
 ]
 
@@ -196,27 +195,6 @@ def _installed(path: str) -> bool:
     return f"{os.sep}site-packages{os.sep}" in path
 
 
-def parse_seed_list(specs: Sequence[str]) -> list[int]:
-    """Seeds from ``7``, ``0-19`` (inclusive) specs, in order; ValueError naming a bad one."""
-    seeds: list[int] = []
-    for spec in specs:
-        lo, sep, hi = str(spec).partition("-")
-        try:
-            a, b = (int(lo), int(hi)) if sep else (int(lo), int(lo))
-        except ValueError:
-            raise ValueError(
-                f"--seeds: {spec!r} is neither an integer nor a range such as 0-9"
-            ) from None
-        if not 0 <= a <= b <= SEED_MAX:
-            raise ValueError(
-                f"--seeds: {spec!r} must be a seed or a range a-b, 0 <= a <= b <= {SEED_MAX}"
-            )
-        seeds.extend(range(a, b + 1))
-    if len(set(seeds)) != len(seeds):
-        raise ValueError("--seeds must be distinct")
-    return seeds
-
-
 SEED_SWEEP_HELP = """
 seed sweeps (each seed's config is one cell, its own run folder; treemdp.runs.backends):
   --seeds S [S ...]     seeds or ranges (0-9): run the command once per seed
@@ -251,7 +229,7 @@ def run_seeds(
         except ValueError as e:
             raise ValueError(f"backend flags: {e}") from None
         backend = check_backend(Backend(**values))
-        seeds = parse_seed_list(known.seeds) if known.seeds else [config.seed]
+        seeds = parse_seeds(known.seeds, flag="--seeds") if known.seeds else [config.seed]
         results: list[Any] = [None] * len(seeds)
         for i, result in map_cells(main, [replace(config, seed=s) for s in seeds], backend):
             results[i] = result

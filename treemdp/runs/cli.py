@@ -18,6 +18,7 @@ line (a rerun resumes from what was saved).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -47,6 +48,7 @@ __all__ = [
     "one_line_errors",
     "os_error_line",
     "parse_config",
+    "parse_seeds",
     "run",
     "with_defaults_replaced",
     "with_flags",
@@ -248,6 +250,39 @@ def with_flags(config: C, values: Mapping[str, Any]) -> C:
     for field_name, changes in inner.items():
         top[field_name] = dataclasses.replace(getattr(config, field_name), **changes)
     return dataclasses.replace(config, **top)
+
+
+def parse_seeds(specs: Sequence[str | int], *, flag: str = "seeds") -> list[int]:
+    """Expand seed specs (``7``, ``"7"``, ``"0-19"``: inclusive) in order: the one parser of
+    sweep.py's ``--seeds`` and of every command's seed sweep (``treemdp.runs.backends``).
+
+    Raises ValueError naming ``flag`` and the spec for a malformed or empty range, a seed outside
+    [0, SEED_MAX], no seed at all, and repeated seeds.
+    """
+    seeds: list[int] = []
+    for spec in specs:
+        text = str(spec).strip()
+        lo, sep, hi = text.partition("-") if not text.startswith("-") else (text, "", "")
+        try:
+            a, b = (int(lo), int(hi)) if sep else (int(text), int(text))
+        except ValueError:
+            raise ValueError(
+                f"{flag}: {spec!r} is neither an integer nor a range such as 0-19"
+            ) from None
+        if a < 0:
+            raise ValueError(f"{flag} must be >= 0; got {spec!r}")
+        if b < a:
+            raise ValueError(f"{flag}: the range {spec!r} is empty (its end is below its start)")
+        if b > SEED_MAX:
+            raise ValueError(f"{flag} must be <= {SEED_MAX}; got {spec!r}")
+        seeds.extend(range(a, b + 1))
+    if not seeds:
+        raise ValueError(f"{flag} must hold at least one seed")
+    counts = collections.Counter(seeds)  # linear: a million seeds are checked in a blink
+    repeated = sorted(s for s, n in counts.items() if n > 1)
+    if repeated:
+        raise ValueError(f"{flag} must be distinct; repeated: {repeated[:10]}")
+    return seeds
 
 
 def with_defaults_replaced(config: C, values: Mapping[str, Any]) -> C:
