@@ -171,3 +171,15 @@ def test_analyse_and_report():
     assert {"kl_rise", "judged_drop_100", "setting_prior"} <= set(tables["warning"]["signal"])
     text = ew.report(tables)
     assert "recommended detector among the signals" in text and "best stopping rule" in text
+
+
+def test_paired_power_against_the_configuration_baseline():
+    signals = planted(seeds=8)
+    warn = ew.warning(signals, ORIENTATION, 0.02, time="time", setting=["objective"],
+                      n_resamples=0)  # fmt: skip
+    # kl and the baseline are both perfect on every scoring seed: no difference, no spread
+    p = ew.paired_power(signals, warn, "kl", time="time", setting=["objective"])
+    assert (p["mean_difference"], p["sd"], p["seeds"]) == (0.0, 0.0, 4)
+    # a constant signal is J 0 on every seed, the baseline J 1: a difference of exactly −1
+    c = ew.paired_power(signals, warn, "both_fall_share", time="time", setting=["objective"])
+    assert (c["mean_difference"], c["sd"]) == (-1.0, 0.0)

@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from treemdp.claims.evidence import Estimate, bootstrap_ci, mean_ci, split_seeds
+from treemdp.claims.evidence import Estimate, bootstrap_ci, mde, mean_ci, seeds_needed, split_seeds
 from treemdp.claims.statistics import spearman
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "analyse",
     "degradation",
     "detector_scores",
+    "paired_power",
     "recommend",
     "report",
     "selection",
@@ -517,3 +518,46 @@ def selection(
                      "gain_over_last": float(per_run["gain"].mean()), "runs": len(per_run),
                      "scored_seeds": len(score)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def paired_power(
+    signals: pd.DataFrame,
+    warn: pd.DataFrame,
+    name: str,
+    *,
+    time: str,
+    setting: Sequence[str],
+    baseline: str = "setting_prior",
+    margin: float = 0.02,
+    effect: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How well the scoring seeds resolve a detector against the configuration baseline: per
+    scoring seed, J of ``name`` minus J of ``baseline``, each at its threshold in ``warn``
+    (``warning``'s table, same ``seed`` split); the mean and spread of that difference over the
+    seeds where both are defined, the minimal detectable difference at 80% power (``mde``), and
+    the seeds ``seeds_needed`` to detect ``effect``."""
+    runs = degradation(signals, margin, time=time)
+    select, score = split_seeds(sorted(signals["seed"].unique()), seed=seed)
+    signals = signals.assign(setting_prior=setting_prior(signals, runs, setting, select))
+    rows = warn.set_index("signal")
+    diffs = []
+    for s in score:
+        own, own_runs = signals[signals["seed"] == s], runs[runs["seed"] == s]
+        j = [
+            detector_scores(own, own_runs, r, int(rows.loc[r, "orientation"]),
+                            rows.loc[r, "orientation"] * rows.loc[r, "threshold"], time=time,
+                            n_resamples=0)["j"]
+            for r in (name, baseline)
+        ]  # fmt: skip
+        diffs.append(j[0] - j[1])
+    d = np.array(diffs, dtype=float)
+    d = d[np.isfinite(d)]
+    sd = float(d.std(ddof=1)) if len(d) > 1 else math.nan
+    return {
+        "mean_difference": float(d.mean()) if len(d) else math.nan,
+        "sd": sd,
+        "seeds": len(d),
+        "mde": mde(sd, len(d)),
+        "seeds_needed": seeds_needed(effect, sd) if sd > 0 else 2,
+    }
